@@ -1,0 +1,164 @@
+"""exactly-once-ack: every confirmed task is settled exactly once.
+
+A final settlement of an id is an ``acked`` event with reason ``processed`` (or no
+reason), a worker's ``dead_lettered`` event, or, when no worker reported a
+dead-lettering of that id, its presence in the DLQ's final contents (the broker
+dead-lettered it: a nack without requeue, a TTL, a delivery limit).
+An ``acked`` with reason ``retry`` is not final: the task was re-published.
+
+Two settlements of one id mean the broker delivered it twice, which it does only
+when the first delivery's ack never arrived. So a second settlement is
+*explained* when the earlier settlement's worker (or the broker) had a connection
+fault between the earlier delivery's receipt, or the earlier settlement minus
+``ack_slack_s`` (default 1 s: an ack written just before a kill may never reach the
+broker) if that is earlier, and the later delivery's receipt (the later
+settlement's ts when no receipt was reported). Otherwise it is unexplained: a
+violation. A confirmed id never settled and not left in any queue is a violation.
+Multiple settlements are checked for every id, confirmed or not.
+
+Unknown when the history has no ``acked`` event (the worker does not report acks)
+or nothing was confirmed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from itertools import pairwise
+from typing import Any, Final
+
+from harness.checkers import index as ix
+from harness.checkers.base import ClaimResult, first, unknown
+from harness.history import Event, History
+
+CLAIM: Final = "exactly-once-ack"
+ACK_SLACK_S: Final = 1.0
+
+
+def _settlements(idx: ix.Index, ident: str) -> list[tuple[float, str | None, str]]:
+    """(ts, worker, kind) of every final settlement of ``ident``, sorted by ts."""
+    out: list[tuple[float, str | None, str]] = []
+    for e in idx.acked_final.of(ident):
+        out.append((e.ts, e.worker, "acked"))
+    dls = idx.dead_lettered.all(ident)
+    for e in dls:
+        out.append((e.ts, e.worker, "dead_lettered"))
+    if not dls and ident in idx.final.ids["dlq"]:
+        perm = [f for f in idx.failed.all(ident) if f.get("permanent")]
+        if perm:
+            last = max(perm, key=lambda f: f.ts)
+            out.append((last.ts, last.worker, "in_dlq"))
+        else:
+            out.append((math.inf, None, "in_dlq"))
+    out.sort(key=lambda s: s[0])
+    return out
+
+
+def _receipt(received: list[Event], worker: str | None, before: float,
+             after: float | None) -> float | None:
+    """The latest receipt by ``worker`` at or before ``before`` (and after ``after``)."""
+    best: float | None = None
+    for r in received:
+        if r.worker != worker or r.ts > before:
+            continue
+        if after is not None and r.ts <= after:
+            continue
+        if best is None or r.ts > best:
+            best = r.ts
+    return best
+
+
+def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
+    idx = ix.get(history)
+    slack_s = float(params.get("ack_slack_s", ACK_SLACK_S))
+    n_confirmed = idx.count_where(lambda v: bool(v & ix.OK))
+    n_acked = idx.count("acked")
+    if n_acked == 0:
+        return unknown(CLAIM, "no acked event in the history: the worker does not report acks",
+                       confirmed=n_confirmed)
+    if not n_confirmed:
+        return unknown(CLAIM, "no publish was confirmed: nothing to settle", acked=n_acked)
+
+    fin = idx.final
+    dlq = fin.ids["dlq"]
+    # Ids in the DLQ that no worker reported dead-lettering: the broker did.
+    dlq_pseudo = {i for i in dlq if not idx.has(i, ix.DL)}
+    # More than one settlement, and none: from the state bits (C-speed counts; a
+    # loop over the ids only when some exist).
+    multi = set(idx.acked_twice) | set(idx.dead_lettered.more)
+    multi |= idx.ids_where(lambda v: bool(v & ix.ACK) and bool(v & ix.DL))
+    multi.update(i for i in dlq_pseudo if idx.has(i, ix.ACK))
+    unsettled = idx.ids_where(lambda v: bool(v & ix.OK) and not v & (ix.ACK | ix.DL))
+    if unsettled:
+        unsettled -= dlq
+    never = unsettled - fin.remaining if unsettled else unsettled
+
+    explained: dict[str, dict[str, Any]] = {}
+    unexplained: dict[str, dict[str, Any]] = {}
+    receipts = idx.received.events(multi)
+    idx.acked_final.events(multi)
+    for ident in multi:
+        sets = _settlements(idx, ident)
+        received = receipts.get(ident, [])
+        for (ts1, w1, k1), (ts2, w2, k2) in pairwise(sets):
+            r1 = _receipt(received, w1, ts1, None)
+            lo = ts1 - slack_s if r1 is None else min(r1, ts1 - slack_s)
+            r2 = _receipt(received, w2, ts2, r1 if w2 == w1 else None)
+            hi = r2 if r2 is not None else ts2
+            fault = idx.connection_fault(w1, lo, hi)
+            info: dict[str, Any] = {"settlements": [[k1, w1, ts1], [k2, w2, ts2]]}
+            if fault is not None:
+                info["explained_by"] = fault.describe()
+                explained.setdefault(ident, info)
+            else:
+                unexplained.setdefault(ident, info)
+    for ident in unexplained:
+        explained.pop(ident, None)
+
+    settled_once = n_confirmed - len(unsettled) - sum(1 for i in multi if idx.has(i, ix.OK))
+    evidence: dict[str, Any] = {
+        "confirmed": n_confirmed,
+        "acked_events": n_acked,
+        "final_acks": len(idx.acked_final),
+        "dead_letter_settlements": len(idx.dead_lettered) + len(dlq_pseudo),
+        "settled_once": settled_once,
+        "settled_more_than_once": len(multi),
+        "explained": len(explained),
+        "unexplained": len(unexplained),
+        "never_settled": len(never),
+    }
+    expl = {}
+    if explained:
+        ids = first(explained)
+        expl = {"count": len(explained), "ids": ids, "by": {i: explained[i] for i in ids}}
+    if unexplained:
+        ids = first(unexplained)
+        return ClaimResult(
+            CLAIM, False,
+            f"{len(unexplained)} task(s) settled more than once with no connection fault "
+            "to explain the lost ack",
+            {**evidence, "unexplained_ids": ids, "detail": {i: unexplained[i] for i in ids},
+             "never_settled_ids": first(never)},
+            expl,
+        )
+    if never:
+        holes = [r for r in ("main", "retry", "dlq") if fin.failed[r] or fin.partial[r]]
+        if not fin.captured["main"] or holes:
+            return unknown(
+                CLAIM,
+                f"{len(never)} confirmed task(s) never settled, but the final queue contents "
+                "were not fully captured: they may still be queued",
+                **evidence, never_settled_ids=first(never))
+        return ClaimResult(
+            CLAIM, False,
+            f"{len(never)} confirmed task(s) never settled (not acked, not dead-lettered, "
+            "not queued)",
+            {**evidence, "never_settled_ids": first(never)},
+            expl,
+        )
+    extra = f"; {len(explained)} settled twice after a connection fault" if explained else ""
+    return ClaimResult(
+        CLAIM, True,
+        f"every confirmed task settled exactly once or still queued{extra}",
+        evidence, expl,
+    )

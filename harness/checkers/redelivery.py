@@ -1,0 +1,260 @@
+"""redelivery-after-crash: "If pod crashes, message is redelivered to another pod".
+
+Kills are ``fault`` invocations (ok) of ``kill`` (or ``crash``) on a worker, and
+``worker_exited`` events with ``requested`` False (the worker died on its own).
+A kill and a crash report of the same worker within ``merge_s`` (default 5 s),
+with no ``worker_started`` between, are one kill.
+
+For a kill of worker W at ts_k, the in-flight ids are those whose latest receipt
+by W (since W's previous kill or connection fault, which requeued everything W
+held then) is before ts_k and that W did not settle (ack, retry, dead-letter)
+after that receipt and before W started again (a kill takes effect a few ms
+after it is issued; what W settled meanwhile was not in flight). Each must
+afterwards be received with ``redelivered`` true (or not reported) by another worker, or by W's
+new incarnation after a ``worker_started``, at or after ts_k - ``slack_s``
+(default 0.5 s: the nemesis records the kill's ts around the signal), and then be
+finally settled (acked as processed, dead-lettered, or found in the DLQ).
+
+Evidence per kill: in-flight count, redelivered and completed counts, redelivery
+latency (receipt ts - ts_k; max and median), ids not redelivered/not completed.
+Unknown when there was no kill, when no killed worker held anything in flight,
+when the worker reports no ``received`` events, or when the only failures are
+tasks still queued after an incomplete drain.
+"""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from harness.checkers import index as ix
+from harness.checkers.base import ClaimResult, first, unknown
+from harness.history import History
+
+CLAIM: Final = "redelivery-after-crash"
+MERGE_S: Final = 5.0
+SLACK_S: Final = 0.5
+
+
+@dataclass(frozen=True)
+class Kill:
+    worker: str
+    ts: float
+    how: str  # "fault:kill", "crash"
+
+
+def find_kills(idx: ix.Index, merge_s: float = MERGE_S) -> list[Kill]:
+    raw: list[Kill] = []
+    for ev in idx.faults:
+        name = str(ev.get("fault", ""))
+        target = ix.fault_target(ev)
+        if name in ix.KILL_FAULTS and ix.is_fault_invoke(ev) and target not in (None, "broker"):
+            raw.append(Kill(str(target), ev.ts, f"fault:{name}"))
+    for ev in idx.worker_exited:
+        w = ix.worker_of(ev)
+        if w is not None and not ev.get("requested", False):
+            raw.append(Kill(w, ev.ts, "crash"))
+    starts = _starts(idx)
+    raw.sort(key=lambda k: (k.worker, k.ts))
+    kills: list[Kill] = []
+    for k in raw:
+        prev = kills[-1] if kills else None
+        if (prev is not None and prev.worker == k.worker and k.ts - prev.ts <= merge_s
+                and not _started_between(starts, k.worker, prev.ts, k.ts)):
+            continue
+        kills.append(k)
+    kills.sort(key=lambda k: k.ts)
+    return kills
+
+
+def _starts(idx: ix.Index) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for ev in idx.worker_started:
+        w = ix.worker_of(ev)
+        if w is not None:
+            out.setdefault(w, []).append(ev.ts)
+    for lst in out.values():
+        lst.sort()
+    return out
+
+
+def _next_start(starts: dict[str, list[float]], worker: str, after: float) -> float:
+    lst = starts.get(worker)
+    if not lst:
+        return float("inf")
+    i = bisect.bisect_right(lst, after)
+    return lst[i] if i < len(lst) else float("inf")
+
+
+def _started_between(starts: dict[str, list[float]], worker: str, lo: float,
+                     hi: float) -> bool:
+    lst = starts.get(worker)
+    if not lst:
+        return False
+    i = bisect.bisect_right(lst, lo)
+    return i < len(lst) and lst[i] <= hi
+
+
+def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
+    idx = ix.get(history)
+    slack_s = float(params.get("slack_s", SLACK_S))
+    kills = find_kills(idx, float(params.get("merge_s", MERGE_S)))
+    if not kills:
+        return unknown(CLAIM, "no worker was killed and none crashed: nothing to redeliver",
+                       kills=0)
+    if idx.count("received") == 0:
+        return unknown(CLAIM, "the worker reports no received events: in-flight tasks unknown",
+                       kills=len(kills))
+
+    killed = {k.worker for k in kills}
+    # Receipts by killed workers, sorted by ts: worker -> [(ts, id)].
+    by_worker: dict[str, list[tuple[float, str]]] = {}
+    for w in killed:
+        recs = [(e.ts, e.id) for e in idx.received.lists.get(w, ()) if e.id is not None]
+        recs.sort()
+        by_worker[w] = recs
+    settlements = {w: _settlements_by(idx, w) for w in killed}
+    starts = _starts(idx)
+    dlq = idx.final.ids["dlq"]
+    remaining = idx.final.remaining
+
+    per_kill: list[dict[str, Any]] = []
+    in_flight_by_kill: list[list[str]] = []
+    all_not_redelivered: set[str] = set()
+    all_not_completed: set[str] = set()
+    latencies: list[float] = []
+    prev_kill: dict[str, float] = {}
+    total_in_flight = 0
+    for k in kills:
+        # Deliveries older than W's previous kill or connection fault were already
+        # requeued by the broker then: only those since are in flight at this kill.
+        lo = max(prev_kill.get(k.worker, float("-inf")), _last_fault_before(idx, k))
+        prev_kill[k.worker] = k.ts
+        latest: dict[str, float] = {}
+        for ts, ident in by_worker[k.worker]:
+            if lo <= ts < k.ts:
+                latest[ident] = ts  # sorted by ts: the last one wins
+        settled = settlements[k.worker]
+        # A kill takes effect some ms after it is issued (the docker API's path),
+        # and a settlement the dying worker still got out in that window counts:
+        # anything W settled before its next start was not in flight.
+        end = _next_start(starts, k.worker, k.ts)
+        in_flight = [i for i, r_ts in latest.items()
+                     if not any(r_ts <= ts < end for ts in settled.get(i, ()))]
+        in_flight_by_kill.append(in_flight)
+    # The events of the in-flight ids, gathered in one pass each.
+    all_in_flight = {i for lst in in_flight_by_kill for i in lst}
+    idx.received.events(all_in_flight)
+    idx.acked_final.events(all_in_flight)
+    for k, in_flight in zip(kills, in_flight_by_kill, strict=True):
+        total_in_flight += len(in_flight)
+        not_redelivered: list[str] = []
+        not_completed: list[str] = []
+        lat: list[float] = []
+        for ident in in_flight:
+            red_ts = _redelivery(idx, starts, ident, k, slack_s)
+            if red_ts is None:
+                not_redelivered.append(ident)
+                continue
+            lat.append(max(0.0, red_ts - k.ts))
+            if not _completed(idx, ident, red_ts, dlq):
+                not_completed.append(ident)
+        latencies.extend(lat)
+        all_not_redelivered.update(not_redelivered)
+        all_not_completed.update(not_completed)
+        per_kill.append({
+            "worker": k.worker, "ts": k.ts, "how": k.how,
+            "in_flight": len(in_flight), "redelivered": len(lat),
+            "completed": len(lat) - len(not_completed),
+            "latency_max_s": round(max(lat), 6) if lat else None,
+            "latency_median_s": round(statistics.median(lat), 6) if lat else None,
+            "not_redelivered_ids": first(not_redelivered),
+            "not_completed_ids": first(not_completed),
+        })
+
+    evidence: dict[str, Any] = {
+        "kills": len(kills),
+        "in_flight": total_in_flight,
+        "redelivered": len(latencies),
+        "not_redelivered": len(all_not_redelivered),
+        "not_completed": len(all_not_completed),
+        "latency_max_s": round(max(latencies), 6) if latencies else None,
+        "latency_median_s": round(statistics.median(latencies), 6) if latencies else None,
+        "per_kill": per_kill[:20],
+    }
+    if total_in_flight == 0:
+        return unknown(CLAIM, f"{len(kills)} kill(s), but the killed worker(s) held no task in "
+                       "flight: nothing to redeliver", **evidence)
+    if all_not_redelivered:
+        return ClaimResult(
+            CLAIM, False,
+            f"{len(all_not_redelivered)} of {total_in_flight} task(s) in flight on a killed "
+            "worker were never redelivered to another worker",
+            {**evidence, "not_redelivered_ids": first(all_not_redelivered)})
+    if all_not_completed:
+        if idx.drain_complete is not True and all_not_completed <= remaining:
+            return unknown(
+                CLAIM,
+                f"{len(all_not_completed)} redelivered task(s) not completed, still queued "
+                "after an incomplete drain", **evidence,
+                not_completed_ids=first(all_not_completed))
+        return ClaimResult(
+            CLAIM, False,
+            f"{len(all_not_completed)} of {total_in_flight} redelivered task(s) were never "
+            "completed", {**evidence, "not_completed_ids": first(all_not_completed)})
+    return ClaimResult(
+        CLAIM, True,
+        f"all {total_in_flight} task(s) in flight on {len(kills)} killed worker(s) redelivered "
+        f"and completed; latency median {evidence['latency_median_s']} s, "
+        f"max {evidence['latency_max_s']} s",
+        evidence)
+
+
+def _last_fault_before(idx: ix.Index, k: Kill) -> float:
+    """ts of the last connection fault of k's worker (or the broker) before the kill."""
+    best = float("-inf")
+    for ts_list in (idx.conn_fault_ts.get(k.worker, []), idx.broker_fault_ts):
+        i = bisect.bisect_left(ts_list, k.ts)
+        if i > 0:
+            best = max(best, ts_list[i - 1])
+    return best
+
+
+def _settlements_by(idx: ix.Index, worker: str) -> dict[str, list[float]]:
+    """id -> ts of each settlement (ack, retry, dead-letter) by ``worker``."""
+    out: dict[str, list[float]] = {}
+    for e in idx.acked_final.lists.get(worker, ()):
+        if e.id is not None:
+            out.setdefault(e.id, []).append(e.ts)
+    for per in (idx.acked_retry, idx.dead_lettered, idx.retry_scheduled):
+        for ident, e in per.first.items():
+            if e.worker == worker:
+                out.setdefault(ident, []).append(e.ts)
+        for ident, lst in per.more.items():
+            for e in lst:
+                if e.worker == worker:
+                    out.setdefault(ident, []).append(e.ts)
+    return out
+
+
+def _redelivery(idx: ix.Index, starts: dict[str, list[float]], ident: str, k: Kill,
+                slack_s: float) -> float | None:
+    best: float | None = None
+    for r in idx.received.of(ident):
+        if r.ts < k.ts - slack_s or r.get("redelivered", True) is False:
+            continue
+        if r.worker == k.worker and not _started_between(starts, k.worker, k.ts, r.ts):
+            continue
+        if best is None or r.ts < best:
+            best = r.ts
+    return best
+
+
+def _completed(idx: ix.Index, ident: str, after: float, dlq: set[str]) -> bool:
+    if ident in dlq:
+        return True
+    return any(e.ts >= after for e in idx.acked_final.of(ident)) or any(
+        e.ts >= after for e in idx.dead_lettered.all(ident))

@@ -1,0 +1,198 @@
+"""Command line: ``harness run``, ``harness check``, ``harness images build``.
+
+Exit codes: 0 every gated claim holds; 1 a claim is violated; 2 could not
+decide (bad input, infrastructure error, missing evidence, interrupted).
+Bad input never gives a traceback: one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from harness.model import CLAIMS
+
+EXIT_OK = 0
+EXIT_VIOLATED = 1
+EXIT_UNDECIDED = 2
+
+
+def _err(msg: str) -> int:
+    print(f"harness: error: {msg}", file=sys.stderr)
+    return EXIT_UNDECIDED
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's own errors are bad input too: one line, exit 2.
+        print(f"harness: error: {message} (see `harness {self.prog.split()[-1]} --help`)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_UNDECIDED)
+
+
+def _gate(value: str) -> frozenset[str]:
+    claims = frozenset(c.strip() for c in value.split(",") if c.strip())
+    unknown = sorted(claims - set(CLAIMS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown claim {unknown[0]!r}; known: {', '.join(CLAIMS)}")
+    return claims
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1 or n > 64:
+        raise argparse.ArgumentTypeError(f"expected 1..64, got {n}")
+    return n
+
+
+def _seed(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {value!r}") from None
+    if not 0 <= n < 2**32:
+        raise argparse.ArgumentTypeError("the seed must be in 0 .. 2^32-1")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="harness", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run scenarios and check the claims")
+    r.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
+    r.add_argument("--backend", choices=("auto", "local", "docker"), default="auto",
+                   help="auto: docker when an engine answers and the images exist, else local")
+    r.add_argument("--broker-url", help="use this broker (amqp://...) instead of a private one")
+    r.add_argument("--seed", type=_seed, help="seed of the run's RNG (printed by every run)")
+    r.add_argument("--workers", type=_positive, help="override the scenario's worker count")
+    r.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go")
+    r.add_argument("--worker-cmd", help="command of a brought worker (local backend)")
+    r.add_argument("--worker-image", help="image of a brought worker (docker backend)")
+    r.add_argument("--events", default="json",
+                   help="'json' (worker contract v1) or 'regex:PATTERN' with a group 'id'")
+    r.add_argument("--gate", type=_gate, help="comma-separated claims whose invariant gates "
+                   "the exit code (default: every claim of the scenario)")
+    r.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+    c = sub.add_parser("check", help="re-run the checkers on a recorded run directory")
+    c.add_argument("run_dir", type=Path)
+    c.add_argument("--claims", type=_gate, help="claims to check (default: the run's)")
+
+    i = sub.add_parser("images", help="container images")
+    isub = i.add_subparsers(dest="images_command", required=True, parser_class=_Parser)
+    b = isub.add_parser("build", help="build the broker and worker images (cached)")
+    b.add_argument("--offline", action="store_true",
+                   help="make the base from a debootstrap root filesystem (no registry)")
+    b.add_argument("--force", action="store_true", help="rebuild even when inputs are unchanged")
+    isub.add_parser("status", help="which images exist and whether they are up to date")
+    return p
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from harness.cluster.base import ClusterError
+    from harness.runner import Interrupted, RunOptions, default_backend, run_scenario
+    from harness.scenario import ScenarioError, apply_overrides, load_scenario
+
+    try:
+        scenarios = [apply_overrides(load_scenario(p), args.workers) for p in args.scenarios]
+    except ScenarioError as exc:
+        return _err(str(exc))
+    backend = default_backend() if args.backend == "auto" else args.backend
+    events = args.events
+    if events != "json" and not events.startswith("regex:"):
+        return _err(f"--events must be 'json' or 'regex:PATTERN', got {events!r}")
+    if events.startswith("regex:"):
+        import re
+
+        try:
+            pattern = re.compile(events[len("regex:"):])
+        except re.error as exc:
+            return _err(f"--events regex does not compile: {exc}")
+        if "id" not in pattern.groupindex:
+            return _err("--events regex needs a named group 'id', e.g. regex:done (?P<id>\\S+)")
+    opts = RunOptions(backend=backend, broker_url=args.broker_url, seed=args.seed,
+                      workers=args.workers, out=args.out, worker_cmd=args.worker_cmd,
+                      worker_image=args.worker_image, events=events, gate=args.gate,
+                      progress=not args.no_progress)
+    worst = EXIT_OK
+    for sc in scenarios:
+        try:
+            outcome = run_scenario(sc, opts, console)
+        except Interrupted:
+            console.print("interrupted: every process of the run was stopped")
+            return EXIT_UNDECIDED
+        except ClusterError as exc:
+            return _err(str(exc))
+        worst = max(worst, outcome.exit_code, key=lambda c: (c == 1) * 2 + (c == 2))
+        console.print()
+    return worst
+
+
+def cmd_check(args: argparse.Namespace, console: Console) -> int:
+    from harness import report
+    from harness.checkers import check_all
+    from harness.history import History
+
+    path = args.run_dir / "history.jsonl"
+    if not path.is_file():
+        return _err(f"{path}: no history here; pass a run directory made by `harness run`")
+    try:
+        history = History.load(path)
+    except (OSError, ValueError, KeyError) as exc:
+        return _err(f"{path}: not a readable history: {exc}")
+    claims: tuple[str, ...]
+    params: dict[str, dict[str, object]] = {}
+    if args.claims:
+        claims = tuple(sorted(args.claims))
+    else:
+        started = next((e for e in history if e.type == "run_started"), None)
+        claims = tuple(started.get("claims", ())) if started else ()
+        if not claims:
+            return _err(f"{path}: no claims recorded; pass --claims")
+    result_path = args.run_dir / "result.json"
+    if result_path.is_file():
+        with open(result_path) as f:
+            params = json.load(f).get("params", {})
+    results = check_all(history, claims, params)
+    code = report.overall_exit_code(results)
+    report.render_results(console, str(args.run_dir), results,
+                          {0: "PASS", 1: "FAIL"}.get(code, "UNKNOWN"))
+    return code
+
+
+def cmd_images(args: argparse.Namespace, console: Console) -> int:
+    from harness.images import images_main
+
+    argv = [args.images_command]
+    if args.images_command == "build":
+        argv += (["--offline"] if args.offline else []) + (["--force"] if args.force else [])
+    return int(images_main(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Not a terminal (CI logs, pipes): a wide fixed width keeps the table readable.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    try:
+        if args.command == "run":
+            return cmd_run(args, console)
+        if args.command == "check":
+            return cmd_check(args, console)
+        if args.command == "images":
+            return cmd_images(args, console)
+    except KeyboardInterrupt:
+        return _err("interrupted")
+    return _err(f"unknown command {args.command!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The Cluster role: one broker and N workers. A backend starts, stops and reaches
+things; it never judges.
+
+Every backend records what it does into the run's ``Recorder``:
+- each line a worker writes on stdout that parses as a JSON object with an
+  ``event`` key goes through ``Recorder.record_worker_event(worker_name, obj)``
+  (or, for a brought worker read by regex, ``record(type, ...)``), and every raw
+  line (stdout and stderr) is appended to ``<run_dir>/logs/<worker>.log``;
+- ``worker_started`` / ``worker_exited`` (with ``requested`` False for a crash)
+  and ``broker_started`` / ``broker_stopped`` under source ``cluster``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.history import Recorder
+
+
+class ClusterError(Exception):
+    """An infrastructure failure: the run's verdict becomes unknown (exit 2).
+
+    The message is one line that says what failed and how to fix it.
+    """
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    """How the harness (not the workers) reaches the broker."""
+
+    amqp_url: str  # amqp://user:pass@host:port/vhost-quoted
+    management_url: str  # http://host:port  (management HTTP API)
+    user: str = "guest"
+    password: str = "guest"
+    vhost: str = "/"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What to run as one worker.
+
+    ``command`` for process backends; ``image`` for container backends. ``env`` is
+    the worker contract v1 environment minus what the backend adds itself
+    (``RABBITMQ_HOST``/``PORT``/``URL`` as the worker reaches the broker, and
+    ``WORKER_ID``).
+    """
+
+    command: tuple[str, ...] = ()
+    image: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    events: str = "json"  # "json" or "regex:PATTERN"
+    health_port: int = 8080
+
+
+class Cluster(abc.ABC):
+    """Base class of the backends (``local``, ``docker``)."""
+
+    backend: str = "?"
+
+    def __init__(self, run_id: str, run_dir: Path, recorder: Recorder) -> None:
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.recorder = recorder
+
+    # -- lifecycle -----------------------------------------------------------
+    @abc.abstractmethod
+    def start_broker(self, broker_url: str | None = None) -> BrokerEndpoint:
+        """Start a private broker, or check that ``broker_url`` answers (bounded).
+
+        Raises ClusterError with a one-line message on failure.
+        """
+
+    @abc.abstractmethod
+    def start_worker(self, name: str, spec: WorkerSpec) -> None:
+        """Start one worker named ``name`` and begin collecting its events."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Tear everything down: workers, broker (if owned), sidecars, networks.
+
+        Idempotent; never raises; safe to call from a signal handler path.
+        """
+
+    # -- what is there --------------------------------------------------------
+    @abc.abstractmethod
+    def workers(self) -> list[str]:
+        """Names of the workers started and not yet removed (running or not)."""
+
+    @abc.abstractmethod
+    def is_running(self, name: str) -> bool:
+        """True while the worker's process/container is alive (paused counts)."""
+
+    def health_url(self, name: str) -> str | None:
+        """Where the harness can GET the worker's /healthcheck, if reachable."""
+        return None
+
+    # -- faults (the nemesis calls these) -------------------------------------
+    @abc.abstractmethod
+    def kill(self, name: str) -> None:
+        """SIGKILL the worker."""
+
+    @abc.abstractmethod
+    def terminate(self, name: str, grace_s: float) -> int | None:
+        """SIGTERM, wait up to ``grace_s``, then SIGKILL. Returns the exit code."""
+
+    @abc.abstractmethod
+    def pause(self, name: str) -> None:
+        """Freeze the worker (SIGSTOP / docker pause)."""
+
+    @abc.abstractmethod
+    def resume(self, name: str) -> None:
+        """Unfreeze the worker. A no-op when it is not paused."""
+
+    @abc.abstractmethod
+    def restart(self, name: str) -> None:
+        """Start the worker again with its spec (after a kill, a crash, or live)."""
+
+    def restart_broker(self) -> None:
+        raise ClusterError(f"the {self.backend} backend cannot restart the broker")
+
+    def heal_all(self) -> None:  # noqa: B027 - optional hook: a backend may have nothing to heal
+        """Undo every fault this backend can have applied (resume paused, etc.)."""

@@ -1,0 +1,944 @@
+"""The ``docker`` backend: a RabbitMQ container and N worker containers on a
+private, internal Docker network.
+
+Layout of one run ``<run_id>``:
+
+- network ``rmq-harness-<run_id>`` (``internal=True``: nothing reaches outside),
+  with a subnet fixed at creation so the broker keeps one static address across
+  restarts; dynamic addresses come from the upper half of the subnet only;
+- broker ``rmq-harness-<run_id>-rabbitmq`` (image ``rmq-harness/rabbitmq:latest``),
+  alias and hostname ``rabbitmq``; the harness reaches it from the host at its
+  address on the network (the host routes to a bridge's subnet, internal or not);
+- workers ``rmq-harness-<run_id>-<name>`` with the worker contract v1 environment,
+  alias ``<name>``, unprivileged (no added capability), PID 1 is the worker itself
+  as in a Kubernetes pod (so a worker must handle SIGTERM itself);
+- sidecars for iptables faults (see ``harness.netfault``).
+
+Every object carries the labels ``rmq-harness=1``, ``rmq-harness.run=<run_id>``,
+``rmq-harness.pid=<harness pid>``, ``rmq-harness.pidstart=<its start time>`` and
+``rmq-harness.host=<hostname>``; ``sweep_stale`` removes the objects of runs whose
+harness process is gone.
+
+The broker is started with the plain Docker SDK rather than testcontainers'
+``RabbitMqContainer``: that class waits on a *published* port (internal networks
+publish none), adds its own labels and session, and cannot give a static address
+or a network alias at creation; the SDK is one dependency fewer on this path and
+gives full control over stop/start of the same container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import socket
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+from urllib.parse import quote
+
+import psutil
+
+from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
+from harness.history import Recorder
+from harness.netfault import NET_FAULTS as _NET_FAULTS
+from harness.netfault import SIDECAR_IMAGE, NetEnv, NetFault, Partition
+
+BROKER_IMAGE: Final = "rmq-harness/rabbitmq:latest"
+WORKER_IMAGE: Final = "rmq-harness/worker:latest"
+BROKER_ALIAS: Final = "rabbitmq"
+AMQP_PORT: Final = 5672
+MGMT_PORT: Final = 15672
+LABEL: Final = "rmq-harness"
+LABEL_RUN: Final = "rmq-harness.run"
+LABEL_PID: Final = "rmq-harness.pid"
+LABEL_PIDSTART: Final = "rmq-harness.pidstart"
+LABEL_HOST: Final = "rmq-harness.host"
+LABEL_ROLE: Final = "rmq-harness.role"
+
+BROKER_START_TIMEOUT_S: Final = 60.0
+BROKER_STOP_TIMEOUT_S: Final = 15
+ENGINE_TIMEOUT_S: Final = 60
+THREAD_JOIN_TIMEOUT_S: Final = 10.0
+RESTART_GRACE_S: Final = 10.0
+LOG_TAIL_LINES: Final = 30
+POOL_SIZE: Final = 256
+_PIDSTART_TOLERANCE_S: Final = 1.0
+_NETWORK_CREATE_ATTEMPTS: Final = 5
+_RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _docker_errors() -> Any:
+    import docker.errors
+
+    return docker.errors
+
+
+def engine_url() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def connect(timeout_s: int = ENGINE_TIMEOUT_S) -> Any:
+    """A ``docker.DockerClient`` that answered a ping, or ClusterError."""
+    import docker
+
+    try:
+        # Each worker holds two connections for good (log stream, wait): a big pool.
+        client = docker.from_env(timeout=timeout_s, max_pool_size=POOL_SIZE)
+        client.ping()
+    except Exception as exc:
+        raise ClusterError(
+            f"Docker engine not reachable at {engine_url()}: start it with "
+            f"`.ci/docker-setup.sh` or `dockerd &` ({type(exc).__name__})"
+        ) from exc
+    return client
+
+
+def require_image(client: Any, image: str) -> None:
+    """ClusterError unless ``image`` exists locally (the harness never pulls)."""
+    try:
+        client.images.get(image)
+    except _docker_errors().ImageNotFound as exc:
+        raise ClusterError(
+            f"image {image} not found: run `harness images build --offline`"
+        ) from exc
+    except _docker_errors().APIError as exc:
+        raise ClusterError(f"cannot inspect image {image}: {exc.explanation}") from exc
+
+
+def _harness_identity() -> dict[str, str]:
+    pid = os.getpid()
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:  # pragma: no cover
+        started = 0.0
+    return {
+        LABEL_PID: str(pid),
+        LABEL_PIDSTART: f"{started:.3f}",
+        LABEL_HOST: socket.gethostname(),
+    }
+
+
+def _owner_gone(labels: dict[str, str]) -> bool:
+    """True when the labels name a harness process on this host that is gone."""
+    if labels.get(LABEL_HOST) != socket.gethostname():
+        return False
+    try:
+        pid = int(labels.get(LABEL_PID, ""))
+    except ValueError:
+        return False
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+    recorded = labels.get(LABEL_PIDSTART)
+    if recorded is None:
+        return False
+    try:
+        return abs(started - float(recorded)) > _PIDSTART_TOLERANCE_S  # pid reused
+    except ValueError:
+        return False
+
+
+def sweep_stale(client: Any) -> list[str]:
+    """Remove containers and networks of runs whose harness process is gone.
+
+    Only objects labelled ``rmq-harness=1`` whose ``rmq-harness.host`` is this
+    host and whose ``rmq-harness.pid`` is dead (or reused by a process started at
+    another time). Returns what was removed (``container:<name>``,
+    ``network:<name>``). Never raises.
+    """
+    removed: list[str] = []
+    try:
+        containers = client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
+    except Exception:
+        return removed
+    for c in containers:
+        try:
+            if _owner_gone(c.labels or {}):
+                c.remove(force=True, v=True)
+                removed.append(f"container:{c.name}")
+        except Exception:
+            continue
+    try:
+        networks = client.networks.list(filters={"label": f"{LABEL}=1"})
+    except Exception:
+        return removed
+    for n in networks:
+        try:
+            if _owner_gone(n.attrs.get("Labels") or {}):
+                n.remove()
+                removed.append(f"network:{n.name}")
+        except Exception:
+            continue
+    return removed
+
+
+def parse_docker_ts(text: str) -> int | None:
+    """``2026-11-28T03:55:41.123456789Z`` -> nanoseconds since the epoch."""
+    try:
+        main, _, frac = text.rstrip("Z").partition(".")
+        secs = int(datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+        digits = "".join(ch for ch in frac if ch.isdigit())[:9]
+        return secs * 1_000_000_000 + int(digits.ljust(9, "0") or "0")
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Worker:
+    name: str
+    spec: WorkerSpec
+    container: Any
+    log_path: Path
+    regex: re.Pattern[str] | None
+    exit_requested: bool = False
+    last_ns: int = 0  # docker timestamp of the last log line handled
+    threads: list[threading.Thread] = field(default_factory=list)
+    log_lock: threading.Lock = field(default_factory=threading.Lock)
+    last_exit_code: int | None = None
+
+
+class DockerCluster(Cluster):
+    """Cluster backend ``docker``. See the module docstring for the layout."""
+
+    backend = "docker"
+
+    def __init__(
+        self,
+        run_id: str,
+        run_dir: Path,
+        recorder: Recorder,
+        *,
+        broker_image: str = BROKER_IMAGE,
+        worker_image: str = WORKER_IMAGE,
+        sidecar_image: str = SIDECAR_IMAGE,
+        client: Any = None,
+        broker_timeout_s: float = BROKER_START_TIMEOUT_S,
+    ) -> None:
+        super().__init__(run_id, run_dir, recorder)
+        # Everything stop() looks at exists before anything can fail.
+        self._lock = threading.RLock()
+        self._workers: dict[str, _Worker] = {}
+        self._faults: dict[str, list[NetFault]] = {}
+        self._broker: Any = None
+        self._broker_ip: str | None = None
+        self._network: Any = None
+        self._endpoint: BrokerEndpoint | None = None
+        self._stopped = False
+        self._broker_log_thread: threading.Thread | None = None
+        self._next_index = 0
+        self._default_spec: WorkerSpec | None = None
+        if not _RUN_ID_RE.match(run_id):
+            raise ValueError(f"run id {run_id!r}: use letters, digits, '.', '_', '-' (max 63)")
+        self.broker_image = broker_image
+        self.worker_image = worker_image
+        self.sidecar_image = sidecar_image
+        self.broker_timeout_s = broker_timeout_s
+        self.network_name = f"rmq-harness-{run_id}"
+        self.prefix = f"rmq-harness-{run_id}"
+        self.labels = {LABEL: "1", LABEL_RUN: run_id, **_harness_identity()}
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.client = client if client is not None else connect()
+        self.swept = sweep_stale(self.client)
+
+    # -- network ------------------------------------------------------------------
+    def _ensure_network(self) -> Any:
+        if self._network is not None:
+            return self._network
+        import docker.types
+
+        errors = _docker_errors()
+        with contextlib.suppress(errors.NotFound):
+            old = self.client.networks.get(self.network_name)
+            old.remove()  # left by an earlier try of this very run id
+        last_error = ""
+        for _ in range(_NETWORK_CREATE_ATTEMPTS):
+            # Let the engine pick a free subnet, then fix it so the broker can have
+            # a static address (user-given addresses need a user-given subnet).
+            probe = self.client.networks.create(
+                self.network_name, driver="bridge", internal=True, labels=self.labels
+            )
+            try:
+                probe.reload()
+                cfg = (probe.attrs.get("IPAM", {}).get("Config") or [{}])[0]
+                subnet = ipaddress.IPv4Network(cfg["Subnet"])
+                gateway = str(cfg.get("Gateway") or next(subnet.hosts()))
+            finally:
+                probe.remove()
+            lower, upper = list(subnet.subnets(prefixlen_diff=1))
+            hosts = (str(h) for h in lower.hosts())
+            broker_ip = next(h for h in hosts if h != gateway)
+            ipam = docker.types.IPAMConfig(
+                pool_configs=[
+                    docker.types.IPAMPool(subnet=str(subnet), gateway=gateway, iprange=str(upper))
+                ]
+            )
+            try:
+                self._network = self.client.networks.create(
+                    self.network_name, driver="bridge", internal=True, labels=self.labels,
+                    ipam=ipam,
+                )
+            except errors.APIError as exc:  # another engine user took the subnet meanwhile
+                last_error = str(exc.explanation)
+                continue
+            self._broker_ip = broker_ip
+            return self._network
+        raise ClusterError(f"cannot create network {self.network_name}: {last_error}")
+
+    # -- broker ---------------------------------------------------------------------
+    @property
+    def endpoint(self) -> BrokerEndpoint | None:
+        return self._endpoint
+
+    @property
+    def broker_ip(self) -> str | None:
+        return self._broker_ip
+
+    def start_broker(self, broker_url: str | None = None) -> BrokerEndpoint:
+        if broker_url:
+            raise ClusterError(
+                "the docker backend runs its own broker; an external --broker-url is not "
+                "supported yet: omit it, or use the local backend"
+            )
+        if self._endpoint is not None:
+            return self._endpoint
+        require_image(self.client, self.broker_image)
+        self._ensure_network()
+        assert self._broker_ip is not None
+        name = f"{self.prefix}-{BROKER_ALIAS}"
+        errors = _docker_errors()
+        with contextlib.suppress(errors.NotFound):
+            self.client.containers.get(name).remove(force=True, v=True)
+        try:
+            self._broker = self.client.containers.create(
+                self.broker_image,
+                name=name,
+                hostname=BROKER_ALIAS,
+                labels={**self.labels, LABEL_ROLE: "broker"},
+                network=self.network_name,
+                networking_config={
+                    self.network_name: self.client.api.create_endpoint_config(
+                        aliases=[BROKER_ALIAS], ipv4_address=self._broker_ip
+                    )
+                },
+                detach=True,
+            )
+            self._check_stopped("start_broker")
+            self._broker.start()
+        except errors.APIError as exc:
+            raise ClusterError(f"cannot start the broker container: {exc.explanation}") from exc
+        self._wait_broker_ready()
+        ip = self._broker_ip
+        self._endpoint = BrokerEndpoint(
+            amqp_url=f"amqp://guest:guest@{ip}:{AMQP_PORT}/%2F",
+            management_url=f"http://{ip}:{MGMT_PORT}",
+        )
+        self.recorder.record(
+            "broker_started", "cluster", container=self._broker.short_id, host=ip,
+            backend=self.backend,
+        )
+        return self._endpoint
+
+    def _broker_tail(self) -> str:
+        try:
+            raw = self._broker.logs(tail=LOG_TAIL_LINES, stdout=True, stderr=True)
+            text = re.sub(r"\x1b\[[0-9;]*m", "", raw.decode("utf-8", "replace"))
+            lines = text.strip().splitlines()
+            return " | ".join(ln.strip() for ln in lines if ln.strip()) or "(none yet)"
+        except Exception:
+            return "(no logs)"
+
+    def _wait_broker_ready(self) -> None:
+        """Until the broker accepts an AMQP login and answers its management API."""
+        import pika
+
+        assert self._broker_ip is not None
+        timeout_s = self.broker_timeout_s
+        deadline = time.monotonic() + timeout_s
+        params = pika.ConnectionParameters(
+            host=self._broker_ip, port=AMQP_PORT,
+            credentials=pika.PlainCredentials("guest", "guest"),
+            socket_timeout=2, blocked_connection_timeout=2, connection_attempts=1,
+            stack_timeout=3,
+        )
+        amqp_ok = False
+        last = ""
+        while time.monotonic() < deadline:
+            self._check_stopped("waiting for the broker")
+            self._broker.reload()
+            if self._broker.status not in ("running", "created", "restarting"):
+                raise ClusterError(
+                    f"the broker container exited ({self._broker.status}); last log lines: "
+                    f"{self._broker_tail()}"
+                )
+            try:
+                if not amqp_ok:
+                    pika.BlockingConnection(params).close()
+                    amqp_ok = True
+                req = urllib.request.Request(
+                    f"http://{self._broker_ip}:{MGMT_PORT}/api/overview",
+                    headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="},  # guest:guest
+                )
+                with urllib.request.urlopen(req, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except Exception as exc:
+                last = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:200]
+            time.sleep(0.3)
+        raise ClusterError(
+            f"the broker did not answer within {timeout_s:.0f} s ({last}); last log lines: "
+            f"{self._broker_tail()}"
+        )
+
+    def restart_broker(self, stop_timeout_s: int = BROKER_STOP_TIMEOUT_S) -> None:
+        """Stop the broker container (SIGTERM, then SIGKILL after ``stop_timeout_s``)
+        and start the same container again: its data persists, its address and its
+        alias ``rabbitmq`` stay; workers reconnect by name."""
+        if self._broker is None:
+            raise ClusterError("restart_broker: no broker started")
+        errors = _docker_errors()
+        try:
+            self._broker.stop(timeout=stop_timeout_s)
+            self.recorder.record("broker_stopped", "cluster", container=self._broker.short_id)
+            self._broker.start()
+        except errors.APIError as exc:
+            raise ClusterError(f"broker restart failed: {exc.explanation}") from exc
+        self._wait_broker_ready()
+        self._broker.reload()
+        net = self._broker.attrs["NetworkSettings"]["Networks"].get(self.network_name) or {}
+        aliases = net.get("Aliases") or []
+        if net.get("IPAddress") != self._broker_ip or BROKER_ALIAS not in aliases:
+            raise ClusterError(
+                f"after restart the broker is at {net.get('IPAddress')} with aliases "
+                f"{net.get('Aliases')}, expected {self._broker_ip} / {BROKER_ALIAS}"
+            )
+        self.recorder.record(
+            "broker_started", "cluster", container=self._broker.short_id, host=self._broker_ip,
+            restarted=True,
+        )
+
+    # -- workers ----------------------------------------------------------------------
+    def container_name(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def _worker_env(self, name: str, spec: WorkerSpec) -> dict[str, str]:
+        env: dict[str, str] = {
+            "RABBITMQ_USER": "guest",
+            "RABBITMQ_PASSWORD": "guest",
+            "RABBITMQ_VHOST": "/",
+        }
+        env.update({str(k): str(v) for k, v in spec.env.items()})
+        user, password = env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]
+        vhost = env["RABBITMQ_VHOST"]
+        env.update(
+            {
+                "RABBITMQ_HOST": BROKER_ALIAS,
+                "RABBITMQ_PORT": str(AMQP_PORT),
+                "RABBITMQ_URL": (
+                    f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{BROKER_ALIAS}:"
+                    f"{AMQP_PORT}/{quote(vhost, safe='')}"
+                ),
+                "WORKER_ID": name,
+                "HEALTH_PORT": str(spec.health_port),
+                "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1"),
+            }
+        )
+        return env
+
+    def _compile_events(self, spec: WorkerSpec) -> re.Pattern[str] | None:
+        if spec.events == "json":
+            return None
+        if spec.events.startswith("regex:"):
+            try:
+                pattern = re.compile(spec.events[len("regex:"):])
+            except re.error as exc:
+                raise ValueError(f"events regex {spec.events!r}: {exc}") from exc
+            if "id" not in pattern.groupindex:
+                raise ValueError(f"events regex {spec.events!r} needs a named group (?P<id>...)")
+            return pattern
+        raise ValueError(f"events {spec.events!r}: use 'json' or 'regex:PATTERN'")
+
+    def _create_container(self, name: str, spec: WorkerSpec) -> Any:
+        image = spec.image or self.worker_image
+        require_image(self.client, image)
+        errors = _docker_errors()
+        cname = self.container_name(name)
+        with contextlib.suppress(errors.NotFound):
+            self.client.containers.get(cname).remove(force=True, v=True)
+        try:
+            return self.client.containers.create(
+                image,
+                command=list(spec.command) if spec.command else None,
+                name=cname,
+                hostname=name,
+                environment=self._worker_env(name, spec),
+                labels={**self.labels, LABEL_ROLE: "worker", "rmq-harness.worker": name},
+                network=self.network_name,
+                networking_config={
+                    self.network_name: self.client.api.create_endpoint_config(aliases=[name])
+                },
+                detach=True,
+                privileged=False,
+            )
+        except errors.APIError as exc:
+            raise ClusterError(f"cannot create worker {name}: {exc.explanation}") from exc
+
+    def start_worker(self, name: str, spec: WorkerSpec) -> None:
+        if not _NAME_RE.match(name):
+            raise ValueError(f"worker name {name!r}: use letters, digits, '.', '_', '-'")
+        if self._stopped:
+            raise ClusterError("start_worker: the cluster is stopped")
+        if self._broker is None:
+            raise ClusterError("start_worker: start the broker first")
+        with self._lock:
+            if name in self._workers:
+                raise ValueError(f"worker {name!r} already exists")
+        regex = self._compile_events(spec)
+        container = self._create_container(name, spec)
+        w = _Worker(
+            name=name, spec=spec, container=container,
+            log_path=self.run_dir / "logs" / f"{name}.log", regex=regex,
+        )
+        with self._lock:
+            self._workers[name] = w
+            self._default_spec = spec
+        self._launch(w)
+
+    def _check_stopped(self, what: str) -> None:
+        if self._stopped:
+            # stop() ran meanwhile (another thread, a signal): clean up what was made since.
+            self._stopped = False
+            self.stop()
+            raise ClusterError(f"{what}: the cluster was stopped meanwhile")
+
+    def _launch(self, w: _Worker) -> None:
+        """Start the (created or exited) container and its log and wait threads."""
+        self._check_stopped(f"start worker {w.name}")
+        try:
+            w.container.start()
+            w.container.reload()
+        except _docker_errors().APIError as exc:
+            raise ClusterError(f"cannot start worker {w.name}: {exc.explanation}") from exc
+        w.exit_requested = False
+        self.recorder.record(
+            "worker_started", "cluster", worker=w.name, container=w.container.short_id,
+            image=w.spec.image or self.worker_image,
+        )
+        since_ns = w.last_ns
+        t_log = threading.Thread(
+            target=self._follow_logs, args=(w, w.container, since_ns),
+            name=f"docker-logs-{w.name}", daemon=True,
+        )
+        t_wait = threading.Thread(
+            target=self._wait_exit, args=(w, w.container),
+            name=f"docker-wait-{w.name}", daemon=True,
+        )
+        w.threads = [t_log, t_wait]
+        t_log.start()
+        t_wait.start()
+
+    def _join(self, w: _Worker) -> None:
+        for t in w.threads:
+            if t is not threading.current_thread():
+                t.join(THREAD_JOIN_TIMEOUT_S)
+
+    def _follow_logs(self, w: _Worker, container: Any, since_ns: int) -> None:
+        kwargs: dict[str, Any] = {}
+        if since_ns:
+            kwargs["since"] = max(since_ns / 1e9 - 0.001, 1.0)
+        buf = b""
+        try:
+            stream = container.logs(
+                stream=True, follow=True, timestamps=True, stdout=True, stderr=True, **kwargs
+            )
+            with w.log_path.open("ab") as out:
+                for chunk in stream:
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        self._handle_line(w, line, out)
+                if buf:
+                    self._handle_line(w, buf, out)
+        except Exception:
+            return  # the container was removed, or the engine went away
+
+    def _handle_line(self, w: _Worker, raw: bytes, out: IO[bytes]) -> None:
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        stamp, sep, rest = text.partition(" ")
+        ns = parse_docker_ts(stamp) if sep else None
+        if ns is None:
+            rest, ns = text, 0
+        elif ns <= w.last_ns:
+            return  # seen before the container was started again
+        else:
+            w.last_ns = ns
+        out.write(rest.encode("utf-8") + b"\n")
+        out.flush()
+        ts = ns / 1e9 if ns else None
+        try:
+            self._record_line(w, rest, ts)
+        except Exception:
+            return  # a listener failed; the raw line is kept in the log
+
+    def _record_line(self, w: _Worker, line: str, ts: float | None) -> None:
+        if w.regex is None:
+            s = line.strip()
+            if not s.startswith("{"):
+                return
+            try:
+                obj = json.loads(s)
+            except ValueError:
+                return
+            if not isinstance(obj, dict) or "event" not in obj:
+                return
+            if not isinstance(obj.get("ts"), int | float) and ts is not None:
+                obj["ts"] = ts
+            self.recorder.record_worker_event(w.name, obj)
+            return
+        m = w.regex.search(line)
+        if m is None:
+            return
+        groups = m.groupdict()
+        ident = groups.get("id")
+        self.recorder.record(
+            groups.get("event") or "processed", w.name,
+            id=ident, worker=groups.get("worker") or w.name, ts=ts,
+        )
+
+    def _wait_exit(self, w: _Worker, container: Any) -> None:
+        code: int | None
+        try:
+            code = int(container.wait()["StatusCode"])
+        except Exception:
+            code = None
+        w.last_exit_code = code
+        # The engine's State.FinishedAt is when the process died; wait() returns
+        # ~100 ms later, by when the broker may already have requeued its
+        # deliveries. Checkers order by ts, so use the engine's time.
+        exit_ts: float | None = None
+        try:
+            container.reload()
+            ns = parse_docker_ts(str(container.attrs["State"]["FinishedAt"]))
+            if ns is not None and ns > 0:
+                exit_ts = ns / 1e9
+        except Exception:
+            exit_ts = None
+        self.recorder.record(
+            "worker_exited", "cluster", worker=w.name, code=code,
+            signal=(code - 128) if code is not None and code > 128 else None,
+            requested=w.exit_requested, container=container.short_id, ts=exit_ts,
+        )
+
+    def _get(self, name: str) -> _Worker:
+        with self._lock:
+            w = self._workers.get(name)
+        if w is None:
+            raise ClusterError(f"no worker named {name!r} (have: {', '.join(self.workers())})")
+        return w
+
+    def _status(self, w: _Worker) -> str:
+        try:
+            w.container.reload()
+            return str(w.container.status)
+        except Exception:
+            return "removed"
+
+    # -- what is there ------------------------------------------------------------------
+    def workers(self) -> list[str]:
+        with self._lock:
+            return list(self._workers)
+
+    def is_running(self, name: str) -> bool:
+        return self._status(self._get(name)) in ("running", "paused", "restarting")
+
+    def container_ip(self, name: str) -> str | None:
+        w = self._get(name)
+        try:
+            w.container.reload()
+        except Exception:
+            return None
+        nets = w.container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        ip = (nets.get(self.network_name) or {}).get("IPAddress")
+        return str(ip) if ip else None
+
+    def health_url(self, name: str) -> str | None:
+        ip = self.container_ip(name)
+        if ip is None:
+            return None
+        return f"http://{ip}:{self._get(name).spec.health_port}/healthcheck"
+
+    # -- faults -------------------------------------------------------------------------
+    def kill(self, name: str) -> None:
+        """SIGKILL the worker (a paused one is unpaused first). No-op when not running."""
+        w = self._get(name)
+        status = self._status(w)
+        if status not in ("running", "paused"):
+            return
+        w.exit_requested = True
+        try:
+            if status == "paused":
+                w.container.unpause()
+            w.container.kill(signal="SIGKILL")
+        except _docker_errors().APIError as exc:
+            if "is not running" not in str(exc):
+                raise ClusterError(f"kill {name} failed: {exc.explanation}") from exc
+
+    def terminate(self, name: str, grace_s: float) -> int | None:
+        """SIGTERM, up to ``grace_s`` for the worker to exit, then SIGKILL.
+
+        Returns the exit code (also when it was not running)."""
+        w = self._get(name)
+        status = self._status(w)
+        if status not in ("running", "paused"):
+            return self._exit_code(w)
+        w.exit_requested = True
+        try:
+            if status == "paused":
+                w.container.unpause()
+            w.container.kill(signal="SIGTERM")
+        except _docker_errors().APIError as exc:
+            if "is not running" not in str(exc):
+                raise ClusterError(f"terminate {name} failed: {exc.explanation}") from exc
+        try:
+            return int(w.container.wait(timeout=max(grace_s, 0.01))["StatusCode"])
+        except Exception:
+            pass  # still running after grace_s
+        with contextlib.suppress(_docker_errors().APIError):
+            w.container.kill(signal="SIGKILL")
+        try:
+            return int(w.container.wait(timeout=THREAD_JOIN_TIMEOUT_S)["StatusCode"])
+        except Exception:
+            return self._exit_code(w)
+
+    def _exit_code(self, w: _Worker) -> int | None:
+        try:
+            w.container.reload()
+            return int(w.container.attrs["State"]["ExitCode"])
+        except Exception:
+            return w.last_exit_code
+
+    def pause(self, name: str) -> None:
+        w = self._get(name)
+        status = self._status(w)
+        if status == "paused":
+            return
+        if status != "running":
+            raise ClusterError(f"pause {name}: the container is {status}")
+        try:
+            w.container.pause()
+        except _docker_errors().APIError as exc:
+            raise ClusterError(f"pause {name} failed: {exc.explanation}") from exc
+
+    def resume(self, name: str) -> None:
+        w = self._get(name)
+        if self._status(w) != "paused":
+            return
+        try:
+            w.container.unpause()
+        except _docker_errors().APIError as exc:
+            raise ClusterError(f"resume {name} failed: {exc.explanation}") from exc
+
+    def restart(self, name: str, grace_s: float = RESTART_GRACE_S) -> None:
+        """Start the worker again: a live one is terminated first (``grace_s``); a
+        killed or crashed one is started again (same container, same spec); a
+        removed container is re-created from the spec."""
+        w = self._get(name)
+        status = self._status(w)
+        if status in ("running", "paused", "restarting"):
+            self.terminate(name, grace_s)
+        self._join(w)
+        # iptables faults lived in the old network namespace: they are gone.
+        self._drop_iptables_faults(name)
+        if status == "removed":
+            w.container = self._create_container(name, w.spec)
+        self._launch(w)
+
+    def add_worker(self, spec: WorkerSpec | None = None, name: str | None = None) -> str:
+        """Start one more worker (``worker-<n>`` unless named) with ``spec`` or the
+        spec of the last worker started."""
+        spec = spec or self._default_spec
+        if spec is None:
+            raise ClusterError("add_worker: no spec given and no worker started yet")
+        with self._lock:
+            if name is None:
+                while True:
+                    self._next_index += 1
+                    name = f"worker-{self._next_index}"
+                    if name not in self._workers:
+                        break
+        self.start_worker(name, spec)
+        return name
+
+    def remove_worker(self, name: str, grace_s: float = RESTART_GRACE_S) -> int | None:
+        """Terminate (SIGTERM, ``grace_s``, SIGKILL) and remove a worker; its exit code."""
+        w = self._get(name)
+        self.heal_network(name)
+        code = self.terminate(name, grace_s)
+        self._join(w)
+        with contextlib.suppress(Exception):
+            w.container.remove(force=True, v=True)
+        with self._lock:
+            self._workers.pop(name, None)
+            self._faults.pop(name, None)
+        return code
+
+    def scale(self, n: int, spec: WorkerSpec | None = None, grace_s: float = RESTART_GRACE_S
+              ) -> list[str]:
+        """Add or remove (the last started first) workers until there are ``n``.
+        Returns the names added or removed."""
+        if n < 0:
+            raise ValueError(f"scale: n must be >= 0, got {n}")
+        changed: list[str] = []
+        while len(self.workers()) < n:
+            changed.append(self.add_worker(spec))
+        while len(self.workers()) > n:
+            name = self.workers()[-1]
+            self.remove_worker(name, grace_s)
+            changed.append(name)
+        return changed
+
+    # -- network faults -------------------------------------------------------------------
+    def _net_env(self) -> NetEnv:
+        if self._broker_ip is None or self._network is None:
+            raise ClusterError("network faults need the broker started first")
+
+        def resolve(name: str) -> Any:
+            w = self._get(name)
+            try:
+                w.container.reload()
+            except Exception as exc:
+                raise ClusterError(f"worker {name} has no container") from exc
+            return w.container
+
+        return NetEnv(
+            client=self.client, network_name=self.network_name, broker_ip=self._broker_ip,
+            amqp_port=AMQP_PORT, resolve=resolve, aliases=lambda name: [name],
+            labels=self.labels, sidecar_prefix=f"{self.prefix}-sidecar",
+            sidecar_image=self.sidecar_image,
+        )
+
+    def _net_fault(self, kind: str, name: str) -> NetFault:
+        self._get(name)
+        with self._lock:
+            faults = self._faults.setdefault(name, [])
+            for f in faults:
+                if f.name == kind:
+                    f.heal()
+                    faults.remove(f)
+                    break
+        fault = _NET_FAULTS[kind](self._net_env())
+        fault.inject(name)
+        with self._lock:
+            self._faults.setdefault(name, []).append(fault)
+        return fault
+
+    def partition(self, name: str) -> None:
+        """Disconnect the worker from the network (heal: reconnect, same alias)."""
+        self._net_fault("partition", name)
+
+    def blackhole(self, name: str) -> None:
+        """Drop all packets between the worker and the broker (both ways)."""
+        self._net_fault("blackhole", name)
+
+    def reset_connections(self, name: str) -> None:
+        """TCP-reset every packet of the worker's AMQP connection (both ways)."""
+        self._net_fault("reset", name)
+
+    def active_faults(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {n: [f.name for f in fs] for n, fs in self._faults.items() if fs}
+
+    def heal_network(self, name: str) -> None:
+        """Heal every network fault on ``name``; raises ClusterError if one fails."""
+        with self._lock:
+            faults = list(self._faults.get(name, []))
+        errors: list[str] = []
+        for f in faults:
+            try:
+                f.heal()
+            except Exception as exc:
+                errors.append(f"{f.name}: {exc}")
+                continue
+            with self._lock, contextlib.suppress(ValueError):
+                self._faults.get(name, []).remove(f)
+        if errors:
+            raise ClusterError(f"heal of {name} failed: {'; '.join(errors)}")
+
+    def _drop_iptables_faults(self, name: str) -> None:
+        with self._lock:
+            faults = [f for f in self._faults.get(name, []) if not isinstance(f, Partition)]
+        for f in faults:
+            with contextlib.suppress(Exception):
+                f.heal()
+            with self._lock, contextlib.suppress(ValueError):
+                self._faults.get(name, []).remove(f)
+
+    def heal_all(self) -> None:
+        """Heal every network fault and unpause every paused worker."""
+        errors: list[str] = []
+        for name in list(self._faults):
+            try:
+                self.heal_network(name)
+            except ClusterError as exc:
+                errors.append(str(exc))
+        for name in self.workers():
+            try:
+                self.resume(name)
+            except ClusterError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ClusterError("; ".join(errors))
+
+    # -- teardown ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Heal, remove workers, sidecars, broker and network. Idempotent, never raises."""
+        self._stopped = True
+        with contextlib.suppress(Exception):
+            self.heal_all()
+        with self._lock:
+            workers = list(self._workers.values())
+        for w in workers:
+            w.exit_requested = True
+            with contextlib.suppress(Exception):
+                w.container.remove(force=True, v=True)
+        for w in workers:
+            with contextlib.suppress(Exception):
+                self._join(w)
+        with self._lock:
+            self._workers.clear()
+            self._faults.clear()
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                raw = self._broker.logs(stdout=True, stderr=True, timestamps=True)
+                (self.run_dir / "logs" / "rabbitmq.log").write_bytes(raw)
+            with contextlib.suppress(Exception):
+                self._broker.remove(force=True, v=True)
+                self.recorder.record("broker_stopped", "cluster", container=self._broker.short_id)
+            self._broker = None
+        self._endpoint = None
+        # Whatever else carries this run's label (sidecars, half-created objects).
+        with contextlib.suppress(Exception):
+            for c in self.client.containers.list(
+                all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}
+            ):
+                with contextlib.suppress(Exception):
+                    c.remove(force=True, v=True)
+        for _ in range(5):
+            try:
+                nets = self.client.networks.list(filters={"label": f"{LABEL_RUN}={self.run_id}"})
+                for n in nets:
+                    n.remove()
+                break
+            except Exception:
+                time.sleep(0.5)
+        self._network = None

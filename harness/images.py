@@ -1,0 +1,786 @@
+"""Build the harness's container images: the broker, the reference worker, and,
+where no registry can be reached, the Debian base both are built on.
+
+Images (names are fixed; the docker backend uses them):
+
+- ``rmq-harness/base:bookworm``: an offline Debian 12 root filesystem made with
+  ``debootstrap --variant=minbase`` and ``docker import`` (Python 3.11, pip,
+  Debian's rabbitmq-server, iproute2, iptables, procps, curl). Only built
+  offline.
+- ``rmq-harness/rabbitmq:latest``: ``harness/images/rabbitmq/Dockerfile``.
+- ``rmq-harness/worker:latest``: ``worker/Dockerfile``, with a build context made
+  here: the rmq-chaos-harness wheel built from the source tree and pika's wheel
+  (containers cannot reach PyPI).
+
+Each Dockerfile takes its base as ``ARG BASE`` with a public default
+(``python:3.12-slim``, ``rabbitmq:3-management``); offline the base is
+``rmq-harness/base:bookworm``.
+
+Offline or not (``offline=None``): the environment variable
+``RMQ_HARNESS_OFFLINE`` (1/0) decides if set; otherwise images built before keep
+the base they were built on; otherwise the public bases are used when present
+locally; otherwise offline if an offline base exists; otherwise the public bases
+if they can be pulled within ``PULL_TIMEOUT_S``; otherwise offline.
+
+Cache: every image carries the label ``io.rmq-harness.inputs``, a SHA-256 of its
+inputs. An image is rebuilt only when that hash differs from the one computed
+now (or with ``force``):
+
+- base: the recipe (suite, variant, package list, recipe version); not the
+  mirror, and not the Debian archive's current state, so a base is refreshed
+  only with ``force``;
+- broker: every file in ``harness/images/rabbitmq/``, the build arguments, and
+  the base image's id;
+- worker: ``worker/Dockerfile``, the files the project wheel is built from
+  (``pyproject.toml``, ``README.md``, everything under ``harness/`` and
+  ``worker/`` except caches), pika's version, and the base image's id. Wheels are
+  built only when a rebuild is needed; pika's wheel is kept in the cache
+  directory.
+
+A rebuilt base changes its id, so the images on it are rebuilt too. Concurrent
+callers (pytest-xdist, several runs) serialise on a lock file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness.cluster.base import ClusterError
+
+BASE_IMAGE = "rmq-harness/base:bookworm"
+BROKER_IMAGE = "rmq-harness/rabbitmq:latest"
+WORKER_IMAGE = "rmq-harness/worker:latest"
+PUBLIC_BROKER_BASE = "rabbitmq:3-management"
+PUBLIC_WORKER_BASE = "python:3.12-slim"
+
+INPUTS_LABEL = "io.rmq-harness.inputs"
+BASE_LABEL = "io.rmq-harness.base"
+RECIPE_VERSION = "1"
+
+DEBIAN_SUITE = "bookworm"
+DEBOOTSTRAP_VARIANT = "minbase"
+DEBOOTSTRAP_PACKAGES = (
+    "python3",
+    "python3-pip",
+    "python3-venv",
+    "rabbitmq-server",
+    "iproute2",
+    "iptables",
+    "procps",
+    "curl",
+)
+# Dropped from the root filesystem before import: apt's downloads and lists, docs.
+ROOTFS_PRUNE = (
+    "var/cache/apt/archives",
+    "var/lib/apt/lists",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+)
+BASE_CHANGES = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["/bin/bash"]',
+)
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+CONNECT_TIMEOUT_S = 10
+BUILD_TIMEOUT_S = 900
+DEBOOTSTRAP_TIMEOUT_S = 1200
+IMPORT_TIMEOUT_S = 600
+PIP_TIMEOUT_S = 300
+PULL_TIMEOUT_S = 120
+LOCK_TIMEOUT_S = 1800
+
+_SKIP_DIRS = frozenset(
+    {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "build", "dist"}
+)
+_SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BROKER_CONTEXT = PACKAGE_DIR / "images" / "rabbitmq"
+
+
+class Console(Protocol):
+    """What progress goes to: ``rich.console.Console`` fits, and so does ``_Printer``."""
+
+    def print(self, *objects: Any) -> None: ...
+
+
+class _Printer:
+    def print(self, *objects: Any) -> None:
+        print(*objects, file=sys.stderr, flush=True)
+
+
+class _Quiet:
+    def print(self, *objects: Any) -> None:
+        return None
+
+
+# -- paths -----------------------------------------------------------------------
+
+
+def project_root() -> Path:
+    """The source tree (where pyproject.toml is); the worker image is built from it."""
+    root = PACKAGE_DIR.parent
+    if not (root / "pyproject.toml").is_file() or not (root / "worker" / "Dockerfile").is_file():
+        raise ClusterError(
+            f"no source tree beside {PACKAGE_DIR} (pyproject.toml, worker/Dockerfile): "
+            "build the images from a checkout of the project"
+        )
+    return root
+
+
+def cache_dir() -> Path:
+    """Where wheels, debootstrap's packages and the build lock live."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    path = Path(base) / "rmq-chaos-harness"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- docker ------------------------------------------------------------------------
+
+
+def docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def engine_unreachable_message() -> str:
+    return (
+        f"Docker engine not reachable at {docker_host()}: "
+        "start it with `.ci/docker-setup.sh` or `dockerd &`"
+    )
+
+
+def docker_client(timeout_s: int = BUILD_TIMEOUT_S) -> Any:
+    """A docker SDK client that has answered a ping, or ClusterError (one line)."""
+    try:
+        import docker
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise ClusterError("the Python package `docker` is missing: pip install docker") from exc
+    try:
+        client = docker.from_env(timeout=timeout_s)
+        client.ping()
+    except Exception as exc:
+        raise ClusterError(engine_unreachable_message()) from exc
+    return client
+
+
+def _image(client: Any, name: str) -> Any | None:
+    import docker.errors
+
+    try:
+        return client.images.get(name)
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        raise ClusterError(f"Docker could not inspect {name}: {_one_line(str(exc))}") from exc
+
+
+def _labels(image: Any) -> Mapping[str, str]:
+    labels = image.attrs.get("Config", {}).get("Labels") or {}
+    return labels if isinstance(labels, dict) else {}
+
+
+def _remove_if_dangling(client: Any, old_id: str | None, new_id: str) -> None:
+    """Drop the image a rebuild replaced, if nothing else uses or names it."""
+    if old_id is None or old_id == new_id:
+        return
+    with contextlib.suppress(Exception):
+        client.images.remove(old_id, noprune=False)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# -- hashing ----------------------------------------------------------------------------
+
+
+def _hash_files(h: Any, root: Path, files: Sequence[Path]) -> None:
+    for path in sorted(files):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+
+
+def _tree_files(top: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(_SKIP_SUFFIXES)
+        )
+        for name in filenames:
+            if not name.endswith(_SKIP_SUFFIXES):
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def _source_files(root: Path) -> list[Path]:
+    files = [root / "pyproject.toml"]
+    for extra in ("README.md", "LICENSE"):
+        if (root / extra).is_file():
+            files.append(root / extra)
+    for package in ("harness", "worker"):
+        files.extend(_tree_files(root / package))
+    return files
+
+
+def _digest(parts: Mapping[str, str], files_root: Path | None, files: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(dict(parts), sort_keys=True).encode())
+    if files_root is not None:
+        _hash_files(h, files_root, files)
+    return h.hexdigest()
+
+
+def base_inputs_hash() -> str:
+    return _digest(
+        {
+            "recipe": RECIPE_VERSION,
+            "suite": DEBIAN_SUITE,
+            "variant": DEBOOTSTRAP_VARIANT,
+            "packages": ",".join(DEBOOTSTRAP_PACKAGES),
+            "prune": ",".join(ROOTFS_PRUNE),
+            "changes": "\n".join(BASE_CHANGES),
+        },
+        None,
+        [],
+    )
+
+
+def broker_inputs_hash(base_id: str) -> str:
+    return _digest(
+        {"recipe": RECIPE_VERSION, "image": BROKER_IMAGE, "base_id": base_id},
+        BROKER_CONTEXT,
+        _tree_files(BROKER_CONTEXT),
+    )
+
+
+def _pika_version() -> str | None:
+    try:
+        return metadata.version("pika")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def worker_inputs_hash(base_id: str, root: Path) -> str:
+    return _digest(
+        {
+            "recipe": RECIPE_VERSION,
+            "image": WORKER_IMAGE,
+            "base_id": base_id,
+            "pika": _pika_version() or "any",
+        },
+        root,
+        _source_files(root),
+    )
+
+
+# -- locking ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _build_lock(timeout_s: int = LOCK_TIMEOUT_S) -> Iterator[None]:
+    path = cache_dir() / "images.lock"
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"another image build held {path} for over {timeout_s} s: "
+                        "wait for it or remove the lock file if no build runs"
+                    ) from None
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# -- the offline base ----------------------------------------------------------------------
+
+
+def apt_mirror() -> str:
+    """The Debian mirror the host's apt uses (deb822 ``URIs:`` or sources.list)."""
+    candidates: list[str] = []
+    sources_d = Path("/etc/apt/sources.list.d")
+    for path in sorted(sources_d.glob("*.sources")) if sources_d.is_dir() else []:
+        for line in path.read_text(errors="replace").splitlines():
+            m = re.match(r"\s*URIs:\s*(.+)$", line, re.IGNORECASE)
+            if m:
+                candidates.extend(m.group(1).split())
+    sources_list = Path("/etc/apt/sources.list")
+    paths = [sources_list] if sources_list.is_file() else []
+    paths += sorted(sources_d.glob("*.list")) if sources_d.is_dir() else []
+    for path in paths:
+        for line in path.read_text(errors="replace").splitlines():
+            m = re.match(r"\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)", line)
+            if m:
+                candidates.append(m.group(1))
+    for uri in candidates:
+        if uri.startswith(("http://", "https://", "file:/")) and "security" not in uri:
+            return uri.rstrip("/")
+    raise ClusterError(
+        "no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list: "
+        "configure apt first"
+    )
+
+
+def _unmount_under(path: Path) -> None:
+    """Unmount what debootstrap left mounted inside ``path`` (/proc, /sys)."""
+    target = str(path.resolve())
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return
+    points = [line.split()[1] for line in mounts if len(line.split()) > 1]
+    for point in sorted((p for p in points if p.startswith(target + "/")), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True, timeout=30)
+
+
+def build_base_image(client: Any, console: Console, force: bool = False) -> str:
+    """Make ``rmq-harness/base:bookworm`` with debootstrap unless it is current."""
+    wanted = base_inputs_hash()
+    existing = _image(client, BASE_IMAGE)
+    if existing is not None and not force and _labels(existing).get(INPUTS_LABEL) == wanted:
+        console.print(f"{BASE_IMAGE}: up to date ({existing.short_id})")
+        return str(existing.id)
+    if os.geteuid() != 0:
+        raise ClusterError("debootstrap needs root: run `harness images build --offline` as root")
+    if shutil.which("debootstrap") is None:
+        raise ClusterError("debootstrap not found: apt-get install -y debootstrap")
+    mirror = apt_mirror()
+    debs = cache_dir() / "debootstrap-debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    log_path = cache_dir() / "debootstrap.log"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="rmq-harness-rootfs-", dir="/var/tmp") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        cmd = [
+            "debootstrap",
+            f"--variant={DEBOOTSTRAP_VARIANT}",
+            "--include=" + ",".join(DEBOOTSTRAP_PACKAGES),
+            f"--cache-dir={debs}",
+            DEBIAN_SUITE,
+            str(rootfs),
+            mirror,
+        ]
+        console.print(f"{BASE_IMAGE}: debootstrap {DEBIAN_SUITE} (about 1-2 min, log {log_path})")
+        try:
+            with open(log_path, "w") as log:
+                proc = subprocess.run(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    timeout=DEBOOTSTRAP_TIMEOUT_S,
+                    check=False,
+                )
+            if proc.returncode != 0:
+                tail = _last_lines(log_path, 1)
+                raise ClusterError(
+                    f"debootstrap failed (exit {proc.returncode}): {tail} (full log: {log_path})"
+                )
+        except subprocess.TimeoutExpired:
+            raise ClusterError(
+                f"debootstrap took over {DEBOOTSTRAP_TIMEOUT_S} s: check the mirror {mirror} "
+                f"(log: {log_path})"
+            ) from None
+        finally:
+            _unmount_under(rootfs)
+        for rel in ROOTFS_PRUNE:
+            target = rootfs / rel
+            if target.is_dir():
+                for child in target.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    elif child.name != "lock":
+                        child.unlink(missing_ok=True)
+        boot_s = time.monotonic() - started
+        tar_path = Path(tmp) / "rootfs.tar"
+        subprocess.run(
+            ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "-f", str(tar_path), "."],
+            check=True,
+            capture_output=True,
+            timeout=IMPORT_TIMEOUT_S,
+        )
+        changes = [
+            *BASE_CHANGES,
+            f"LABEL {INPUTS_LABEL}={wanted}",
+            f"LABEL {BASE_LABEL}=debootstrap",
+        ]
+        repository, tag = BASE_IMAGE.rsplit(":", 1)
+        try:
+            client.api.import_image(
+                src=str(tar_path), repository=repository, tag=tag, changes=changes
+            )
+        except Exception as exc:
+            raise ClusterError(
+                f"docker import of {BASE_IMAGE} failed: {_one_line(str(exc))}"
+            ) from exc
+    image = _image(client, BASE_IMAGE)
+    if image is None:
+        raise ClusterError(f"docker import did not produce {BASE_IMAGE}: see `docker images`")
+    console.print(
+        f"{BASE_IMAGE}: built {image.short_id} in {time.monotonic() - started:.0f} s "
+        f"(debootstrap {boot_s:.0f} s), {image.attrs.get('Size', 0) / 1e6:.0f} MB"
+    )
+    _remove_if_dangling(client, None if existing is None else str(existing.id), str(image.id))
+    return str(image.id)
+
+
+def _last_lines(path: Path, count: int) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "?"
+    return _one_line(" | ".join(lines[-count:]))
+
+
+# -- public bases -------------------------------------------------------------------------
+
+
+def _pull(client: Any, ref: str, deadline: float) -> bool:
+    repository, _, tag = ref.partition(":")
+    try:
+        for _chunk in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            if time.monotonic() > deadline:
+                return False
+        return _image(client, ref) is not None
+    except Exception:
+        return False
+
+
+def public_bases_available(client: Any, pull: bool = True) -> bool:
+    """The public bases are here, or (``pull``) could be pulled within PULL_TIMEOUT_S."""
+    missing = [
+        ref for ref in (PUBLIC_BROKER_BASE, PUBLIC_WORKER_BASE) if _image(client, ref) is None
+    ]
+    if not missing:
+        return True
+    if not pull:
+        return False
+    deadline = time.monotonic() + PULL_TIMEOUT_S
+    return all(_pull(client, ref, deadline) for ref in missing)
+
+
+def resolve_offline(client: Any, offline: bool | None, console: Console) -> bool:
+    """Decide whether to build on the debootstrap base (see the module docstring)."""
+    if offline is not None:
+        return offline
+    env = os.environ.get("RMQ_HARNESS_OFFLINE", "").strip().lower()
+    if env in {"1", "true", "yes"}:
+        return True
+    if env in {"0", "false", "no"}:
+        return False
+    for name in (BROKER_IMAGE, WORKER_IMAGE):
+        image = _image(client, name)
+        if image is not None:
+            base = _labels(image).get(BASE_LABEL)
+            if base == BASE_IMAGE:
+                return True
+            if base in (PUBLIC_BROKER_BASE, PUBLIC_WORKER_BASE) and public_bases_available(
+                client, pull=False
+            ):
+                return False
+    if public_bases_available(client, pull=False):
+        return False
+    if _image(client, BASE_IMAGE) is not None:
+        return True  # an offline base was made here before: no pull attempt
+    if public_bases_available(client, pull=True):
+        return False
+    console.print("public base images unavailable (no registry): building the offline base")
+    return True
+
+
+# -- builds -------------------------------------------------------------------------------------
+
+
+def _docker_build(
+    client: Any,
+    context: Path,
+    tag: str,
+    buildargs: Mapping[str, str],
+    labels: Mapping[str, str],
+    nocache: bool,
+    console: Console,
+) -> str:
+    """Legacy-builder build with no pull; ClusterError (one line) on failure."""
+    last: list[str] = []
+    try:
+        stream = client.api.build(
+            path=str(context),
+            tag=tag,
+            buildargs=dict(buildargs),
+            labels=dict(labels),
+            rm=True,
+            forcerm=True,
+            pull=False,
+            nocache=nocache,
+            decode=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                detail = " | ".join(last[-3:])
+                raise ClusterError(
+                    f"building {tag} failed: {_one_line(str(chunk['error']))}"
+                    + (f" (after: {_one_line(detail, 200)})" if detail else "")
+                )
+            text = str(chunk.get("stream", "")).strip()
+            if text:
+                last.append(text)
+                del last[:-10]
+                if text.startswith("Step "):
+                    console.print(f"  {tag}: {text}")
+    except ClusterError:
+        raise
+    except Exception as exc:
+        raise ClusterError(f"building {tag} failed: {_one_line(str(exc))}") from exc
+    image = _image(client, tag)
+    if image is None:
+        raise ClusterError(f"building {tag} produced no image: see `docker images`")
+    return str(image.id)
+
+
+def _pip(args: Sequence[str], what: str) -> None:
+    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{what}: pip took over {PIP_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise ClusterError(f"{what} failed: {_one_line(lines[-1] if lines else '?')}")
+
+
+def _pika_wheel(console: Console) -> Path:
+    """pika's wheel for the version installed here, kept in the cache directory."""
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    version = _pika_version()
+    pattern = f"pika-{version}-*.whl" if version else "pika-*.whl"
+    found = sorted(wheels.glob(pattern))
+    if found:
+        return found[-1]
+    requirement = f"pika=={version}" if version else "pika>=1.3,<2"
+    console.print(f"  wheels: pip wheel {requirement}")
+    _pip(
+        ["wheel", "--no-deps", "--wheel-dir", str(wheels), requirement],
+        f"building the wheel of {requirement} (needs PyPI or a pip cache)",
+    )
+    found = sorted(wheels.glob(pattern))
+    if not found:
+        raise ClusterError(f"pip wheel {requirement} left no wheel in {wheels}")
+    return found[-1]
+
+
+def _project_wheel(root: Path, out: Path, console: Console) -> None:
+    """Build the project's wheel from a copy of its sources (keeps the tree clean)."""
+    with tempfile.TemporaryDirectory(prefix="rmq-harness-src-") as tmp:
+        src = Path(tmp) / "src"
+        for path in _source_files(root):
+            dest = src / path.relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest)
+        console.print("  wheels: pip wheel rmq-chaos-harness (from the source tree)")
+        _pip(
+            ["wheel", "--no-deps", "--wheel-dir", str(out), str(src)],
+            "building the rmq-chaos-harness wheel",
+        )
+
+
+def build_broker_image(
+    client: Any, base: str, base_id: str, console: Console, force: bool = False
+) -> str:
+    wanted = broker_inputs_hash(base_id)
+    existing = _image(client, BROKER_IMAGE)
+    if existing is not None and not force and _labels(existing).get(INPUTS_LABEL) == wanted:
+        console.print(f"{BROKER_IMAGE}: up to date ({existing.short_id})")
+        return str(existing.id)
+    started = time.monotonic()
+    console.print(f"{BROKER_IMAGE}: building on {base}")
+    image_id = _docker_build(
+        client,
+        BROKER_CONTEXT,
+        BROKER_IMAGE,
+        {"BASE": base},
+        {INPUTS_LABEL: wanted, BASE_LABEL: base},
+        force,
+        console,
+    )
+    console.print(f"{BROKER_IMAGE}: built {image_id[7:19]} in {time.monotonic() - started:.0f} s")
+    _remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
+    return image_id
+
+
+def build_worker_image(
+    client: Any, base: str, base_id: str, console: Console, force: bool = False
+) -> str:
+    root = project_root()
+    wanted = worker_inputs_hash(base_id, root)
+    existing = _image(client, WORKER_IMAGE)
+    if existing is not None and not force and _labels(existing).get(INPUTS_LABEL) == wanted:
+        console.print(f"{WORKER_IMAGE}: up to date ({existing.short_id})")
+        return str(existing.id)
+    started = time.monotonic()
+    console.print(f"{WORKER_IMAGE}: building on {base}")
+    with tempfile.TemporaryDirectory(prefix="rmq-harness-worker-ctx-") as tmp:
+        ctx = Path(tmp)
+        wheels = ctx / "wheels"
+        wheels.mkdir()
+        shutil.copy2(root / "worker" / "Dockerfile", ctx / "Dockerfile")
+        _project_wheel(root, wheels, console)
+        shutil.copy2(_pika_wheel(console), wheels)
+        image_id = _docker_build(
+            client,
+            ctx,
+            WORKER_IMAGE,
+            {"BASE": base},
+            {INPUTS_LABEL: wanted, BASE_LABEL: base},
+            force,
+            console,
+        )
+    console.print(f"{WORKER_IMAGE}: built {image_id[7:19]} in {time.monotonic() - started:.0f} s")
+    _remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
+    return image_id
+
+
+def build_images(
+    offline: bool | None, force: bool = False, console: Console | None = None
+) -> dict[str, str]:
+    """Build (or keep, when their inputs are unchanged) the harness images.
+
+    Returns image name -> image id (with the base when offline). Raises
+    ClusterError with one line on any failure.
+    """
+    out: Console = console if console is not None else _Quiet()
+    client = docker_client()
+    try:
+        with _build_lock():
+            use_offline = resolve_offline(client, offline, out)
+            result: dict[str, str] = {}
+            if use_offline:
+                base_id = build_base_image(client, out, force=force)
+                result[BASE_IMAGE] = base_id
+                broker_base = worker_base = BASE_IMAGE
+                broker_base_id = worker_base_id = base_id
+            else:
+                if not public_bases_available(client, pull=True):
+                    raise ClusterError(
+                        f"public bases {PUBLIC_BROKER_BASE} and {PUBLIC_WORKER_BASE} cannot be "
+                        "pulled: build offline with `harness images build --offline`"
+                    )
+                broker_base, worker_base = PUBLIC_BROKER_BASE, PUBLIC_WORKER_BASE
+                broker_base_id = str(client.images.get(broker_base).id)
+                worker_base_id = str(client.images.get(worker_base).id)
+            result[BROKER_IMAGE] = build_broker_image(
+                client, broker_base, broker_base_id, out, force=force
+            )
+            result[WORKER_IMAGE] = build_worker_image(
+                client, worker_base, worker_base_id, out, force=force
+            )
+            return result
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def ensure_images(
+    offline: bool | None = None, force: bool = False, console: Console | None = None
+) -> dict[str, str]:
+    """What the docker backend calls before a run: images present and current.
+
+    A no-op (about a second: hashing and two inspects) when nothing changed.
+    """
+    return build_images(offline=offline, force=force, console=console)
+
+
+def image_status() -> list[dict[str, Any]]:
+    """Name, id, size and base of each harness image that exists."""
+    client = docker_client(timeout_s=CONNECT_TIMEOUT_S * 3)
+    rows: list[dict[str, Any]] = []
+    try:
+        for name in (BASE_IMAGE, BROKER_IMAGE, WORKER_IMAGE):
+            image = _image(client, name)
+            rows.append(
+                {
+                    "name": name,
+                    "id": None if image is None else image.short_id,
+                    "size_mb": None if image is None else round(image.attrs.get("Size", 0) / 1e6),
+                    "base": None if image is None else _labels(image).get(BASE_LABEL),
+                }
+            )
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+    return rows
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def images_main(argv: Sequence[str] | None = None) -> int:
+    """``harness images build [--offline | --online] [--force]`` and ``harness images status``.
+
+    ``argv`` starts with the subcommand (``["build", "--offline"]``). Exit 0 on
+    success, 2 when the infrastructure failed (one line on stderr).
+    """
+    parser = argparse.ArgumentParser(prog="harness images", description="Build the harness images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build the base, broker and worker images if changed")
+    mode = build.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--offline", action="store_true", help="build on a debootstrap base (no registry)"
+    )
+    mode.add_argument(
+        "--online", action="store_true", help="build on the public bases (pulls them)"
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
+    sub.add_parser("status", help="show the harness images")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        if args.command == "status":
+            for row in image_status():
+                shown = "missing" if row["id"] is None else f"{row['id']} {row['size_mb']} MB"
+                print(f"{row['name']:32} {shown}  base={row['base']}")
+            return 0
+        offline = True if args.offline else False if args.online else None
+        started = time.monotonic()
+        result = build_images(offline=offline, force=args.force, console=_Printer())
+        for name, image_id in result.items():
+            print(f"{name} {image_id}")
+        print(f"images ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        return 0
+    except ClusterError as exc:
+        print(f"harness images: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(images_main())

@@ -1,0 +1,132 @@
+"""The scenario model: what a validated scenario YAML becomes.
+
+``harness.scenario`` parses and validates the YAML into these dataclasses (and
+names file, line and field on any error); everything downstream only sees these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+# The claim ids of DESIGN.md section 3.
+CLAIMS: Final = (
+    "no-loss",
+    "exactly-once-ack",
+    "no-duplicate-processing",
+    "exactly-one-consumer",
+    "redelivery-after-crash",
+    "retry-backoff",
+    "dead-letter",
+    "even-distribution",
+    "concurrency",
+    "linear-scaling",
+    "health-check",
+    "graceful-shutdown",
+    "partition-recovery",
+)
+
+# Faults by name; which backend supports which is the backend's business.
+FAULTS: Final = (
+    "kill",  # SIGKILL
+    "terminate",  # SIGTERM, grace period, then SIGKILL
+    "pause",  # SIGSTOP / docker pause; healed by resume
+    "resume",
+    "restart",  # start the worker again
+    "broker-restart",
+    "partition",  # docker: disconnect from the network
+    "blackhole",  # docker: iptables DROP both ways
+    "reset",  # docker: TCP resets
+    "heal",  # heal every active fault
+    "scale",  # docker/local: add or remove workers (``count``)
+)
+
+# Targets: one of these words, or a worker name ("worker-2").
+TARGET_WORDS: Final = ("one", "random", "busiest", "all", "last", "killed")
+
+# Values of ``crash`` directive.
+CRASH_POINTS: Final = ("during", "after_process")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A directive value: a constant, ``{uniform: [lo, hi]}`` or ``{choice: [...]}``."""
+
+    kind: str  # "const" | "uniform" | "choice"
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    """``count`` tasks with their own directives (placed at seeded positions)."""
+
+    count: int
+    directives: dict[str, Distribution] = field(default_factory=dict)
+    poison: bool = False  # body is not JSON
+
+
+@dataclass(frozen=True)
+class Workload:
+    tasks: int = 100
+    directives: dict[str, Distribution] = field(default_factory=dict)
+    groups: tuple[TaskGroup, ...] = ()
+    rate_per_s: float | None = None  # publish rate limit; None = as fast as confirms allow
+    drain_timeout_s: float = 120.0
+    publish_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    workers: int = 3
+    concurrency: int = 10
+    queue: str = "go.logger"
+    dead_letter_queue: str | None = None  # default "<queue>.dlq"
+    retry_base_ms: int = 1000
+    max_attempts: int = 4
+    heartbeat_s: int = 10
+    grace_s: float = 10.0  # SIGTERM grace period
+    restart_policy: str = "never"  # "never" | "always" (like compose's restart: always)
+    queue_type: str = "classic"  # "classic" | "quorum"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dlq(self) -> str:
+        return self.dead_letter_queue or f"{self.queue}.dlq"
+
+
+@dataclass(frozen=True)
+class When:
+    """When a schedule step fires; measured from the previous step's firing.
+
+    Exactly one of: ``after_s`` (seconds), ``processed`` (the run's total count of
+    ``processed`` events reaches N), ``holding_unacked`` (some worker holds at
+    least N unacked tasks).
+    """
+
+    after_s: float | None = None
+    processed: int | None = None
+    holding_unacked: int | None = None
+    timeout_s: float = 60.0  # give up waiting; the step is recorded as not fired
+
+
+@dataclass(frozen=True)
+class Step:
+    when: When
+    fault: str
+    target: str = "one"
+    duration_s: float | None = None  # heal after this long (pause, partition, ...)
+    count: int | None = None  # for ``scale``: the new number of workers
+    line: int = 0  # where it was written, for messages
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: str
+    claims: tuple[str, ...]
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    workload: Workload = field(default_factory=Workload)
+    schedule: tuple[Step, ...] = ()
+    description: str = ""
+    guide: str = ""  # the guide's words this scenario tests
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-claim checker params

@@ -1,0 +1,482 @@
+"""One run of one scenario, from publish to verdict.
+
+The path of a task: ``workload.make_tasks`` builds it from the scenario with the
+seeded RNG -> ``workload.Publisher`` publishes it with a confirm and records a
+``publish`` event (ok / fail / unknown) -> a worker (started by the cluster
+backend) receives, processes and acks it, and the backend records the worker's
+events -> the ``schedule`` injects faults through the ``nemesis`` meanwhile ->
+the runner waits for the drain, stops the workers, and records what is left in
+the queues (``final_queue``) -> the checkers judge the history -> the report
+prints the table and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+import re
+import shlex
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from rich.console import Console
+
+from harness import report
+from harness.broker import BrokerAdmin
+from harness.checkers import check_all
+from harness.checkers.base import ClaimResult
+from harness.claims import invariant_verdict
+from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
+from harness.history import Event, Recorder
+from harness.live import LiveState
+from harness.model import Scenario
+from harness.nemesis import Nemesis
+from harness.schedule import Schedule
+from harness.workload import Publisher, make_tasks
+
+WORKERS_READY_TIMEOUT_S: Final = 60.0
+DRAIN_POLL_S: Final = 0.5
+# Consecutive empty polls before the drain counts as done: the management API's
+# statistics lag by up to one collection interval (500 ms on our brokers).
+DRAIN_STABLE_POLLS: Final = 3
+FINAL_DRAIN_MAX: Final = 1_000_000
+SEED_MAX: Final = 2**32 - 1
+
+
+@dataclass
+class RunOptions:
+    backend: str = "local"
+    broker_url: str | None = None
+    seed: int | None = None
+    workers: int | None = None
+    out: Path = Path("runs")
+    worker_cmd: str | None = None
+    worker_image: str | None = None
+    events: str = "json"
+    gate: frozenset[str] | None = None  # claims whose invariant gates the exit code
+    progress: bool = True
+
+
+@dataclass
+class RunOutcome:
+    scenario: Scenario
+    run_dir: Path
+    seed: int
+    results: list[ClaimResult]
+    exit_code: int
+    problems: list[str] = field(default_factory=list)
+    rerun: str = ""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during a run."""
+
+
+def new_seed() -> int:
+    return int.from_bytes(os.urandom(4), "big")
+
+
+def make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder) -> Cluster:
+    if backend == "local":
+        from harness.cluster.local import LocalCluster
+
+        return LocalCluster(run_id, run_dir, recorder)
+    if backend == "docker":
+        from harness.cluster.docker import DockerCluster
+
+        return DockerCluster(run_id, run_dir, recorder)
+    raise ClusterError(f"unknown backend '{backend}': use local or docker")
+
+
+def default_backend() -> str:
+    """``docker`` when an engine answers and the images exist, else ``local``."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        client.images.get("rmq-harness/worker:latest")
+        return "docker"
+    except Exception:
+        return "local"
+
+
+def worker_env(scenario: Scenario) -> dict[str, str]:
+    c = scenario.cluster
+    env = {
+        "RABBITMQ_QUEUE": c.queue,
+        "WORKER_CONCURRENCY": str(c.concurrency),
+        "WORKER_RETRY_BASE_MS": str(c.retry_base_ms),
+        "WORKER_MAX_ATTEMPTS": str(c.max_attempts),
+        "RABBITMQ_HEARTBEAT_S": str(c.heartbeat_s),
+        "WORKER_SHUTDOWN_GRACE_S": str(c.grace_s),
+        "RABBITMQ_DLQ": c.dlq,
+        "RABBITMQ_QUEUE_TYPE": c.queue_type,
+    }
+    env.update(c.extra_env)
+    return env
+
+
+def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str) -> str:
+    parts = ["harness", "run", scenario.path, "--seed", str(seed), "--backend", backend]
+    if opts.workers is not None:
+        parts += ["--workers", str(opts.workers)]
+    if opts.broker_url:
+        parts += ["--broker-url", opts.broker_url]
+    if opts.worker_cmd:
+        parts += ["--worker-cmd", opts.worker_cmd]
+    if opts.worker_image:
+        parts += ["--worker-image", opts.worker_image]
+    if opts.events != "json":
+        parts += ["--events", opts.events]
+    return shlex.join(parts)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM (CI cancelling a job) interrupts like Ctrl-C does."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old_int = signal.signal(signal.SIGINT, handler)
+    old_term = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Cleanup must finish: a second Ctrl-C must not leave processes behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+class Run:
+    """The state of one run; ``execute`` drives it."""
+
+    def __init__(self, scenario: Scenario, opts: RunOptions, console: Console) -> None:
+        self.scenario = scenario
+        self.opts = opts
+        self.console = console
+        self.seed = opts.seed if opts.seed is not None else new_seed()
+        self.rng = random.Random(self.seed)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", scenario.name)
+        self.run_id = f"{stamp}-{os.getpid() % 10000:04d}{self.rng.randrange(16**2):02x}"
+        self.run_dir = opts.out / f"{stamp}-{safe}"
+        n = 1
+        while self.run_dir.exists():
+            n += 1
+            self.run_dir = opts.out / f"{stamp}-{safe}-{n}"
+        (self.run_dir / "logs").mkdir(parents=True)
+        self.recorder = Recorder(self.run_dir / "history.jsonl")
+        self.live = LiveState()
+        self.recorder.add_listener(self.live.on_event)
+        self.problems: list[str] = []
+        self.cluster: Cluster | None = None
+        self.admin: BrokerAdmin | None = None
+        self.nemesis: Nemesis | None = None
+        self.schedule: Schedule | None = None
+        self.endpoint: BrokerEndpoint | None = None
+        self.spec: WorkerSpec | None = None
+        self._worker_seq = 0
+        self._stopping = threading.Event()
+
+    # -- helpers -------------------------------------------------------------------
+    def worker_spec(self) -> WorkerSpec:
+        env = worker_env(self.scenario)
+        # Marks every process of this run, so leak checks (and people) can find them.
+        env["RMQ_HARNESS_RUN"] = self.run_id
+        command: tuple[str, ...] = ()  # the backend's default: the reference worker
+        if self.opts.worker_cmd:
+            command = tuple(shlex.split(self.opts.worker_cmd))
+        return WorkerSpec(command=command, image=self.opts.worker_image, env=env,
+                          events=self.opts.events)
+
+    def add_worker(self) -> str:
+        assert self.cluster is not None and self.spec is not None
+        self._worker_seq += 1
+        name = f"worker-{self._worker_seq}"
+        self.cluster.start_worker(name, self.spec)
+        return name
+
+    def scale(self, count: int) -> None:
+        """Scale to ``count`` running workers: add new ones or SIGTERM the newest."""
+        assert self.cluster is not None
+        running = [w for w in self.cluster.workers() if self.cluster.is_running(w)]
+        for _ in range(count - len(running)):
+            self.add_worker()
+        for name in sorted(running, key=lambda w: int(w.rsplit("-", 1)[-1]))[count:]:
+            self.cluster.terminate(name, self.scenario.cluster.grace_s)
+
+    def _on_event_restart(self, ev: Event) -> None:
+        """``restart_policy: always``: start a crashed worker again, like compose does."""
+        if (self.scenario.cluster.restart_policy == "always" and ev.type == "worker_exited"
+                and ev.get("requested") is False and ev.worker and not self._stopping.is_set()):
+            name = ev.worker
+
+            def later() -> None:
+                if self._stopping.wait(1.0) or self.cluster is None:
+                    return
+                with contextlib.suppress(ClusterError, OSError):
+                    self.cluster.restart(name)
+
+            threading.Thread(target=later, daemon=True).start()
+
+    def wait_workers_ready(self, names: list[str]) -> None:
+        assert self.admin is not None
+        queue = self.scenario.cluster.queue
+        deadline = time.monotonic() + WORKERS_READY_TIMEOUT_S
+        want = set(names)
+        while time.monotonic() < deadline:
+            if self.live.wait_for(lambda s: want <= s.ready, 1.0):
+                return
+            info = self.admin.queue_info(queue)
+            if info is not None and info.consumers >= len(names):
+                return
+            assert self.cluster is not None
+            dead = [w for w in names if not self.cluster.is_running(w)]
+            if dead:
+                raise ClusterError(
+                    f"worker {dead[0]} exited during start-up: see "
+                    f"{self.run_dir / 'logs' / (dead[0] + '.log')}")
+        missing = sorted(want - self.live.ready)
+        raise ClusterError(
+            f"workers not consuming after {WORKERS_READY_TIMEOUT_S:.0f} s: {', '.join(missing)}; "
+            f"see {self.run_dir / 'logs'}")
+
+    def wait_drained(self, timeout_s: float) -> bool:
+        """Until the main and retry queues are empty and nothing is unacked (bounded)."""
+        assert self.admin is not None
+        queue = self.scenario.cluster.queue
+        deadline = time.monotonic() + timeout_s
+        stable = 0
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                depth = self.admin.passive_depth(queue) or 0
+                retry = sum(q.messages for q in self.admin.list_queues(f"{queue}.retry."))
+                info = self.admin.queue_info(queue)
+                unacked = info.unacked if info is not None else 0
+            except (ClusterError, OSError) as exc:
+                self.recorder.record("drain_poll_error", "harness", error=str(exc))
+                depth, retry, unacked = 1, 0, 0
+            busy = depth + retry + unacked + self.live.total_in_flight()
+            stable = stable + 1 if busy == 0 else 0
+            if stable >= DRAIN_STABLE_POLLS:
+                self.recorder.record("drain", "harness", complete=True,
+                                     waited_s=round(time.monotonic() - started, 3))
+                return True
+            time.sleep(DRAIN_POLL_S)
+        self.recorder.record("drain", "harness", complete=False, waited_s=timeout_s,
+                             reason=f"queues not empty after {timeout_s} s")
+        return False
+
+    def capture_final_state(self) -> None:
+        """Record what is left in every queue the scenario names (destructive read)."""
+        assert self.admin is not None
+        c = self.scenario.cluster
+        queues: list[tuple[str, str]] = [(c.queue, "main"), (c.dlq, "dlq")]
+        try:
+            queues += [(q.name, "retry") for q in self.admin.list_queues(f"{c.queue}.retry.")]
+        except (ClusterError, OSError) as exc:
+            self.problems.append(f"could not list the retry queues: {exc}")
+        for name, role in queues:
+            try:
+                ids = self.admin.drain_ids(name, FINAL_DRAIN_MAX)
+                exists = self.admin.queue_info(name) is not None or bool(ids)
+                self.recorder.record("final_queue", "harness", queue=name, role=role, ids=ids,
+                                     depth=len(ids), ok=True, exists=exists)
+            except (ClusterError, OSError) as exc:
+                self.recorder.record("final_queue", "harness", queue=name, role=role, ids=[],
+                                     depth=0, ok=False, error=str(exc))
+                self.problems.append(f"could not read queue {name}: {exc}")
+
+    # -- the run -----------------------------------------------------------------------
+    def execute(self) -> list[ClaimResult]:
+        sc = self.scenario
+        wl = sc.workload
+        self.recorder.record("run_started", "harness", seed=self.seed, scenario=sc.name,
+                             backend=self.opts.backend, run_id=self.run_id,
+                             path=sc.path, claims=list(sc.claims))
+        if self.opts.backend == "docker" and not self.opts.worker_image:
+            # The reference worker's image must match the source tree (cached: a
+            # no-op when nothing changed; a rebuild of ~20 s when worker code did).
+            from harness.images import ensure_images
+
+            ensure_images()
+        self.cluster = make_cluster(self.opts.backend, self.run_id, self.run_dir, self.recorder)
+        self.recorder.add_listener(self._on_event_restart)
+        self.endpoint = self.cluster.start_broker(self.opts.broker_url)
+        self.admin = BrokerAdmin(self.endpoint)
+        self.nemesis = Nemesis(self.cluster, self.recorder, sc.cluster.grace_s)
+        self.nemesis.setup()
+        self.spec = self.worker_spec()
+        names = [self.add_worker() for _ in range(sc.cluster.workers)]
+        self.wait_workers_ready(names)
+
+        tasks = make_tasks(wl, self.rng, id_prefix=f"t{self.run_id[-6:]}")
+        self.schedule = Schedule(sc.schedule, self.cluster, self.nemesis, self.live,
+                                 self.recorder, self.rng, scale=self.scale)
+        # --no-progress: the display writes to nowhere rather than being special-cased.
+        progress = report.Progress(self.console if self.opts.progress
+                                   else Console(file=io.StringIO()))
+        self.recorder.add_listener(progress.on_event)
+        progress.start(len(tasks))
+        try:
+            self.recorder.record("publish_started", "harness", tasks=len(tasks))
+            self.schedule.start()
+            publisher = Publisher(self.endpoint.amqp_url, sc.cluster.queue, self.recorder,
+                                  timeout_s=wl.publish_timeout_s)
+            stats = publisher.publish(tasks, rate_per_s=wl.rate_per_s)
+            self.recorder.record("publish_finished", "harness", ok=stats.ok, fail=stats.fail,
+                                 unknown=stats.unknown, elapsed_s=round(stats.elapsed_s, 3))
+            bound = sum((s.when.after_s or s.when.timeout_s) + (s.duration_s or 0) + 30
+                        for s in sc.schedule)
+            if not self.schedule.join(bound):
+                self.problems.append("the schedule did not finish in time")
+                self.schedule.stop.set()
+            if self.schedule.error is not None:
+                self.problems.append(f"the schedule failed: {self.schedule.error}")
+            self.nemesis.heal(None)  # a fault without duration ends with the schedule
+            drained = self.wait_drained(wl.drain_timeout_s)
+        finally:
+            progress.stop()
+        if not drained:
+            self.problems.append(f"the drain did not finish within {wl.drain_timeout_s} s")
+        for i, ok in self.schedule.fired:
+            if not ok:
+                s = sc.schedule[i]
+                self.problems.append(
+                    f"schedule step {i + 1} ({s.fault} {s.target}, line {s.line}) "
+                    "did not take effect")
+        if len(self.schedule.fired) < len(sc.schedule):
+            self.problems.append("not every schedule step ran")
+        if stats.ok == 0:
+            self.problems.append("no task was confirmed by the broker")
+        if self.live.processed == 0:
+            self.problems.append("no task was processed")
+
+        self._stopping.set()
+        self.nemesis.teardown()
+        for name in self.cluster.workers():
+            if self.cluster.is_running(name):
+                self.cluster.terminate(name, sc.cluster.grace_s)
+        self.capture_final_state()
+        self.recorder.record("run_finished", "harness")
+        return self.judge()
+
+    def judge(self) -> list[ClaimResult]:
+        self.recorder.flush()
+        history = self.recorder.snapshot()
+        results = check_all(history, self.scenario.claims, self.scenario.params)
+        if not self.problems:
+            return results
+        # Anti-goal: no PASS on a run that did not see what it needed to see.
+        why = "; ".join(self.problems)
+        return [
+            ClaimResult(r.claim, None, f"undecided: {why} (checker alone said: {r.summary})",
+                        r.evidence, r.explained) if r.valid is True else r
+            for r in results
+        ]
+
+    def cleanup(self) -> None:
+        self._stopping.set()
+        with _signals_ignored():
+            if self.schedule is not None:
+                self.schedule.stop.set()
+            if self.nemesis is not None:
+                with contextlib.suppress(Exception):
+                    self.nemesis.teardown()
+            if self.admin is not None:
+                with contextlib.suppress(Exception):
+                    self.admin.close()
+            if self.cluster is not None:
+                self.cluster.stop()
+            self.recorder.close()
+
+
+def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunOutcome:
+    backend = opts.backend
+    run = Run(scenario, opts, console)
+    rerun = rerun_command(scenario, opts, run.seed, backend)
+    console.print(f"[bold]{scenario.name}[/bold]  seed={run.seed}  backend={backend}  "
+                  f"run dir={run.run_dir}")
+    results: list[ClaimResult] = []
+    try:
+        with _signals_raise():
+            results = run.execute()
+    except ClusterError as exc:
+        run.problems.append(str(exc))
+        console.print(f"[red]error:[/red] {exc}")
+    except (Interrupted, KeyboardInterrupt) as exc:
+        run.problems.append(f"interrupted ({exc or 'SIGINT'})")
+        console.print("[yellow]interrupted: cleaning up[/yellow]")
+        run.cleanup()
+        _write_result(run, results, 2, rerun)
+        raise Interrupted(str(exc)) from None
+    finally:
+        run.cleanup()
+    code = report.overall_exit_code(results, set(opts.gate) if opts.gate else None) \
+        if results else 2
+    if results:
+        report.render_results(console, scenario.name, results, _verdict_word(code))
+    for p in run.problems:
+        console.print(f"[yellow]run problem:[/yellow] {p}")
+    _write_result(run, results, code, rerun)
+    console.print(f"seed={run.seed}  history={run.run_dir / 'history.jsonl'}")
+    console.print(f"rerun: {rerun}")
+    return RunOutcome(scenario, run.run_dir, run.seed, results, code, run.problems, rerun)
+
+
+def _verdict_word(code: int) -> str:
+    return {0: "PASS", 1: "FAIL"}.get(code, "UNKNOWN")
+
+
+def _write_result(run: Run, results: list[ClaimResult], code: int, rerun: str) -> None:
+    report.write_result_json(run.run_dir / "result.json",
+                             _result_payload(run, results, code, rerun))
+
+
+def _result_payload(run: Run, results: list[ClaimResult], code: int,
+                    rerun: str) -> dict[str, Any]:
+    return {
+        "scenario": run.scenario.name,
+        "scenario_path": run.scenario.path,
+        "run_id": run.run_id,
+        "seed": run.seed,
+        "backend": run.opts.backend,
+        "verdict": _verdict_word(code),
+        "exit_code": code,
+        "problems": run.problems,
+        "rerun": rerun,
+        "claims": [
+            {**r.to_dict(), "invariant": {True: "true", False: "false", None: "unknown"}[
+                invariant_verdict(r)]}
+            for r in results
+        ],
+        "params": run.scenario.params,
+    }

@@ -1,0 +1,664 @@
+"""Load and validate a scenario YAML file into ``harness.model.Scenario``.
+
+Every error is a ``ScenarioError`` whose ``str()`` is one line::
+
+    <file>:<line>: <field path>: <what is wrong and what to do>
+    scenarios/x.yaml:7: workload.tasks: expected a positive integer, got 'ten'
+
+The file is parsed with ``yaml.compose`` (SafeLoader) so that every key and
+value keeps its line. Validation is strict: unknown keys are errors (with the
+closest known key suggested), and so are duplicate keys, YAML merge keys
+(``<<``), wrong types (``true`` is not a number, ``"10"`` is not an integer) and
+values out of range.
+
+The format (keys map 1:1 to the dataclasses of ``harness.model``; the only
+renamed key is ``cluster.env`` -> ``ClusterSpec.extra_env``)::
+
+    name: crash-recovery        # required; [A-Za-z0-9][A-Za-z0-9._-]*, at most 64 chars
+    description: ...            # optional text
+    guide: "Test 2: ..."        # optional: the guide's words this scenario tests
+    claims: [no-loss, ...]      # required, non-empty, ids of model.CLAIMS, no repeats
+    cluster:                    # optional; defaults of model.ClusterSpec
+      workers: 3                # 1..64
+      concurrency: 10           # 1..1000 (WORKER_CONCURRENCY, the prefetch)
+      queue: go.logger          # AMQP queue name, not 'amq.*'
+      dead_letter_queue: go.logger.dlq   # default '<queue>.dlq'
+      retry_base_ms: 200        # 1..3_600_000
+      max_attempts: 4           # 1..100
+      heartbeat_s: 10           # 1..3600
+      grace_s: 10               # > 0, <= 3600
+      restart_policy: never     # never | always
+      queue_type: classic       # classic | quorum
+      env: {K: V}               # extra worker environment; scalar values become strings
+    workload:                   # optional; defaults of model.Workload
+      tasks: 50                 # 1..1_000_000
+      rate_per_s: 100           # optional, > 0, <= 1_000_000
+      drain_timeout_s: 60       # > 0, <= 86400
+      publish_timeout_s: 60     # > 0, <= 86400
+      directives:               # for every task (a group's own directives win)
+        sleep_ms: {uniform: [100, 400]}   # number 0..600_000
+        fail_times: 2                     # integer 0..100
+        fail_always: false                # boolean
+        crash: after_process              # one of model.CRASH_POINTS
+      groups:                   # sum of counts <= tasks
+        - {count: 1, directives: {crash: after_process}}
+        - {count: 2, poison: true}
+    schedule:                   # optional list of steps, in order
+      - when: {processed: 10}   # exactly one of after_s (0..86400) | processed
+                                # (1..tasks) | holding_unacked (1..concurrency),
+                                # plus optional timeout_s (> 0, <= 86400; default 60)
+        fault: kill             # one of model.FAULTS
+        target: busiest         # one of model.TARGET_WORDS or worker-<n>, n in 1..workers
+                                # (or up to the largest earlier ``scale`` count)
+        duration_s: 5           # optional, > 0, <= 86400: heal after; not for
+                                # heal/resume/restart/broker-restart/scale
+        count: 2                # ``scale`` only, and required there: 0..64
+    params:                     # per-claim checker parameters; keys are claim ids
+      even-distribution: {max_deviation: 0.25}   # listed in ``claims``
+
+A directive value is a constant, ``{uniform: [lo, hi]}`` (numbers, lo <= hi;
+integers for ``fail_times``) or ``{choice: [v, ...]}`` (1..1000 values). Booleans
+and crash points take a constant or a choice only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from harness.model import (
+    CLAIMS,
+    CRASH_POINTS,
+    FAULTS,
+    TARGET_WORDS,
+    ClusterSpec,
+    Distribution,
+    Scenario,
+    Step,
+    TaskGroup,
+    When,
+    Workload,
+)
+
+# Limits.
+MAX_FILE_BYTES: Final = 1_000_000
+MAX_WORKERS: Final = 64
+MAX_CONCURRENCY: Final = 1000
+MAX_TASKS: Final = 1_000_000
+MAX_TIMEOUT_S: Final = 86_400.0
+MAX_SLEEP_MS: Final = 600_000
+MAX_FAIL_TIMES: Final = 100
+MAX_CHOICES: Final = 1000
+MAX_STEPS: Final = 1000
+MAX_GROUPS: Final = 1000
+
+DIRECTIVES: Final = ("sleep_ms", "fail_times", "fail_always", "crash")
+RESTART_POLICIES: Final = ("never", "always")
+QUEUE_TYPES: Final = ("classic", "quorum")
+# Faults that take effect at once and have nothing to heal after ``duration_s``.
+INSTANT_FAULTS: Final = frozenset({"heal", "resume", "restart", "broker-restart", "scale"})
+
+TOP_KEYS: Final = ("name", "description", "guide", "claims", "cluster", "workload",
+                   "schedule", "params")
+CLUSTER_KEYS: Final = ("workers", "concurrency", "queue", "dead_letter_queue", "retry_base_ms",
+                       "max_attempts", "heartbeat_s", "grace_s", "restart_policy", "queue_type",
+                       "env")
+WORKLOAD_KEYS: Final = ("tasks", "rate_per_s", "drain_timeout_s", "publish_timeout_s",
+                        "directives", "groups")
+GROUP_KEYS: Final = ("count", "directives", "poison")
+STEP_KEYS: Final = ("when", "fault", "target", "duration_s", "count")
+WHEN_TRIGGERS: Final = ("after_s", "processed", "holding_unacked")
+WHEN_KEYS: Final = (*WHEN_TRIGGERS, "timeout_s")
+DIST_KINDS: Final = ("uniform", "choice")
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_WORKER_RE: Final = re.compile(r"worker-([0-9]+)")
+_ENV_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+_T_STR: Final = "tag:yaml.org,2002:str"
+_T_INT: Final = "tag:yaml.org,2002:int"
+_T_FLOAT: Final = "tag:yaml.org,2002:float"
+_T_BOOL: Final = "tag:yaml.org,2002:bool"
+_T_NULL: Final = "tag:yaml.org,2002:null"
+_T_MERGE: Final = "tag:yaml.org,2002:merge"
+
+
+class ScenarioError(ValueError):
+    """A scenario file is unreadable or invalid; ``str()`` is one line."""
+
+    def __init__(self, file: str, line: int, field: str, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.field = field
+        self.message = " ".join(message.split())  # one line, whatever went in
+        super().__init__(f"{file}:{line}: {field}: {self.message}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _closest(word: str, known: Iterable[str]) -> str | None:
+    matches = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _one_of(word: str, known: Sequence[str], what: str) -> str:
+    """'unknown fault 'kil'; did you mean 'kill'?' or the list of known ones."""
+    hint = _closest(word, known)
+    if hint is not None:
+        return f"unknown {what} {word!r}; did you mean {hint!r}?"
+    return f"unknown {what} {word!r}; expected one of: {', '.join(known)}"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class _Loader:
+    """Walks the composed node tree; knows the file for error messages."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self._constructor = yaml.SafeLoader("")
+
+    def fail(self, node: Node | None, path: str, message: str) -> NoReturn:
+        raise ScenarioError(self.file, _line(node) if node is not None else 1, path, message)
+
+    # ---- values
+
+    def value(self, node: Node) -> Any:
+        """The Python value of a node (SafeLoader semantics)."""
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.fail(node, "yaml", f"cannot read this value: {exc}".splitlines()[0])
+
+    def describe(self, node: Node) -> str:
+        if isinstance(node, MappingNode):
+            return "a mapping"
+        if isinstance(node, SequenceNode):
+            return "a list"
+        if node.tag == _T_NULL:
+            return "nothing (null)"
+        if node.tag == _T_BOOL:
+            return f"{node.value} (a boolean)"
+        if node.tag == _T_STR:
+            text = str(node.value)
+            return repr(text if len(text) <= 60 else text[:57] + "...")
+        return str(node.value)
+
+    def mapping(self, node: Node, path: str, known: Sequence[str],
+                required: Sequence[str] = ()) -> dict[str, tuple[Node, Node]]:
+        """Key -> (key node, value node); unknown, duplicate and missing keys fail."""
+        if not isinstance(node, MappingNode):
+            self.fail(node, path or "scenario",
+                      f"expected a mapping with keys among {', '.join(known)}, "
+                      f"got {self.describe(node)}")
+        out = self.raw_mapping(node, path)
+        for key, (knode, _) in out.items():
+            if key not in known:
+                hint = _closest(key, known)
+                if hint is not None:
+                    msg = f"unknown field {key!r}; did you mean {hint!r}?"
+                else:
+                    msg = f"unknown field {key!r}; known fields: {', '.join(known)}"
+                self.fail(knode, _join(path, key), msg)
+        for key in required:
+            if key not in out:
+                self.fail(node, _join(path, key), f"missing required field {key!r}")
+        return out
+
+    def raw_mapping(self, node: MappingNode, path: str) -> dict[str, tuple[Node, Node]]:
+        out: dict[str, tuple[Node, Node]] = {}
+        for knode, vnode in node.value:
+            if knode.tag == _T_MERGE:
+                self.fail(knode, path or "scenario",
+                          "YAML merge keys ('<<') are not supported; write the fields out")
+            if not isinstance(knode, ScalarNode) or knode.tag != _T_STR:
+                self.fail(knode, path or "scenario",
+                          f"keys must be strings, got {self.describe(knode)}")
+            key = str(knode.value)
+            if key in out:
+                self.fail(knode, _join(path, key),
+                          f"duplicate key {key!r} (first at line {_line(out[key][0])}); "
+                          "keep one")
+            out[key] = (knode, vnode)
+        return out
+
+    def sequence(self, node: Node, path: str, what: str, max_len: int) -> list[Node]:
+        if not isinstance(node, SequenceNode):
+            self.fail(node, path, f"expected a list of {what}, got {self.describe(node)}")
+        if len(node.value) > max_len:
+            self.fail(node, path, f"at most {max_len} {what} allowed, got {len(node.value)}")
+        return list(node.value)
+
+    def string(self, node: Node, path: str, *, allow_empty: bool = False) -> str:
+        if not isinstance(node, ScalarNode) or node.tag != _T_STR:
+            self.fail(node, path, f"expected a string, got {self.describe(node)}; "
+                                  "quote it if it looks like a number or boolean")
+        text = str(node.value)
+        if not allow_empty and not text.strip():
+            self.fail(node, path, "expected a non-empty string")
+        return text
+
+    def boolean(self, node: Node, path: str) -> bool:
+        if not isinstance(node, ScalarNode) or node.tag != _T_BOOL:
+            self.fail(node, path, f"expected true or false, got {self.describe(node)}")
+        return bool(self.value(node))
+
+    def integer(self, node: Node, path: str, lo: int, hi: int) -> int:
+        if not isinstance(node, ScalarNode) or node.tag != _T_INT:
+            kind = "a positive integer" if lo >= 1 else "an integer"
+            self.fail(node, path, f"expected {kind}, got {self.describe(node)}"
+                                  f"{self._exponent_hint(node)}")
+        value = int(self.value(node))
+        if not lo <= value <= hi:
+            self.fail(node, path, f"expected an integer in {lo}..{hi}, got {value}")
+        return value
+
+    def number(self, node: Node, path: str, lo: float, hi: float, *,
+               lo_open: bool = False) -> float:
+        if not isinstance(node, ScalarNode) or node.tag not in (_T_INT, _T_FLOAT):
+            self.fail(node, path, f"expected a number, got {self.describe(node)}"
+                                  f"{self._exponent_hint(node)}")
+        value = float(self.value(node))
+        too_low = value <= lo if lo_open else value < lo
+        if not math.isfinite(value) or too_low or value > hi:
+            rng = f"> {lo:g} and <= {hi:g}" if lo_open else f"in {lo:g}..{hi:g}"
+            self.fail(node, path, f"expected a number {rng}, got {node.value}")
+        return value
+
+    @staticmethod
+    def _exponent_hint(node: Node) -> str:
+        """YAML 1.1 reads ``1e9`` as a string; say so instead of puzzling the user."""
+        if isinstance(node, ScalarNode) and node.tag == _T_STR and node.style is None:
+            try:
+                float(str(node.value))
+            except ValueError:
+                return ""
+            return "; YAML reads this as text: write the number out, e.g. 1000000"
+        return ""
+
+    def timeout(self, node: Node, path: str) -> float:
+        return self.number(node, path, 0.0, MAX_TIMEOUT_S, lo_open=True)
+
+    # ---- directives
+
+    def directives(self, node: Node, path: str) -> dict[str, Distribution]:
+        entries = self.mapping(node, path, DIRECTIVES)
+        return {key: self.distribution(key, vnode, _join(path, key))
+                for key, (_, vnode) in entries.items()}
+
+    def distribution(self, name: str, node: Node, path: str) -> Distribution:
+        check = self._directive_check(name)
+        if isinstance(node, MappingNode):
+            entries = self.mapping(node, path, DIST_KINDS)
+            if len(entries) != 1:
+                self.fail(node, path, "expected exactly one of {uniform: [lo, hi]} or "
+                                      "{choice: [...]}")
+            kind, (_, vnode) = next(iter(entries.items()))
+            sub = _join(path, kind)
+            if kind == "uniform":
+                if name in ("fail_always", "crash"):
+                    self.fail(vnode, sub, f"{name} takes a constant or {{choice: [...]}}, "
+                                          "not uniform")
+                items = self.sequence(vnode, sub, "bounds", 2)
+                if len(items) != 2:
+                    self.fail(vnode, sub, f"expected [lo, hi], got {len(items)} value(s)")
+                lo = check(items[0], f"{sub}[0]")
+                hi = check(items[1], f"{sub}[1]")
+                if lo > hi:
+                    self.fail(vnode, sub, f"expected lo <= hi, got [{lo}, {hi}]; swap them")
+                return Distribution("uniform", (lo, hi))
+            items = self.sequence(vnode, sub, "values", MAX_CHOICES)
+            if not items:
+                self.fail(vnode, sub, "expected at least one value to choose from")
+            return Distribution("choice", tuple(check(n, f"{sub}[{i}]")
+                                                for i, n in enumerate(items)))
+        if isinstance(node, SequenceNode):
+            self.fail(node, path, "expected a constant, {uniform: [lo, hi]} or {choice: [...]}, "
+                                  "got a list; write {choice: [...]} to pick among values")
+        return Distribution("const", (check(node, path),))
+
+    def _directive_check(self, name: str) -> Callable[[Node, str], Any]:
+        def sleep_ms(n: Node, p: str) -> Any:
+            v = self.number(n, p, 0, MAX_SLEEP_MS)
+            return int(v) if n.tag == _T_INT else v
+
+        def fail_times(n: Node, p: str) -> Any:
+            return self.integer(n, p, 0, MAX_FAIL_TIMES)
+
+        def fail_always(n: Node, p: str) -> Any:
+            return self.boolean(n, p)
+
+        def crash(n: Node, p: str) -> Any:
+            if not isinstance(n, ScalarNode) or n.tag != _T_STR:
+                self.fail(n, p, f"expected one of {', '.join(CRASH_POINTS)}, "
+                                f"got {self.describe(n)}")
+            text = str(n.value)
+            if text not in CRASH_POINTS:
+                self.fail(n, p, _one_of(text, CRASH_POINTS, "crash point"))
+            return text
+
+        return {"sleep_ms": sleep_ms, "fail_times": fail_times,
+                "fail_always": fail_always, "crash": crash}[name]
+
+    # ---- sections
+
+    def claims(self, node: Node) -> tuple[str, ...]:
+        items = self.sequence(node, "claims", "claim ids", len(CLAIMS))
+        if not items:
+            self.fail(node, "claims", f"expected at least one claim id of: {', '.join(CLAIMS)}")
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            claim = self.string(item, f"claims[{i}]")
+            if claim not in CLAIMS:
+                self.fail(item, f"claims[{i}]", _one_of(claim, CLAIMS, "claim"))
+            if claim in seen:
+                self.fail(item, f"claims[{i}]", f"claim {claim!r} is already listed at "
+                                                f"claims[{seen[claim]}]; list it once")
+            seen[claim] = i
+        return tuple(seen)
+
+    def cluster(self, node: Node) -> ClusterSpec:
+        e = self.mapping(node, "cluster", CLUSTER_KEYS)
+        kw: dict[str, Any] = {}
+        ints = {"workers": (1, MAX_WORKERS), "concurrency": (1, MAX_CONCURRENCY),
+                "retry_base_ms": (1, 3_600_000), "max_attempts": (1, 100),
+                "heartbeat_s": (1, 3600)}
+        for key, (lo, hi) in ints.items():
+            if key in e:
+                kw[key] = self.integer(e[key][1], f"cluster.{key}", lo, hi)
+        if "grace_s" in e:
+            kw["grace_s"] = self.number(e["grace_s"][1], "cluster.grace_s", 0, 3600, lo_open=True)
+        if "queue" in e:
+            kw["queue"] = self.queue_name(e["queue"][1], "cluster.queue")
+        if "dead_letter_queue" in e:
+            vnode = e["dead_letter_queue"][1]
+            kw["dead_letter_queue"] = (None if vnode.tag == _T_NULL
+                                       else self.queue_name(vnode, "cluster.dead_letter_queue"))
+        for key, allowed in (("restart_policy", RESTART_POLICIES), ("queue_type", QUEUE_TYPES)):
+            if key in e:
+                text = self.string(e[key][1], f"cluster.{key}")
+                if text not in allowed:
+                    self.fail(e[key][1], f"cluster.{key}", _one_of(text, allowed, key))
+                kw[key] = text
+        if "env" in e:
+            kw["extra_env"] = self.env(e["env"][1])
+        spec = ClusterSpec(**kw)
+        if spec.dlq == spec.queue:
+            where = e.get("dead_letter_queue", e.get("queue", (node, node)))[1]
+            self.fail(where, "cluster.dead_letter_queue",
+                      "the dead-letter queue must differ from the work queue")
+        return spec
+
+    def queue_name(self, node: Node, path: str) -> str:
+        text = self.string(node, path)
+        if text.startswith("amq."):
+            self.fail(node, path, f"queue names starting with 'amq.' are reserved by RabbitMQ, "
+                                  f"got {text!r}")
+        if len(text.encode("utf-8")) > 255:
+            self.fail(node, path, "queue names are at most 255 bytes")
+        return text
+
+    def env(self, node: Node) -> dict[str, str]:
+        if not isinstance(node, MappingNode):
+            self.fail(node, "cluster.env", f"expected a mapping NAME: value, "
+                                           f"got {self.describe(node)}")
+        out: dict[str, str] = {}
+        for key, (knode, vnode) in self.raw_mapping(node, "cluster.env").items():
+            path = f"cluster.env.{key}"
+            if not _ENV_RE.fullmatch(key):
+                self.fail(knode, path, "environment names are letters, digits and '_', "
+                                       "not starting with a digit")
+            if not isinstance(vnode, ScalarNode) or vnode.tag == _T_NULL:
+                self.fail(vnode, path, f"expected a string, number or boolean, "
+                                       f"got {self.describe(vnode)}")
+            value = self.value(vnode)
+            out[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return out
+
+    def workload(self, node: Node) -> tuple[Workload, dict[str, tuple[Node, Node]]]:
+        e = self.mapping(node, "workload", WORKLOAD_KEYS)
+        kw: dict[str, Any] = {}
+        if "tasks" in e:
+            kw["tasks"] = self.integer(e["tasks"][1], "workload.tasks", 1, MAX_TASKS)
+        if "rate_per_s" in e:
+            vnode = e["rate_per_s"][1]
+            kw["rate_per_s"] = (None if vnode.tag == _T_NULL else
+                                self.number(vnode, "workload.rate_per_s", 0, 1_000_000,
+                                            lo_open=True))
+        for key in ("drain_timeout_s", "publish_timeout_s"):
+            if key in e:
+                kw[key] = self.timeout(e[key][1], f"workload.{key}")
+        if "directives" in e:
+            kw["directives"] = self.directives(e["directives"][1], "workload.directives")
+        tasks = int(kw.get("tasks", Workload.tasks))
+        if "groups" in e:
+            gnode = e["groups"][1]
+            groups: list[TaskGroup] = []
+            total = 0
+            for i, item in enumerate(self.sequence(gnode, "workload.groups", "groups",
+                                                   MAX_GROUPS)):
+                path = f"workload.groups[{i}]"
+                g = self.mapping(item, path, GROUP_KEYS, required=("count",))
+                count = self.integer(g["count"][1], f"{path}.count", 1, MAX_TASKS)
+                total += count
+                if total > tasks:
+                    self.fail(g["count"][1], f"{path}.count",
+                              f"group counts add up to {total}, more than workload.tasks "
+                              f"({tasks}); lower the counts or raise tasks")
+                directives = (self.directives(g["directives"][1], f"{path}.directives")
+                              if "directives" in g else {})
+                poison = self.boolean(g["poison"][1], f"{path}.poison") if "poison" in g \
+                    else False
+                groups.append(TaskGroup(count=count, directives=directives, poison=poison))
+            kw["groups"] = tuple(groups)
+        return Workload(**kw), e
+
+    def schedule(self, node: Node, cluster: ClusterSpec, workload: Workload) -> tuple[Step, ...]:
+        steps: list[Step] = []
+        max_workers = cluster.workers
+        for i, item in enumerate(self.sequence(node, "schedule", "steps", MAX_STEPS)):
+            path = f"schedule[{i}]"
+            e = self.mapping(item, path, STEP_KEYS, required=("when", "fault"))
+            when = self.when(e["when"][1], f"{path}.when", cluster, workload)
+            fnode = e["fault"][1]
+            fault = self.string(fnode, f"{path}.fault")
+            if fault not in FAULTS:
+                self.fail(fnode, f"{path}.fault", _one_of(fault, FAULTS, "fault"))
+            target = "one"
+            if "target" in e:
+                target = self.target(e["target"][1], f"{path}.target", max_workers)
+            duration: float | None = None
+            if "duration_s" in e:
+                dnode = e["duration_s"][1]
+                if fault in INSTANT_FAULTS:
+                    self.fail(dnode, f"{path}.duration_s",
+                              f"fault {fault!r} takes effect at once and has nothing to heal; "
+                              "remove duration_s")
+                duration = self.timeout(dnode, f"{path}.duration_s")
+            count: int | None = None
+            if "count" in e:
+                if fault != "scale":
+                    self.fail(e["count"][1], f"{path}.count",
+                              f"count is only for the 'scale' fault, not {fault!r}")
+                count = self.integer(e["count"][1], f"{path}.count", 0, MAX_WORKERS)
+                max_workers = max(max_workers, count)
+            elif fault == "scale":
+                self.fail(item, f"{path}.count",
+                          "the 'scale' fault needs count: the new number of workers")
+            steps.append(Step(when=when, fault=fault, target=target, duration_s=duration,
+                              count=count, line=_line(item)))
+        return tuple(steps)
+
+    def when(self, node: Node, path: str, cluster: ClusterSpec, workload: Workload) -> When:
+        e = self.mapping(node, path, WHEN_KEYS)
+        triggers = [k for k in WHEN_TRIGGERS if k in e]
+        if len(triggers) != 1:
+            got = ", ".join(triggers) if triggers else "none"
+            self.fail(node, path, f"expected exactly one of {', '.join(WHEN_TRIGGERS)} "
+                                  f"(plus optional timeout_s), got {got}; split into steps")
+        key = triggers[0]
+        vnode = e[key][1]
+        sub = f"{path}.{key}"
+        kw: dict[str, Any] = {}
+        if key == "after_s":
+            kw["after_s"] = self.number(vnode, sub, 0, MAX_TIMEOUT_S)
+        elif key == "processed":
+            kw["processed"] = self.integer(vnode, sub, 1, MAX_TASKS)
+            if kw["processed"] > workload.tasks:
+                self.fail(vnode, sub, f"{kw['processed']} is more than workload.tasks "
+                                      f"({workload.tasks}): the step would never fire; "
+                                      "lower it")
+        else:
+            kw["holding_unacked"] = self.integer(vnode, sub, 1, MAX_CONCURRENCY)
+            if kw["holding_unacked"] > cluster.concurrency:
+                self.fail(vnode, sub, f"{kw['holding_unacked']} is more than "
+                                      f"cluster.concurrency ({cluster.concurrency}), the most "
+                                      "a worker can hold: the step would never fire; lower it")
+        if "timeout_s" in e:
+            kw["timeout_s"] = self.timeout(e["timeout_s"][1], f"{path}.timeout_s")
+        return When(**kw)
+
+    def target(self, node: Node, path: str, workers: int) -> str:
+        text = self.string(node, path)
+        if text in TARGET_WORDS:
+            return text
+        m = _WORKER_RE.fullmatch(text)
+        if m is not None:
+            n = int(m.group(1))
+            if 1 <= n <= workers and str(n) == m.group(1):
+                return text
+            self.fail(node, path, f"{text!r} does not exist: workers are worker-1.."
+                                  f"worker-{workers}")
+        hint = _closest(text, TARGET_WORDS)
+        hint_s = f"did you mean {hint!r}? " if hint else ""
+        self.fail(node, path, f"unknown target {text!r}; {hint_s}expected one of "
+                              f"{', '.join(TARGET_WORDS)} or worker-<n> with n in 1..{workers}")
+
+    def params(self, node: Node, claims: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        if not isinstance(node, MappingNode):
+            self.fail(node, "params", f"expected a mapping claim-id: {{param: value}}, "
+                                      f"got {self.describe(node)}")
+        out: dict[str, dict[str, Any]] = {}
+        for key, (knode, vnode) in self.raw_mapping(node, "params").items():
+            path = f"params.{key}"
+            if key not in CLAIMS:
+                self.fail(knode, path, _one_of(key, CLAIMS, "claim"))
+            if key not in claims:
+                self.fail(knode, path, f"claim {key!r} is not in claims; add it there or "
+                                       "remove its params")
+            if vnode.tag == _T_NULL:
+                out[key] = {}
+                continue
+            if not isinstance(vnode, MappingNode):
+                self.fail(vnode, path, f"expected a mapping of parameters, "
+                                       f"got {self.describe(vnode)}")
+            self.raw_mapping(vnode, path)  # string keys, no duplicates
+            value = self.value(vnode)
+            out[key] = dict(value)
+        return out
+
+    # ---- the whole file
+
+    def scenario(self, root: Node) -> Scenario:
+        e = self.mapping(root, "", TOP_KEYS, required=("name", "claims"))
+        nnode = e["name"][1]
+        name = self.string(nnode, "name")
+        if not _NAME_RE.fullmatch(name):
+            self.fail(nnode, "name", f"expected letters, digits, '.', '_' or '-' (at most 64, "
+                                     f"starting with a letter or digit), got {name!r}")
+        description = self.string(e["description"][1], "description", allow_empty=True) \
+            if "description" in e else ""
+        guide = self.string(e["guide"][1], "guide", allow_empty=True) if "guide" in e else ""
+        claims = self.claims(e["claims"][1])
+        cluster = self.cluster(e["cluster"][1]) if "cluster" in e else ClusterSpec()
+        workload = self.workload(e["workload"][1])[0] if "workload" in e else Workload()
+        schedule = self.schedule(e["schedule"][1], cluster, workload) if "schedule" in e else ()
+        params = self.params(e["params"][1], claims) if "params" in e else {}
+        return Scenario(name=name, path=self.file, claims=claims, cluster=cluster,
+                        workload=workload, schedule=schedule, description=description.strip(),
+                        guide=guide.strip(), params=params)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _yaml_error(file: str, exc: yaml.YAMLError) -> ScenarioError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = int(mark.line) + 1 if mark is not None else 1
+        problem = exc.problem or "invalid YAML"
+        context = ""
+        if exc.context:
+            cline = (f" at line {int(exc.context_mark.line) + 1}"
+                     if exc.context_mark is not None else "")
+            context = f" ({exc.context}{cline})"
+        col = f", column {int(mark.column) + 1}" if mark is not None else ""
+        return ScenarioError(file, line, "YAML syntax",
+                             f"{problem}{context}{col}; check indentation, colons and quoting")
+    return ScenarioError(file, 1, "YAML syntax", str(exc))
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read, parse and validate ``path``; raise ``ScenarioError`` on any problem."""
+    file = str(path)
+    try:
+        raw = path.read_bytes() if path.stat().st_size <= MAX_FILE_BYTES else None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ScenarioError(file, 1, "file", f"cannot read the scenario: {reason}; "
+                                             "check the path") from None
+    if raw is None:
+        raise ScenarioError(file, 1, "file", f"larger than {MAX_FILE_BYTES} bytes; "
+                                             "is this a scenario file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ScenarioError(file, line, "file", "not UTF-8 text; save it as UTF-8") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(file, exc) from None
+    if root is None:
+        raise ScenarioError(file, 1, "scenario", "the file is empty; expected a mapping with "
+                                                 "at least 'name' and 'claims'")
+    loader = _Loader(file)
+    if not isinstance(root, MappingNode):
+        loader.fail(root, "scenario", f"expected a mapping at the top level (name, claims, "
+                                      f"cluster, ...), got {loader.describe(root)}")
+    return loader.scenario(root)
+
+
+def apply_overrides(scenario: Scenario, workers: int | None = None) -> Scenario:
+    """The scenario with the CLI's overrides (``--workers``); ValueError if they do not fit."""
+    if workers is None:
+        return scenario
+    if isinstance(workers, bool) or not isinstance(workers, int) \
+            or not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"--workers: expected an integer in 1..{MAX_WORKERS}, got {workers!r}")
+    reachable = workers
+    for i, step in enumerate(scenario.schedule):
+        m = _WORKER_RE.fullmatch(step.target)
+        if m is not None and int(m.group(1)) > reachable:
+            raise ScenarioError(scenario.path, step.line, f"schedule[{i}].target",
+                                f"{step.target!r} does not exist with --workers {workers}; "
+                                "raise --workers or change the target")
+        if step.fault == "scale" and step.count is not None:
+            reachable = max(reachable, step.count)
+    cluster = dataclasses.replace(scenario.cluster, workers=workers)
+    return dataclasses.replace(scenario, cluster=cluster)

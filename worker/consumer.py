@@ -1,0 +1,470 @@
+"""The consumer: connection, topology, consume, ack, retry, dead-letter, reconnect.
+
+Threads:
+
+* the main thread owns the pika ``BlockingConnection`` (the "connection
+  thread"). It loops on ``process_data_events(time_limit=0.2)`` so heartbeats
+  flow while tasks run, and it is the only thread that touches pika objects;
+* a ``ThreadPoolExecutor`` of WORKER_CONCURRENCY threads runs the tasks. A pool
+  thread never touches pika: it puts its outcome on a completion queue and asks
+  the connection thread to drain that queue with
+  ``connection.add_callback_threadsafe``. The main loop also drains after every
+  ``process_data_events`` call, so an outcome whose wake-up call was lost with
+  a dying connection is still settled (as ``ack_failed``).
+
+Every delivery records the connection generation it arrived on. Delivery tags
+are only valid on their own channel, so an outcome from an older generation is
+never acked on a newer connection: it is reported as ``ack_failed`` and the
+broker redelivers the message (it was unacked when its connection died).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Final
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from worker.config import Config
+from worker.events import EventEmitter
+from worker.health import HealthState
+from worker.tasks import (
+    PermanentError,
+    PoisonError,
+    Task,
+    TaskContext,
+    TaskError,
+    TransientError,
+    message_task_id,
+    parse_message,
+    run_task,
+)
+
+log = logging.getLogger("worker")
+
+POLL_S: Final = 0.2  # upper bound of one process_data_events call
+RECONNECT_MIN_S: Final = 0.25
+ATTEMPT_HEADER: Final = "x-attempt"
+MAX_ATTEMPT_HEADER: Final = 1_000_000
+
+
+class FatalError(Exception):
+    """A condition retrying cannot fix (e.g. conflicting queue arguments): exit 2."""
+
+
+class _Reconnect(Exception):
+    """Leave the consume loop and reconnect (reason in the message)."""
+
+
+def attempt_of(properties: BasicProperties) -> int:
+    """The attempt number from header ``x-attempt`` (absent or invalid = 1)."""
+    headers = properties.headers or {}
+    raw = headers.get(ATTEMPT_HEADER)
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    try:
+        value = int(raw) if raw is not None and not isinstance(raw, bool) else 1
+    except (TypeError, ValueError):
+        return 1
+    return min(max(value, 1), MAX_ATTEMPT_HEADER)
+
+
+@dataclass
+class Delivery:
+    generation: int
+    delivery_tag: int
+    redelivered: bool
+    properties: BasicProperties
+    body: bytes
+    task_id: str | None
+    attempt: int
+
+
+@dataclass
+class Completion:
+    delivery: Delivery
+    kind: str  # "ack" | "retry" | "dead_letter"
+    reason: str  # for dead_letter: permanent | max_attempts | poison
+
+
+def reconnect_delays(max_s: float, rng: random.Random | None = None) -> Callable[[int], float]:
+    """Capped exponential backoff with jitter: 0.25 s doubling to ``max_s``.
+
+    The jitter takes the delay uniformly from [d/2, d] so workers restarted
+    together do not reconnect in lockstep.
+    """
+    r = rng or random.Random()
+
+    def delay(failures: int) -> float:
+        base: float = min(max_s, RECONNECT_MIN_S * float(1 << min(failures, 30)))
+        return base * (0.5 + 0.5 * r.random())
+
+    return delay
+
+
+class Worker:
+    def __init__(self, config: Config, events: EventEmitter, health: HealthState) -> None:
+        self.cfg = config
+        self.events = events
+        self.health = health
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.concurrency, thread_name_prefix="task"
+        )
+        self._completions: queue.Queue[Completion] = queue.Queue()
+        self._stop = threading.Event()
+        self._force = threading.Event()
+        self._stop_reason = ""
+        self._generation = 0
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._pub: BlockingChannel | None = None
+        self._consumer_tag: str | None = None
+        self._in_flight_lock = threading.Lock()
+        self._in_flight = 0
+        self._draining = False
+        self._backoff = reconnect_delays(config.reconnect_max_s)
+
+    # -- signals ---------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        if self._stop.is_set():
+            log.warning("second %s: leaving without waiting for in-flight tasks", reason)
+            self._force.set()
+            return
+        self._stop_reason = reason
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- in-flight accounting ------------------------------------------------------
+    def _in_flight_add(self, n: int) -> int:
+        with self._in_flight_lock:
+            self._in_flight += n
+            value = self._in_flight
+        self.health.set(in_flight=value)
+        return value
+
+    @property
+    def in_flight(self) -> int:
+        with self._in_flight_lock:
+            return self._in_flight
+
+    # -- main loop -------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the exit code (0, or 2 on FatalError)."""
+        failures = 0
+        log.info("worker %s: queue %s on %s, concurrency %d, prefetch %d",
+                 self.cfg.worker_id, self.cfg.queue, self.cfg.broker_display(),
+                 self.cfg.concurrency, self.cfg.prefetch)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._connect()
+                    failures = 0
+                    self._consume_loop()
+                except _Reconnect as exc:
+                    self._lost(str(exc))
+                except pika.exceptions.AMQPError as exc:
+                    self._lost(_describe(exc))
+                except OSError as exc:
+                    self._lost(f"{type(exc).__name__}: {exc}")
+                if self._stop.is_set():
+                    break
+                delay = self._backoff(failures)
+                failures += 1
+                log.info("reconnecting in %.2f s", delay)
+                self._wait(delay)
+        except FatalError as exc:
+            print(f"worker: {exc}", flush=True, file=sys.stderr)
+            self._close_connection()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            return 2
+        return self._shutdown()
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep while disconnected, settling finished tasks as ack_failed."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            self._drain()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, POLL_S))
+
+    def _connect(self) -> None:
+        params = self.cfg.connection_parameters()
+        conn = pika.BlockingConnection(params)
+        self._generation += 1
+        self._conn = conn
+        self.health.set(connected=True, consuming=False)
+        self.events.emit("connected", generation=self._generation)
+        self._channel = conn.channel()
+        self._channel.add_on_cancel_callback(self._on_broker_cancel)
+        self._pub = conn.channel()
+        self._pub.confirm_delivery()
+        self._declare_topology(self._channel)
+        self._channel.basic_qos(prefetch_count=self.cfg.prefetch)
+        if self._stop.is_set():
+            return
+        self._consumer_tag = self._channel.basic_consume(
+            self.cfg.queue, self._on_message, auto_ack=False
+        )
+        self.health.set(consuming=True)
+        self.events.emit("ready", queue=self.cfg.queue, generation=self._generation)
+
+    def _declare_topology(self, ch: BlockingChannel) -> None:
+        cfg = self.cfg
+        main_args: dict[str, Any] = {"x-dead-letter-exchange": cfg.dlx}
+        if cfg.queue_type == "quorum":
+            main_args["x-queue-type"] = "quorum"
+        try:
+            ch.exchange_declare(cfg.dlx, exchange_type="direct", durable=True)
+            ch.queue_declare(cfg.dlq, durable=True)
+            ch.queue_bind(cfg.dlq, cfg.dlx, routing_key=cfg.queue)
+            ch.queue_declare(cfg.queue, durable=True, arguments=main_args)
+            for delay_ms in cfg.retry_delays_ms():
+                ch.queue_declare(
+                    cfg.retry_queue(delay_ms),
+                    durable=True,
+                    arguments={
+                        "x-message-ttl": delay_ms,
+                        "x-dead-letter-exchange": "",
+                        "x-dead-letter-routing-key": cfg.queue,
+                    },
+                )
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code in (403, 406):  # ACCESS_REFUSED, PRECONDITION_FAILED
+                raise FatalError(
+                    f"cannot declare the topology of queue {cfg.queue!r}: {exc.reply_text} "
+                    "(delete the conflicting queue/exchange or change RABBITMQ_QUEUE/DLX/DLQ)"
+                ) from None
+            raise
+
+    def _consume_loop(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while not self._stop.is_set():
+            conn.process_data_events(time_limit=POLL_S)
+            self._drain()
+
+    def _lost(self, reason: str) -> None:
+        self.health.set(connected=False, consuming=False)
+        self.events.emit("connection_lost", reason=reason)
+        log.warning("connection lost: %s", reason)
+        self._close_connection()
+        self._drain()
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        self._channel = None
+        self._pub = None
+        self._consumer_tag = None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception as exc:  # closing a half-dead connection may fail any way
+                log.debug("close failed: %s", exc)
+
+    def _on_broker_cancel(self, frame: Any) -> None:
+        # Queue deleted or a quorum leader moved: reconnect and redeclare.
+        self.health.set(consuming=False)
+        raise _Reconnect("consumer cancelled by broker")
+
+    # -- delivery -> pool ---------------------------------------------------------
+    def _on_message(
+        self, ch: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes
+    ) -> None:
+        attempt = attempt_of(props)
+        task_id = message_task_id(body, props.message_id)
+        d = Delivery(
+            generation=self._generation,
+            delivery_tag=method.delivery_tag,
+            redelivered=bool(method.redelivered),
+            properties=props,
+            body=body,
+            task_id=task_id,
+            attempt=attempt,
+        )
+        self.events.emit("received", id=task_id, redelivered=d.redelivered, attempt=attempt)
+        self._in_flight_add(1)
+        self._pool.submit(self._process, d)
+
+    def _process(self, d: Delivery) -> None:
+        """Pool thread: run the task, then hand the outcome to the connection thread."""
+        try:
+            completion = self._run(d)
+        except BaseException as exc:  # never lose a delivery to a bug in _run
+            log.exception("task %s: unexpected error", d.task_id)
+            completion = Completion(d, "retry" if d.attempt < self.cfg.max_attempts
+                                    else "dead_letter", "max_attempts")
+            self.events.emit("failed", id=d.task_id, attempt=d.attempt, permanent=False,
+                             error=f"{type(exc).__name__}: {exc}")
+        self._completions.put(completion)
+        self._wake()
+
+    def _run(self, d: Delivery) -> Completion:
+        first = not d.redelivered and d.attempt == 1
+        task: Task | None = None
+        try:
+            task = parse_message(d.body, d.properties.message_id)
+
+            def processed(started_ts: float) -> None:
+                self.events.emit_required(
+                    "processed", id=d.task_id, attempt=d.attempt, started_ts=started_ts
+                )
+
+            run_task(task, d.attempt, first, TaskContext(emit_processed=processed))
+            return Completion(d, "ack", "processed")
+        except PoisonError as exc:
+            self._failed(d, True, f"poison: {exc}")
+            return Completion(d, "dead_letter", "poison")
+        except PermanentError as exc:
+            self._failed(d, True, str(exc))
+            return Completion(d, "dead_letter", "permanent")
+        except (TransientError, OSError, ValueError) as exc:
+            # OSError/ValueError: the processed line could not be written.
+            error = str(exc) if isinstance(exc, TaskError) else f"{type(exc).__name__}: {exc}"
+            self._failed(d, False, error)
+            if d.attempt < self.cfg.max_attempts:
+                return Completion(d, "retry", "retry")
+            return Completion(d, "dead_letter", "max_attempts")
+
+    def _failed(self, d: Delivery, permanent: bool, error: str) -> None:
+        self.events.emit("failed", id=d.task_id, attempt=d.attempt, permanent=permanent,
+                         error=error)
+
+    def _wake(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        # Closed or closing: the main loop drains anyway.
+        with contextlib.suppress(Exception):
+            conn.add_callback_threadsafe(self._drain)
+
+    # -- settlement on the connection thread -----------------------------------------
+    def _drain(self) -> None:
+        if self._draining:  # no reentrance from a callback inside a blocking call
+            return
+        self._draining = True
+        try:
+            while True:
+                try:
+                    c = self._completions.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    self._settle(c)
+                finally:
+                    self._in_flight_add(-1)
+        finally:
+            self._draining = False
+
+    def _settle(self, c: Completion) -> None:
+        d = c.delivery
+        ch = self._channel
+        if d.generation != self._generation:
+            self.events.emit(
+                "ack_failed", id=d.task_id, outcome=c.kind,
+                reason=f"delivery of connection {d.generation}, now connection {self._generation}",
+            )
+            return
+        if ch is None or not ch.is_open:
+            self.events.emit("ack_failed", id=d.task_id, outcome=c.kind,
+                             reason="connection lost before the ack")
+            return
+        try:
+            if c.kind == "ack":
+                ch.basic_ack(d.delivery_tag)
+                self.events.emit("acked", id=d.task_id, reason="processed")
+            elif c.kind == "retry":
+                self._retry(ch, d)
+            else:
+                ch.basic_nack(d.delivery_tag, requeue=False)
+                self.events.emit("dead_lettered", id=d.task_id, reason=c.reason,
+                                 attempt=d.attempt)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self.events.emit("ack_failed", id=d.task_id, reason=_describe(exc), outcome=c.kind)
+            raise
+
+    def _retry(self, ch: BlockingChannel, d: Delivery) -> None:
+        delay_ms = self.cfg.retry_delay_ms(d.attempt)
+        target = self.cfg.retry_queue(delay_ms)
+        p = d.properties
+        headers = dict(p.headers or {})
+        headers[ATTEMPT_HEADER] = d.attempt + 1
+        props = BasicProperties(
+            message_id=p.message_id,
+            content_type=p.content_type or "application/json",
+            correlation_id=p.correlation_id,
+            delivery_mode=2,
+            headers=headers,
+        )
+        pub = self._pub
+        assert pub is not None
+        try:
+            pub.basic_publish("", target, d.body, props, mandatory=True)
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            # Not confirmed: keep the original, the broker redelivers it.
+            log.warning("retry publish of %s to %s not confirmed (%s): requeueing",
+                        d.task_id, target, type(exc).__name__)
+            ch.basic_nack(d.delivery_tag, requeue=True)
+            return
+        self.events.emit("retry_scheduled", id=d.task_id, attempt=d.attempt + 1,
+                         delay_ms=delay_ms, queue=target)
+        ch.basic_ack(d.delivery_tag)
+        self.events.emit("acked", id=d.task_id, reason="retry")
+
+    # -- shutdown --------------------------------------------------------------------------
+    def _shutdown(self) -> int:
+        reason = self._stop_reason or "stop"
+        self.health.set(shutting_down=True, consuming=False)
+        conn, ch = self._conn, self._channel
+        deadline = time.monotonic() + self.cfg.shutdown_grace_s
+        if conn is not None and conn.is_open and ch is not None:
+            try:
+                if self._consumer_tag is not None and ch.is_open:
+                    ch.basic_cancel(self._consumer_tag)
+                self._consumer_tag = None
+                while self.in_flight > 0 and time.monotonic() < deadline and \
+                        not self._force.is_set():
+                    conn.process_data_events(time_limit=POLL_S)
+                    self._drain()
+                self._drain()
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self.health.set(connected=False)
+                self.events.emit("connection_lost", reason=_describe(exc))
+                self._drain()
+        else:
+            # Nothing can be acked without a connection; finished tasks become ack_failed.
+            self._drain()
+        left = self.in_flight
+        self.events.emit("shutdown", reason=reason, in_flight=left)
+        self._close_connection()
+        self.health.set(connected=False)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if left:
+            log.warning("%d task(s) still running after the grace period: left unacked", left)
+        return 0
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}"[:300]

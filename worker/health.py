@@ -1,0 +1,103 @@
+"""``GET /healthcheck``: 200 while connected and consuming, 503 otherwise.
+
+The server runs in a daemon thread (``ThreadingHTTPServer``); the state it
+reports is a small lock-protected object the consumer updates.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class HealthState:
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self._lock = threading.Lock()
+        self._connected = False
+        self._consuming = False
+        self._shutting_down = False
+        self._in_flight = 0
+
+    def set(
+        self,
+        *,
+        connected: bool | None = None,
+        consuming: bool | None = None,
+        shutting_down: bool | None = None,
+        in_flight: int | None = None,
+    ) -> None:
+        with self._lock:
+            if connected is not None:
+                self._connected = connected
+            if consuming is not None:
+                self._consuming = consuming
+            if shutting_down is not None:
+                self._shutting_down = shutting_down
+            if in_flight is not None:
+                self._in_flight = in_flight
+
+    def healthy(self) -> bool:
+        with self._lock:
+            return self._connected and self._consuming and not self._shutting_down
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            ok = self._connected and self._consuming and not self._shutting_down
+            return {
+                "status": "ok" if ok else "unavailable",
+                "worker": self.worker_id,
+                "connected": self._connected,
+                "consuming": self._consuming,
+                "shutting_down": self._shutting_down,
+                "in_flight": self._in_flight,
+            }
+
+
+def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5.0  # seconds a client may take to send its request
+
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/healthcheck":
+                self._reply(404, {"status": "not found", "path": "/healthcheck"})
+                return
+            snap = state.snapshot()
+            self._reply(200 if snap["status"] == "ok" else 503, snap)
+
+        def _reply(self, code: int, obj: dict[str, Any]) -> None:
+            body = json.dumps(obj, separators=(",", ":")).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # probes every second would drown stderr
+
+    return Handler
+
+
+class HealthServer:
+    """Serve ``state`` on ``bind:port`` (port 0 picks a free one; see ``.port``)."""
+
+    def __init__(self, state: HealthState, port: int, bind: str = "0.0.0.0") -> None:
+        self._server = ThreadingHTTPServer((bind, port), _handler_for(state))
+        self._server.daemon_threads = True
+        self.port: int = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+            name="health", daemon=True,
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
