@@ -23,17 +23,22 @@ class Claim:
     guide: str  # the guide's sentence
     invariant: str  # what a correct worker keeps
     guide_holds_for_correct_worker: bool
-    why: str = ""  # in RabbitMQ's terms, where the guide is wrong
+    why: str = ""  # in RabbitMQ's terms: why it holds, or where the guide is wrong
+    caveat: str = ""  # the condition under which a holding claim holds
 
 
 CLAIMS: Final[dict[str, Claim]] = {
     c.id: c
     for c in (
         Claim("no-loss", "No messages lost!",
-              "every confirmed task ends processed, dead-lettered or still queued", True),
+              "every confirmed task ends processed, dead-lettered or still queued", True,
+              "manual acks, durable queues and persistent messages: the broker keeps a "
+              "delivery until it is acked, and requeues it when the connection dies"),
         Claim("exactly-once-ack", "(manual ack: one ack per message)",
               "every confirmed task is settled exactly once, or twice only where the first "
-              "settlement's connection died", True),
+              "settlement's connection died", True,
+              "an ack sent just before the connection died may never reach the broker, "
+              "which then redelivers: a second settlement is explained by that fault"),
         Claim("no-duplicate-processing",
               "No duplicates! Each message goes to exactly ONE pod",
               "no duplicate processing that a fault does not explain", False,
@@ -44,23 +49,39 @@ CLAIMS: Final[dict[str, Claim]] = {
               "a delivery is requeued when the broker considers the connection dead "
               "(heartbeat timeout), while a paused or cut-off worker may still be working"),
         Claim("redelivery-after-crash", "If pod crashes, message is redelivered to another pod",
-              "every task unacked on a killed worker is redelivered and completed", True),
+              "every task unacked on a killed worker is redelivered and completed", True,
+              "the broker requeues a dead connection's unacked deliveries and redelivers "
+              "them with redelivered=true"),
         Claim("retry-backoff", "Exponential backoff for retries",
-              "attempt k+1 waits base*2^(k-1) within the tolerance", True),
+              "attempt k+1 waits base*2^(k-1) within the tolerance", True,
+              "per-tier TTL queues dead-letter back to the work queue when the TTL expires"),
         Claim("dead-letter", "Nack ... send to DLQ",
-              "permanent failures and poison bodies end in the DLQ exactly once", True),
+              "permanent failures and poison bodies end in the DLQ exactly once", True,
+              "basic.nack with requeue=false routes through the queue's dead-letter exchange",
+              caveat="only where the work queue is declared with a dead-letter exchange"),
         Claim("even-distribution", "Each pod gets ~100 messages (round-robin)",
-              "per-worker share within the bound of the mean", True),
+              "per-worker share within the bound of the mean", True,
+              "the broker dispatches round-robin among consumers with free prefetch",
+              caveat="with prefetch = concurrency and tasks of equal cost; unlimited prefetch "
+                     "lets the first consumer take the backlog"),
         Claim("concurrency", "1 pod x 10 concurrent workers = 10 tasks processing simultaneously",
-              "peak simultaneous tasks per worker equals WORKER_CONCURRENCY", True),
+              "peak simultaneous tasks per worker equals WORKER_CONCURRENCY", True,
+              "prefetch = concurrency keeps that many deliveries unacked at once"),
         Claim("linear-scaling", "1 pod -> 10 tasks/sec ... 100 pods -> 1000 tasks/sec",
-              "efficiency T(N)/(N*T(1)) stays above the bound", True),
+              "efficiency T(N)/(N*T(1)) stays above the bound", True,
+              "consumers are independent while the queue has a backlog",
+              caveat="until the broker, the queue or the machine saturates"),
         Claim("health-check", "Health checks ... restart if unhealthy",
-              "/healthcheck turns 503 without the broker and 200 after reconnect", True),
+              "/healthcheck turns 503 without the broker and 200 after reconnect", True,
+              "a closed or heartbeat-dead connection is visible to the worker; the probe "
+              "must report it"),
         Claim("graceful-shutdown", "HPA scales back to 5 pods",
-              "on SIGTERM in-flight tasks finish and are acked, or are requeued", True),
+              "on SIGTERM in-flight tasks finish and are acked, or are requeued", True,
+              "basic.cancel stops new deliveries; unacked ones are requeued when the "
+              "connection closes"),
         Claim("partition-recovery", "Network issues causing duplicate delivery?",
-              "after the network heals the worker reconnects and consumes again", True),
+              "after the network heals the worker reconnects and consumes again", True,
+              "heartbeats detect the dead TCP connection; the worker must reconnect"),
     )
 }
 

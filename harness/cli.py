@@ -11,10 +11,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from harness.model import CLAIMS
+
+if TYPE_CHECKING:
+    from harness.runner import RunOptions
 
 EXIT_OK = 0
 EXIT_VIOLATED = 1
@@ -43,6 +47,17 @@ def _gate(value: str) -> frozenset[str]:
     return claims
 
 
+def _capabilities(value: str) -> frozenset[str]:
+    if value.strip() == "none":
+        return frozenset()
+    caps = frozenset(c.strip() for c in value.split(",") if c.strip())
+    bad = sorted(caps - {"directives", "health"})
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown capability {bad[0]!r}; known: directives, health (or none)")
+    return caps
+
+
 def _positive(value: str) -> int:
     try:
         n = int(value)
@@ -63,25 +78,41 @@ def _seed(value: str) -> int:
     return n
 
 
+def _run_options(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--backend", choices=("auto", "local", "docker"), default="auto",
+                   help="auto: docker when an engine answers and the images exist, else local")
+    r.add_argument("--broker-url", help="use this broker (amqp://...) instead of a private one")
+    r.add_argument("--seed", type=_seed, help="seed of the run's RNG (printed by every run)")
+    r.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go")
+    r.add_argument("--worker-cmd", help="command of a brought worker (local backend)")
+    r.add_argument("--worker-image", help="image of a brought worker (docker backend)")
+    r.add_argument("--events", default="json",
+                   help="'json' (worker contract v1) or 'regex:PATTERN' with a group 'id'")
+    r.add_argument("--capabilities", type=_capabilities,
+                   help="what the worker can do: 'directives' (honours the test hooks in "
+                   "task bodies), 'health' (serves /healthcheck), comma-separated, or 'none'. "
+                   "Default: both for the reference worker, none for a brought one")
+    r.add_argument("--queue", help="the worker's queue (overrides the scenario)")
+    r.add_argument("--dlq", help="the worker's dead-letter queue (default <queue>.dlq)")
+    r.add_argument("--gate", type=_gate, help="comma-separated claims whose invariant gates "
+                   "the exit code (default: every claim of the scenario; for audit, the "
+                   "release invariants)")
+    r.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run scenarios and check the claims")
     r.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
-    r.add_argument("--backend", choices=("auto", "local", "docker"), default="auto",
-                   help="auto: docker when an engine answers and the images exist, else local")
-    r.add_argument("--broker-url", help="use this broker (amqp://...) instead of a private one")
-    r.add_argument("--seed", type=_seed, help="seed of the run's RNG (printed by every run)")
     r.add_argument("--workers", type=_positive, help="override the scenario's worker count")
-    r.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go")
-    r.add_argument("--worker-cmd", help="command of a brought worker (local backend)")
-    r.add_argument("--worker-image", help="image of a brought worker (docker backend)")
-    r.add_argument("--events", default="json",
-                   help="'json' (worker contract v1) or 'regex:PATTERN' with a group 'id'")
-    r.add_argument("--gate", type=_gate, help="comma-separated claims whose invariant gates "
-                   "the exit code (default: every claim of the scenario)")
-    r.add_argument("--no-progress", action="store_true", help="no live progress display")
+    _run_options(r)
+
+    a = sub.add_parser("audit", help="run the whole suite: one row per claim of the guide")
+    a.add_argument("--only", action="append",
+                   help="run only suite scenarios whose file name contains this (repeatable)")
+    _run_options(a)
 
     c = sub.add_parser("check", help="re-run the checkers on a recorded run directory")
     c.add_argument("run_dir", type=Path)
@@ -99,13 +130,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from harness.cluster.base import ClusterError
-    from harness.runner import Interrupted, RunOptions, default_backend, run_scenario
+    from harness.runner import Interrupted, run_scenario
     from harness.scenario import ScenarioError, apply_overrides, load_scenario
 
     try:
         scenarios = [apply_overrides(load_scenario(p), args.workers) for p in args.scenarios]
-    except ScenarioError as exc:
+    except (ScenarioError, ValueError) as exc:
         return _err(str(exc))
+
+    opts = _options(args)
+    if isinstance(opts, int):
+        return opts
+    worst = EXIT_OK
+    for sc in scenarios:
+        try:
+            outcome = run_scenario(sc, opts, console)
+        except Interrupted:
+            console.print("interrupted: every process of the run was stopped")
+            return EXIT_UNDECIDED
+        except ClusterError as exc:
+            return _err(str(exc))
+        worst = max(worst, outcome.exit_code, key=lambda c: (c == 1) * 2 + (c == 2))
+        console.print()
+    return worst
+
+
+def _options(args: argparse.Namespace) -> RunOptions | int:
+    """RunOptions from the shared flags, or an exit code after a one-line error."""
+    from harness.runner import RunOptions, default_backend
+
     backend = default_backend() if args.backend == "auto" else args.backend
     events = args.events
     if events != "json" and not events.startswith("regex:"):
@@ -119,22 +172,29 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             return _err(f"--events regex does not compile: {exc}")
         if "id" not in pattern.groupindex:
             return _err("--events regex needs a named group 'id', e.g. regex:done (?P<id>\\S+)")
-    opts = RunOptions(backend=backend, broker_url=args.broker_url, seed=args.seed,
-                      workers=args.workers, out=args.out, worker_cmd=args.worker_cmd,
-                      worker_image=args.worker_image, events=events, gate=args.gate,
-                      progress=not args.no_progress)
-    worst = EXIT_OK
-    for sc in scenarios:
-        try:
-            outcome = run_scenario(sc, opts, console)
-        except Interrupted:
-            console.print("interrupted: every process of the run was stopped")
-            return EXIT_UNDECIDED
-        except ClusterError as exc:
-            return _err(str(exc))
-        worst = max(worst, outcome.exit_code, key=lambda c: (c == 1) * 2 + (c == 2))
-        console.print()
-    return worst
+    if args.worker_image and backend != "docker":
+        return _err("--worker-image needs --backend docker (use --worker-cmd for local)")
+    if args.worker_cmd and backend != "local":
+        return _err("--worker-cmd needs --backend local (use --worker-image for docker)")
+    return RunOptions(backend=backend, broker_url=args.broker_url, seed=args.seed,
+                      workers=getattr(args, "workers", None), out=args.out,
+                      worker_cmd=args.worker_cmd, worker_image=args.worker_image,
+                      events=events, gate=args.gate, progress=not args.no_progress,
+                      capabilities=args.capabilities, queue=args.queue, dlq=args.dlq)
+
+
+def cmd_audit(args: argparse.Namespace, console: Console) -> int:
+    from harness.audit import run_audit
+    from harness.cluster.base import ClusterError
+    from harness.scenario import ScenarioError
+
+    opts = _options(args)
+    if isinstance(opts, int):
+        return opts
+    try:
+        return run_audit(opts, console, args.gate, args.only)
+    except (ScenarioError, ClusterError) as exc:
+        return _err(str(exc))
 
 
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
@@ -185,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, console)
+        if args.command == "audit":
+            return cmd_audit(args, console)
         if args.command == "check":
             return cmd_check(args, console)
         if args.command == "images":

@@ -40,6 +40,7 @@ harness    ``run_started``    seed, scenario, backend, params
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
@@ -164,8 +165,16 @@ class History:
 
     @classmethod
     def load(cls, path: Path) -> History:
-        with path.open("r", encoding="utf-8") as f:
-            return cls(Event.from_dict(json.loads(line)) for line in f if line.strip())
+        # The cyclic GC would walk every event object again and again while millions
+        # are allocated (2-3x slower loads); events form no cycles, so pause it.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with path.open("r", encoding="utf-8") as f:
+                return cls(Event.from_dict(json.loads(line)) for line in f if line.strip())
+        finally:
+            if enabled:
+                gc.enable()
 
 
 class Recorder:

@@ -13,6 +13,7 @@ prints the table and ``result.json``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import random
@@ -21,6 +22,7 @@ import shlex
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +41,7 @@ from harness.history import Event, Recorder
 from harness.live import LiveState
 from harness.model import Scenario
 from harness.nemesis import Nemesis
+from harness.prober import HealthProber
 from harness.schedule import Schedule
 from harness.workload import Publisher, make_tasks
 
@@ -49,6 +52,7 @@ DRAIN_POLL_S: Final = 0.5
 DRAIN_STABLE_POLLS: Final = 3
 FINAL_DRAIN_MAX: Final = 1_000_000
 SEED_MAX: Final = 2**32 - 1
+CAPABILITIES: Final = frozenset({"directives", "health"})
 
 
 @dataclass
@@ -63,6 +67,21 @@ class RunOptions:
     events: str = "json"
     gate: frozenset[str] | None = None  # claims whose invariant gates the exit code
     progress: bool = True
+    # What the worker can do: "directives" (honours the test hooks in task bodies),
+    # "health" (serves /healthcheck). None: all for the reference worker, none for
+    # a brought one, so a claim that needs one is unknown rather than a false pass.
+    capabilities: frozenset[str] | None = None
+    queue: str | None = None  # the worker's queue names, overriding the scenario's
+    dlq: str | None = None
+
+    @property
+    def brought_worker(self) -> bool:
+        return bool(self.worker_cmd or self.worker_image)
+
+    def effective_capabilities(self) -> frozenset[str]:
+        if self.capabilities is not None:
+            return self.capabilities
+        return frozenset() if self.brought_worker else CAPABILITIES
 
 
 @dataclass
@@ -137,6 +156,14 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
         parts += ["--worker-image", opts.worker_image]
     if opts.events != "json":
         parts += ["--events", opts.events]
+    if opts.capabilities is not None:
+        parts += ["--capabilities", ",".join(sorted(opts.capabilities)) or "none"]
+    if opts.gate is not None:
+        parts += ["--gate", ",".join(sorted(opts.gate))]
+    if opts.queue:
+        parts += ["--queue", opts.queue]
+    if opts.dlq:
+        parts += ["--dlq", opts.dlq]
     return shlex.join(parts)
 
 
@@ -178,6 +205,10 @@ class Run:
     """The state of one run; ``execute`` drives it."""
 
     def __init__(self, scenario: Scenario, opts: RunOptions, console: Console) -> None:
+        if opts.queue or opts.dlq:
+            scenario = dataclasses.replace(scenario, cluster=dataclasses.replace(
+                scenario.cluster, queue=opts.queue or scenario.cluster.queue,
+                dead_letter_queue=opts.dlq or scenario.cluster.dead_letter_queue))
         self.scenario = scenario
         self.opts = opts
         self.console = console
@@ -202,6 +233,7 @@ class Run:
         self.schedule: Schedule | None = None
         self.endpoint: BrokerEndpoint | None = None
         self.spec: WorkerSpec | None = None
+        self.prober: HealthProber | None = None
         self._worker_seq = 0
         self._stopping = threading.Event()
 
@@ -306,10 +338,14 @@ class Run:
             self.problems.append(f"could not list the retry queues: {exc}")
         for name, role in queues:
             try:
+                before = self.admin.passive_depth(name)
                 ids = self.admin.drain_ids(name, FINAL_DRAIN_MAX)
-                exists = self.admin.queue_info(name) is not None or bool(ids)
+                # depth is the broker's count; ids may be fewer only if the read was cut
+                # off at FINAL_DRAIN_MAX, which checkers then treat as partial.
                 self.recorder.record("final_queue", "harness", queue=name, role=role, ids=ids,
-                                     depth=len(ids), ok=True, exists=exists)
+                                     depth=max(before or 0, len(ids)), ok=True,
+                                     exists=before is not None or bool(ids),
+                                     partial=(before or 0) > len(ids))
             except (ClusterError, OSError) as exc:
                 self.recorder.record("final_queue", "harness", queue=name, role=role, ids=[],
                                      depth=0, ok=False, error=str(exc))
@@ -319,9 +355,21 @@ class Run:
     def execute(self) -> list[ClaimResult]:
         sc = self.scenario
         wl = sc.workload
-        self.recorder.record("run_started", "harness", seed=self.seed, scenario=sc.name,
-                             backend=self.opts.backend, run_id=self.run_id,
-                             path=sc.path, claims=list(sc.claims))
+        caps = self.opts.effective_capabilities()
+        c = sc.cluster
+        self.recorder.record(
+            "run_started", "harness", seed=self.seed, scenario=sc.name,
+            backend=self.opts.backend, run_id=self.run_id, path=sc.path, claims=list(sc.claims),
+            cluster={"workers": c.workers, "concurrency": c.concurrency, "queue": c.queue,
+                     "dlq": c.dlq, "retry_base_ms": c.retry_base_ms,
+                     "max_attempts": c.max_attempts, "heartbeat_s": c.heartbeat_s,
+                     "grace_s": c.grace_s, "queue_type": c.queue_type,
+                     "restart_policy": c.restart_policy},
+            capabilities={"directives": "directives" in caps, "health": "health" in caps,
+                          "events": "regex" if self.opts.events.startswith("regex:")
+                          else "json"},
+            worker_under_test={"cmd": self.opts.worker_cmd, "image": self.opts.worker_image,
+                               "reference": not self.opts.brought_worker})
         if self.opts.backend == "docker" and not self.opts.worker_image:
             # The reference worker's image must match the source tree (cached: a
             # no-op when nothing changed; a rebuild of ~20 s when worker code did).
@@ -336,6 +384,9 @@ class Run:
         self.nemesis.setup()
         self.spec = self.worker_spec()
         names = [self.add_worker() for _ in range(sc.cluster.workers)]
+        if "health" in caps:
+            self.prober = HealthProber(self.cluster, self.recorder)
+            self.prober.start()
         self.wait_workers_ready(names)
 
         tasks = make_tasks(wl, self.rng, id_prefix=f"t{self.run_id[-6:]}")
@@ -382,6 +433,8 @@ class Run:
 
         self._stopping.set()
         self.nemesis.teardown()
+        if self.prober is not None:
+            self.prober.stop()
         for name in self.cluster.workers():
             if self.cluster.is_running(name):
                 self.cluster.terminate(name, sc.cluster.grace_s)
@@ -408,6 +461,8 @@ class Run:
         with _signals_ignored():
             if self.schedule is not None:
                 self.schedule.stop.set()
+            if self.prober is not None:
+                self.prober.stop()
             if self.nemesis is not None:
                 with contextlib.suppress(Exception):
                     self.nemesis.teardown()
@@ -432,6 +487,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
     except ClusterError as exc:
         run.problems.append(str(exc))
         console.print(f"[red]error:[/red] {exc}")
+    except Exception as exc:  # noqa: BLE001 - a harness bug: undecided, with the trace on file
+        trace = run.run_dir / "harness-error.txt"
+        trace.write_text(traceback.format_exc())
+        run.problems.append(f"internal error: {type(exc).__name__}: {exc} (trace in {trace})")
+        console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+                      f"(trace in {trace})")
     except (Interrupted, KeyboardInterrupt) as exc:
         run.problems.append(f"interrupted ({exc or 'SIGINT'})")
         console.print("[yellow]interrupted: cleaning up[/yellow]")

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from worker.bugs import HEALTH_ALWAYS_OK
 from worker.config import ConfigError, load_config
 from worker.consumer import Worker
 from worker.events import EventEmitter
@@ -30,11 +31,14 @@ def main() -> int:
     except ConfigError as exc:
         print(f"worker: bad configuration: {exc}", file=sys.stderr, flush=True)
         return 2
+    if cfg.bug:
+        logging.getLogger("worker").warning("planted bug WORKER_BUG=%s is on", cfg.bug)
     state = HealthState(cfg.worker_id)
     server: HealthServer | None = None
     if cfg.health_port:
         try:
-            server = HealthServer(state, cfg.health_port)
+            server = HealthServer(state, cfg.health_port,
+                                  always_ok=cfg.bug == HEALTH_ALWAYS_OK)
         except OSError as exc:
             print(f"worker: cannot listen on HEALTH_PORT={cfg.health_port}: {exc.strerror} "
                   "(pick a free port, or 0 to disable)", file=sys.stderr, flush=True)

@@ -15,6 +15,10 @@ from typing import Final
 
 import pika
 
+from worker.bugs import KNOWN_BUGS
+
+__all__ = ["KNOWN_BUGS", "Config", "ConfigError", "load_config"]
+
 QUEUE_TYPES: Final = ("classic", "quorum")
 MAX_QUEUE_NAME_LEN: Final = 200  # AMQP allows 255 bytes; leave room for ".retry.<ms>"
 
@@ -44,7 +48,7 @@ class Config:
     dlx: str
     dlq: str
     queue_type: str
-    bug: str  # WORKER_BUG: stored only; planted bugs come later
+    bug: str  # WORKER_BUG: "" (correct worker) or one of KNOWN_BUGS (worker/bugs.py)
 
     def retry_delay_ms(self, attempt: int) -> int:
         """Delay before attempt ``attempt + 1`` after attempt ``attempt`` failed."""
@@ -165,6 +169,12 @@ def load_config(env: Mapping[str, str]) -> Config:
     queue_type = (_get(env, "RABBITMQ_QUEUE_TYPE") or "classic").lower()
     if queue_type not in QUEUE_TYPES:
         raise ConfigError(f"RABBITMQ_QUEUE_TYPE={queue_type!r} (expected classic or quorum)")
+    bug = _get(env, "WORKER_BUG") or ""
+    if bug and bug not in KNOWN_BUGS:
+        raise ConfigError(
+            f"WORKER_BUG={bug!r} is not a known planted bug (expected empty or one of: "
+            f"{', '.join(KNOWN_BUGS)})"
+        )
     worker_id = _get(env, "WORKER_ID") or socket.gethostname() or "worker"
     if len(worker_id) > 200:
         raise ConfigError("WORKER_ID is longer than 200 characters")
@@ -188,5 +198,5 @@ def load_config(env: Mapping[str, str]) -> Config:
         dlx=_name(env, "RABBITMQ_DLX", f"{queue}.dlx"),
         dlq=_name(env, "RABBITMQ_DLQ", f"{queue}.dlq"),
         queue_type=queue_type,
-        bug=(_get(env, "WORKER_BUG") or ""),
+        bug=bug,
     )

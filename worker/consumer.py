@@ -39,6 +39,19 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
+from worker.bugs import (
+    ACK_BEFORE_PROCESS,
+    ACK_BEFORE_REPUBLISH,
+    AUTO_ACK,
+    EXCLUSIVE_CONSUMER,
+    IGNORE_CONCURRENCY,
+    NO_BACKOFF,
+    NO_DEAD_LETTER_EXCHANGE,
+    NO_RECONNECT,
+    REQUEUE_ON_FAILURE,
+    SIGTERM_ACKS_INFLIGHT,
+    UNLIMITED_PREFETCH,
+)
 from worker.config import Config
 from worker.events import EventEmitter
 from worker.health import HealthState
@@ -92,6 +105,9 @@ class Delivery:
     body: bytes
     task_id: str | None
     attempt: int
+    # True only under WORKER_BUG=auto-ack / ack-before-process: the broker already
+    # forgot this message, so there is nothing left to ack or nack.
+    settled_on_receipt: bool = False
 
 
 @dataclass
@@ -121,9 +137,12 @@ class Worker:
         self.cfg = config
         self.events = events
         self.health = health
-        self._pool = ThreadPoolExecutor(
-            max_workers=config.concurrency, thread_name_prefix="task"
-        )
+        pool_size = config.concurrency
+        if config.bug == IGNORE_CONCURRENCY:
+            # The pool was built with its default size of 1 (the WORKER_CONCURRENCY value
+            # only reached basic_qos), so tasks run one at a time while prefetch stays.
+            pool_size = 1
+        self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="task")
         self._completions: queue.Queue[Completion] = queue.Queue()
         self._stop = threading.Event()
         self._force = threading.Event()
@@ -188,6 +207,12 @@ class Worker:
                     self._lost(f"{type(exc).__name__}: {exc}")
                 if self._stop.is_set():
                     break
+                if self.cfg.bug == NO_RECONNECT and self._generation > 0:
+                    # Only the start-up connect was wrapped in a retry loop; after a loss the
+                    # process idles (health answers 503) until it is stopped.
+                    while not self._stop.is_set():
+                        self._wait(1.0)
+                    break
                 delay = self._backoff(failures)
                 failures += 1
                 log.info("reconnecting in %.2f s", delay)
@@ -221,11 +246,21 @@ class Worker:
         self._pub = conn.channel()
         self._pub.confirm_delivery()
         self._declare_topology(self._channel)
-        self._channel.basic_qos(prefetch_count=self.cfg.prefetch)
+        bug = self.cfg.bug
+        # WORKER_BUG=unlimited-prefetch: "0 = no limit, more throughput": one consumer
+        # then takes the whole backlog (and only WORKER_CONCURRENCY run at a time).
+        prefetch = 0 if bug == UNLIMITED_PREFETCH else self.cfg.prefetch
+        self._channel.basic_qos(prefetch_count=prefetch)
         if self._stop.is_set():
             return
         self._consumer_tag = self._channel.basic_consume(
-            self.cfg.queue, self._on_message, auto_ack=False
+            self.cfg.queue, self._on_message,
+            # WORKER_BUG=auto-ack: "acks are slow": the broker forgets each message as it
+            # sends it (and ignores the prefetch), so a dying worker loses what it holds.
+            auto_ack=bug == AUTO_ACK,
+            # WORKER_BUG=exclusive-consumer: "each message goes to exactly one pod" read as
+            # "one consumer per queue": every other worker gets ACCESS_REFUSED.
+            exclusive=bug == EXCLUSIVE_CONSUMER,
         )
         self.health.set(consuming=True)
         self.events.emit("ready", queue=self.cfg.queue, generation=self._generation)
@@ -233,6 +268,10 @@ class Worker:
     def _declare_topology(self, ch: BlockingChannel) -> None:
         cfg = self.cfg
         main_args: dict[str, Any] = {"x-dead-letter-exchange": cfg.dlx}
+        if cfg.bug == NO_DEAD_LETTER_EXCHANGE:
+            # The DLX and DLQ get declared but the work queue never points at them, so a
+            # basic_nack(requeue=False) drops the message.
+            del main_args["x-dead-letter-exchange"]
         if cfg.queue_type == "quorum":
             main_args["x-queue-type"] = "quorum"
         try:
@@ -302,8 +341,15 @@ class Worker:
             body=body,
             task_id=task_id,
             attempt=attempt,
+            settled_on_receipt=self.cfg.bug == AUTO_ACK,
         )
         self.events.emit("received", id=task_id, redelivered=d.redelivered, attempt=attempt)
+        if self.cfg.bug == ACK_BEFORE_PROCESS:
+            # "Ack at once so a slow task does not hold the message": from here on only
+            # this process knows about the task, and it dies with it.
+            ch.basic_ack(method.delivery_tag)
+            d.settled_on_receipt = True
+            self.events.emit("acked", id=task_id, reason="processed")
         self._in_flight_add(1)
         self._pool.submit(self._process, d)
 
@@ -380,6 +426,9 @@ class Worker:
     def _settle(self, c: Completion) -> None:
         d = c.delivery
         ch = self._channel
+        if d.settled_on_receipt:
+            self._settle_forgotten(c)
+            return
         if d.generation != self._generation:
             self.events.emit(
                 "ack_failed", id=d.task_id, outcome=c.kind,
@@ -397,9 +446,43 @@ class Worker:
             elif c.kind == "retry":
                 self._retry(ch, d)
             else:
-                ch.basic_nack(d.delivery_tag, requeue=False)
+                # WORKER_BUG=requeue-on-failure: "nack it so it is not lost": requeue=True puts
+                # a task that can never succeed straight back, and it loops forever.
+                ch.basic_nack(d.delivery_tag, requeue=self.cfg.bug == REQUEUE_ON_FAILURE)
                 self.events.emit("dead_lettered", id=d.task_id, reason=c.reason,
                                  attempt=d.attempt)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self.events.emit("ack_failed", id=d.task_id, reason=_describe(exc), outcome=c.kind)
+            raise
+
+    def _settle_forgotten(self, c: Completion) -> None:
+        """Settle a delivery the broker no longer holds (WORKER_BUG=auto-ack/ack-before-process).
+
+        Nothing can be acked or nacked: a success is only logged, a retry or a
+        dead-letter is a publish (to the tier queue, or to the DLX).
+        """
+        d = c.delivery
+        if c.kind == "ack":
+            if self.cfg.bug == AUTO_ACK:  # the ack-before-process code said "acked" on receipt
+                self.events.emit("acked", id=d.task_id, reason="processed")
+            return
+        ch, pub = self._channel, self._pub
+        if ch is None or not ch.is_open or pub is None or not pub.is_open:
+            self.events.emit("ack_failed", id=d.task_id, outcome=c.kind,
+                             reason="connection lost before the publish (message already acked)")
+            return
+        try:
+            if c.kind == "retry":
+                self._retry(ch, d)
+                return
+            try:
+                pub.basic_publish(self.cfg.dlx, self.cfg.queue, d.body, d.properties,
+                                  mandatory=True)
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                log.error("dead-letter publish of %s not confirmed (%s): task dropped",
+                          d.task_id, type(exc).__name__)
+                return
+            self.events.emit("dead_lettered", id=d.task_id, reason=c.reason, attempt=d.attempt)
         except (pika.exceptions.AMQPError, OSError) as exc:
             self.events.emit("ack_failed", id=d.task_id, reason=_describe(exc), outcome=c.kind)
             raise
@@ -407,6 +490,10 @@ class Worker:
     def _retry(self, ch: BlockingChannel, d: Delivery) -> None:
         delay_ms = self.cfg.retry_delay_ms(d.attempt)
         target = self.cfg.retry_queue(delay_ms)
+        if self.cfg.bug == NO_BACKOFF:
+            # The delay is computed and logged, but the copy goes back to the work queue, so
+            # the next attempt starts at once.
+            target = self.cfg.queue
         p = d.properties
         headers = dict(p.headers or {})
         headers[ATTEMPT_HEADER] = d.attempt + 1
@@ -417,11 +504,24 @@ class Worker:
             delivery_mode=2,
             headers=headers,
         )
+        if self.cfg.bug == ACK_BEFORE_REPUBLISH and not d.settled_on_receipt:
+            # Ack first "so it cannot be processed twice", then a fire-and-forget publish on
+            # the consumer channel (no confirm): a death in between loses the task.
+            ch.basic_ack(d.delivery_tag)
+            self.events.emit("acked", id=d.task_id, reason="retry")
+            ch.basic_publish("", target, d.body, props)
+            self.events.emit("retry_scheduled", id=d.task_id, attempt=d.attempt + 1,
+                             delay_ms=delay_ms, queue=target)
+            return
         pub = self._pub
         assert pub is not None
         try:
             pub.basic_publish("", target, d.body, props, mandatory=True)
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            if d.settled_on_receipt:  # auto-ack / ack-before-process: no original to keep
+                log.error("retry publish of %s to %s not confirmed (%s): task dropped",
+                          d.task_id, target, type(exc).__name__)
+                return
             # Not confirmed: keep the original, the broker redelivers it.
             log.warning("retry publish of %s to %s not confirmed (%s): requeueing",
                         d.task_id, target, type(exc).__name__)
@@ -429,6 +529,8 @@ class Worker:
             return
         self.events.emit("retry_scheduled", id=d.task_id, attempt=d.attempt + 1,
                          delay_ms=delay_ms, queue=target)
+        if d.settled_on_receipt:
+            return
         ch.basic_ack(d.delivery_tag)
         self.events.emit("acked", id=d.task_id, reason="retry")
 
@@ -443,11 +545,16 @@ class Worker:
                 if self._consumer_tag is not None and ch.is_open:
                     ch.basic_cancel(self._consumer_tag)
                 self._consumer_tag = None
-                while self.in_flight > 0 and time.monotonic() < deadline and \
-                        not self._force.is_set():
-                    conn.process_data_events(time_limit=POLL_S)
+                if self.cfg.bug == SIGTERM_ACKS_INFLIGHT and self.in_flight > 0:
+                    # "Ack what we hold so the broker does not hand it to another pod as a
+                    # duplicate", then leave without finishing it: every in-flight task is lost.
+                    ch.basic_ack(delivery_tag=0, multiple=True)
+                else:
+                    while self.in_flight > 0 and time.monotonic() < deadline and \
+                            not self._force.is_set():
+                        conn.process_data_events(time_limit=POLL_S)
+                        self._drain()
                     self._drain()
-                self._drain()
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self.health.set(connected=False)
                 self.events.emit("connection_lost", reason=_describe(exc))

@@ -56,7 +56,7 @@ class HealthState:
             }
 
 
-def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
+def _handler_for(state: HealthState, always_ok: bool) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = 5.0  # seconds a client may take to send its request
 
@@ -65,6 +65,11 @@ def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
                 self._reply(404, {"status": "not found", "path": "/healthcheck"})
                 return
             snap = state.snapshot()
+            if always_ok:
+                # WORKER_BUG=health-always-ok: the body tells the truth but the status code
+                # is a constant 200, and probes only look at the code.
+                self._reply(200, snap)
+                return
             self._reply(200 if snap["status"] == "ok" else 503, snap)
 
         def _reply(self, code: int, obj: dict[str, Any]) -> None:
@@ -83,10 +88,15 @@ def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
 
 
 class HealthServer:
-    """Serve ``state`` on ``bind:port`` (port 0 picks a free one; see ``.port``)."""
+    """Serve ``state`` on ``bind:port`` (port 0 picks a free one; see ``.port``).
 
-    def __init__(self, state: HealthState, port: int, bind: str = "0.0.0.0") -> None:
-        self._server = ThreadingHTTPServer((bind, port), _handler_for(state))
+    ``always_ok`` is the planted bug ``health-always-ok`` (200 whatever the state).
+    """
+
+    def __init__(
+        self, state: HealthState, port: int, bind: str = "0.0.0.0", *, always_ok: bool = False
+    ) -> None:
+        self._server = ThreadingHTTPServer((bind, port), _handler_for(state, always_ok))
         self._server.daemon_threads = True
         self.port: int = int(self._server.server_address[1])
         self._thread = threading.Thread(

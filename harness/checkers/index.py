@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -192,7 +192,36 @@ class Index:
     conn_fault_ts: dict[str, list[float]] = field(default_factory=dict)
     broker_faults: list[ConnFault] = field(default_factory=list)
     broker_fault_ts: list[float] = field(default_factory=list)
+    # The ``run_started`` event (cluster settings, capabilities), the first
+    # ``publish_started``; ``health``, ``ready`` and ``shutdown`` events in order.
+    run_started: Event | None = None
+    publish_started: Event | None = None
+    health: list[Event] = field(default_factory=list)
+    ready: list[Event] = field(default_factory=list)
+    shutdown: list[Event] = field(default_factory=list)
+    # id -> publish directives, only for ids with fail_times > 0 or fail_always
+    # (the retry and dead-letter paths: few ids, so memory stays small).
+    fail_directives: dict[str, dict[str, Any]] = field(default_factory=dict)
     _value_counts: dict[int, int] | None = None
+
+    @property
+    def cluster(self) -> dict[str, Any]:
+        """``run_started``'s ``cluster`` dict (empty when not recorded)."""
+        c = self.run_started.get("cluster") if self.run_started is not None else None
+        return c if isinstance(c, dict) else {}
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        """``run_started``'s ``capabilities`` dict (empty when not recorded)."""
+        c = self.run_started.get("capabilities") if self.run_started is not None else None
+        return c if isinstance(c, dict) else {}
+
+    def setting(self, params: Mapping[str, Any], key: str, cluster_key: str | None = None
+                ) -> Any:
+        """``params[key]`` if given, else the cluster setting ``cluster_key`` (or ``key``)."""
+        if key in params and params[key] is not None:
+            return params[key]
+        return self.cluster.get(cluster_key or key)
 
     @property
     def drain_complete(self) -> bool | None:
@@ -348,8 +377,13 @@ def build(history: History) -> Index:
             o = data.get("outcome", "unknown") if data is not None else "unknown"
             bit = OK if o == "ok" else FAIL if o == "fail" else UNK
             state[ident] = state_get(ident, 0) | bit
-            if data is not None and data.get("poison"):
-                idx.poison.add(ident)
+            if data is not None:
+                if data.get("poison"):
+                    idx.poison.add(ident)
+                dirs = data.get("directives")
+                if dirs and isinstance(dirs, dict) and (
+                        dirs.get("fail_times") or dirs.get("fail_always")):
+                    idx.fail_directives[ident] = dirs
         else:
             counts[t] = counts.get(t, 0) + 1
             if t == "dead_lettered":
@@ -380,6 +414,18 @@ def build(history: History) -> Index:
             elif t in ("connected", "ready"):
                 if ev.worker is not None:
                     workers.add(ev.worker)
+                if t == "ready":
+                    idx.ready.append(ev)
+            elif t == "health":
+                idx.health.append(ev)
+            elif t == "shutdown":
+                idx.shutdown.append(ev)
+            elif t == "run_started":
+                if idx.run_started is None:
+                    idx.run_started = ev
+            elif t == "publish_started":
+                if idx.publish_started is None:
+                    idx.publish_started = ev
             elif t == "final_queue":
                 role = str(ev.get("role", "main"))
                 final_last[(role, str(ev.get("queue", "")))] = ev
@@ -468,3 +514,35 @@ def start_ts(idx: Index, ev: Event) -> float:
             if r.worker == ev.worker and r.ts <= ev.ts and (best is None or r.ts > best):
                 best = r.ts
     return best if best is not None else ev.ts
+
+
+# -- helpers for the second wave of checkers ----------------------------------------
+
+def events_by_worker(events: Iterable[Event]) -> dict[str, list[Event]]:
+    """worker -> its events (of the given list) sorted by ts."""
+    out: dict[str, list[Event]] = {}
+    for ev in events:
+        w = worker_of(ev)
+        if w is not None:
+            out.setdefault(w, []).append(ev)
+    for lst in out.values():
+        lst.sort(key=lambda e: e.ts)
+    return out
+
+
+def first_after(events: list[Event], ts: float) -> Event | None:
+    """The first event of ``events`` (sorted by ts) with ts >= ``ts``."""
+    i = bisect.bisect_left([e.ts for e in events], ts)
+    return events[i] if i < len(events) else None
+
+
+def horizon(history: History) -> float:
+    """ts of the latest event of the history: how far the record reaches."""
+    return max((e.ts for e in history.events), default=float("-inf"))
+
+
+def as_float(value: Any, default: float | None = None) -> float | None:
+    """``value`` as a float when it is a number (not a bool), else ``default``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value)

@@ -1,0 +1,198 @@
+"""The guide audit: run the whole suite and give one row per claim of the guide.
+
+Each claim's row combines the results of every scenario that checked it (the
+worst verdict wins) and says, in the guide's words and in RabbitMQ's terms:
+
+- ``holds``: the guide's claim held;
+- ``holds with a caveat``: it held, under a condition the guide does not state;
+- ``false as stated``: the guide's words are false, but the invariant a release
+  must keep held (e.g. duplicates that a crash explains: at-least-once delivery);
+- ``VIOLATED``: the invariant itself failed: a bug in the worker;
+- ``unknown``: the evidence to decide is missing.
+
+The exit code follows the gated invariants (``DEFAULT_GATE``, or ``--gate``),
+not the guide's wording.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from harness import report
+from harness.checkers.base import ClaimResult, Valid, worst
+from harness.claims import CLAIMS, invariant_verdict
+from harness.runner import Interrupted, RunOptions, RunOutcome, run_scenario
+from harness.scenario import load_scenario
+
+SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
+
+# The suite, in running order: (scenario file, backends it can run on).
+SUITE: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    ("no-duplicates.yaml", ("local", "docker")),
+    ("crash-recovery.yaml", ("local", "docker")),
+    ("crash-after-process.yaml", ("local", "docker")),
+    ("load-balancing.yaml", ("local", "docker")),
+    ("retry-backoff.yaml", ("local", "docker")),
+    ("dead-letter.yaml", ("local", "docker")),
+    ("zombie-pause.yaml", ("local", "docker")),
+    ("zombie-blackhole.yaml", ("docker",)),
+    ("health-check.yaml", ("local", "docker")),
+    ("graceful-shutdown.yaml", ("local", "docker")),
+    ("partition-recovery.yaml", ("docker",)),
+    ("concurrency.yaml", ("local", "docker")),
+    ("linear-scaling.yaml", ("local", "docker")),
+    ("broker-restart-quorum.yaml", ("local", "docker")),
+)
+
+# Invariants that gate the exit code by default (the issue's list).
+DEFAULT_GATE: Final = frozenset({
+    "no-loss", "exactly-once-ack", "no-duplicate-processing", "dead-letter", "health-check",
+    "graceful-shutdown", "partition-recovery", "redelivery-after-crash",
+})
+
+VERDICT_STYLES: Final = {
+    "holds": "bold green", "holds with a caveat": "green", "false as stated": "bold magenta",
+    "VIOLATED": "bold red", "unknown": "bold yellow",
+}
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    claim: str
+    guide: str
+    verdict: str
+    guide_valid: Valid
+    invariant_valid: Valid
+    evidence: str
+    why: str
+    scenarios: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        word = {True: "true", False: "false", None: "unknown"}
+        return {"claim": self.claim, "guide": self.guide, "verdict": self.verdict,
+                "guide_claim": word[self.guide_valid], "invariant": word[self.invariant_valid],
+                "evidence": self.evidence, "why": self.why, "scenarios": list(self.scenarios)}
+
+
+def verdict_word(claim: str, guide_valid: Valid, invariant_valid: Valid) -> str:
+    if invariant_valid is False:
+        return "VIOLATED"
+    if invariant_valid is None or guide_valid is None:
+        return "unknown"
+    if guide_valid is False:
+        return "false as stated"
+    return "holds with a caveat" if CLAIMS[claim].caveat else "holds"
+
+
+def _telling(results: list[tuple[str, ClaimResult]]) -> tuple[str, ClaimResult]:
+    """The result that decides the row: the first false, else unknown, else true."""
+    for want in (False, None, True):
+        for name, r in results:
+            if invariant_verdict(r) is want or (want is False and r.valid is False):
+                return name, r
+    return results[0]
+
+
+def rows_from(outcomes: Sequence[RunOutcome], skipped: dict[str, str]) -> list[ClaimRow]:
+    by_claim: dict[str, list[tuple[str, ClaimResult]]] = {}
+    for o in outcomes:
+        for r in o.results:
+            by_claim.setdefault(r.claim, []).append((o.scenario.name, r))
+    rows: list[ClaimRow] = []
+    for claim_id, claim in CLAIMS.items():
+        results = by_claim.get(claim_id, [])
+        if not results:
+            reason = skipped.get(claim_id, "no scenario of the suite checked it")
+            rows.append(ClaimRow(claim_id, claim.guide, "unknown", None, None, reason,
+                                 claim.why, ()))
+            continue
+        g = worst(r.valid for _, r in results)
+        inv = worst(invariant_verdict(r) for _, r in results)
+        name, decisive = _telling(results)
+        evidence = f"[{name}] {decisive.summary}"
+        why = claim.why
+        if claim.caveat and g is True and inv is True:
+            why = f"{why}; holds {claim.caveat}" if why else claim.caveat
+        rows.append(ClaimRow(claim_id, claim.guide, verdict_word(claim_id, g, inv), g, inv,
+                             evidence, why, tuple(n for n, _ in results)))
+    return rows
+
+
+def exit_code(rows: Sequence[ClaimRow], gate: frozenset[str]) -> int:
+    gated = [r.invariant_valid for r in rows if r.claim in gate]
+    if any(v is False for v in gated):
+        return 1
+    if not gated or any(v is None for v in gated):
+        return 2
+    return 0
+
+
+def render(console: Console, rows: Sequence[ClaimRow], gate: frozenset[str]) -> None:
+    table = Table(title=Text("guide audit: one row per claim"), show_lines=True)
+    table.add_column("claim", no_wrap=True)
+    table.add_column("the guide says", overflow="fold", max_width=28)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("evidence", overflow="fold")
+    table.add_column("why, in RabbitMQ's terms", overflow="fold", max_width=40)
+    for r in rows:
+        gated = " (gates)" if r.claim in gate else ""
+        table.add_row(Text(r.claim + gated), Text(r.guide),
+                      Text(r.verdict, style=VERDICT_STYLES[r.verdict]), Text(r.evidence),
+                      Text(r.why))
+    console.print(table)
+
+
+def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
+              only: Sequence[str] | None = None) -> int:
+    gate = gate or DEFAULT_GATE
+    started = time.monotonic()
+    outcomes: list[RunOutcome] = []
+    skipped: dict[str, str] = {}
+    for filename, backends in SUITE:
+        if only and not any(o in filename for o in only):
+            continue
+        sc = load_scenario(SCENARIOS_DIR / filename)
+        if opts.backend not in backends:
+            for c in sc.claims:
+                skipped.setdefault(c, f"{sc.name} needs --backend {' or '.join(backends)}")
+            console.print(f"[dim]skipping {sc.name}: needs --backend {'/'.join(backends)}[/dim]")
+            continue
+        try:
+            outcomes.append(run_scenario(sc, opts, console))
+        except Interrupted:
+            console.print("interrupted: every process of the run was stopped")
+            return 2
+        console.print()
+    rows = rows_from(outcomes, skipped)
+    render(console, rows, gate)
+    code = exit_code(rows, gate)
+    elapsed = time.monotonic() - started
+    word = {0: "PASS", 1: "FAIL"}.get(code, "UNKNOWN")
+    console.print(f"audit: {word} on the gated invariants ({', '.join(sorted(gate))}) "
+                  f"in {elapsed:.0f} s")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    path = opts.out / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    report.write_result_json(path, {
+        "verdict": word, "exit_code": code, "elapsed_s": round(elapsed, 1),
+        "backend": opts.backend, "gate": sorted(gate),
+        "claims": [r.to_dict() for r in rows],
+        "runs": [{"scenario": o.scenario.name, "run_dir": str(o.run_dir), "seed": o.seed,
+                  "exit_code": o.exit_code, "rerun": o.rerun} for o in outcomes],
+    })
+    console.print(f"audit report: {path}")
+    return code
+
+
+def load_audit(path: Path) -> dict[str, Any]:
+    with open(path) as f:
+        data: dict[str, Any] = json.load(f)
+    return data

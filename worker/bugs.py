@@ -1,0 +1,55 @@
+"""Planted bugs of the reference worker (``WORKER_BUG=<name>``), for detection-power runs.
+
+Each name switches on one realistic mistake in the worker; the harness runs the
+worker with it and must report the claim the mistake breaks. An empty
+``WORKER_BUG`` is the correct worker. ``KNOWN_BUGS`` is what the harness imports;
+``BUG_CLAIMS`` names the claim(s) that should catch each bug.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+AUTO_ACK: Final = "auto-ack"
+ACK_BEFORE_PROCESS: Final = "ack-before-process"
+REQUEUE_ON_FAILURE: Final = "requeue-on-failure"
+NO_DEAD_LETTER_EXCHANGE: Final = "no-dead-letter-exchange"
+UNLIMITED_PREFETCH: Final = "unlimited-prefetch"
+NO_BACKOFF: Final = "no-backoff"
+ACK_BEFORE_REPUBLISH: Final = "ack-before-republish"
+NO_RECONNECT: Final = "no-reconnect"
+HEALTH_ALWAYS_OK: Final = "health-always-ok"
+SIGTERM_ACKS_INFLIGHT: Final = "sigterm-acks-inflight"
+EXCLUSIVE_CONSUMER: Final = "exclusive-consumer"
+IGNORE_CONCURRENCY: Final = "ignore-concurrency"
+
+KNOWN_BUGS: Final[tuple[str, ...]] = (
+    AUTO_ACK,
+    ACK_BEFORE_PROCESS,
+    REQUEUE_ON_FAILURE,
+    NO_DEAD_LETTER_EXCHANGE,
+    UNLIMITED_PREFETCH,
+    NO_BACKOFF,
+    ACK_BEFORE_REPUBLISH,
+    NO_RECONNECT,
+    HEALTH_ALWAYS_OK,
+    SIGTERM_ACKS_INFLIGHT,
+    EXCLUSIVE_CONSUMER,
+    IGNORE_CONCURRENCY,
+)
+
+# bug -> claim ids (DESIGN.md section 3) that a suitable scenario must turn false.
+BUG_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
+    AUTO_ACK: ("no-loss", "redelivery-after-crash"),
+    ACK_BEFORE_PROCESS: ("no-loss", "redelivery-after-crash"),
+    REQUEUE_ON_FAILURE: ("dead-letter",),
+    NO_DEAD_LETTER_EXCHANGE: ("dead-letter", "no-loss"),
+    UNLIMITED_PREFETCH: ("even-distribution",),
+    NO_BACKOFF: ("retry-backoff",),
+    ACK_BEFORE_REPUBLISH: ("no-loss",),
+    NO_RECONNECT: ("partition-recovery", "health-check"),
+    HEALTH_ALWAYS_OK: ("health-check",),
+    SIGTERM_ACKS_INFLIGHT: ("graceful-shutdown", "no-loss"),
+    EXCLUSIVE_CONSUMER: ("even-distribution",),
+    IGNORE_CONCURRENCY: ("concurrency",),
+}
