@@ -13,7 +13,21 @@ import gc
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from harness.checkers import distribution, exactly_once_ack, no_duplicate, no_loss, redelivery
+from harness.checkers import (
+    concurrency,
+    dead_letter,
+    distribution,
+    exactly_once_ack,
+    exactly_one_consumer,
+    graceful_shutdown,
+    health,
+    no_duplicate,
+    no_loss,
+    partition_recovery,
+    redelivery,
+    retry_backoff,
+    scaling,
+)
 from harness.checkers.base import Checker, ClaimResult, run_checker, unknown
 from harness.history import History
 
@@ -23,6 +37,14 @@ CHECKERS: Final[dict[str, Checker]] = {
     no_duplicate.CLAIM: no_duplicate.check,
     redelivery.CLAIM: redelivery.check,
     distribution.CLAIM: distribution.check,
+    exactly_one_consumer.CLAIM: exactly_one_consumer.check,
+    retry_backoff.CLAIM: retry_backoff.check,
+    dead_letter.CLAIM: dead_letter.check,
+    concurrency.CLAIM: concurrency.check,
+    scaling.CLAIM: scaling.check,
+    health.CLAIM: health.check,
+    graceful_shutdown.CLAIM: graceful_shutdown.check,
+    partition_recovery.CLAIM: partition_recovery.check,
 }
 
 

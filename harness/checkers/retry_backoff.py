@@ -1,0 +1,194 @@
+"""retry-backoff: "Exponential backoff for retries".
+
+Tasks: the ids published with the directive ``fail_times`` k > 0 (they fail
+transiently on attempts 1..k). Only meaningful when the worker honours
+directives (``run_started.capabilities.directives``); otherwise unknown.
+
+Statistic, per id and per retry a -> a+1 (attempt numbers from the ``received``
+events' ``attempt``; receipt order when a worker does not report it):
+
+    gap(a) = first receipt of attempt a+1  -  end of attempt a
+
+where the end of attempt a is the ``retry_scheduled`` event announcing attempt
+a+1 (the retry was published then), else the ``failed`` event of attempt a,
+else the receipt of attempt a (then the task's ``sleep_ms`` is added to the
+upper bound: the processing time is inside the gap). Measuring from the end of
+the attempt rather than from its receipt (a refinement of "receipt to receipt")
+keeps the processing time out of the statistic.
+
+Bound: with d(a) = base_ms * 2^(a-1) (``retry_base_ms``, params ``base_ms``),
+
+    d(a) * (1 - tol)  <=  gap(a)  <=  d(a) * (1 + tol) + slack_s
+
+tol = ``tolerance`` (default 0.25), slack_s (default 1.0 s). Why the slack:
+RabbitMQ expires a TTL'd message only at the head of its queue, and the
+dead-letter hop back to the work queue, the prefetch and the worker's own
+republish all add time; none of it is shortened, so the lower bound keeps no
+slack (a worker that retries at once, the no-backoff bug, gives gaps near 0).
+Gaps during which the worker or the broker had a connection fault are reported
+as disturbed and not judged.
+
+Attempts: with M = ``max_attempts``, an id must be received on exactly
+min(k, M-1) + 1 attempts (success after k failures when k < M, the dead letter
+after M attempts otherwise). More is a violation (retries past the limit);
+fewer is one too (gave up early) unless the drain did not complete and the id
+is still queued.
+
+False: a gap out of bounds (the worst ones quoted) or a wrong attempt count.
+Unknown: directives not honoured, no fail_times task, no received events, or
+no gap measured.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from typing import Any, Final
+
+from harness.checkers import index as ix
+from harness.checkers.base import OFFENDERS_MAX, ClaimResult, first, unknown
+from harness.history import Event, History
+
+CLAIM: Final = "retry-backoff"
+TOLERANCE: Final = 0.25
+SLACK_S: Final = 1.0
+
+
+def _attempts(receipts: list[Event]) -> dict[int, Event]:
+    """attempt number -> its first receipt."""
+    out: dict[int, Event] = {}
+    for n, r in enumerate(receipts, start=1):
+        a = r.get("attempt")
+        attempt = a if isinstance(a, int) and not isinstance(a, bool) else n
+        if attempt not in out:
+            out[attempt] = r
+    return out
+
+
+def _end_of_attempt(idx: ix.Index, ident: str, a: int, before: float,
+                    receipt: Event) -> tuple[float, str, str | None]:
+    """(ts, what, worker) of the end of attempt ``a`` of ``ident``."""
+    best: Event | None = None
+    for e in idx.retry_scheduled.all(ident):
+        if e.get("attempt") == a + 1 and e.ts <= before and (best is None or e.ts > best.ts):
+            best = e
+    if best is not None:
+        return best.ts, "retry_scheduled", best.worker
+    for e in idx.failed.all(ident):
+        if e.get("attempt") == a and e.ts <= before and (best is None or e.ts > best.ts):
+            best = e
+    if best is not None:
+        return best.ts, "failed", best.worker
+    return receipt.ts, "received", receipt.worker
+
+
+def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
+    idx = ix.get(history)
+    if idx.capabilities.get("directives") is False:
+        return unknown(CLAIM, "the worker does not honour directives: cannot provoke retries")
+    base_ms = ix.as_float(idx.setting(params, "base_ms", "retry_base_ms"))
+    if base_ms is None or base_ms <= 0:
+        return unknown(CLAIM, "the retry base delay is not known (cluster.retry_base_ms or "
+                       "params base_ms)")
+    max_attempts_v = idx.setting(params, "max_attempts")
+    max_attempts = max_attempts_v if isinstance(max_attempts_v, int) else None
+    tol = float(params.get("tolerance", TOLERANCE))
+    slack_s = float(params.get("slack_s", SLACK_S))
+
+    fail_times: dict[str, int] = {}
+    for ident, d in idx.fail_directives.items():
+        k = d.get("fail_times")
+        if (isinstance(k, int) and not isinstance(k, bool) and k > 0
+                and not d.get("fail_always") and ident not in idx.poison):
+            fail_times[ident] = k
+    if not fail_times:
+        return unknown(CLAIM, "no task was published with fail_times > 0: no retry to time")
+    if idx.count("received") == 0:
+        return unknown(CLAIM, "the worker reports no received events: attempts not visible",
+                       tasks=len(fail_times))
+
+    receipts = idx.received.events(fail_times)
+    remaining = idx.final.remaining
+    gaps: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    disturbed = 0
+    wrong_count: dict[str, dict[str, Any]] = {}
+    incomplete: list[str] = []
+    by_attempt: dict[int, list[float]] = {}
+    for ident, k in fail_times.items():
+        recs = receipts.get(ident, [])
+        if not recs:
+            continue
+        att = _attempts(recs)
+        for a in sorted(att):
+            nxt = att.get(a + 1)
+            if nxt is None:
+                continue
+            end_ts, what, w = _end_of_attempt(idx, ident, a, nxt.ts, att[a])
+            gap = nxt.ts - end_ts
+            d_s = base_ms * 2 ** (a - 1) / 1000.0
+            lo = d_s * (1 - tol)
+            hi = d_s * (1 + tol) + slack_s
+            if what == "received":
+                sleep = ix.as_float(idx.fail_directives[ident].get("sleep_ms"), 0.0) or 0.0
+                hi += sleep / 1000.0
+            item = {"id": ident, "attempt": a, "gap_s": round(gap, 4),
+                    "expected_s": round(d_s, 4), "lo_s": round(lo, 4), "hi_s": round(hi, 4),
+                    "measured_from": what}
+            fault = idx.connection_fault(w, end_ts, nxt.ts) or (
+                idx.connection_fault(nxt.worker, end_ts, nxt.ts) if nxt.worker != w else None)
+            if fault is not None:
+                disturbed += 1
+                continue
+            gaps.append(item)
+            by_attempt.setdefault(a, []).append(gap)
+            if not lo <= gap <= hi:
+                item["deviation"] = round(gap / d_s - 1.0, 4) if d_s else None
+                bad.append(item)
+        if max_attempts is not None:
+            expected = min(k, max_attempts - 1) + 1
+            actual = max(att)
+            if actual > expected or (actual < expected and ident not in remaining):
+                wrong_count[ident] = {"fail_times": k, "expected_attempts": expected,
+                                      "attempts": actual}
+            elif actual < expected:
+                incomplete.append(ident)
+
+    per_attempt = {
+        str(a): {"expected_s": round(base_ms * 2 ** (a - 1) / 1000.0, 4), "n": len(v),
+                 "min_s": round(min(v), 4), "median_s": round(statistics.median(v), 4),
+                 "max_s": round(max(v), 4)}
+        for a, v in sorted(by_attempt.items())
+    }
+    bad.sort(key=lambda g: -abs(g.get("deviation") or 0.0))
+    evidence: dict[str, Any] = {
+        "tasks": len(fail_times), "gaps": len(gaps), "out_of_bounds": len(bad),
+        "disturbed_gaps": disturbed, "wrong_attempt_count": len(wrong_count),
+        "incomplete": len(incomplete), "base_ms": base_ms, "max_attempts": max_attempts,
+        "tolerance": tol, "slack_s": slack_s, "per_attempt": per_attempt,
+    }
+    if bad or wrong_count:
+        parts = []
+        if bad:
+            short = sum(1 for g in bad if g["gap_s"] < g["lo_s"])
+            parts.append(f"{len(bad)} of {len(gaps)} retry gap(s) out of bounds "
+                         f"({short} too short, {len(bad) - short} too long)")
+        if wrong_count:
+            parts.append(f"{len(wrong_count)} task(s) with the wrong number of attempts")
+        ids = first(wrong_count)
+        return ClaimResult(CLAIM, False, "; ".join(parts),
+                           {**evidence, "worst_gaps": bad[:OFFENDERS_MAX],
+                            "wrong_attempt_ids": ids,
+                            "wrong_attempts": {i: wrong_count[i] for i in ids}})
+    if not gaps:
+        return unknown(CLAIM, "no retry gap could be measured (no task reached a second "
+                       "attempt undisturbed)", **evidence, incomplete_ids=first(incomplete))
+    if incomplete and idx.drain_complete is not True:
+        return unknown(CLAIM, f"{len(gaps)} retry gap(s) within bounds, but {len(incomplete)} "
+                       "task(s) still queued after an incomplete drain",
+                       **evidence, incomplete_ids=first(incomplete))
+    return ClaimResult(
+        CLAIM, True,
+        f"all {len(gaps)} retry gap(s) of {len(fail_times)} task(s) within "
+        f"base*2^(a-1) x [1-{tol:g}, 1+{tol:g}] + {slack_s:g} s (base {base_ms:g} ms)",
+        evidence)

@@ -1,0 +1,93 @@
+"""The root docker-compose.yml: the guide's compose example with the built
+images; `--scale worker=3` consumes tasks published by the harness's own
+publisher (publisher confirms), and `down` leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.history import Recorder
+from harness.model import Distribution, Workload
+from harness.workload import Publisher, make_tasks
+
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = 30
+UP_TIMEOUT_S = 120
+PROCESS_TIMEOUT_S = 90
+
+
+def compose_cmd() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        return ["docker", "compose"]
+    pytest.fail("neither `docker compose` nor `docker-compose` is installed (scripts/setup.sh)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_compose_scale_3_consumes_harness_tasks(tmp_path: Path) -> None:
+    project = f"rmqh-compose-{os.getpid()}"
+    amqp, mgmt = free_port(), free_port()
+    env = dict(os.environ, RMQ_AMQP_PORT=str(amqp), RMQ_MANAGEMENT_PORT=str(mgmt))
+    base = [*compose_cmd(), "-p", project, "-f", str(ROOT / "docker-compose.yml")]
+    try:
+        up = subprocess.run([*base, "up", "-d", "--scale", "worker=3"], env=env,
+                            capture_output=True, text=True, timeout=UP_TIMEOUT_S, check=False)
+        assert up.returncode == 0, up.stderr[-2000:]
+        url = f"amqp://guest:guest@127.0.0.1:{amqp}/%2F"
+        workload = Workload(tasks=TASKS, directives={"sleep_ms": Distribution("const", (20,))})
+        import random
+
+        tasks = make_tasks(workload, random.Random(1), id_prefix="compose")
+        rec = Recorder(tmp_path / "history.jsonl")
+        # The workers declare the queue once they are up; until then publishes are
+        # returned (mandatory), so retry the whole batch until all are confirmed.
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while True:
+            stats = Publisher(url, "go.logger", rec, timeout_s=20).publish(tasks)
+            if stats.ok == TASKS:
+                break
+            assert time.monotonic() < deadline, f"publishing never confirmed: {stats}"
+            time.sleep(2)
+        want = {t.id for t in tasks}
+        seen: set[str] = set()
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        workers: set[str] = set()
+        while time.monotonic() < deadline and not want <= seen:
+            logs = subprocess.run([*base, "logs", "--no-color", "worker"], env=env,
+                                  capture_output=True, text=True, timeout=60, check=False)
+            for line in logs.stdout.splitlines():
+                _, _, payload = line.partition("| ")
+                try:
+                    ev = json.loads(payload)
+                except ValueError:
+                    continue
+                if isinstance(ev, dict) and ev.get("event") == "processed":
+                    seen.add(str(ev.get("id")))
+                    workers.add(str(ev.get("worker")))
+            time.sleep(1)
+        assert want <= seen, f"not processed: {sorted(want - seen)[:5]}"
+        assert len(workers) == 3, workers  # three replicas shared the queue
+    finally:
+        subprocess.run([*base, "down", "-v", "--remove-orphans"], env=env,
+                       capture_output=True, timeout=120, check=False)
+    label = f"label=com.docker.compose.project={project}"
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", label],
+                          capture_output=True, text=True, check=False)
+    assert left.stdout.strip() == ""
