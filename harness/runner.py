@@ -255,14 +255,22 @@ class Run:
         self.cluster.start_worker(name, self.spec)
         return name
 
-    def scale(self, count: int) -> None:
-        """Scale to ``count`` running workers: add new ones or SIGTERM the newest."""
-        assert self.cluster is not None
+    def scale(self, count: int) -> list[str]:
+        """Scale to ``count`` running workers: start new ones, or SIGTERM the newest
+        (all at once, like a Deployment scaling down), each recorded as a
+        ``terminate`` fault. Returns the names started or terminated."""
+        assert self.cluster is not None and self.nemesis is not None
         running = [w for w in self.cluster.workers() if self.cluster.is_running(w)]
-        for _ in range(count - len(running)):
-            self.add_worker()
-        for name in sorted(running, key=lambda w: int(w.rsplit("-", 1)[-1]))[count:]:
-            self.cluster.terminate(name, self.scenario.cluster.grace_s)
+        started = [self.add_worker() for _ in range(count - len(running))]
+        victims = sorted(running, key=lambda w: int(w.rsplit("-", 1)[-1]))[count:]
+        nemesis = self.nemesis
+        threads = [threading.Thread(target=nemesis.invoke, args=("terminate", name),
+                                    daemon=True) for name in victims]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.scenario.cluster.grace_s + 30)
+        return started + victims
 
     def _on_event_restart(self, ev: Event) -> None:
         """``restart_policy: always``: start a crashed worker again, like compose does."""

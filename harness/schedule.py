@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 
 from harness.cluster.base import Cluster
@@ -38,7 +39,7 @@ class Schedule:
         live: LiveState,
         recorder: Recorder,
         rng: random.Random,
-        scale: Callable[[int], None] | None = None,
+        scale: Callable[[int], list[str]] | None = None,
     ) -> None:
         self.steps = steps
         self.cluster = cluster
@@ -117,11 +118,14 @@ class Schedule:
             return
         if step.fault == "scale":
             ok = False
+            issued_ts = time.time()
+            changed: list[str] = []
             if self.scale is not None and step.count is not None:
-                self.scale(step.count)
+                changed = self.scale(step.count)
                 ok = True
             self.recorder.record("fault", "nemesis", fault="scale", target="cluster",
-                                 phase="invoke", ok=ok, count=step.count, step=index)
+                                 phase="invoke", ok=ok, count=step.count, step=index,
+                                 workers=changed, ts=issued_ts, completed_ts=time.time())
             self.fired.append((index, ok))
             return
         try:

@@ -9,10 +9,13 @@ events' ``attempt``; receipt order when a worker does not report it):
 
     gap(a) = first receipt of attempt a+1  -  end of attempt a
 
-where the end of attempt a is the ``retry_scheduled`` event announcing attempt
-a+1 (the retry was published then), else the ``failed`` event of attempt a,
-else the receipt of attempt a (then the task's ``sleep_ms`` is added to the
-upper bound: the processing time is inside the gap). Measuring from the end of
+where the end of attempt a is the ``failed`` event of attempt a (emitted before
+the retry is published, so the TTL cannot have started earlier), else the
+``retry_scheduled`` event announcing attempt a+1 (emitted after the publish was
+confirmed: a persistent message's confirm waits for the disk, measured at up to
+~90 ms, which would eat into the lower bound), else the receipt of attempt a
+(then the task's ``sleep_ms`` is added to the upper bound: the processing time
+is inside the gap). Measuring from the end of
 the attempt rather than from its receipt (a refinement of "receipt to receipt")
 keeps the processing time out of the statistic.
 
@@ -69,16 +72,16 @@ def _end_of_attempt(idx: ix.Index, ident: str, a: int, before: float,
                     receipt: Event) -> tuple[float, str, str | None]:
     """(ts, what, worker) of the end of attempt ``a`` of ``ident``."""
     best: Event | None = None
-    for e in idx.retry_scheduled.all(ident):
-        if e.get("attempt") == a + 1 and e.ts <= before and (best is None or e.ts > best.ts):
-            best = e
-    if best is not None:
-        return best.ts, "retry_scheduled", best.worker
     for e in idx.failed.all(ident):
         if e.get("attempt") == a and e.ts <= before and (best is None or e.ts > best.ts):
             best = e
     if best is not None:
         return best.ts, "failed", best.worker
+    for e in idx.retry_scheduled.all(ident):
+        if e.get("attempt") == a + 1 and e.ts <= before and (best is None or e.ts > best.ts):
+            best = e
+    if best is not None:
+        return best.ts, "retry_scheduled", best.worker
     return receipt.ts, "received", receipt.worker
 
 

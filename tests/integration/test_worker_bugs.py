@@ -196,8 +196,10 @@ def test_health_always_ok_and_no_reconnect_through_broker_outage(tmp_path: Path)
         q = new_queue()
         ports = {name: free_port() for name in ("always-ok", "no-reconnect", "ok")}
         envs = {
-            "always-ok": worker_env(b, q, "health-always-ok", HEALTH_PORT=str(ports["always-ok"])),
-            "no-reconnect": worker_env(b, q, "no-reconnect", HEALTH_PORT=str(ports["no-reconnect"])),
+            "always-ok": worker_env(b, q, "health-always-ok",
+                                    HEALTH_PORT=str(ports["always-ok"])),
+            "no-reconnect": worker_env(b, q, "no-reconnect",
+                                       HEALTH_PORT=str(ports["no-reconnect"])),
             "ok": worker_env(b, q, "", HEALTH_PORT=str(ports["ok"])),
         }
         with running_worker(envs["always-ok"], tmp_path) as always_ok, \
