@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +51,9 @@ DRAIN_POLL_S: Final = 0.5
 # statistics lag by up to one collection interval (500 ms on our brokers).
 DRAIN_STABLE_POLLS: Final = 3
 FINAL_DRAIN_MAX: Final = 1_000_000
+# Reconnect backoff is capped at 5 s in the reference worker; a broker takes up
+# to ~20 s to boot under load: give recovery that, and a margin.
+RECOVERY_WAIT_S: Final = 35.0
 SEED_MAX: Final = 2**32 - 1
 CAPABILITIES: Final = frozenset({"directives", "health"})
 
@@ -95,8 +98,17 @@ class RunOutcome:
     rerun: str = ""
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM during a run."""
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM during a run.
+
+    A BaseException, like KeyboardInterrupt: the signal handler raises it in
+    whatever frame runs, and library code with ``except Exception`` (pika's
+    callbacks among them) must not swallow it and carry on publishing.
+    """
+
+
+def _all_ready(names: frozenset[str]) -> Callable[[LiveState], bool]:
+    return lambda s: names <= s.ready
 
 
 def new_seed() -> int:
@@ -308,6 +320,23 @@ class Run:
             f"workers not consuming after {WORKERS_READY_TIMEOUT_S:.0f} s: {', '.join(missing)}; "
             f"see {self.run_dir / 'logs'}")
 
+    def wait_recovered(self) -> None:
+        """After the faults, give every running worker the time to consume again
+        (reconnect backoff after a broker restart or a cut), so the history
+        covers the recovery the checkers judge. Bounded; not a failure if it
+        does not happen: health-check and partition-recovery judge that."""
+        assert self.cluster is not None
+        if self.opts.events != "json":
+            return  # no ready events to wait for
+        deadline = time.monotonic() + RECOVERY_WAIT_S
+        while time.monotonic() < deadline:
+            # Asked outside the live state's lock: a docker backend answers over HTTP.
+            running = frozenset(w for w in self.cluster.workers() if self.cluster.is_running(w))
+            if self.live.wait_for(_all_ready(running), 0.5):
+                return
+        self.recorder.record("recovery_wait", "harness", complete=False,
+                             waited_s=RECOVERY_WAIT_S)
+
     def wait_drained(self, timeout_s: float) -> bool:
         """Until the main and retry queues are empty and nothing is unacked (bounded)."""
         assert self.admin is not None
@@ -421,6 +450,7 @@ class Run:
             if self.schedule.error is not None:
                 self.problems.append(f"the schedule failed: {self.schedule.error}")
             self.nemesis.heal(None)  # a fault without duration ends with the schedule
+            self.wait_recovered()
             drained = self.wait_drained(wl.drain_timeout_s)
         finally:
             progress.stop()

@@ -34,6 +34,8 @@ _CACHE_KEY: Final = "checkers.index"
 
 # Fault names that end a worker process abruptly (redelivery-after-crash).
 KILL_FAULTS: Final = frozenset({"kill", "crash"})
+# A fault has taken effect at most this long after it was issued (backend latency).
+EFFECT_MAX_S: Final = 5.0
 
 
 @dataclass
@@ -80,6 +82,10 @@ class ConnFault:
     ts: float
     kind: str  # "fault:kill", "broker:broker-restart", "crash", "exit", "connection_lost"
     worker: str | None  # None for a broker fault
+    # When the fault had taken effect: a fault is issued at ``ts`` and the backend's
+    # call returns at ``completed_ts`` (a docker pause or kill takes ~40-150 ms), so
+    # a delivery received in [ts, end] may still have been caught by it.
+    end: float = 0.0
 
     def describe(self) -> dict[str, Any]:
         return {"fault": self.kind, "worker": self.worker, "ts": self.ts}
@@ -252,23 +258,34 @@ class Index:
         return bool(self.state.get(ident, 0) & bits)
 
     def connection_fault(self, worker: str | None, lo: float, hi: float) -> ConnFault | None:
-        """The first connection fault of ``worker`` (or of the broker) with lo <= ts <= hi."""
+        """The first connection fault of ``worker`` (or of the broker) that overlaps
+        [lo, hi]: issued at or before ``hi`` and not yet done taking effect before
+        ``lo`` (``ts <= hi`` and ``max(ts, end) >= lo``)."""
         if hi < lo:
             return None
         best: ConnFault | None = None
-        if worker is not None:
-            ts_list = self.conn_fault_ts.get(worker)
-            if ts_list:
-                i = bisect.bisect_left(ts_list, lo)
-                if i < len(ts_list) and ts_list[i] <= hi:
-                    best = self.conn_faults[worker][i]
+        lists: list[tuple[list[ConnFault], list[float]]] = []
+        if worker is not None and worker in self.conn_fault_ts:
+            lists.append((self.conn_faults[worker], self.conn_fault_ts[worker]))
         if self.broker_fault_ts:
-            i = bisect.bisect_left(self.broker_fault_ts, lo)
-            if i < len(self.broker_fault_ts) and self.broker_fault_ts[i] <= hi:
-                cand = self.broker_faults[i]
-                if best is None or cand.ts < best.ts:
-                    best = cand
+            lists.append((self.broker_faults, self.broker_fault_ts))
+        for faults, ts_list in lists:
+            # Faults take effect within EFFECT_MAX_S of being issued: start the scan
+            # there, so the lookup stays logarithmic on long histories.
+            i = bisect.bisect_left(ts_list, lo - EFFECT_MAX_S)
+            while i < len(ts_list) and ts_list[i] <= hi:
+                f = faults[i]
+                if max(f.ts, f.end) >= lo:
+                    if best is None or f.ts < best.ts:
+                        best = f
+                    break
+                i += 1
         return best
+
+
+def _end(ev: Event) -> float:
+    done = ev.get("completed_ts")
+    return float(done) if isinstance(done, int | float) else ev.ts
 
 
 def worker_of(ev: Event) -> str | None:
@@ -469,10 +486,10 @@ def build(history: History) -> Index:
         target = fault_target(ev)
         if name in BROKER_FAULTS or target == "broker":
             if name in BROKER_FAULTS or name in CONNECTION_FAULTS:
-                broker.append(ConnFault(ev.ts, f"broker:{name}", None))
+                broker.append(ConnFault(ev.ts, f"broker:{name}", None, _end(ev)))
         elif name in CONNECTION_FAULTS and target is not None:
             per_worker.setdefault(str(target), []).append(
-                ConnFault(ev.ts, f"fault:{name}", str(target)))
+                ConnFault(ev.ts, f"fault:{name}", str(target), _end(ev)))
     for ev in idx.worker_exited:
         w = worker_of(ev)
         if w is None:

@@ -7,7 +7,9 @@ this checker says so (valid False); but it separates:
 
 - *explained* duplicates: the worker of the previous processing (or the broker)
   had a connection fault between that processing's start and the next
-  processing's start. Reported in ``ClaimResult.explained``, with the fault;
+  processing's start; or, by delivery order, the worker that received the id
+  first had one between the two receipts (a paused zombie may start its stale
+  copy after the redelivered one). Reported in ``ClaimResult.explained``, with the fault;
 - *unexplained* duplicates: no such fault. These break the release invariant.
 
 ``evidence["invariant_holds"]`` is True when no duplicate is unexplained, so an
@@ -29,6 +31,18 @@ from harness.history import History
 CLAIM: Final = "no-duplicate-processing"
 
 
+def _receipt(recs: list[tuple[float, str | None]], worker: str | None,
+             start: float) -> float | None:
+    """The worker's latest receipt of the id at or before ``start`` (ts-sorted list)."""
+    found: float | None = None
+    for ts, w in recs:
+        if ts > start:
+            break
+        if w == worker:
+            found = ts
+    return found
+
+
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx = ix.get(history)
     n_ids = idx.count_where(lambda v: bool(v & ix.PROC))
@@ -42,13 +56,22 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     dups = idx.processed_twice
     # The events of the duplicated ids, gathered in one pass each.
     processings = idx.processed.events(dups)
-    idx.received.events(dups)
+    receipts = idx.received.events(dups)
     for ident in dups:
+        recs = sorted((e.ts, e.worker) for e in receipts.get(ident, ()))
         runs = sorted(((ix.start_ts(idx, e), e.ts, e.worker) for e in processings[ident]),
                       key=lambda r: (r[0], r[1]))
         for (s1, _p1, w1), (s2, p2, w2) in pairwise(runs):
             extra += 1
             fault = idx.connection_fault(w1, s1, s2)
+            if fault is None:
+                # By delivery order: a zombie (paused, cut off) may start its copy
+                # after the redelivered one; what explains the pair is a fault of
+                # whichever worker received the id first, between the two receipts.
+                r1, r2 = _receipt(recs, w1, s1), _receipt(recs, w2, s2)
+                if r1 is not None and r2 is not None:
+                    (ra, wa), (rb, _wb) = sorted(((r1, w1), (r2, w2)))
+                    fault = idx.connection_fault(wa, ra, rb)
             item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,
                                     "again_worker": w2, "again_start_ts": s2,
                                     "again_processed_ts": p2}

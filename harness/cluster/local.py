@@ -35,6 +35,7 @@ import functools
 import json
 import os
 import pwd
+import random
 import re
 import secrets
 import shutil
@@ -71,16 +72,29 @@ _MAX_LINE_BYTES: Final = 1 << 20  # a longer line is split (and not parsed as an
 T = TypeVar("T")
 
 
+# Listening ports are drawn below the kernel's ephemeral range (32768-60999 by
+# default): a port picked by bind(0) is ephemeral, and any outgoing connection
+# made meanwhile (pika, urllib, docker) can take it before the node binds it.
+LISTEN_PORT_MIN: Final = 20000
+LISTEN_PORT_MAX: Final = 32000
+_port_rng = random.Random()
+
+
 def free_port(exclude: set[int] | None = None) -> int:
-    """A TCP port free on 127.0.0.1 right now (not 5672/15672/25672/4369)."""
+    """A TCP port free on 127.0.0.1 right now, outside the ephemeral range
+    (never 5672/15672/25672/4369)."""
     banned = {4369, 5672, 15672, 25672} | (exclude or set())
-    for _ in range(50):
+    for _ in range(200):
+        port = _port_rng.randint(LISTEN_PORT_MIN, LISTEN_PORT_MAX)
+        if port in banned:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in banned:
-            return port
-    raise ClusterError("no free TCP port found on 127.0.0.1 after 50 tries; free some ports")
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise ClusterError("no free TCP port found on 127.0.0.1 after 200 tries; free some ports")
 
 
 def _sanitize(run_id: str) -> str:
@@ -218,7 +232,7 @@ class LocalCluster(Cluster):
                 return ep
             except ClusterError as e:
                 tail = " ".join(getattr(e, "log_tail", [])).lower()
-                if attempt == 1 or "eaddrinuse" not in tail:
+                if attempt == 1 or not ("eaddrinuse" in tail or "already_used" in tail):
                     raise
                 self._discard_node()
         raise AssertionError("unreachable")  # pragma: no cover

@@ -18,7 +18,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,9 +36,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the ephemeral range, so an outgoing connection cannot take it first.
+    from harness.cluster.local import free_port as pick
+
+    return pick()
 
 
 def wait_until(pred: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -36,9 +35,10 @@ def compose_cmd() -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the ephemeral range, so an outgoing connection cannot take it first.
+    from harness.cluster.local import free_port as pick
+
+    return pick()
 
 
 def test_compose_scale_3_consumes_harness_tasks(tmp_path: Path) -> None:
