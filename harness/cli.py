@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only suite scenarios whose file name contains this (repeatable)")
     _run_options(a)
 
+    m = sub.add_parser("mutants", help="run the suite against each planted worker bug")
+    m.add_argument("--bugs", help="comma-separated bug names (default: all 12)")
+    m.add_argument("--no-control", action="store_true",
+                   help="skip the correct worker's runs (the false-alarm control)")
+    _run_options(m)
+
     c = sub.add_parser("check", help="re-run the checkers on a recorded run directory")
     c.add_argument("run_dir", type=Path)
     c.add_argument("--claims", type=_gate, help="claims to check (default: the run's)")
@@ -197,6 +203,26 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
         return _err(str(exc))
 
 
+def cmd_mutants(args: argparse.Namespace, console: Console) -> int:
+    from harness.cluster.base import ClusterError
+    from harness.mutants import MUTANTS, run_mutants
+
+    opts = _options(args)
+    if isinstance(opts, int):
+        return opts
+    if opts.brought_worker:
+        return _err("mutants plants bugs in the reference worker: no --worker-cmd/--worker-image")
+    bugs = [b.strip() for b in args.bugs.split(",")] if args.bugs else None
+    known = [m.bug for m in MUTANTS]
+    for b in bugs or []:
+        if b not in known:
+            return _err(f"unknown bug {b!r}; known: {', '.join(known)}")
+    try:
+        return run_mutants(opts, console, bugs, control=not args.no_control)
+    except ClusterError as exc:
+        return _err(str(exc))
+
+
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
     from harness import report
     from harness.checkers import check_all
@@ -247,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, console)
         if args.command == "audit":
             return cmd_audit(args, console)
+        if args.command == "mutants":
+            return cmd_mutants(args, console)
         if args.command == "check":
             return cmd_check(args, console)
         if args.command == "images":

@@ -46,6 +46,9 @@ from harness.schedule import Schedule
 from harness.workload import Publisher, make_tasks
 
 WORKERS_READY_TIMEOUT_S: Final = 60.0
+# Once one worker consumes, how long the others get before the run goes on without
+# them (docker starts a container in ~0.5 s, a loaded machine in a few seconds).
+PARTIAL_READY_GRACE_S: Final = 15.0
 DRAIN_POLL_S: Final = 0.5
 # Consecutive empty polls before the drain counts as done: the management API's
 # statistics lag by up to one collection interval (500 ms on our brokers).
@@ -299,22 +302,35 @@ class Run:
             threading.Thread(target=later, daemon=True).start()
 
     def wait_workers_ready(self, names: list[str]) -> None:
-        assert self.admin is not None
+        """Until every worker consumes (bounded). If some never do while others
+        already consume, go on after PARTIAL_READY_GRACE_S and record it: a worker
+        that cannot consume (an exclusive consumer's peers) is a finding for the
+        checkers, not an infrastructure error."""
+        assert self.admin is not None and self.cluster is not None
         queue = self.scenario.cluster.queue
         deadline = time.monotonic() + WORKERS_READY_TIMEOUT_S
         want = set(names)
+        first_ready_at: float | None = None
         while time.monotonic() < deadline:
             if self.live.wait_for(lambda s: want <= s.ready, 1.0):
                 return
             info = self.admin.queue_info(queue)
             if info is not None and info.consumers >= len(names):
                 return
-            assert self.cluster is not None
             dead = [w for w in names if not self.cluster.is_running(w)]
             if dead:
                 raise ClusterError(
                     f"worker {dead[0]} exited during start-up: see "
                     f"{self.run_dir / 'logs' / (dead[0] + '.log')}")
+            if self.live.ready & want:
+                first_ready_at = first_ready_at or time.monotonic()
+                if time.monotonic() - first_ready_at > PARTIAL_READY_GRACE_S:
+                    missing = sorted(want - self.live.ready)
+                    self.recorder.record("workers_not_ready", "harness", workers=missing,
+                                         waited_s=PARTIAL_READY_GRACE_S)
+                    self.problems.append(
+                        f"worker(s) {', '.join(missing)} never consumed: see their logs")
+                    return
         missing = sorted(want - self.live.ready)
         raise ClusterError(
             f"workers not consuming after {WORKERS_READY_TIMEOUT_S:.0f} s: {', '.join(missing)}; "

@@ -505,13 +505,21 @@ class Worker:
             headers=headers,
         )
         if self.cfg.bug == ACK_BEFORE_REPUBLISH and not d.settled_on_receipt:
-            # Ack first "so it cannot be processed twice", then a fire-and-forget publish on
-            # the consumer channel (no confirm): a death in between loses the task.
+            # Ack first "so it cannot be processed twice", wait out the backoff in the
+            # process, then a fire-and-forget publish straight to the work queue (no
+            # confirm): a worker that dies during the wait loses the task.
             ch.basic_ack(d.delivery_tag)
             self.events.emit("acked", id=d.task_id, reason="retry")
-            ch.basic_publish("", target, d.body, props)
+            conn = self._conn
+
+            def republish() -> None:
+                if ch.is_open:
+                    ch.basic_publish("", self.cfg.queue, d.body, props)
+
+            if conn is not None:
+                conn.call_later(delay_ms / 1000.0, republish)
             self.events.emit("retry_scheduled", id=d.task_id, attempt=d.attempt + 1,
-                             delay_ms=delay_ms, queue=target)
+                             delay_ms=delay_ms, queue=self.cfg.queue)
             return
         pub = self._pub
         assert pub is not None

@@ -5,8 +5,11 @@ each id; a duplicate does not count twice). Only workers undisturbed during the
 run are compared: a worker is excluded when a fault targeted it, it lost its
 connection or exited before the last task was processed (the harness stops
 every worker at the end), or it started after the first
-task was processed (a late joiner sees fewer tasks by construction). Eligible
-workers that processed nothing count as 0: an exclusive consumer shows up.
+task was processed (a late joiner sees fewer tasks by construction; param
+``include_late`` keeps them, for a scenario that scales up onto a backlog).
+Eligible workers that processed nothing count as 0: an exclusive consumer
+shows up (a connection_lost of a worker that never became ready does not
+exclude it: it never consumed).
 
 Statistic: the maximum relative deviation from the mean, max_i |n_i - mean| / mean,
 against ``max_deviation`` (default 0.25). Why 0.25: the guide promises "~100 each"
@@ -45,16 +48,25 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         target = ix.fault_target(ev)
         if ix.is_fault_invoke(ev) and target not in (None, "broker"):
             excluded.setdefault(str(target), f"fault {ev.get('fault')}")
+    first_ready: dict[str, float] = {}
+    for ev in idx.ready:
+        w = ix.worker_of(ev)
+        if w is not None:
+            first_ready.setdefault(w, ev.ts)
     for ev in idx.connection_lost:
         w = ix.worker_of(ev)
-        if w is not None and ev.ts < end:
+        # A worker that never became ready was not disturbed: it never consumed
+        # (an exclusive consumer refuses it), and counts as the 0 it processed.
+        if w is not None and ev.ts < end and first_ready.get(w, float("inf")) < ev.ts:
             excluded.setdefault(w, "connection_lost")
     for ev in idx.worker_exited:
         w = ix.worker_of(ev)
         if w is not None and ev.ts < end:
             excluded.setdefault(w, "exited during the run")
     first_ts = idx.first_processed_ts
-    if first_ts is not None:
+    # include_late: a scenario that scales up onto a backlog compares the late
+    # joiners too (unlimited prefetch lets the first worker take the backlog).
+    if first_ts is not None and not params.get("include_late", False):
         for ev in idx.worker_started:
             w = ix.worker_of(ev)
             if w is not None and ev.ts > first_ts:

@@ -285,10 +285,26 @@ def test_no_backoff_republishes_to_the_work_queue() -> None:
     w._pool.shutdown()
 
 
-def test_ack_before_republish_acks_then_publishes_unconfirmed_on_the_consumer_channel() -> None:
+class _Later:
+    """Stands in for BlockingConnection.call_later: runs the callback when told."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Any]] = []
+
+    def call_later(self, delay_s: float, fn: Any) -> None:
+        self.pending.append((delay_s, fn))
+
+
+def test_ack_before_republish_acks_then_republishes_later_unconfirmed() -> None:
     w, ch, pub, buf = make_worker(bugs.ACK_BEFORE_REPUBLISH)
+    later = _Later()
+    w._conn = later  # type: ignore[assignment]
     w._settle(Completion(delivery(), "retry", "retry"))
-    assert ch.calls == [("ack", 7, False), ("publish", "", "q.retry.100", False)]
+    # Acked at once; the copy waits in the process for the backoff delay.
+    assert ch.calls == [("ack", 7, False)]
+    assert [d for d, _ in later.pending] == [0.1]
+    later.pending[0][1]()
+    assert ch.calls == [("ack", 7, False), ("publish", "", "q", False)]
     assert pub.calls == []
     assert names(buf) == ["acked", "retry_scheduled"]
     w._pool.shutdown()

@@ -1,0 +1,174 @@
+"""Detection power: run the suite's scenarios against each planted bug of the
+reference worker (``WORKER_BUG=<name>``, see ``worker/bugs.py``) and against the
+correct worker, and say which bugs the harness catches, by which claims.
+
+A bug is *caught* when the claim named for it (``MUTANTS``) is violated: its
+invariant verdict is ``false``. Other violated claims are listed too. The
+correct worker must show no violation and no ``unknown`` (a false alarm).
+``time_to_verdict_s`` is the wall time of the run that judged it, from the
+harness's start to the verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from harness import report
+from harness.claims import invariant_verdict
+from harness.model import Scenario
+from harness.runner import Interrupted, RunOptions, run_scenario
+from harness.scenario import load_scenario
+
+SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    bug: str
+    scenario: str  # file in scenarios/
+    claim: str  # the claim that must catch it
+    why: str
+
+
+# One scenario per bug: the one whose faults or workload provoke it.
+MUTANTS: Final[tuple[Mutant, ...]] = (
+    Mutant("auto-ack", "crash-recovery.yaml", "no-loss",
+           "auto-acked deliveries held by the killed worker are gone"),
+    Mutant("ack-before-process", "crash-recovery.yaml", "no-loss",
+           "tasks acked on receipt die with the killed worker"),
+    Mutant("requeue-on-failure", "dead-letter.yaml", "dead-letter",
+           "poison and failing tasks loop in the work queue, never reach the DLQ"),
+    Mutant("no-dead-letter-exchange", "dead-letter.yaml", "dead-letter",
+           "nacked tasks vanish: the queue has no dead-letter exchange"),
+    Mutant("unlimited-prefetch", "scale-up-backlog.yaml", "even-distribution",
+           "the first worker buffers the whole backlog; newcomers get nothing"),
+    Mutant("no-backoff", "retry-backoff.yaml", "retry-backoff",
+           "retries come back at once instead of after base*2^(k-1)"),
+    Mutant("ack-before-republish", "retry-crash.yaml", "no-loss",
+           "retries acked and held in memory die with the worker"),
+    Mutant("no-reconnect", "health-check.yaml", "health-check",
+           "after the broker restart the worker never consumes (nor is healthy) again"),
+    Mutant("health-always-ok", "health-check.yaml", "health-check",
+           "/healthcheck says 200 while the broker is gone"),
+    Mutant("sigterm-acks-inflight", "graceful-shutdown.yaml", "graceful-shutdown",
+           "SIGTERM acks in-flight tasks that were never processed"),
+    Mutant("exclusive-consumer", "load-balancing.yaml", "even-distribution",
+           "one exclusive consumer takes every task; the other pods get none"),
+    Mutant("ignore-concurrency", "concurrency.yaml", "concurrency",
+           "one task at a time whatever WORKER_CONCURRENCY says"),
+)
+
+# The scenarios the correct worker runs (every scenario a mutant uses).
+CONTROL_SCENARIOS: Final = tuple(dict.fromkeys(m.scenario for m in MUTANTS))
+
+
+def with_bug(scenario: Scenario, bug: str | None) -> Scenario:
+    env = dict(scenario.cluster.extra_env)
+    if bug:
+        env["WORKER_BUG"] = bug
+    return dataclasses.replace(scenario, cluster=dataclasses.replace(scenario.cluster,
+                                                                     extra_env=env))
+
+
+@dataclass
+class Row:
+    bug: str  # "(none)" for the correct worker
+    scenario: str
+    expected: str
+    caught: bool
+    violated: list[str]
+    unknown: list[str]
+    time_to_verdict_s: float
+    run_dir: str
+    rerun: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _run(scenario: Scenario, bug: str | None, opts: RunOptions, console: Console,
+         expected: str) -> Row:
+    started = time.monotonic()
+    outcome = run_scenario(with_bug(scenario, bug), opts, console)
+    elapsed = time.monotonic() - started
+    violated = [r.claim for r in outcome.results if invariant_verdict(r) is False]
+    unknown = [r.claim for r in outcome.results if invariant_verdict(r) is None]
+    rerun = outcome.rerun if not bug else f"WORKER_BUG={bug} {outcome.rerun}"
+    return Row(bug or "(none)", scenario.name, expected, expected in violated, violated,
+               unknown, round(elapsed, 1), str(outcome.run_dir), rerun)
+
+
+def run_mutants(opts: RunOptions, console: Console, bugs: Sequence[str] | None = None,
+                control: bool = True) -> int:
+    """Exit 0: every selected bug caught by its claim and no false alarm."""
+    rows: list[Row] = []
+    selected = [m for m in MUTANTS if not bugs or m.bug in bugs]
+    try:
+        if control:
+            for filename in CONTROL_SCENARIOS:
+                sc = load_scenario(SCENARIOS_DIR / filename)
+                rows.append(_run(sc, None, opts, console, "-"))
+        for m in selected:
+            sc = load_scenario(SCENARIOS_DIR / m.scenario)
+            rows.append(_run(sc, m.bug, opts, console, m.claim))
+    except Interrupted:
+        console.print("interrupted: every process of the run was stopped")
+        return 2
+    render(console, rows)
+    caught = sum(1 for r in rows if r.bug != "(none)" and r.caught)
+    mutants = sum(1 for r in rows if r.bug != "(none)")
+    alarms = [r for r in rows if r.bug == "(none)" and (r.violated or r.unknown)]
+    console.print(f"caught {caught} of {mutants} planted bugs; false alarms on the correct "
+                  f"worker: {len(alarms)} of {len(rows) - mutants} runs")
+    opts.out.mkdir(parents=True, exist_ok=True)
+    path = opts.out / f"mutants-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    report.write_result_json(path, {"backend": opts.backend, "caught": caught,
+                                    "mutants": mutants, "false_alarms": len(alarms),
+                                    "rows": [r.to_dict() for r in rows]})
+    console.print(f"mutants report: {path}")
+    print_markdown(console, rows)
+    return 0 if caught == mutants and not alarms else 1
+
+
+def render(console: Console, rows: Sequence[Row]) -> None:
+    table = Table(title=Text("planted bugs: caught by which claims"))
+    for col in ("bug", "scenario", "expected claim", "caught", "violated claims", "unknown",
+                "time to verdict"):
+        table.add_column(col)
+    for r in rows:
+        if r.bug == "(none)":
+            ok = not r.violated and not r.unknown
+            verdict = Text("no alarm" if ok else "FALSE ALARM",
+                           style="green" if ok else "bold red")
+        else:
+            verdict = Text("yes" if r.caught else "NO", style="green" if r.caught else "bold red")
+        table.add_row(r.bug, r.scenario, r.expected, verdict, ", ".join(r.violated) or "-",
+                      ", ".join(r.unknown) or "-", f"{r.time_to_verdict_s:.0f} s")
+    console.print(table)
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    lines = ["| bug | scenario | expected claim | caught | violated claims | time to verdict |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.bug == "(none)":
+            caught = "no alarm" if not r.violated and not r.unknown else "FALSE ALARM"
+        else:
+            caught = "yes" if r.caught else "**no**"
+        lines.append(f"| {r.bug} | {r.scenario} | {r.expected} | {caught} | "
+                     f"{', '.join(r.violated) or '-'} | {r.time_to_verdict_s:.0f} s |")
+    return "\n".join(lines)
+
+
+def print_markdown(console: Console, rows: Sequence[Row]) -> None:
+    console.print("markdown (for the README):")
+    console.print(markdown(rows), markup=False, highlight=False, soft_wrap=True)
