@@ -30,7 +30,7 @@ from rich.text import Text
 from harness import report
 from harness.checkers.base import ClaimResult, Valid, worst
 from harness.claims import CLAIMS, invariant_verdict
-from harness.runner import Interrupted, RunOptions, RunOutcome, run_scenario
+from harness.runner import Interrupted, RunOptions, RunOutcome, run_scenario, suite_broker
 from harness.scenario import load_scenario
 
 SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
@@ -157,21 +157,24 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
     started = time.monotonic()
     outcomes: list[RunOutcome] = []
     skipped: dict[str, str] = {}
-    for filename, backends in SUITE:
-        if only and not any(o in filename for o in only):
-            continue
-        sc = load_scenario(SCENARIOS_DIR / filename)
-        if opts.backend not in backends:
-            for c in sc.claims:
-                skipped.setdefault(c, f"{sc.name} needs --backend {' or '.join(backends)}")
-            console.print(f"[dim]skipping {sc.name}: needs --backend {'/'.join(backends)}[/dim]")
-            continue
-        try:
-            outcomes.append(run_scenario(sc, opts, console))
-        except Interrupted:
-            console.print("interrupted: every process of the run was stopped")
-            return 2
-        console.print()
+    try:
+        with suite_broker(opts) as run_opts:
+            for filename, backends in SUITE:
+                if only and not any(o in filename for o in only):
+                    continue
+                sc = load_scenario(SCENARIOS_DIR / filename)
+                if opts.backend not in backends:
+                    for c in sc.claims:
+                        skipped.setdefault(
+                            c, f"{sc.name} needs --backend {' or '.join(backends)}")
+                    console.print(f"[dim]skipping {sc.name}: needs --backend "
+                                  f"{'/'.join(backends)}[/dim]")
+                    continue
+                outcomes.append(run_scenario(sc, run_opts, console))
+                console.print()
+    except Interrupted:
+        console.print("interrupted: every process of the run was stopped")
+        return 2
     rows = rows_from(outcomes, skipped)
     render(console, rows, gate)
     code = exit_code(rows, gate)

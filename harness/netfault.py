@@ -7,7 +7,9 @@ Each fault has ``inject(target)`` and ``heal()``:
 - ``heal`` undoes it, is idempotent and never leaves a rule, a sidecar or a
   disconnected container behind when it returns normally.
 
-``Partition``  disconnects the worker's container from the run's network; heal
+``Partition``  disconnects the worker's container from the run's network (its
+               own, or a ``SharedDockerBroker``'s: only the target container is
+               touched, never the network or other runs' containers); heal
                reconnects it with the same aliases.
 ``Blackhole``  drops every packet between the worker and the broker (iptables
                DROP in the worker's network namespace, both directions).
@@ -44,7 +46,9 @@ class NetEnv:
 
     ``resolve(name)`` returns the worker's docker ``Container`` (or raises
     ClusterError); ``aliases(name)`` the network aliases it is reached by;
-    ``broker_ip`` the broker's address on ``network_name``.
+    ``broker_ip`` the broker's address on ``network_name`` (which may be shared by
+    several runs: ``labels`` and ``sidecar_prefix`` are the run's, so its cleanup
+    finds its sidecars).
     """
 
     client: Any  # docker.DockerClient

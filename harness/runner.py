@@ -79,6 +79,9 @@ class RunOptions:
     capabilities: frozenset[str] | None = None
     queue: str | None = None  # the worker's queue names, overriding the scenario's
     dlq: str | None = None
+    # docker: a broker shared by several runs (one vhost each), to save a boot
+    # per scenario in the audit. A ``harness.cluster.docker.SharedDockerBroker``.
+    shared_broker: Any = None
 
     @property
     def brought_worker(self) -> bool:
@@ -118,7 +121,8 @@ def new_seed() -> int:
     return int.from_bytes(os.urandom(4), "big")
 
 
-def make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder) -> Cluster:
+def make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder,
+                 shared_broker: Any = None) -> Cluster:
     if backend == "local":
         from harness.cluster.local import LocalCluster
 
@@ -126,7 +130,7 @@ def make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder) -
     if backend == "docker":
         from harness.cluster.docker import DockerCluster
 
-        return DockerCluster(run_id, run_dir, recorder)
+        return DockerCluster(run_id, run_dir, recorder, shared=shared_broker)
     raise ClusterError(f"unknown backend '{backend}': use local or docker")
 
 
@@ -251,6 +255,8 @@ class Run:
         self.prober: HealthProber | None = None
         self._worker_seq = 0
         self._stopping = threading.Event()
+        self._killed: set[str] = set()  # killed, exit not seen yet
+        self._exited: set[str] = set()  # exited on request, cause not seen yet
 
     # -- helpers -------------------------------------------------------------------
     def worker_spec(self) -> WorkerSpec:
@@ -288,18 +294,39 @@ class Run:
         return started + victims
 
     def _on_event_restart(self, ev: Event) -> None:
-        """``restart_policy: always``: start a crashed worker again, like compose does."""
-        if (self.scenario.cluster.restart_policy == "always" and ev.type == "worker_exited"
-                and ev.get("requested") is False and ev.worker and not self._stopping.is_set()):
-            name = ev.worker
+        """``restart_policy: always``: start a crashed or killed worker again, like
+        compose's ``restart: always`` does (not one that was terminated: a
+        scale-down, nor any at the end of the run). A kill's ``fault`` event and
+        the ``worker_exited`` it causes arrive in either order."""
+        if self.scenario.cluster.restart_policy != "always" or self._stopping.is_set():
+            return
+        name: str | None = None
+        if ev.type == "fault" and ev.get("fault") == "kill" and ev.get("ok"):
+            target = str(ev.get("target"))
+            if target in self._exited:
+                name = target
+            else:
+                self._killed.add(target)
+        elif ev.type == "worker_exited" and ev.worker:
+            if ev.get("requested") is False or ev.worker in self._killed:
+                name = ev.worker
+            else:
+                self._exited.add(ev.worker)
+        elif ev.type == "worker_started" and ev.worker:
+            self._exited.discard(ev.worker)
+        if name is None:
+            return
+        self._killed.discard(name)
+        self._exited.discard(name)
+        restart_name = name
 
-            def later() -> None:
-                if self._stopping.wait(1.0) or self.cluster is None:
-                    return
-                with contextlib.suppress(ClusterError, OSError):
-                    self.cluster.restart(name)
+        def later() -> None:
+            if self._stopping.wait(1.0) or self.cluster is None:
+                return
+            with contextlib.suppress(ClusterError, OSError):
+                self.cluster.restart(restart_name)
 
-            threading.Thread(target=later, daemon=True).start()
+        threading.Thread(target=later, daemon=True).start()
 
     def wait_workers_ready(self, names: list[str]) -> None:
         """Until every worker consumes (bounded). If some never do while others
@@ -363,7 +390,10 @@ class Run:
         while time.monotonic() < deadline:
             try:
                 depth = self.admin.passive_depth(queue) or 0
-                retry = sum(q.messages for q in self.admin.list_queues(f"{queue}.retry."))
+                # Retry queues by name from the management API, their depth over AMQP:
+                # the API's counts lag (seen: 0 for a TTL queue holding 30 messages).
+                retry = sum(max(q.messages, self.admin.passive_depth(q.name) or 0)
+                            for q in self.admin.list_queues(f"{queue}.retry."))
                 info = self.admin.queue_info(queue)
                 unacked = info.unacked if info is not None else 0
             except (ClusterError, OSError) as exc:
@@ -429,7 +459,8 @@ class Run:
             from harness.images import ensure_images
 
             ensure_images()
-        self.cluster = make_cluster(self.opts.backend, self.run_id, self.run_dir, self.recorder)
+        self.cluster = make_cluster(self.opts.backend, self.run_id, self.run_dir, self.recorder,
+                                    self.opts.shared_broker)
         self.recorder.add_listener(self._on_event_restart)
         self.endpoint = self.cluster.start_broker(self.opts.broker_url)
         self.admin = BrokerAdmin(self.endpoint)
@@ -526,6 +557,29 @@ class Run:
             if self.cluster is not None:
                 self.cluster.stop()
             self.recorder.close()
+
+
+@contextlib.contextmanager
+def suite_broker(opts: RunOptions) -> Iterator[RunOptions]:
+    """For a suite of runs on docker (audit, mutants): one broker for all of them,
+    one vhost per run (a broker boot costs ~9 s here). Yields the options to run
+    with; the broker and its network are removed on exit, also on Ctrl-C."""
+    if opts.backend != "docker" or opts.broker_url or opts.shared_broker is not None:
+        yield opts
+        return
+    from harness.cluster.docker import SharedDockerBroker
+    from harness.images import ensure_images
+
+    if not opts.worker_image:
+        ensure_images()
+    shared = SharedDockerBroker()
+    try:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        shared.start(opts.out)
+        yield dataclasses.replace(opts, shared_broker=shared)
+    finally:
+        with _signals_ignored():
+            shared.stop()
 
 
 def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunOutcome:

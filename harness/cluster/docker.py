@@ -19,6 +19,17 @@ Every object carries the labels ``rmq-harness=1``, ``rmq-harness.run=<run_id>``,
 ``rmq-harness.host=<hostname>``; ``sweep_stale`` removes the objects of runs whose
 harness process is gone.
 
+Shared broker (``SharedDockerBroker``): one network and one broker container for a
+session ``shared-<hex>`` (same layout and labels as a run, plus
+``rmq-harness.shared=<session>``), reused by several ``DockerCluster(shared=...)``
+runs. Such a run creates no network and no broker: it gets a vhost named after its
+run id (its endpoint and its workers' ``RABBITMQ_VHOST``/``RABBITMQ_URL`` point at
+it), its workers and sidecars join the shared network (labels of the run, plus
+``rmq-harness.shared``), and its ``stop`` removes only them and the vhost. The
+shared objects carry the harness pid like any run, so ``sweep_stale`` leaves them
+alone while that process lives. A broker restart from a run is refused while
+another run uses the shared broker (it would be an unrecorded fault there).
+
 The broker is started with the plain Docker SDK rather than testcontainers'
 ``RabbitMqContainer``: that class waits on a *published* port (internal networks
 publish none), adds its own labels and session, and cannot give a static address
@@ -36,6 +47,7 @@ import re
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +73,11 @@ LABEL_PID: Final = "rmq-harness.pid"
 LABEL_PIDSTART: Final = "rmq-harness.pidstart"
 LABEL_HOST: Final = "rmq-harness.host"
 LABEL_ROLE: Final = "rmq-harness.role"
+LABEL_SHARED: Final = "rmq-harness.shared"
+SHARED_PREFIX: Final = "shared-"
+MGMT_TIMEOUT_S: Final = 10.0
+_MGMT_ATTEMPTS: Final = 3
+_GUEST_AUTH: Final = "Basic Z3Vlc3Q6Z3Vlc3Q="  # guest:guest
 
 BROKER_START_TIMEOUT_S: Final = 60.0
 BROKER_STOP_TIMEOUT_S: Final = 15
@@ -224,7 +241,10 @@ class DockerCluster(Cluster):
         sidecar_image: str = SIDECAR_IMAGE,
         client: Any = None,
         broker_timeout_s: float = BROKER_START_TIMEOUT_S,
+        shared: SharedDockerBroker | None = None,
     ) -> None:
+        """``shared``: use that started broker and network (one vhost for this run)
+        instead of creating a private network and broker."""
         super().__init__(run_id, run_dir, recorder)
         # Everything stop() looks at exists before anything can fail.
         self._lock = threading.RLock()
@@ -238,8 +258,14 @@ class DockerCluster(Cluster):
         self._broker_log_thread: threading.Thread | None = None
         self._next_index = 0
         self._default_spec: WorkerSpec | None = None
+        self._shared = shared
+        self._vhost: str | None = None  # the run's vhost on the shared broker
+        self._started_wall: float | None = None  # when the run's window on it began
         if not _RUN_ID_RE.match(run_id):
             raise ValueError(f"run id {run_id!r}: use letters, digits, '.', '_', '-' (max 63)")
+        if shared is not None and run_id.startswith(SHARED_PREFIX):
+            raise ValueError(f"run id {run_id!r}: the prefix {SHARED_PREFIX!r} is for shared "
+                             "brokers; pick another run id")
         self.broker_image = broker_image
         self.worker_image = worker_image
         self.sidecar_image = sidecar_image
@@ -247,7 +273,12 @@ class DockerCluster(Cluster):
         self.network_name = f"rmq-harness-{run_id}"
         self.prefix = f"rmq-harness-{run_id}"
         self.labels = {LABEL: "1", LABEL_RUN: run_id, **_harness_identity()}
+        if shared is not None:
+            self.network_name = shared.network_name
+            self.labels[LABEL_SHARED] = shared.session_id
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if client is None and shared is not None:
+            client = shared.client
         self.client = client if client is not None else connect()
         self.swept = sweep_stale(self.client)
 
@@ -312,6 +343,8 @@ class DockerCluster(Cluster):
             )
         if self._endpoint is not None:
             return self._endpoint
+        if self._shared is not None:
+            return self._start_on_shared(self._shared)
         require_image(self.client, self.broker_image)
         self._ensure_network()
         assert self._broker_ip is not None
@@ -348,6 +381,49 @@ class DockerCluster(Cluster):
             backend=self.backend,
         )
         return self._endpoint
+
+    @property
+    def shared(self) -> SharedDockerBroker | None:
+        return self._shared
+
+    @property
+    def vhost(self) -> str | None:
+        """The run's vhost on the shared broker (None with a broker of its own)."""
+        return self._vhost
+
+    def _start_on_shared(self, shared: SharedDockerBroker) -> BrokerEndpoint:
+        """No network, no broker: a fresh vhost named after the run on ``shared``."""
+        if self._stopped:
+            raise ClusterError("start_broker: the cluster is stopped")
+        container_id, ip = shared.container_id, shared.broker_ip
+        if container_id is None or ip is None:
+            raise ClusterError(
+                "the shared broker is not started: call SharedDockerBroker.start() first"
+            )
+        errors = _docker_errors()
+        try:
+            broker = self.client.containers.get(container_id)
+            network = self.client.networks.get(self.network_name)
+        except errors.NotFound as exc:
+            raise ClusterError(
+                f"the shared broker {shared.session_id} is gone (container or network "
+                "removed): start a new SharedDockerBroker"
+            ) from exc
+        except errors.APIError as exc:
+            raise ClusterError(f"cannot inspect the shared broker: {exc.explanation}") from exc
+        self._started_wall = time.time()
+        endpoint = shared.new_vhost(self.run_id)
+        shared._attach(self.run_id)
+        with self._lock:
+            self._vhost = self.run_id
+            self._broker, self._broker_ip, self._network = broker, ip, network
+            self._endpoint = endpoint
+        self.recorder.record(
+            "broker_started", "cluster", container=broker.short_id, host=ip,
+            backend=self.backend, owned=False, shared=shared.session_id, vhost=self.run_id,
+        )
+        self._check_stopped("start_broker")
+        return endpoint
 
     def _broker_tail(self) -> str:
         try:
@@ -406,6 +482,13 @@ class DockerCluster(Cluster):
         alias ``rabbitmq`` stay; workers reconnect by name."""
         if self._broker is None:
             raise ClusterError("restart_broker: no broker started")
+        if self._shared is not None:
+            others = sorted(set(self._shared.attached_runs()) - {self.run_id})
+            if others:
+                raise ClusterError(
+                    f"restart_broker: the shared broker is also in use by {', '.join(others)}; "
+                    "run broker restarts in sequence or with a broker of their own"
+                )
         errors = _docker_errors()
         try:
             self._broker.stop(timeout=stop_timeout_s)
@@ -438,6 +521,8 @@ class DockerCluster(Cluster):
             "RABBITMQ_VHOST": "/",
         }
         env.update({str(k): str(v) for k, v in spec.env.items()})
+        if self._vhost is not None:
+            env["RABBITMQ_VHOST"] = self._vhost  # the run's own vhost on a shared broker
         user, password = env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]
         vhost = env["RABBITMQ_VHOST"]
         env.update(
@@ -917,14 +1002,16 @@ class DockerCluster(Cluster):
         with self._lock:
             self._workers.clear()
             self._faults.clear()
-        if self._broker is not None:
+        if self._shared is not None:
+            self._leave_shared(self._shared)
+        elif self._broker is not None:
             with contextlib.suppress(Exception):
                 raw = self._broker.logs(stdout=True, stderr=True, timestamps=True)
                 (self.run_dir / "logs" / "rabbitmq.log").write_bytes(raw)
             with contextlib.suppress(Exception):
                 self._broker.remove(force=True, v=True)
                 self.recorder.record("broker_stopped", "cluster", container=self._broker.short_id)
-            self._broker = None
+        self._broker = None
         self._endpoint = None
         # Whatever else carries this run's label (sidecars, half-created objects).
         with contextlib.suppress(Exception):
@@ -942,3 +1029,211 @@ class DockerCluster(Cluster):
             except Exception:
                 time.sleep(0.5)
         self._network = None
+
+    def _leave_shared(self, shared: SharedDockerBroker) -> None:
+        """Drop the run's vhost and keep the broker's log of the run's window."""
+        vhost, since = self._vhost, self._started_wall
+        if vhost is not None:
+            with contextlib.suppress(Exception):
+                shared.delete_vhost(vhost)
+            self._vhost = None
+        shared._detach(self.run_id)
+        if self._broker is not None and since is not None:
+            with contextlib.suppress(Exception):
+                # The engine stamps lines with the host clock, as time.time() is.
+                raw = self._broker.logs(stdout=True, stderr=True, timestamps=True, since=since)
+                (self.run_dir / "logs" / "rabbitmq.log").write_bytes(raw)
+
+
+class SharedDockerBroker:
+    """One internal network and one broker container shared by several runs.
+
+    ``start(run_dir)`` creates them exactly as a ``DockerCluster`` does for itself
+    (session id ``shared-<hex>``, the same labels plus ``rmq-harness.shared``) and
+    waits until the broker answers; ``stop()`` removes them, and whatever runs left
+    attached, and saves the broker's whole log to ``<run_dir>/logs/rabbitmq.log``.
+    Runs use it with ``DockerCluster(..., shared=this)``; each gets its own vhost
+    (``new_vhost``). Thread-safe; a context manager (``with SharedDockerBroker() as
+    b: b.start(dir)``; ``__exit__`` stops it).
+    """
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        *,
+        broker_image: str = BROKER_IMAGE,
+        client: Any = None,
+        broker_timeout_s: float = BROKER_START_TIMEOUT_S,
+        mgmt_timeout_s: float = MGMT_TIMEOUT_S,
+    ) -> None:
+        sid = session_id or f"{SHARED_PREFIX}{os.urandom(4).hex()}"
+        if not sid.startswith(SHARED_PREFIX) or not _RUN_ID_RE.match(sid):
+            raise ValueError(
+                f"shared session id {sid!r}: use '{SHARED_PREFIX}' then letters, digits, "
+                "'.', '_', '-' (max 63 in all)"
+            )
+        if mgmt_timeout_s <= 0:
+            raise ValueError(f"mgmt_timeout_s must be > 0, got {mgmt_timeout_s}")
+        self.session_id = sid
+        self.network_name = f"rmq-harness-{sid}"
+        self.broker_image = broker_image
+        self.broker_timeout_s = broker_timeout_s
+        self.mgmt_timeout_s = mgmt_timeout_s
+        self._client = client
+        self._lock = threading.RLock()
+        self._owner: DockerCluster | None = None
+        self._attached: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    @property
+    def started(self) -> bool:
+        return self._owner is not None and self._owner.endpoint is not None
+
+    def start(self, run_dir: Path) -> None:
+        """Create the network and the broker and wait until it answers (bounded by
+        ``broker_timeout_s``). ClusterError on failure, with nothing left behind."""
+        with self._lock:
+            if self._owner is not None:
+                raise ClusterError(f"shared broker {self.session_id} already started")
+            owner = DockerCluster(
+                self.session_id, run_dir, Recorder(None), broker_image=self.broker_image,
+                client=self.client, broker_timeout_s=self.broker_timeout_s,
+            )
+            owner.labels[LABEL_SHARED] = self.session_id
+            self._owner = owner
+        try:
+            owner.start_broker()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Remove the broker, the network and any container still attached with the
+        session's label. Saves the broker log first. Idempotent; never raises."""
+        with self._lock:
+            owner, self._owner = self._owner, None
+            self._attached.clear()
+        if owner is None:
+            return
+        with contextlib.suppress(Exception):
+            # Runs that did not stop: their containers hold the network.
+            for c in self.client.containers.list(
+                all=True, filters={"label": f"{LABEL_SHARED}={self.session_id}"}
+            ):
+                if (c.labels or {}).get(LABEL_RUN) != self.session_id:
+                    with contextlib.suppress(Exception):
+                        c.remove(force=True, v=True)
+        with contextlib.suppress(Exception):
+            owner.stop()  # saves logs/rabbitmq.log, removes broker and network
+
+    def __enter__(self) -> SharedDockerBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what is there ------------------------------------------------------------------
+    @property
+    def endpoint(self) -> BrokerEndpoint | None:
+        """The default vhost ``/`` (for the harness; runs use ``new_vhost``)."""
+        owner = self._owner
+        return owner.endpoint if owner is not None else None
+
+    @property
+    def broker_ip(self) -> str | None:
+        owner = self._owner
+        return owner.broker_ip if owner is not None else None
+
+    @property
+    def container_id(self) -> str | None:
+        owner = self._owner
+        broker = owner._broker if owner is not None else None
+        return str(broker.id) if broker is not None else None
+
+    def attached_runs(self) -> list[str]:
+        """Run ids with a vhost and not yet stopped."""
+        with self._lock:
+            return sorted(self._attached)
+
+    def _attach(self, run_id: str) -> None:
+        with self._lock:
+            self._attached.add(run_id)
+
+    def _detach(self, run_id: str) -> None:
+        with self._lock:
+            self._attached.discard(run_id)
+
+    # -- vhosts ---------------------------------------------------------------------------
+    def _mgmt(self, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+        """One management API call (a few attempts on connection errors); the status.
+        HTTP errors other than 404 raise ClusterError; 404 is returned."""
+        ip = self.broker_ip
+        if ip is None:
+            raise ClusterError(
+                "the shared broker is not started: call SharedDockerBroker.start() first"
+            )
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": _GUEST_AUTH, "content-type": "application/json"}
+        last = ""
+        for attempt in range(_MGMT_ATTEMPTS):
+            req = urllib.request.Request(
+                f"http://{ip}:{MGMT_PORT}{path}", data=data, headers=headers, method=method
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=self.mgmt_timeout_s) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return 404
+                detail = exc.read().decode("utf-8", "replace")[:200]
+                raise ClusterError(
+                    f"shared broker {method} {path}: HTTP {exc.code} {detail}".strip()
+                ) from None
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(getattr(exc, "reason", exc))[:200]
+                if attempt + 1 < _MGMT_ATTEMPTS:
+                    time.sleep(0.5)
+        raise ClusterError(
+            f"shared broker {method} {path} failed: {last}; is {self.session_id} still "
+            "running? (`docker ps --filter label=rmq-harness.shared`)"
+        )
+
+    def new_vhost(self, name: str) -> BrokerEndpoint:
+        """A fresh vhost ``name`` (an old one of that name is deleted first) where
+        ``guest`` may configure, write and read everything; its endpoint."""
+        if not _RUN_ID_RE.match(name):
+            raise ValueError(f"vhost {name!r}: use letters, digits, '.', '_', '-' (max 63)")
+        ip = self.broker_ip
+        if ip is None:
+            raise ClusterError(
+                "the shared broker is not started: call SharedDockerBroker.start() first"
+            )
+        q = quote(name, safe="")
+        self._mgmt("DELETE", f"/api/vhosts/{q}")
+        self._mgmt("PUT", f"/api/vhosts/{q}", {})
+        try:
+            status = self._mgmt(
+                "PUT", f"/api/permissions/{q}/guest",
+                {"configure": ".*", "write": ".*", "read": ".*"},
+            )
+            if status == 404:
+                raise ClusterError(f"shared broker: vhost {name} vanished while being set up")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._mgmt("DELETE", f"/api/vhosts/{q}")
+            raise
+        return BrokerEndpoint(
+            amqp_url=f"amqp://guest:guest@{ip}:{AMQP_PORT}/{q}",
+            management_url=f"http://{ip}:{MGMT_PORT}",
+            vhost=name,
+        )
+
+    def delete_vhost(self, name: str) -> None:
+        """Delete the vhost and everything in it; a missing one is fine."""
+        self._mgmt("DELETE", f"/api/vhosts/{quote(name, safe='')}")

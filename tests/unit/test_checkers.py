@@ -420,3 +420,33 @@ def test_redelivery_ack_that_got_out_just_after_the_kill_was_not_in_flight() -> 
     h.received("b", W2, redelivered=True).processed("b", W2).acked("b", W2)
     r = redelivery.check(h.finish().build(), {})
     assert r.valid is True and r.evidence["in_flight"] == 1
+
+
+# -- zombies and fault effect windows (seen on the docker backend) ---------------------------
+
+def _zombie_history(pause_explains: bool, completed_delay_s: float = 0.05) -> History:
+    """W1 receives x as a pause is issued (the freeze takes effect ~40 ms later),
+    the broker redelivers x to W2, which finishes first; W1, resumed, starts
+    its stale copy only after that."""
+    h = clean(40, workers=2).publish("x")
+    if pause_explains:
+        h.fault("pause", W1, ts=1100.0, completed_ts=1100.0 + completed_delay_s)
+    h.received("x", W1, ts=1100.02)
+    h.received("x", W2, redelivered=True, ts=1106.0)
+    h.processed("x", W2, ts=1109.0, started_ts=1106.0).acked("x", W2, ts=1109.01)
+    h.processed("x", W1, ts=1115.0, started_ts=1112.0)
+    h.ack_failed("x", W1, ts=1115.01)
+    return h.finish().build()
+
+
+def test_zombie_that_starts_late_is_explained_by_its_pause() -> None:
+    [r] = check_all(_zombie_history(pause_explains=True), ["no-duplicate-processing"])
+    assert r.valid is False  # the guide's "No duplicates!" is false as worded
+    assert r.evidence["unexplained"] == 0 and r.evidence["invariant_holds"] is True
+    assert r.explained["count"] == 1
+
+
+def test_same_zombie_without_a_fault_is_unexplained() -> None:
+    [r] = check_all(_zombie_history(pause_explains=False), ["no-duplicate-processing"])
+    assert r.valid is False
+    assert r.evidence["unexplained"] == 1 and r.evidence["invariant_holds"] is False

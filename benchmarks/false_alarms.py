@@ -1,0 +1,73 @@
+"""False alarms: run the full suite on the correct worker K times in a row and
+count the runs that reported any violation or any ``unknown``.
+
+    python benchmarks/false_alarms.py --runs 10 --backend docker
+
+Each round is one ``harness audit`` (every scenario of the suite, fresh broker
+and workers per scenario, a new seed each time). A round is a false alarm when
+any scenario of it has a claim whose invariant is ``false`` or ``unknown``;
+the claims and scenarios responsible are listed with their rerun commands, so
+every flake can be reproduced with its seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--backend", default="docker", choices=("local", "docker"))
+    ap.add_argument("--out", type=Path, default=Path("runs/false-alarms"))
+    ap.add_argument("--only", action="append", help="suite scenarios to run (see audit)")
+    args = ap.parse_args()
+    if not 1 <= args.runs <= 100:
+        ap.error("--runs must be 1..100")
+    started = time.monotonic()
+    alarms = 0
+    by_claim: Counter[str] = Counter()
+    for i in range(args.runs):
+        out = args.out / f"round-{i + 1:02d}"
+        cmd = [sys.executable, "-m", "harness", "audit", "--backend", args.backend,
+               "--out", str(out), "--no-progress"]
+        for o in args.only or []:
+            cmd += ["--only", o]
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        took = time.monotonic() - t0
+        bad: list[str] = []
+        for result in sorted(out.glob("*/result.json")):
+            data = json.loads(result.read_text())
+            for c in data["claims"]:
+                if c["invariant"] != "true":
+                    bad.append(f"{data['scenario']}:{c['claim']}={c['invariant']}")
+                    by_claim[c["claim"]] += 1
+                    bad.append(f"  rerun: {data['rerun']}")
+            for p in data.get("problems", []):
+                bad.append(f"{data['scenario']}: problem: {p}")
+        status = "ok" if not bad and proc.returncode == 0 else "ALARM"
+        alarms += status != "ok"
+        print(f"round {i + 1}/{args.runs}: {status} (exit {proc.returncode}, {took:.0f} s)")
+        for line in bad:
+            print(f"    {line}")
+        sys.stdout.flush()
+    total = time.monotonic() - started
+    print()
+    print(f"{alarms} of {args.runs} rounds had a violation or an unknown on the correct worker; "
+          f"wall time {total / 60:.1f} min ({total / args.runs:.0f} s a round)")
+    if by_claim:
+        print("by claim: " + ", ".join(f"{k}={v}" for k, v in by_claim.most_common()))
+    return 0 if alarms == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
