@@ -6,4 +6,4 @@ bash scripts/setup.sh
 . .venv/bin/activate
 ruff check harness worker tests benchmarks
 mypy
-exec pytest -n 2 --dist loadgroup "$@"
+exec pytest -n 2 --dist loadgroup --durations=15 "$@"

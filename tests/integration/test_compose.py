@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.broker import BrokerAdmin
+from harness.cluster.base import BrokerEndpoint, ClusterError
 from harness.history import Recorder
 from harness.model import Distribution, Workload
 from harness.workload import Publisher, make_tasks
@@ -20,7 +22,7 @@ from harness.workload import Publisher, make_tasks
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
 
 ROOT = Path(__file__).resolve().parents[2]
-TASKS = 30
+TASKS = 60
 UP_TIMEOUT_S = 120
 PROCESS_TIMEOUT_S = 90
 
@@ -51,7 +53,21 @@ def test_compose_scale_3_consumes_harness_tasks(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=UP_TIMEOUT_S, check=False)
         assert up.returncode == 0, up.stderr[-2000:]
         url = f"amqp://guest:guest@127.0.0.1:{amqp}/%2F"
-        workload = Workload(tasks=TASKS, directives={"sleep_ms": Distribution("const", (20,))})
+        # All three replicas consume before the tasks go out (compose starts them
+        # together, but one may be a second or two late).
+        admin = BrokerAdmin(BrokerEndpoint(url, f"http://127.0.0.1:{mgmt}"))
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while True:
+            try:
+                info = admin.queue_info("go.logger")
+            except ClusterError:
+                info = None
+            if info is not None and info.consumers >= 3:
+                break
+            assert time.monotonic() < deadline, "three workers never consumed"
+            time.sleep(1)
+        admin.close()
+        workload = Workload(tasks=TASKS, directives={"sleep_ms": Distribution("const", (200,))})
         import random
 
         tasks = make_tasks(workload, random.Random(1), id_prefix="compose")
