@@ -158,6 +158,9 @@ def worker_env(scenario: Scenario) -> dict[str, str]:
         "WORKER_SHUTDOWN_GRACE_S": str(c.grace_s),
         "RABBITMQ_DLQ": c.dlq,
         "RABBITMQ_QUEUE_TYPE": c.queue_type,
+        # Workers start while the broker boots; a short cap on the reference
+        # worker's reconnect backoff keeps them from sleeping past its readiness.
+        "WORKER_RECONNECT_MAX_S": "1",
     }
     env.update(c.extra_env)
     return env
@@ -462,12 +465,17 @@ class Run:
         self.cluster = make_cluster(self.opts.backend, self.run_id, self.run_dir, self.recorder,
                                     self.opts.shared_broker)
         self.recorder.add_listener(self._on_event_restart)
-        self.endpoint = self.cluster.start_broker(self.opts.broker_url)
+        self.spec = self.worker_spec()
+        names: list[str] = []
+
+        def start_workers() -> None:
+            names.extend(self.add_worker() for _ in range(sc.cluster.workers))
+
+        self.endpoint = self.cluster.start_broker(self.opts.broker_url,
+                                                  while_booting=start_workers)
         self.admin = BrokerAdmin(self.endpoint)
         self.nemesis = Nemesis(self.cluster, self.recorder, sc.cluster.grace_s)
         self.nemesis.setup()
-        self.spec = self.worker_spec()
-        names = [self.add_worker() for _ in range(sc.cluster.workers)]
         if "health" in caps:
             self.prober = HealthProber(self.cluster, self.recorder)
             self.prober.start()

@@ -13,7 +13,7 @@ Every backend records what it does into the run's ``Recorder``:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,9 +67,13 @@ class Cluster(abc.ABC):
 
     # -- lifecycle -----------------------------------------------------------
     @abc.abstractmethod
-    def start_broker(self, broker_url: str | None = None) -> BrokerEndpoint:
+    def start_broker(self, broker_url: str | None = None,
+                     while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
         """Start a private broker, or check that ``broker_url`` answers (bounded).
 
+        ``while_booting``, if given, is called once the broker is starting but before
+        it answers (a backend that cannot overlap calls it after): the runner starts
+        the workers there, so their start-up overlaps the broker's ~10 s boot.
         Raises ClusterError with a one-line message on failure.
         """
 

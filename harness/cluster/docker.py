@@ -49,6 +49,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,7 +336,8 @@ class DockerCluster(Cluster):
     def broker_ip(self) -> str | None:
         return self._broker_ip
 
-    def start_broker(self, broker_url: str | None = None) -> BrokerEndpoint:
+    def start_broker(self, broker_url: str | None = None,
+                     while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
         if broker_url:
             raise ClusterError(
                 "the docker backend runs its own broker; an external --broker-url is not "
@@ -344,7 +346,10 @@ class DockerCluster(Cluster):
         if self._endpoint is not None:
             return self._endpoint
         if self._shared is not None:
-            return self._start_on_shared(self._shared)
+            endpoint = self._start_on_shared(self._shared)
+            if while_booting is not None:
+                while_booting()
+            return endpoint
         require_image(self.client, self.broker_image)
         self._ensure_network()
         assert self._broker_ip is not None
@@ -370,12 +375,15 @@ class DockerCluster(Cluster):
             self._broker.start()
         except errors.APIError as exc:
             raise ClusterError(f"cannot start the broker container: {exc.explanation}") from exc
-        self._wait_broker_ready()
         ip = self._broker_ip
-        self._endpoint = BrokerEndpoint(
+        endpoint = BrokerEndpoint(
             amqp_url=f"amqp://guest:guest@{ip}:{AMQP_PORT}/%2F",
             management_url=f"http://{ip}:{MGMT_PORT}",
         )
+        if while_booting is not None:
+            while_booting()  # workers start, and retry, while the broker boots
+        self._wait_broker_ready()
+        self._endpoint = endpoint
         self.recorder.record(
             "broker_started", "cluster", container=self._broker.short_id, host=ip,
             backend=self.backend,

@@ -205,7 +205,16 @@ class LocalCluster(Cluster):
         self.logs_dir = run_dir / "logs"
 
     # -- broker ----------------------------------------------------------------
-    def start_broker(self, broker_url: str | None = None) -> BrokerEndpoint:
+    def start_broker(self, broker_url: str | None = None,
+                     while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
+        """The node must answer before workers start here (they would only spin in
+        their reconnect backoff), so ``while_booting`` runs once it does."""
+        endpoint = self._start_broker(broker_url)
+        if while_booting is not None:
+            while_booting()
+        return endpoint
+
+    def _start_broker(self, broker_url: str | None) -> BrokerEndpoint:
         if self.endpoint is not None:
             raise ClusterError("broker already started for this run; start_broker is called once")
         if broker_url:

@@ -7,6 +7,8 @@
 #    foreground as the rabbitmq user.
 set -eu
 src=/tmp/harness-broker
+install -d -m 0755 /etc/rabbitmq
+install -m 0644 "$src/erl_inetrc" /etc/rabbitmq/erl_inetrc
 if [ -x /usr/local/bin/docker-entrypoint.sh ]; then
     mkdir -p /etc/rabbitmq/conf.d
     cp "$src/rabbitmq.conf" /etc/rabbitmq/conf.d/90-harness.conf
@@ -23,3 +25,4 @@ install -o rabbitmq -g rabbitmq -m 0644 "$src/enabled_plugins" /etc/rabbitmq/ena
 install -m 0755 "$src/docker-entrypoint-debian.sh" /usr/local/bin/docker-entrypoint.sh
 # Data from a package configuration step must not leak into every container.
 rm -rf /var/lib/rabbitmq/mnesia /var/lib/rabbitmq/.erlang.cookie
+
