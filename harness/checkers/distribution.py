@@ -42,6 +42,9 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     # An exit or a lost connection after the last processing disturbed nothing
     # (the harness stops the workers at the end).
     end = idx.last_processed_ts if idx.last_processed_ts is not None else float("inf")
+    if idx.end_ts is not None:
+        # The harness's own stop after the drain (complete or not) is no fault.
+        end = min(end, idx.end_ts)
 
     excluded: dict[str, str] = {}
     for ev in idx.faults:
