@@ -147,8 +147,23 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         in_flight_by_kill.append(in_flight)
     # The events of the in-flight ids, gathered in one pass each.
     all_in_flight = {i for lst in in_flight_by_kill for i in lst}
-    idx.received.events(all_in_flight)
+    received_ev = idx.received.events(all_in_flight)
     idx.acked_final.events(all_in_flight)
+    processed_ev = idx.processed.events(all_in_flight)
+    # A task the killed worker had processed, that nobody received again and no
+    # queue holds, was acked: the worker died before it could write "acked" (the
+    # ack is on the wire within milliseconds of the side effect). Not in flight.
+    acked_unobserved: set[str] = set()
+    for k, in_flight in zip(kills, in_flight_by_kill, strict=True):
+        for ident in list(in_flight):
+            reborn = _next_start(starts, k.worker, k.ts)
+            done_by_w = [e.ts for e in processed_ev.get(ident, ())
+                         if e.worker == k.worker and e.ts <= min(k.ts + slack_s, reborn)]
+            again = done_by_w and any(e.ts > min(done_by_w)
+                                      for e in received_ev.get(ident, ()))
+            if done_by_w and not again and ident not in remaining and ident not in dlq:
+                in_flight.remove(ident)
+                acked_unobserved.add(ident)
     for k, in_flight in zip(kills, in_flight_by_kill, strict=True):
         total_in_flight += len(in_flight)
         not_redelivered: list[str] = []
@@ -181,6 +196,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         "redelivered": len(latencies),
         "not_redelivered": len(all_not_redelivered),
         "not_completed": len(all_not_completed),
+        "acked_unobserved": len(acked_unobserved),
         "latency_max_s": round(max(latencies), 6) if latencies else None,
         "latency_median_s": round(statistics.median(latencies), 6) if latencies else None,
         "per_kill": per_kill[:20],

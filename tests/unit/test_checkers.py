@@ -450,3 +450,86 @@ def test_same_zombie_without_a_fault_is_unexplained() -> None:
     [r] = check_all(_zombie_history(pause_explains=False), ["no-duplicate-processing"])
     assert r.valid is False
     assert r.evidence["unexplained"] == 1 and r.evidence["invariant_holds"] is False
+
+
+# -- even-distribution: who is compared -------------------------------------------------------
+
+def _one_worker_takes_all(stop_after_drain: bool) -> History:
+    """W1 processes every task; W2 is up and consuming but gets nothing (as with
+    unlimited prefetch on a backlog). The harness stops W2 when the drain ends."""
+    h = H().run_started()
+    h.worker_started(W1).worker_started(W2).ready(W1).ready(W2)
+    tasks = ids(60)
+    for t in tasks:
+        h.publish(t)
+    for t in tasks[:50]:
+        h.task(t, W1)
+    if stop_after_drain:
+        h.drain(complete=False).worker_exited(W2, requested=True)
+        for t in tasks[50:]:  # W1 finishes its buffer during its own graceful stop
+            h.task(t, W1)
+        return h.final_queue("main").final_queue("dlq").final_queue("retry").build()
+    for t in tasks[50:]:
+        h.task(t, W1)
+    return h.finish().build()
+
+
+def test_an_idle_pod_counts_as_zero() -> None:
+    [r] = check_all(_one_worker_takes_all(False), ["even-distribution"])
+    assert r.valid is False
+    assert r.evidence["per_worker"] == {W1: 60, W2: 0}
+
+
+def test_the_harness_stop_after_the_drain_is_no_fault() -> None:
+    [r] = check_all(_one_worker_takes_all(True), ["even-distribution"])
+    assert r.valid is False, r.summary  # W2 stays compared, with its 0
+    assert r.evidence["per_worker"][W2] == 0
+
+
+def test_a_worker_that_never_consumed_counts_as_zero() -> None:
+    # An exclusive consumer's peers: they connect, are refused, retry, never ready.
+    h = H().run_started()
+    h.worker_started(W1).worker_started(W2).ready(W1)
+    h.connection_lost(W2).connection_lost(W2)
+    tasks = ids(40)
+    for t in tasks:
+        h.publish(t)
+    for t in tasks:
+        h.task(t, W1)
+    [r] = check_all(h.finish().build(), ["even-distribution"])
+    assert r.valid is False
+    assert r.evidence["per_worker"] == {W1: 40, W2: 0}
+
+
+# -- an ack the dying worker could not report --------------------------------------------------
+
+def _killed_after_ack(redelivered_b: bool = True) -> History:
+    """W1 processes "a" and acks it, but SIGKILL lands before it writes "acked";
+    "b" was only received: the broker redelivers it to W2."""
+    h = clean(30, workers=2).publish("a").publish("b")
+    h.received("a", W1).received("b", W1).processed("a", W1)
+    h.fault("kill", W1).worker_exited(W1, requested=True)
+    if redelivered_b:
+        h.received("b", W2, redelivered=True).processed("b", W2).acked("b", W2)
+    return h.finish().build()
+
+
+def test_unobserved_ack_of_a_killed_worker_counts_once() -> None:
+    [r] = check_all(_killed_after_ack(), ["exactly-once-ack"])
+    assert r.valid is True, r.summary
+    assert r.evidence["acked_unobserved"] == 1 and r.evidence["never_settled"] == 0
+
+
+def test_unobserved_ack_is_not_in_flight_but_the_rest_must_come_back() -> None:
+    [r] = check_all(_killed_after_ack(), ["redelivery-after-crash"])
+    assert r.valid is True, r.summary
+    assert (r.evidence["in_flight"], r.evidence["acked_unobserved"]) == (1, 1)
+    [bad] = check_all(_killed_after_ack(redelivered_b=False), ["redelivery-after-crash"])
+    assert bad.valid is False  # "b" was never processed and never came back
+
+
+def test_a_task_never_processed_is_never_an_unobserved_ack() -> None:
+    h = clean(30, workers=2).publish("a").received("a", W1)
+    h.fault("kill", W1).worker_exited(W1, requested=True)
+    [r] = check_all(h.finish().build(), ["exactly-once-ack"])
+    assert r.valid is False and r.evidence["never_settled"] == 1
