@@ -533,9 +533,9 @@ def test_sweep_stale_removes_dead_harness_objects(client: Any) -> None:
         c2 = client.containers.create(BASE, ["true"], labels=other_host)
         c3 = client.containers.create(BASE, ["true"], labels=labels(live_id, 1))  # pid 1 lives
         containers += [c1, c2, c3]
-        removed = sweep_stale(client)
-        assert f"container:rmq-harness-{run_id}-w" in removed
-        assert f"network:rmq-harness-{run_id}" in removed
+        sweep_stale(client)
+        # Gone, whoever swept them: another test's DockerCluster (running in parallel)
+        # sweeps on start-up too, so this call's own list may be empty.
         left, nets = run_objects(client, run_id)
         assert [c.id for c in left] == [c2.id] and nets == []
         assert run_objects(client, live_id)[0][0].id == c3.id
