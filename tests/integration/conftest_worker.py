@@ -23,6 +23,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -285,3 +287,24 @@ def running_worker(env: dict[str, str], log_dir: Path) -> Iterator[WorkerProc]:
         yield w
     finally:
         w.stop()
+
+
+def start_ready(env: dict[str, str], log_dir: Path) -> WorkerProc:
+    """A worker process that has started consuming (or an AssertionError with its logs)."""
+    w = WorkerProc(env, log_dir)
+    if not w.wait_event("ready", 20):
+        w.stop()
+        raise AssertionError(f"worker not ready: {w.lines[-5:]} {w.stderr()[-2000:]}")
+    return w
+
+
+def health(port: int) -> int:
+    """The HTTP status of a worker's /healthcheck (-1 when nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=2) as r:
+            json.loads(r.read())
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return -1

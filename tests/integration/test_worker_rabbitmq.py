@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +17,9 @@ from conftest_worker import (
     PrivateBroker,
     WorkerProc,
     free_port,
+    health,
     running_worker,
+    start_ready,
     task_body,
     wait_until,
 )
@@ -64,25 +63,6 @@ def worker_env(broker: PrivateBroker, queue: str, **extra: str) -> dict[str, str
 
 def new_queue() -> str:
     return f"t.{uuid.uuid4().hex[:8]}"
-
-
-def start_ready(env: dict[str, str], log_dir: Path) -> WorkerProc:
-    w = WorkerProc(env, log_dir)
-    if not w.wait_event("ready", 20):
-        w.stop()
-        raise AssertionError(f"worker not ready: {w.lines[-5:]} {w.stderr()[-2000:]}")
-    return w
-
-
-def health(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=2) as r:
-            json.loads(r.read())
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-    except OSError:
-        return -1
 
 
 def test_processes_and_acks(broker: PrivateBroker, log_dir: Path) -> None:
