@@ -7,7 +7,11 @@ Each round is one ``harness audit`` (every scenario of the suite, fresh broker
 and workers per scenario, a new seed each time). A round is a false alarm when
 any scenario of it has a claim whose invariant is ``false`` or ``unknown``;
 the claims and scenarios responsible are listed with their rerun commands, so
-every flake can be reproduced with its seed.
+every flake can be reproduced with its seed. A round whose audit row for a claim
+differs from the one DESIGN.md expects for a correct worker
+(``harness.audit.reference_verdict``: e.g. a zombie scenario whose fault did not
+produce the zombie, so ``exactly-one-consumer`` shows ``holds`` instead of
+``false as stated``) counts too: the suite failed to show what it must show.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+from harness.audit import reference_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +60,16 @@ def main() -> int:
                     bad.append(f"  rerun: {data['rerun']}")
             for p in data.get("problems", []):
                 bad.append(f"{data['scenario']}: problem: {p}")
+        audits = sorted(out.glob("audit-*.json"))
+        if not audits:
+            bad.append("no audit report was written")
+        for audit in audits[-1:]:
+            for row in json.loads(audit.read_text())["claims"]:
+                want = reference_verdict(row["claim"])
+                if row["verdict"] != want:
+                    bad.append(f"audit row {row['claim']}: {row['verdict']!r}, a correct "
+                               f"worker gives {want!r}: {row['evidence']}")
+                    by_claim[f"row:{row['claim']}"] += 1
         status = "ok" if not bad and proc.returncode == 0 else "ALARM"
         alarms += status != "ok"
         print(f"round {i + 1}/{args.runs}: {status} (exit {proc.returncode}, {took:.0f} s)")

@@ -93,6 +93,11 @@ def verdict_word(claim: str, guide_valid: Valid, invariant_valid: Valid) -> str:
     return "holds with a caveat" if CLAIMS[claim].caveat else "holds"
 
 
+def reference_verdict(claim: str) -> str:
+    """The row DESIGN.md expects for a correct worker (the reference worker's audit)."""
+    return verdict_word(claim, CLAIMS[claim].guide_holds_for_correct_worker, True)
+
+
 def _telling(results: list[tuple[str, ClaimResult]]) -> tuple[str, ClaimResult]:
     """The result that decides the row: the first false, else unknown, else true."""
     for want in (False, None, True):
