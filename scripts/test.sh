@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 ruff check harness worker tests benchmarks
-mypy
+mypy  # the packages (pyproject.toml)
+# Tests and benchmarks too, a folder at a time: two conftest.py would clash as one module.
+for d in tests/conftest.py tests/unit tests/integration tests/quality benchmarks; do mypy --strict "$d"; done
 exec pytest -n 2 --dist loadgroup --durations=15 "$@"

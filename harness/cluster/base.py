@@ -13,9 +13,11 @@ Every backend records what it does into the run's ``Recorder``:
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from harness.history import Recorder
 
@@ -53,6 +55,37 @@ class WorkerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     events: str = "json"  # "json" or "regex:PATTERN"
     health_port: int = 8080
+
+    def events_pattern(self) -> re.Pattern[str] | None:
+        """None for contract v1's JSON lines, else the compiled ``regex:`` pattern.
+
+        Raises ValueError with a one-line reason for anything else, or a regex
+        without the named group ``id``.
+        """
+        if self.events == "json":
+            return None
+        if not self.events.startswith("regex:"):
+            raise ValueError(f"events {self.events!r}: use 'json' or 'regex:PATTERN'")
+        try:
+            pattern = re.compile(self.events[len("regex:"):])
+        except re.error as exc:
+            raise ValueError(f"events regex {self.events!r}: {exc}") from None
+        if "id" not in pattern.groupindex:
+            raise ValueError(f"events regex {self.events!r} needs a named group (?P<id>...)")
+        return pattern
+
+
+def contract_env(name: str, *, host: str, port: int, user: str, password: str, vhost: str,
+                 health_port: int) -> dict[str, str]:
+    """The variables of worker contract v1 that a backend sets for one worker: how
+    it reaches the broker (as parts and as a URL), its id and its health port."""
+    url = (f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+           f"{quote(vhost, safe='')}")
+    return {
+        "RABBITMQ_HOST": host, "RABBITMQ_PORT": str(port), "RABBITMQ_USER": user,
+        "RABBITMQ_PASSWORD": password, "RABBITMQ_VHOST": vhost, "RABBITMQ_URL": url,
+        "WORKER_ID": name, "HEALTH_PORT": str(health_port),
+    }
 
 
 class Cluster(abc.ABC):

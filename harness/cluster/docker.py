@@ -58,7 +58,13 @@ from urllib.parse import quote
 
 import psutil
 
-from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
+from harness.cluster.base import (
+    BrokerEndpoint,
+    Cluster,
+    ClusterError,
+    WorkerSpec,
+    contract_env,
+)
 from harness.history import Recorder
 from harness.netfault import NET_FAULTS as _NET_FAULTS
 from harness.netfault import SIDECAR_IMAGE, NetEnv, NetFault, Partition
@@ -531,35 +537,11 @@ class DockerCluster(Cluster):
         env.update({str(k): str(v) for k, v in spec.env.items()})
         if self._vhost is not None:
             env["RABBITMQ_VHOST"] = self._vhost  # the run's own vhost on a shared broker
-        user, password = env["RABBITMQ_USER"], env["RABBITMQ_PASSWORD"]
-        vhost = env["RABBITMQ_VHOST"]
-        env.update(
-            {
-                "RABBITMQ_HOST": BROKER_ALIAS,
-                "RABBITMQ_PORT": str(AMQP_PORT),
-                "RABBITMQ_URL": (
-                    f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{BROKER_ALIAS}:"
-                    f"{AMQP_PORT}/{quote(vhost, safe='')}"
-                ),
-                "WORKER_ID": name,
-                "HEALTH_PORT": str(spec.health_port),
-                "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1"),
-            }
-        )
+        env.update(contract_env(name, host=BROKER_ALIAS, port=AMQP_PORT,
+                                user=env["RABBITMQ_USER"], password=env["RABBITMQ_PASSWORD"],
+                                vhost=env["RABBITMQ_VHOST"], health_port=spec.health_port))
+        env["PYTHONUNBUFFERED"] = env.get("PYTHONUNBUFFERED", "1")
         return env
-
-    def _compile_events(self, spec: WorkerSpec) -> re.Pattern[str] | None:
-        if spec.events == "json":
-            return None
-        if spec.events.startswith("regex:"):
-            try:
-                pattern = re.compile(spec.events[len("regex:"):])
-            except re.error as exc:
-                raise ValueError(f"events regex {spec.events!r}: {exc}") from exc
-            if "id" not in pattern.groupindex:
-                raise ValueError(f"events regex {spec.events!r} needs a named group (?P<id>...)")
-            return pattern
-        raise ValueError(f"events {spec.events!r}: use 'json' or 'regex:PATTERN'")
 
     def _create_container(self, name: str, spec: WorkerSpec) -> Any:
         image = spec.image or self.worker_image
@@ -596,7 +578,7 @@ class DockerCluster(Cluster):
         with self._lock:
             if name in self._workers:
                 raise ValueError(f"worker {name!r} already exists")
-        regex = self._compile_events(spec)
+        regex = spec.events_pattern()
         container = self._create_container(name, spec)
         w = _Worker(
             name=name, spec=spec, container=container,

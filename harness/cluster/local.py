@@ -55,7 +55,13 @@ import psutil
 import harness
 from harness import procs
 from harness.broker import BrokerAdmin, amqp_display, parse_broker_url
-from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
+from harness.cluster.base import (
+    BrokerEndpoint,
+    Cluster,
+    ClusterError,
+    WorkerSpec,
+    contract_env,
+)
 from harness.history import Recorder
 
 RABBITMQ_SERVER: Final = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -484,16 +490,10 @@ class LocalCluster(Cluster):
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         env.update(spec.env)
-        env.update({
-            "RABBITMQ_HOST": u.hostname or "127.0.0.1",
-            "RABBITMQ_PORT": str(u.port or 5672),
-            "RABBITMQ_USER": ep.user,
-            "RABBITMQ_PASSWORD": ep.password,
-            "RABBITMQ_VHOST": ep.vhost,
-            "RABBITMQ_URL": ep.amqp_url,
-            "WORKER_ID": name,
-            "HEALTH_PORT": str(health_port),
-        })
+        env.update(contract_env(name, host=u.hostname or "127.0.0.1", port=u.port or 5672,
+                                user=ep.user, password=ep.password, vhost=ep.vhost,
+                                health_port=health_port))
+        env["RABBITMQ_URL"] = ep.amqp_url  # as given: an external URL may carry parameters
         return env
 
     def start_worker(self, name: str, spec: WorkerSpec) -> None:
@@ -506,16 +506,10 @@ class LocalCluster(Cluster):
             self._spawn_worker(name, spec)
 
     def _spawn_worker(self, name: str, spec: WorkerSpec) -> _Worker:
-        matcher: re.Pattern[str] | None = None
-        if spec.events.startswith("regex:"):
-            try:
-                matcher = re.compile(spec.events[len("regex:"):])
-            except re.error as e:
-                raise ValueError(f"worker {name}: bad events regex: {e}") from None
-            if "id" not in matcher.groupindex:
-                raise ValueError(f"worker {name}: events regex needs a named group (?P<id>...)")
-        elif spec.events != "json":
-            raise ValueError(f"worker {name}: events must be 'json' or 'regex:PATTERN'")
+        try:
+            matcher = spec.events_pattern()
+        except ValueError as e:
+            raise ValueError(f"worker {name}: {e}") from None
         argv = list(spec.command) or [sys.executable, "-m", "worker"]
         health_port = free_port()
         env = self._worker_env(name, spec, health_port)

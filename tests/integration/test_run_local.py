@@ -37,7 +37,8 @@ def only_run_dir(out: Path) -> Path:
 
 
 def load_result(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "result.json").read_text())
+    data: dict[str, Any] = json.loads((run_dir / "result.json").read_text())
+    return data
 
 
 def claims(result: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,6 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,6 @@ from conftest_worker import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[PrivateBroker]:
-    b = PrivateBroker()
-    try:
-        b.start()
-        yield b
-    finally:
-        b.stop()
 
 
 @pytest.fixture

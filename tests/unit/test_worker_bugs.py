@@ -298,7 +298,7 @@ class _Later:
 def test_ack_before_republish_acks_then_republishes_later_unconfirmed() -> None:
     w, ch, pub, buf = make_worker(bugs.ACK_BEFORE_REPUBLISH)
     later = _Later()
-    w._conn = later  # type: ignore[assignment]
+    w._conn = later
     w._settle(Completion(delivery(), "retry", "retry"))
     # Acked at once; the copy waits in the process for the backoff delay.
     assert ch.calls == [("ack", 7, False)]
