@@ -44,6 +44,12 @@ class QueueInfo:
     consumers: int
     durable: bool = True
     type: str = "classic"
+    # Counts since the queue was declared (``message_stats``; 0 where the
+    # management API has none yet, and in ``list_queues``, which skips them).
+    published: int = 0
+    delivered: int = 0
+    redelivered: int = 0
+    acked: int = 0
 
 
 class ConnectionInfo(NamedTuple):
@@ -301,6 +307,8 @@ def _int(v: Any) -> int:
 
 
 def _queue_info(o: dict[str, Any]) -> QueueInfo:
+    stats = o.get("message_stats")
+    stats = stats if isinstance(stats, dict) else {}
     return QueueInfo(
         name=str(o.get("name", "")),
         messages=_int(o.get("messages")),
@@ -309,6 +317,10 @@ def _queue_info(o: dict[str, Any]) -> QueueInfo:
         consumers=_int(o.get("consumers")),
         durable=bool(o.get("durable", True)),
         type=str(o.get("type", "classic")),
+        published=_int(stats.get("publish")),
+        delivered=_int(stats.get("deliver_get")),
+        redelivered=_int(stats.get("redeliver")),
+        acked=_int(stats.get("ack")),
     )
 
 

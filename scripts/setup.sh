@@ -33,7 +33,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,load]'
 
 if [ "${HARNESS_NO_DOCKER:-0}" != 1 ]; then
   PATH="$PWD/.venv/bin:$PATH" bash .ci/docker-setup.sh

@@ -93,7 +93,9 @@ def test_wait_ready_unreachable_is_bounded_and_one_line() -> None:
 ROUTES: dict[str, Any] = {
     "/api/queues/%2F/q1": {"name": "q1", "messages": 5, "messages_ready": 3,
                            "messages_unacknowledged": 2, "consumers": 1, "durable": True,
-                           "type": "classic"},
+                           "type": "classic",
+                           "message_stats": {"publish": 9, "deliver_get": 6, "redeliver": 1,
+                                             "ack": 4}},
     "/api/queues/%2F/fresh": {"name": "fresh"},  # no statistics yet
     "/api/queues/%2F": [
         {"name": "t.b", "messages": 1}, {"name": "t.a", "messages": 2}, {"name": "other"},
@@ -159,8 +161,9 @@ def stub_admin() -> Iterator[BrokerAdmin]:
 def test_queue_info(stub_admin: BrokerAdmin) -> None:
     q = stub_admin.queue_info("q1")
     assert q is not None and (q.messages, q.ready, q.unacked, q.consumers) == (5, 3, 2, 1)
+    assert (q.published, q.delivered, q.redelivered, q.acked) == (9, 6, 1, 4)
     fresh = stub_admin.queue_info("fresh")
-    assert fresh is not None and fresh.messages == 0
+    assert fresh is not None and fresh.messages == 0 and fresh.acked == 0
     assert stub_admin.queue_info("absent") is None
     with pytest.raises(ClusterError) as ei:
         stub_admin.queue_info("broken")

@@ -1,0 +1,216 @@
+"""A load run against a staging broker: publish tasks at a steady rate while the
+workers under test consume them, then check that they kept up and lost nothing.
+
+    locust -f locustfiles/taskqueue.py --headless -u 10 -r 10 -t 60s \\
+        --amqp-url amqp://user:pass@staging:5672/%2F --queue tasks \\
+        --rate-per-user 10 --sleep-ms 100
+
+Each Locust user holds one AMQP connection with publisher confirms and publishes
+persistent, mandatory tasks (contract v1 bodies: ``{"id", "task", "payload",
+"directives"}``) to the queue through the default exchange. Every confirm is a
+Locust request ``publish / confirmed`` with its latency; a nack, an unroutable
+task (no such queue) or a lost connection is a failure.
+
+When the run stops, the check (this process, or the master in distributed mode)
+waits up to ``--drain-timeout-s`` for the queue to be empty, then reads the
+queue's counters from the management API and compares them with the confirmed
+count. It fails (exit code 1) when the queue did not drain (the workers did not
+keep up), or when fewer acks than confirmed tasks reached the broker (a task
+settled some other way, or not at all). More acks than confirms is not a
+failure: a publish cut off by the stop has no counted confirm, and a retried
+task comes back through the queue. Redeliveries are reported, not failed:
+RabbitMQ delivers at least once. The queue and its topology belong to the
+workers: this file never declares anything.
+
+This is the staging-broker companion of ``harness run``: no faults, no worker
+events, only what the broker can tell. Bounds: ``--max-tasks`` (all users
+together) and Locust's ``--run-time``, which a headless run must give.
+"""
+
+# Locust's event-hook decorators carry no types.
+# mypy: disallow-untyped-decorators=False
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pika
+from locust import User, constant_throughput, events, task
+from locust.env import Environment
+from locust.exception import StopUser
+from locust.runners import WorkerRunner
+
+from harness.broker import BrokerAdmin, QueueInfo, parse_broker_url
+from harness.cluster.base import ClusterError
+from harness.workload import task_body
+
+REQUEST_TYPE = "publish"
+REQUEST_NAME = "confirmed"
+DRAIN_POLL_S = 0.5
+# Confirms wait at most this long; a broker that does not answer is a failure.
+CONNECT_TIMEOUT_S = 10.0
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    g = parser.add_argument_group("task queue")
+    g.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F",
+                   help="the broker under load (management API on port 15672 of the same "
+                        "host, or ?management_port=N, or --management-url)")
+    g.add_argument("--management-url", default="", help="http://host:15672")
+    g.add_argument("--queue", default="tasks", help="the workers' queue (not declared here)")
+    g.add_argument("--rate-per-user", type=float, default=10.0,
+                   help="tasks a second each user publishes")
+    g.add_argument("--sleep-ms", type=int, default=100,
+                   help="directive for the reference worker: time each task takes")
+    g.add_argument("--max-tasks", type=int, default=100_000,
+                   help="stop publishing after this many tasks (all users of this process)")
+    g.add_argument("--drain-timeout-s", type=float, default=60.0,
+                   help="after the run, how long the queue may take to empty")
+
+
+def _opts(environment: Environment) -> Any:
+    if environment.parsed_options is None:
+        raise RuntimeError("taskqueue: run it with the locust command (it parses the options)")
+    return environment.parsed_options
+
+
+class _Run:
+    """What this process published, and the queue's counters before it did."""
+
+    published = 0
+    baseline: QueueInfo | None = None
+    admin: BrokerAdmin | None = None
+    problem: str | None = None
+
+
+@events.init.add_listener
+def _init(environment: Environment, **_: Any) -> None:
+    o = _opts(environment)
+    problems = []
+    if not 0 < o.rate_per_user <= 10_000:
+        problems.append("--rate-per-user must be in (0, 10000]")
+    if not 0 < o.max_tasks <= 10_000_000:
+        problems.append("--max-tasks must be 1..10000000")
+    if not 0 <= o.drain_timeout_s <= 3600:
+        problems.append("--drain-timeout-s must be 0..3600")
+    if o.headless and not o.run_time:
+        problems.append("a headless load run must stop by itself: give --run-time (-t)")
+    try:
+        endpoint = parse_broker_url(o.amqp_url, o.management_url or None)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise SystemExit("taskqueue: " + "; ".join(problems))
+    if not isinstance(environment.runner, WorkerRunner):
+        _Run.admin = BrokerAdmin(endpoint)
+
+
+@events.test_start.add_listener
+def _baseline(environment: Environment, **_: Any) -> None:
+    if _Run.admin is None:
+        return
+    try:
+        _Run.baseline = _Run.admin.queue_info(_opts(environment).queue)
+    except ClusterError as exc:  # the check says so; publishing goes on and is measured
+        _Run.problem = str(exc)
+
+
+@events.quitting.add_listener
+def _check(environment: Environment, **_: Any) -> None:
+    """After the run: the queue drained, and every confirmed task was acked."""
+    if _Run.admin is None:
+        return
+    try:
+        verdict = _verdict(environment, _Run.admin)
+    except ClusterError as exc:
+        verdict = f"FAIL: {exc}"
+    finally:
+        _Run.admin.close()
+    print(f"taskqueue check: {verdict}", flush=True)
+    if verdict.startswith("FAIL"):
+        environment.process_exit_code = 1
+
+
+def _verdict(environment: Environment, admin: BrokerAdmin) -> str:
+    o = _opts(environment)
+    if _Run.problem is not None:
+        return f"FAIL: {_Run.problem}"
+    if _Run.baseline is None:
+        return (f"FAIL: queue {o.queue!r} does not exist on {admin.endpoint.management_url}: "
+                "start the workers first (they declare it)")
+    base = _Run.baseline
+    stats = environment.stats.get(REQUEST_NAME, REQUEST_TYPE)
+    confirmed = stats.num_requests - stats.num_failures
+    deadline = time.monotonic() + o.drain_timeout_s
+    info = admin.queue_info(o.queue)
+    # Statistics lag (collect_statistics_interval): poll until the counters
+    # account for every confirm, or the bound runs out.
+    while (time.monotonic() < deadline and info is not None
+           and not (info.messages == 0 and info.acked - base.acked >= confirmed)):
+        time.sleep(DRAIN_POLL_S)
+        info = admin.queue_info(o.queue)
+    if info is None:
+        return f"FAIL: queue {o.queue!r} disappeared during the run"
+    acked = info.acked - base.acked
+    summary = (f"confirmed {confirmed}, acked {acked}, redelivered "
+               f"{info.redelivered - base.redelivered}, left in the queue {info.messages} "
+               f"({info.unacked} unacked)")
+    if info.messages:
+        return (f"FAIL: the queue did not drain within {o.drain_timeout_s:g} s (the workers "
+                f"did not keep up): {summary}")
+    if acked < confirmed:
+        return (f"FAIL: {confirmed - acked} confirmed task(s) never acked (dead-lettered, "
+                f"dropped, or the acks went unseen): {summary}")
+    return f"PASS: {summary}"
+
+
+class TaskPublisher(User):
+    """One connection, confirms on, a steady rate of persistent tasks."""
+
+    def wait_time(self) -> float:
+        return float(constant_throughput(_opts(self.environment).rate_per_user)(self))
+
+    def on_start(self) -> None:
+        o = _opts(self.environment)
+        params = pika.URLParameters(parse_broker_url(o.amqp_url, o.management_url or None)
+                                    .amqp_url)
+        params.socket_timeout = CONNECT_TIMEOUT_S
+        params.blocked_connection_timeout = CONNECT_TIMEOUT_S
+        params.client_properties = {"connection_name": f"locust-{uuid.uuid4().hex[:8]}"}
+        self.conn = pika.BlockingConnection(params)
+        self.channel = self.conn.channel()
+        self.channel.confirm_delivery()
+
+    def on_stop(self) -> None:
+        if getattr(self, "conn", None) is not None and self.conn.is_open:
+            self.conn.close()
+
+    @task
+    def publish(self) -> None:
+        o = _opts(self.environment)
+        if _Run.published >= o.max_tasks:
+            raise StopUser()
+        _Run.published += 1
+        task_id = f"load-{uuid.uuid4().hex}"
+        body = task_body(task_id, _Run.published, {"sleep_ms": o.sleep_ms})
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                     message_id=task_id)
+        started = time.perf_counter()
+        exc: BaseException | None = None
+        try:
+            self.channel.basic_publish("", o.queue, body, props, mandatory=True)
+        except pika.exceptions.UnroutableError:
+            exc = RuntimeError(f"unroutable: no queue {o.queue!r}")
+        except pika.exceptions.NackError:
+            exc = RuntimeError("nacked by the broker")
+        except pika.exceptions.AMQPError as e:
+            exc = e
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE, name=REQUEST_NAME,
+            response_time=(time.perf_counter() - started) * 1000, response_length=len(body),
+            exception=exc, context={})
+        if isinstance(exc, pika.exceptions.AMQPConnectionError):
+            raise StopUser()
+
