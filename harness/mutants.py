@@ -5,15 +5,16 @@ correct worker, and say which bugs the harness catches, by which claims.
 A bug is *caught* when the claim named for it (``MUTANTS``) is violated: its
 invariant verdict is ``false``. Other violated claims are listed too. The
 correct worker must show no violation and no ``unknown`` (a false alarm).
-``time_to_verdict_s`` is the wall time of the run that judged it, from the
-harness's start to the verdict.
+``first_violation_s`` is when, from the run's start, the history first showed
+the violation (``first_violation_s()``); ``time_to_verdict_s`` is the wall time
+of the run that judged it, from the harness's start to the verdict.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -23,7 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import report
+from harness.checkers.base import ClaimResult
 from harness.claims import invariant_verdict
+from harness.history import History
 from harness.model import Scenario
 from harness.runner import Interrupted, RunOptions, run_scenario, suite_broker
 from harness.scenario import load_scenario
@@ -100,9 +103,45 @@ class Row:
     time_to_verdict_s: float
     run_dir: str
     rerun: str
+    # Seconds from the run's start to the first violation on record (None: the
+    # claim is a property of the whole run, decided at its end; see first_violation_s).
+    first_violation_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def first_violation_s(history: History, violated: Sequence[ClaimResult]) -> float | None:
+    """Seconds from the run's start to the earliest moment the history shows one of
+    the ``violated`` claims broken.
+
+    A checker that pins the moment gives ``violated_at_ts`` (health: the bound
+    that expired). Otherwise the moment is read off the tasks the checker blames
+    (its ``*_ids`` evidence): each blamed task's last sighting in the history (a
+    lost task was last seen when it was lost, a duplicate at its second
+    processing), and the earliest of those counts. None for a claim with neither
+    (even distribution, concurrency: properties of the whole run, known at its end).
+    Written here, not in the checkers: only the mutants table needs a time.
+    """
+    started = next((e.ts for e in history.of_type("run_started")), None)
+    if started is None:
+        return None
+    blamed: set[str] = set()
+    moments: list[float] = []
+    for r in violated:
+        if r.violated_at_ts is not None:
+            moments.append(r.violated_at_ts)
+            continue
+        for key, value in r.evidence.items():
+            if key.endswith("_ids") and isinstance(value, list):
+                blamed.update(v for v in value if isinstance(v, str))
+    if blamed:
+        last_seen: dict[str, float] = {}
+        for e in history:
+            if e.id in blamed:
+                last_seen[e.id] = max(last_seen.get(e.id, e.ts), e.ts)
+        moments.extend(last_seen.values())
+    return round(max(0.0, min(moments) - started), 1) if moments else None
 
 
 def _run(scenario: Scenario, bug: str | None, opts: RunOptions, console: Console,
@@ -113,8 +152,13 @@ def _run(scenario: Scenario, bug: str | None, opts: RunOptions, console: Console
     violated = [r.claim for r in outcome.results if invariant_verdict(r) is False]
     unknown = [r.claim for r in outcome.results if invariant_verdict(r) is None]
     rerun = outcome.rerun if not bug else f"WORKER_BUG={bug} {outcome.rerun}"
+    first: float | None = None
+    history_path = outcome.run_dir / "history.jsonl"
+    if violated and history_path.is_file():
+        first = first_violation_s(History.load(history_path),
+                                  [r for r in outcome.results if r.claim in violated])
     return Row(bug or "(none)", scenario.name, expected, expected in violated, violated,
-               unknown, round(elapsed, 1), str(outcome.run_dir), rerun)
+               unknown, round(elapsed, 1), str(outcome.run_dir), rerun, first)
 
 
 def run_mutants(opts: RunOptions, console: Console, bugs: Sequence[str] | None = None,
@@ -153,7 +197,7 @@ def run_mutants(opts: RunOptions, console: Console, bugs: Sequence[str] | None =
 def render(console: Console, rows: Sequence[Row]) -> None:
     table = Table(title=Text("planted bugs: caught by which claims"))
     for col in ("bug", "scenario", "expected claim", "caught", "violated claims", "unknown",
-                "time to verdict"):
+                "first violation", "time to verdict"):
         table.add_column(col)
     for r in rows:
         if r.bug == "(none)":
@@ -163,21 +207,50 @@ def render(console: Console, rows: Sequence[Row]) -> None:
         else:
             verdict = Text("yes" if r.caught else "NO", style="green" if r.caught else "bold red")
         table.add_row(r.bug, r.scenario, r.expected, verdict, ", ".join(r.violated) or "-",
-                      ", ".join(r.unknown) or "-", f"{r.time_to_verdict_s:.0f} s")
+                      ", ".join(r.unknown) or "-", _first(r), f"{r.time_to_verdict_s:.0f} s")
     console.print(table)
 
 
+def _first(r: Row) -> str:
+    if not r.violated:
+        return "-"
+    return "at the end" if r.first_violation_s is None else f"{r.first_violation_s:.1f} s"
+
+
 def markdown(rows: Sequence[Row]) -> str:
-    lines = ["| bug | scenario | expected claim | caught | violated claims | time to verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| bug | scenario | expected claim | caught | violated claims | first violation "
+             "| time to verdict |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.bug == "(none)":
             caught = "no alarm" if not r.violated and not r.unknown else "FALSE ALARM"
         else:
             caught = "yes" if r.caught else "**no**"
         lines.append(f"| {r.bug} | {r.scenario} | {r.expected} | {caught} | "
-                     f"{', '.join(r.violated) or '-'} | {r.time_to_verdict_s:.0f} s |")
+                     f"{', '.join(r.violated) or '-'} | {_first(r)} | "
+                     f"{r.time_to_verdict_s:.0f} s |")
     return "\n".join(lines)
+
+
+# The README's table sits between these lines; `python scripts/readme_mutants.py
+# REPORT.json` rewrites it from a report of `harness mutants` (tests check it).
+README_BEGIN: Final = "<!-- mutants table: generated by scripts/readme_mutants.py -->"
+README_END: Final = "<!-- end of mutants table -->"
+
+
+def rows_from_report(data: Mapping[str, Any]) -> list[Row]:
+    """The rows of a ``mutants-*.json`` report."""
+    return [Row(**r) for r in data["rows"]]
+
+
+def readme_with_table(readme: str, rows: Sequence[Row]) -> str:
+    """``readme`` with the text between the markers replaced by the table."""
+    try:
+        head, rest = readme.split(README_BEGIN, 1)
+        _, tail = rest.split(README_END, 1)
+    except ValueError:
+        raise ValueError(f"the README has no {README_BEGIN!r} ... {README_END!r} block") from None
+    return f"{head}{README_BEGIN}\n{markdown(rows)}\n{README_END}{tail}"
 
 
 def print_markdown(console: Console, rows: Sequence[Row]) -> None:

@@ -28,6 +28,9 @@ class ClaimResult:
     evidence: dict[str, Any] = field(default_factory=dict)
     # Duplicates, redeliveries etc. that a fault explains: shown, not a violation.
     explained: dict[str, Any] = field(default_factory=dict)
+    # Where a checker can pin it: the wall-clock ts by which the history showed
+    # the violation (e.g. a health bound that expired). None: not pinned.
+    violated_at_ts: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -40,6 +43,8 @@ class ClaimResult:
             "summary": self.summary,
             "evidence": self.evidence,
             "explained": self.explained,
+            **({"violated_at_ts": self.violated_at_ts} if self.violated_at_ts is not None
+               else {}),
         }
 
 

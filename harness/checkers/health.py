@@ -69,6 +69,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     checks: list[dict[str, Any]] = []
     never_down: list[str] = []
     never_up: list[str] = []
+    violated_at: list[float] = []  # when each failed bound expired
     undecided: list[str] = []
     for ts, done_ts in sorted(outages):
         up_deadline = done_ts + up_bound
@@ -99,6 +100,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                     row["verdict"] = "record ends before the down bound"
                 else:
                     never_down.append(w)
+                    violated_at.append(ts + down_bound)
                     row["verdict"] = f"never unhealthy within {down_bound:g} s"
                 checks.append(row)
                 continue
@@ -113,6 +115,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                     row["verdict"] = "record ends before the up bound"
                 else:
                     never_up.append(w)
+                    violated_at.append(up_deadline)
                     row["verdict"] = f"not healthy again within {up_bound:g} s"
             else:
                 row["verdict"] = "ok"
@@ -131,7 +134,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         if never_up:
             parts.append(f"{len(never_up)} worker(s) not healthy again within {up_bound:g} s "
                          f"of the broker's return ({', '.join(sorted(set(never_up)))})")
-        return ClaimResult(CLAIM, False, "; ".join(parts), evidence)
+        return ClaimResult(CLAIM, False, "; ".join(parts), evidence,
+                           violated_at_ts=min(violated_at))
     if not checks:
         return unknown(CLAIM, "no worker was observed running through a broker outage",
                        **evidence)

@@ -260,11 +260,14 @@ def test_health_true() -> None:
 def test_health_false_always_ok() -> None:
     r = health.check(outage(down=False, up=False).build(), {})
     assert r.valid is False and r.evidence["never_unhealthy"] == 2
+    # Pinned: the down bound after the outage began is when the violation showed.
+    assert r.violated_at_ts == 1010.0 + r.evidence["down_bound_s"]
 
 
 def test_health_false_never_healthy_again() -> None:
     r = health.check(outage(up=False).build(), {})
     assert r.valid is False and r.evidence["never_healthy_again"] == 2
+    assert r.violated_at_ts == 1018.0 + r.evidence["up_bound_s"]
 
 
 @pytest.mark.parametrize("case", ["no_capability", "no_health_events", "no_outage",
