@@ -9,7 +9,12 @@ this checker says so (valid False); but it separates:
   had a connection fault between that processing's start and the next
   processing's start; or, by delivery order, the worker that received the id
   first had one between the two receipts (a paused zombie may start its stale
-  copy after the redelivered one). Reported in ``ClaimResult.explained``, with the fault;
+  copy after the redelivered one); or one of the two copies is *stale*: its
+  worker received it on a connection that a fault had already hit (no reconnect
+  between the fault and the receipt) and its ack then failed. A paused worker
+  reads, once resumed, deliveries that sat in its socket buffer; the broker had
+  requeued them when the connection died, so the receipt's logged time says
+  nothing about the delivery order. Reported in ``ClaimResult.explained``, with the fault;
 - *unexplained* duplicates: no such fault. These break the release invariant.
 
 ``evidence["invariant_holds"]`` is True when no duplicate is unexplained, so an
@@ -43,6 +48,19 @@ def _receipt(recs: list[tuple[float, str | None]], worker: str | None,
     return found
 
 
+def _stale_copy_fault(idx: ix.Index, ident: str, worker: str | None,
+                      receipt: float | None) -> ix.ConnFault | None:
+    """The fault that made ``worker``'s copy of ``ident`` stale, if it is stale: the
+    worker's ack of it failed, and a connection fault hit the worker after its
+    latest (re)connection before the receipt and before the receipt."""
+    if receipt is None or not any(ix.worker_of(e) == worker
+                                  for e in idx.ack_failed.all(ident)):
+        return None
+    since = max((e.ts for e in idx.ready if ix.worker_of(e) == worker and e.ts <= receipt),
+                default=float("-inf"))
+    return idx.connection_fault(worker, since, receipt)
+
+
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx = ix.get(history)
     n_ids = idx.count_where(lambda v: bool(v & ix.PROC))
@@ -72,6 +90,9 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                 if r1 is not None and r2 is not None:
                     (ra, wa), (rb, _wb) = sorted(((r1, w1), (r2, w2)))
                     fault = idx.connection_fault(wa, ra, rb)
+                if fault is None:
+                    fault = (_stale_copy_fault(idx, ident, w2, r2)
+                             or _stale_copy_fault(idx, ident, w1, r1))
             item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,
                                     "again_worker": w2, "again_start_ts": s2,
                                     "again_processed_ts": p2}

@@ -223,6 +223,38 @@ def test_dup_zombie_ordered_by_start() -> None:
     assert r.evidence["invariant_holds"] is True, r.evidence
 
 
+def stale_copy(ack_failed: bool = True, reconnected_before_receipt: bool = False) -> H:
+    """Seen on docker (zombie-pause): x reaches W2's socket as W2 is paused; the
+    broker requeues it to W1, which processes and acks it; W2 resumes, reads the
+    stale delivery from its buffer, processes it and its ack fails."""
+    h = clean(2).ready(W2, ts=1005.0).fault("pause", W2, ts=1011.70).publish("x", ts=1011.74)
+    h.received("x", W1, redelivered=True, ts=1018.8).processed("x", W1, ts=1022.2)
+    h.acked("x", W1, ts=1022.2).fault("pause", W2, phase="heal", ts=1023.75)
+    if reconnected_before_receipt:
+        h.ready(W2, ts=1023.77)
+    h.received("x", W2, ts=1023.78).processed("x", W2, ts=1027.2)
+    if ack_failed:
+        h.ack_failed("x", W2, ts=1027.2)
+    return h.connection_lost(W2, ts=1023.8)
+
+
+def test_dup_stale_copy_read_after_a_pause_is_explained() -> None:
+    r = no_duplicate.check(stale_copy().finish().build(), {})
+    assert r.valid is False  # processed twice: the guide's words are false
+    assert r.evidence["invariant_holds"] is True, r.evidence
+    assert r.explained["by"]["x"][0]["explained_by"]["fault"] == "fault:pause"
+
+
+@pytest.mark.parametrize("case", ["ack_succeeded", "received_on_a_new_connection"])
+def test_dup_stale_copy_needs_a_failed_ack_on_the_faulted_connection(case: str) -> None:
+    h = stale_copy(ack_failed=case != "ack_succeeded",
+                   reconnected_before_receipt=case == "received_on_a_new_connection")
+    if case == "ack_succeeded":
+        h.acked("x", W2, ts=1027.3)  # the broker took the ack: it had not requeued x
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False and r.evidence["unexplained_ids"] == ["x"]
+
+
 def test_dup_false_unexplained() -> None:
     h = clean(4).task("t0001", W2, redelivered=True).finish()
     r = no_duplicate.check(h.build(), {})
