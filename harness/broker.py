@@ -50,6 +50,7 @@ class QueueInfo:
     delivered: int = 0
     redelivered: int = 0
     acked: int = 0
+    has_message_stats: bool = False  # False: the counters above are not known yet
 
 
 class ConnectionInfo(NamedTuple):
@@ -307,8 +308,8 @@ def _int(v: Any) -> int:
 
 
 def _queue_info(o: dict[str, Any]) -> QueueInfo:
-    stats = o.get("message_stats")
-    stats = stats if isinstance(stats, dict) else {}
+    raw = o.get("message_stats")
+    stats = raw if isinstance(raw, dict) else {}
     return QueueInfo(
         name=str(o.get("name", "")),
         messages=_int(o.get("messages")),
@@ -321,6 +322,7 @@ def _queue_info(o: dict[str, Any]) -> QueueInfo:
         delivered=_int(stats.get("deliver_get")),
         redelivered=_int(stats.get("redeliver")),
         acked=_int(stats.get("ack")),
+        has_message_stats=isinstance(raw, dict),
     )
 
 

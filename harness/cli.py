@@ -163,21 +163,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 def _options(args: argparse.Namespace) -> RunOptions | int:
     """RunOptions from the shared flags, or an exit code after a one-line error."""
+    from harness.cluster.base import WorkerSpec
     from harness.runner import RunOptions, default_backend
 
     backend = default_backend() if args.backend == "auto" else args.backend
     events = args.events
-    if events != "json" and not events.startswith("regex:"):
-        return _err(f"--events must be 'json' or 'regex:PATTERN', got {events!r}")
-    if events.startswith("regex:"):
-        import re
-
-        try:
-            pattern = re.compile(events[len("regex:"):])
-        except re.error as exc:
-            return _err(f"--events regex does not compile: {exc}")
-        if "id" not in pattern.groupindex:
-            return _err("--events regex needs a named group 'id', e.g. regex:done (?P<id>\\S+)")
+    try:
+        WorkerSpec(events=events).events_pattern()
+    except ValueError as exc:
+        return _err(f"--{exc}, e.g. regex:done (?P<id>\\S+)")
     if args.worker_image and backend != "docker":
         return _err("--worker-image needs --backend docker (use --worker-cmd for local)")
     if args.worker_cmd and backend != "local":

@@ -5,8 +5,8 @@ correct worker, and say which bugs the harness catches, by which claims.
 A bug is *caught* when the claim named for it (``MUTANTS``) is violated: its
 invariant verdict is ``false``. Other violated claims are listed too. The
 correct worker must show no violation and no ``unknown`` (a false alarm).
-``first_violation_s`` is when, from the run's start, the history first showed
-the violation (``first_violation_s()``); ``time_to_verdict_s`` is the wall time
+``first_violation_s`` is when, from the run's start, the history marks the
+first violation (an estimate: ``first_violation_s()``); ``time_to_verdict_s`` is the wall time
 of the run that judged it, from the harness's start to the verdict.
 """
 
@@ -112,15 +112,17 @@ class Row:
 
 
 def first_violation_s(history: History, violated: Sequence[ClaimResult]) -> float | None:
-    """Seconds from the run's start to the earliest moment the history shows one of
-    the ``violated`` claims broken.
+    """Seconds from the run's start to the moment the history marks for the
+    earliest of the ``violated`` claims' violations: an estimate, not an exact time.
 
     A checker that pins the moment gives ``violated_at_ts`` (health: the bound
-    that expired). Otherwise the moment is read off the tasks the checker blames
-    (its ``*_ids`` evidence): each blamed task's last sighting in the history (a
-    lost task was last seen when it was lost, a duplicate at its second
-    processing), and the earliest of those counts. None for a claim with neither
-    (even distribution, concurrency: properties of the whole run, known at its end).
+    that expired; exact). Otherwise it is read off the tasks the checker blames
+    (the ids its ``*_ids`` evidence lists, at most ten each): each one's last
+    sighting in the history, the earliest of those. For a lost task that is the
+    last time it was seen intact (the loss comes at or soon after it: the worker
+    holding it dies, or drops it); for a duplicate, its last settlement (at or
+    after the second processing). None for a claim with neither (even
+    distribution, concurrency: properties of the whole run, known at its end).
     Written here, not in the checkers: only the mutants table needs a time.
     """
     started = next((e.ts for e in history.of_type("run_started")), None)
@@ -197,7 +199,7 @@ def run_mutants(opts: RunOptions, console: Console, bugs: Sequence[str] | None =
 def render(console: Console, rows: Sequence[Row]) -> None:
     table = Table(title=Text("planted bugs: caught by which claims"))
     for col in ("bug", "scenario", "expected claim", "caught", "violated claims", "unknown",
-                "first violation", "time to verdict"):
+                "violation seen at", "time to verdict"):
         table.add_column(col)
     for r in rows:
         if r.bug == "(none)":
@@ -218,7 +220,7 @@ def _first(r: Row) -> str:
 
 
 def markdown(rows: Sequence[Row]) -> str:
-    lines = ["| bug | scenario | expected claim | caught | violated claims | first violation "
+    lines = ["| bug | scenario | expected claim | caught | violated claims | violation seen at "
              "| time to verdict |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

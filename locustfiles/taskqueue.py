@@ -15,8 +15,10 @@ When the run stops, the check (this process, or the master in distributed mode)
 waits up to ``--drain-timeout-s`` for the queue to be empty, then reads the
 queue's counters from the management API and compares them with the confirmed
 count. It fails (exit code 1) when the queue did not drain (the workers did not
-keep up), or when fewer acks than confirmed tasks reached the broker (a task
-settled some other way, or not at all). More acks than confirms is not a
+keep up), when a task reached the dead-letter queue (``--dlq``; the tasks only
+sleep, so none can fail), or when fewer acks than confirmed tasks (plus those
+queued before the run) reached the broker. Any failed publish also exits 1
+(Locust's own rule). More acks than confirms is not a
 failure: a publish cut off by the stop has no counted confirm, and a retried
 task comes back through the queue. Redeliveries are reported, not failed:
 RabbitMQ delivers at least once. The queue and its topology belong to the
@@ -64,6 +66,8 @@ def _options(parser: Any) -> None:
                    help="tasks a second each user publishes")
     g.add_argument("--sleep-ms", type=int, default=100,
                    help="directive for the reference worker: time each task takes")
+    g.add_argument("--dlq", default="",
+                   help="the workers' dead-letter queue (default QUEUE.dlq; checked if it exists)")
     g.add_argument("--max-tasks", type=int, default=100_000,
                    help="stop publishing after this many tasks (all users of this process)")
     g.add_argument("--drain-timeout-s", type=float, default=60.0,
@@ -81,6 +85,9 @@ class _Run:
 
     published = 0
     baseline: QueueInfo | None = None
+    base_depth = 0  # ready messages at the start (passive declare: exact)
+    dlq_baseline: QueueInfo | None = None
+    dlq_base_depth = 0
     admin: BrokerAdmin | None = None
     problem: str | None = None
 
@@ -111,8 +118,12 @@ def _init(environment: Environment, **_: Any) -> None:
 def _baseline(environment: Environment, **_: Any) -> None:
     if _Run.admin is None:
         return
+    o = _opts(environment)
     try:
-        _Run.baseline = _Run.admin.queue_info(_opts(environment).queue)
+        _Run.baseline = _Run.admin.queue_info(o.queue)
+        _Run.base_depth = _Run.admin.passive_depth(o.queue) or 0
+        _Run.dlq_baseline = _Run.admin.queue_info(o.dlq or f"{o.queue}.dlq")
+        _Run.dlq_base_depth = _Run.admin.passive_depth(o.dlq or f"{o.queue}.dlq") or 0
     except ClusterError as exc:  # the check says so; publishing goes on and is measured
         _Run.problem = str(exc)
 
@@ -122,6 +133,8 @@ def _check(environment: Environment, **_: Any) -> None:
     """After the run: the queue drained, and every confirmed task was acked."""
     if _Run.admin is None:
         return
+    if environment.runner is not None:
+        environment.runner.stop()  # on Ctrl-C, quitting fires while users still publish
     try:
         verdict = _verdict(environment, _Run.admin)
     except ClusterError as exc:
@@ -143,27 +156,54 @@ def _verdict(environment: Environment, admin: BrokerAdmin) -> str:
     base = _Run.baseline
     stats = environment.stats.get(REQUEST_NAME, REQUEST_TYPE)
     confirmed = stats.num_requests - stats.num_failures
+    # Tasks already queued when the run began are acked too: they must not stand
+    # in for ours.
+    queued_before = max(base.messages, _Run.base_depth)
+    want_acks = confirmed + queued_before
     deadline = time.monotonic() + o.drain_timeout_s
-    info = admin.queue_info(o.queue)
-    # Statistics lag (collect_statistics_interval): poll until the counters
-    # account for every confirm, or the bound runs out.
-    while (time.monotonic() < deadline and info is not None
-           and not (info.messages == 0 and info.acked - base.acked >= confirmed)):
+    # The depth from a passive declare (exact); the counters from the management
+    # API, whose statistics lag (collect_statistics_interval) and may not exist
+    # yet for a new queue: poll until both account for every confirm, or the
+    # bound runs out.
+    while True:
+        depth, info = admin.passive_depth(o.queue), admin.queue_info(o.queue)
+        if depth is None or info is None:
+            return f"FAIL: queue {o.queue!r} disappeared during the run"
+        left = max(depth, info.messages)
+        if ((left == 0 and info.unacked == 0 and info.acked - base.acked >= want_acks)
+                or time.monotonic() >= deadline):
+            break
         time.sleep(DRAIN_POLL_S)
-        info = admin.queue_info(o.queue)
-    if info is None:
-        return f"FAIL: queue {o.queue!r} disappeared during the run"
     acked = info.acked - base.acked
-    summary = (f"confirmed {confirmed}, acked {acked}, redelivered "
-               f"{info.redelivered - base.redelivered}, left in the queue {info.messages} "
-               f"({info.unacked} unacked)")
-    if info.messages:
+    dead = _dead_lettered(admin, o.dlq or f"{o.queue}.dlq")
+    summary = (f"confirmed {confirmed} (+{queued_before} queued before), acked {acked}, "
+               f"redelivered {info.redelivered - base.redelivered}, dead-lettered {dead}, "
+               f"left in the queue {left} ({info.unacked} unacked)")
+    if left or info.unacked:
         return (f"FAIL: the queue did not drain within {o.drain_timeout_s:g} s (the workers "
                 f"did not keep up): {summary}")
-    if acked < confirmed:
-        return (f"FAIL: {confirmed - acked} confirmed task(s) never acked (dead-lettered, "
-                f"dropped, or the acks went unseen): {summary}")
+    if not info.has_message_stats:
+        return (f"FAIL: the management API has no statistics for {o.queue!r}, so the acks "
+                f"cannot be counted (statistics disabled?): {summary}")
+    if dead > 0:
+        return f"FAIL: {dead} task(s) dead-lettered (the tasks cannot fail): {summary}"
+    if acked < want_acks:
+        return (f"FAIL: {want_acks - acked} task(s) never acked (dropped, or the acks went "
+                f"unseen): {summary}")
     return f"PASS: {summary}"
+
+
+def _dead_lettered(admin: BrokerAdmin, dlq: str) -> int:
+    """Tasks that reached the dead-letter queue during the run: its depth's growth,
+    or its publish counter's where both readings of that counter exist."""
+    base = _Run.dlq_baseline
+    now = admin.queue_info(dlq)
+    if base is None or now is None:
+        return 0  # no dead-letter queue: nothing to count
+    grown = max(0, (admin.passive_depth(dlq) or 0) - _Run.dlq_base_depth)
+    if base.has_message_stats and now.has_message_stats:
+        grown = max(grown, now.published - base.published)
+    return grown
 
 
 class TaskPublisher(User):

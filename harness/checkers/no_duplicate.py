@@ -10,11 +10,12 @@ this checker says so (valid False); but it separates:
   processing's start; or, by delivery order, the worker that received the id
   first had one between the two receipts (a paused zombie may start its stale
   copy after the redelivered one); or one of the two copies is *stale*: its
-  worker received it on a connection that a fault had already hit (no reconnect
-  between the fault and the receipt) and its ack then failed. A paused worker
-  reads, once resumed, deliveries that sat in its socket buffer; the broker had
-  requeued them when the connection died, so the receipt's logged time says
-  nothing about the delivery order. Reported in ``ClaimResult.explained``, with the fault;
+  worker received it on a connection that an injected fault had already hit,
+  its ack then failed, and the other copy was received after that fault (see
+  ``_stale_copy_fault``). A paused worker reads, once resumed, deliveries that
+  sat in its socket buffer; the broker had requeued them when the connection
+  died, so the receipt's logged time says nothing about the delivery order.
+  Reported in ``ClaimResult.explained``, with the fault;
 - *unexplained* duplicates: no such fault. These break the release invariant.
 
 ``evidence["invariant_holds"]`` is True when no duplicate is unexplained, so an
@@ -49,16 +50,37 @@ def _receipt(recs: list[tuple[float, str | None]], worker: str | None,
 
 
 def _stale_copy_fault(idx: ix.Index, ident: str, worker: str | None,
-                      receipt: float | None) -> ix.ConnFault | None:
-    """The fault that made ``worker``'s copy of ``ident`` stale, if it is stale: the
-    worker's ack of it failed, and a connection fault hit the worker after its
-    latest (re)connection before the receipt and before the receipt."""
-    if receipt is None or not any(ix.worker_of(e) == worker
-                                  for e in idx.ack_failed.all(ident)):
+                      recs: list[tuple[float, str | None]], receipt: float | None,
+                      other_receipt: float | None) -> ix.ConnFault | None:
+    """The injected fault that made ``worker``'s copy of ``ident`` stale, if it is.
+
+    Stale means: the worker received the copy on a connection (since its latest
+    ``ready``) that a harness fault hit before the receipt was logged, the ack of
+    this very copy failed (``ack_failed`` after the receipt, before the worker's
+    next receipt of the id), and the other copy was received after the fault:
+    the broker has one delivery of a message out at a time, so the other copy
+    can only be the requeue of this one. A duplicate whose other copy came
+    first was caused by that copy's worker, not by this fault.
+    Faults the worker reports itself (``connection_lost``, exits) do not count
+    here, and without a ``ready`` on record the connection's start is unknown.
+    """
+    if receipt is None or other_receipt is None or worker is None:
         return None
     since = max((e.ts for e in idx.ready if ix.worker_of(e) == worker and e.ts <= receipt),
-                default=float("-inf"))
-    return idx.connection_fault(worker, since, receipt)
+                default=None)
+    if since is None:
+        return None
+    next_receipt = min((ts for ts, w in recs if w == worker and ts > receipt),
+                       default=float("inf"))
+    if not any(ix.worker_of(e) == worker and receipt <= e.ts < next_receipt
+               for e in idx.ack_failed.all(ident)):
+        return None
+    faults: list[ix.ConnFault] = [*idx.conn_faults.get(worker, []), *idx.broker_faults]
+    for f in faults:
+        injected = f.kind.startswith(("fault:", "broker:"))
+        if injected and f.ts <= receipt and max(f.ts, f.end) >= since and other_receipt >= f.ts:
+            return f
+    return None
 
 
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
@@ -91,8 +113,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                     (ra, wa), (rb, _wb) = sorted(((r1, w1), (r2, w2)))
                     fault = idx.connection_fault(wa, ra, rb)
                 if fault is None:
-                    fault = (_stale_copy_fault(idx, ident, w2, r2)
-                             or _stale_copy_fault(idx, ident, w1, r1))
+                    fault = (_stale_copy_fault(idx, ident, w2, recs, r2, r1)
+                             or _stale_copy_fault(idx, ident, w1, recs, r1, r2))
             item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,
                                     "again_worker": w2, "again_start_ts": s2,
                                     "again_processed_ts": p2}

@@ -255,6 +255,29 @@ def test_dup_stale_copy_needs_a_failed_ack_on_the_faulted_connection(case: str) 
     assert r.evidence["invariant_holds"] is False and r.evidence["unexplained_ids"] == ["x"]
 
 
+def test_dup_stale_copy_does_not_excuse_a_copy_that_came_before_the_fault() -> None:
+    # W1 processes x and requeues it (a bug) before W2 is paused: the duplicate is
+    # W1's doing, even though W2's later copy is stale and its ack fails.
+    h = clean(2).ready(W2, ts=1001.0).publish("x", ts=1002.0)
+    h.received("x", W1, ts=1005.0).processed("x", W1, ts=1006.0)
+    h.fault("pause", W2, ts=1007.0).fault("pause", W2, phase="heal", ts=1020.0)
+    h.received("x", W2, ts=1020.1).processed("x", W2, ts=1021.0).ack_failed("x", W2, ts=1021.0)
+    h.received("x", W3, redelivered=True, ts=1022.0).processed("x", W3, ts=1023.0)
+    h.acked("x", W3, ts=1023.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False and r.evidence["unexplained_ids"] == ["x"]
+
+
+def test_dup_stale_copy_needs_the_workers_connection_record() -> None:
+    # No ``ready`` from W2 (optional in contract v1): the connection's start is
+    # unknown, so an old broker restart must not explain the duplicate.
+    h = clean(2).fault("broker-restart", "broker", ts=1001.0).publish("x", ts=1030.0)
+    h.received("x", W1, ts=1031.0).processed("x", W1, ts=1032.0).acked("x", W1, ts=1032.0)
+    h.received("x", W2, ts=1033.0).processed("x", W2, ts=1034.0).ack_failed("x", W2, ts=1034.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False
+
+
 def test_dup_false_unexplained() -> None:
     h = clean(4).task("t0001", W2, redelivered=True).finish()
     r = no_duplicate.check(h.build(), {})
