@@ -2,16 +2,22 @@
 count the runs that reported any violation or any ``unknown``.
 
     python benchmarks/false_alarms.py --runs 10 --backend docker
+    python benchmarks/false_alarms.py --rejudge runs/false-alarms
 
-Each round is one ``harness audit`` (every scenario of the suite, fresh broker
-and workers per scenario, a new seed each time). A round is a false alarm when
-any scenario of it has a claim whose invariant is ``false`` or ``unknown``;
+Each round is one ``harness audit`` (every scenario of the suite, fresh workers
+per scenario, a new seed each time). A round is a false alarm when any scenario
+of it has a claim whose invariant is ``false`` or ``unknown`` or a run problem;
 the claims and scenarios responsible are listed with their rerun commands, so
 every flake can be reproduced with its seed. A round whose audit row for a claim
 differs from the one DESIGN.md expects for a correct worker
 (``harness.audit.reference_verdict``: e.g. a zombie scenario whose fault did not
 produce the zombie, so ``exactly-one-consumer`` shows ``holds`` instead of
 ``false as stated``) counts too: the suite failed to show what it must show.
+
+``--rejudge DIR`` runs nothing: it judges the recorded histories of an earlier
+invocation's rounds again with the checkers of this tree (after a checker fix,
+the evidence already gathered says whether the fix holds on it), keeping each
+run's recorded problems.
 """
 
 from __future__ import annotations
@@ -23,10 +29,79 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from harness.audit import reference_verdict
+from harness.audit import reference_verdict, rows_from
+from harness.claims import invariant_verdict
+from harness.history import History
+from harness.runner import RunOutcome, judge_history
+from harness.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ROOT / "scenarios"
+WORD = {True: "true", False: "false", None: "unknown"}
+
+
+def _results(out: Path, since: float) -> list[tuple[Path, dict[str, Any]]]:
+    """The run directories of one round (written after ``since``) and their results."""
+    found = []
+    for result in sorted(out.glob("*/result.json")):
+        if result.stat().st_mtime >= since:
+            found.append((result.parent, json.loads(result.read_text())))
+    return found
+
+
+def recorded(out: Path, since: float) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """(scenario, claim, invariant) of every claim as the round recorded it, and
+    the rows of the round's audit report."""
+    claims = [(data["scenario"], c["claim"], c["invariant"])
+              for _, data in _results(out, since) for c in data["claims"]]
+    audits = sorted(p for p in out.glob("audit-*.json") if p.stat().st_mtime >= since)
+    rows = json.loads(audits[-1].read_text())["claims"] if audits else []
+    return claims, rows
+
+
+def rejudged(out: Path) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+    """The same, from the round's histories judged again by this tree's checkers."""
+    claims: list[tuple[str, str, str]] = []
+    outcomes: list[RunOutcome] = []
+    for run_dir, data in _results(out, 0.0):
+        problems = list(data.get("problems", []))
+        results = judge_history(History.load(run_dir / "history.jsonl"),
+                                tuple(c["claim"] for c in data["claims"]),
+                                data.get("params", {}), problems)
+        claims += [(data["scenario"], r.claim, WORD[invariant_verdict(r)]) for r in results]
+        outcomes.append(RunOutcome(load_scenario(SCENARIOS / f"{data['scenario']}.yaml"),
+                                   run_dir, int(data.get("seed", 0)), results, 0, problems,
+                                   str(data.get("rerun", ""))))
+    return claims, [r.to_dict() for r in rows_from(outcomes, {})]
+
+
+def alarms_of(out: Path, since: float, rejudge: bool, by_claim: Counter[str]) -> list[str]:
+    """What makes this round a false alarm, one line each (empty: none)."""
+    claims, rows = rejudged(out) if rejudge else recorded(out, since)
+    runs = _results(out, 0.0 if rejudge else since)
+    bad: list[str] = []
+    reruns = {data["scenario"]: data.get("rerun", "") for _, data in runs}
+    for scenario, claim, invariant in claims:
+        if invariant != "true":
+            bad += [f"{scenario}:{claim}={invariant}", f"  rerun: {reruns.get(scenario, '')}"]
+            by_claim[claim] += 1
+    for _, data in runs:
+        bad += [f"{data['scenario']}: problem: {p}" for p in data.get("problems", [])]
+    if not runs:
+        bad.append("no run of this round left a result")
+    if not rows or (rejudge and not any(out.glob("audit-*.json"))):
+        bad.append("no audit report was written (the round did not finish)")
+    for row in rows:
+        if not row["scenarios"]:
+            continue  # no scenario of this selection (--only, backend) checked it
+        want = reference_verdict(row["claim"])
+        if row["verdict"] != want:
+            bad.append(f"audit row {row['claim']}: {row['verdict']!r}, a correct worker "
+                       f"gives {want!r}: {row['evidence']}")
+            by_claim[f"row:{row['claim']}"] += 1
+    return bad
 
 
 def main() -> int:
@@ -35,55 +110,41 @@ def main() -> int:
     ap.add_argument("--backend", default="docker", choices=("local", "docker"))
     ap.add_argument("--out", type=Path, default=Path("runs/false-alarms"))
     ap.add_argument("--only", action="append", help="suite scenarios to run (see audit)")
+    ap.add_argument("--rejudge", type=Path, metavar="DIR",
+                    help="judge the rounds recorded in DIR again; run nothing")
     args = ap.parse_args()
     if not 1 <= args.runs <= 100:
         ap.error("--runs must be 1..100")
+    if args.rejudge is not None and not sorted(args.rejudge.glob("round-*")):
+        ap.error(f"--rejudge {args.rejudge}: no round-* directories there")
     started = time.monotonic()
-    alarms = 0
     by_claim: Counter[str] = Counter()
-    for i in range(args.runs):
-        out = args.out / f"round-{i + 1:02d}"
-        cmd = [sys.executable, "-m", "harness", "audit", "--backend", args.backend,
-               "--out", str(out), "--no-progress"]
-        for o in args.only or []:
-            cmd += ["--only", o]
+    rounds = (sorted(args.rejudge.glob("round-*")) if args.rejudge is not None
+              else [args.out / f"round-{i + 1:02d}" for i in range(args.runs)])
+    alarms = 0
+    for i, out in enumerate(rounds):
         t0 = time.monotonic()
-        round_t0 = time.time() - 1.0  # file times have coarse resolution on some filesystems
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-        took = time.monotonic() - t0
-        bad: list[str] = []
-        for result in sorted(out.glob("*/result.json")):
-            data = json.loads(result.read_text())
-            for c in data["claims"]:
-                if c["invariant"] != "true":
-                    bad.append(f"{data['scenario']}:{c['claim']}={c['invariant']}")
-                    by_claim[c["claim"]] += 1
-                    bad.append(f"  rerun: {data['rerun']}")
-            for p in data.get("problems", []):
-                bad.append(f"{data['scenario']}: problem: {p}")
-        # This round's report only (an earlier invocation may have used the same --out).
-        audits = sorted(p for p in out.glob("audit-*.json") if p.stat().st_mtime >= round_t0)
-        if not audits:
-            bad.append("no audit report was written")
-        for audit in audits[-1:]:
-            for row in json.loads(audit.read_text())["claims"]:
-                if not row["scenarios"]:
-                    continue  # no scenario of this selection (--only, backend) checked it
-                want = reference_verdict(row["claim"])
-                if row["verdict"] != want:
-                    bad.append(f"audit row {row['claim']}: {row['verdict']!r}, a correct "
-                               f"worker gives {want!r}: {row['evidence']}")
-                    by_claim[f"row:{row['claim']}"] += 1
-        status = "ok" if not bad and proc.returncode == 0 else "ALARM"
+        since = time.time() - 1.0  # file times have coarse resolution on some filesystems
+        code = 0
+        if args.rejudge is None:
+            cmd = [sys.executable, "-m", "harness", "audit", "--backend", args.backend,
+                   "--out", str(out), "--no-progress"]
+            for o in args.only or []:
+                cmd += ["--only", o]
+            code = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                  check=False).returncode
+        bad = alarms_of(out, since, args.rejudge is not None, by_claim)
+        status = "ok" if not bad and code == 0 else "ALARM"
         alarms += status != "ok"
-        print(f"round {i + 1}/{args.runs}: {status} (exit {proc.returncode}, {took:.0f} s)")
+        took = time.monotonic() - t0
+        print(f"round {i + 1}/{len(rounds)} ({out.name}): {status} (exit {code}, {took:.0f} s)")
         for line in bad:
             print(f"    {line}")
         sys.stdout.flush()
     total = time.monotonic() - started
     print()
-    print(f"{alarms} of {args.runs} rounds had a violation or an unknown on the correct worker; "
-          f"wall time {total / 60:.1f} min ({total / args.runs:.0f} s a round)")
+    print(f"{alarms} of {len(rounds)} rounds had a violation or an unknown on the correct "
+          f"worker; wall time {total / 60:.1f} min ({total / len(rounds):.0f} s a round)")
     if by_claim:
         print("by claim: " + ", ".join(f"{k}={v}" for k, v in by_claim.most_common()))
     return 0 if alarms == 0 else 1

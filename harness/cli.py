@@ -219,8 +219,8 @@ def cmd_mutants(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
     from harness import report
-    from harness.checkers import check_all
     from harness.history import History
+    from harness.runner import judge_history
 
     path = args.run_dir / "history.jsonl"
     if not path.is_file():
@@ -238,11 +238,16 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
         claims = tuple(started.get("claims", ())) if started else ()
         if not claims:
             return _err(f"{path}: no claims recorded; pass --claims")
+    # The run's own parameters and problems, when it left them: the same verdicts
+    # as the run gave (a problem turns every true into unknown).
+    problems: list[str] = []
     result_path = args.run_dir / "result.json"
     if result_path.is_file():
         with open(result_path) as f:
-            params = json.load(f).get("params", {})
-    results = check_all(history, claims, params)
+            recorded = json.load(f)
+        params = recorded.get("params", {})
+        problems = list(recorded.get("problems", []))
+    results = judge_history(history, claims, params, problems)
     code = report.overall_exit_code(results)
     report.render_results(console, str(args.run_dir), results,
                           {0: "PASS", 1: "FAIL"}.get(code, "UNKNOWN"))

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ from harness.checkers import check_all
 from harness.checkers.base import ClaimResult
 from harness.claims import invariant_verdict
 from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
-from harness.history import Event, Recorder
+from harness.history import Event, History, Recorder
 from harness.live import LiveState
 from harness.model import Scenario
 from harness.nemesis import Nemesis
@@ -544,17 +544,8 @@ class Run:
 
     def judge(self) -> list[ClaimResult]:
         self.recorder.flush()
-        history = self.recorder.snapshot()
-        results = check_all(history, self.scenario.claims, self.scenario.params)
-        if not self.problems:
-            return results
-        # Anti-goal: no PASS on a run that did not see what it needed to see.
-        why = "; ".join(self.problems)
-        return [
-            ClaimResult(r.claim, None, f"undecided: {why} (checker alone said: {r.summary})",
-                        r.evidence, r.explained) if r.valid is True else r
-            for r in results
-        ]
+        return judge_history(self.recorder.snapshot(), self.scenario.claims,
+                             self.scenario.params, self.problems)
 
     def cleanup(self) -> None:
         self._stopping.set()
@@ -572,6 +563,23 @@ class Run:
             if self.cluster is not None:
                 self.cluster.stop()
             self.recorder.close()
+
+
+def judge_history(history: History, claims: Sequence[str],
+                  params: Mapping[str, Mapping[str, Any]],
+                  problems: Sequence[str]) -> list[ClaimResult]:
+    """The verdicts of a run: its checkers on its history, every ``true`` turned
+    ``unknown`` when the run had a problem (anti-goal: no PASS on a run that did
+    not see what it needed to see); a ``false`` stays, its evidence is real."""
+    results = check_all(history, claims, params)
+    if not problems:
+        return results
+    why = "; ".join(problems)
+    return [
+        ClaimResult(r.claim, None, f"undecided: {why} (checker alone said: {r.summary})",
+                    r.evidence, r.explained) if r.valid is True else r
+        for r in results
+    ]
 
 
 @contextlib.contextmanager
