@@ -100,6 +100,8 @@ def _init(environment: Environment, **_: Any) -> None:
         problems.append("--rate-per-user must be in (0, 10000]")
     if not 0 < o.max_tasks <= 10_000_000:
         problems.append("--max-tasks must be 1..10000000")
+    if not 0 <= o.sleep_ms <= 600_000:
+        problems.append("--sleep-ms must be 0..600000")
     if not 0 <= o.drain_timeout_s <= 3600:
         problems.append("--drain-timeout-s must be 0..3600")
     if o.headless and not o.run_time:
