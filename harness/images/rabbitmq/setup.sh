@@ -23,6 +23,8 @@ install -d -o rabbitmq -g rabbitmq -m 0755 /etc/rabbitmq /var/lib/rabbitmq /var/
 install -o rabbitmq -g rabbitmq -m 0644 "$src/rabbitmq.conf" /etc/rabbitmq/rabbitmq.conf
 install -o rabbitmq -g rabbitmq -m 0644 "$src/enabled_plugins" /etc/rabbitmq/enabled_plugins
 install -m 0755 "$src/docker-entrypoint-debian.sh" /usr/local/bin/docker-entrypoint.sh
+# A shorter code path boots faster (see prune_plugins.py).
+python3 "$src/prune_plugins.py" /usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins /etc/rabbitmq/enabled_plugins
 # Data from a package configuration step must not leak into every container.
 rm -rf /var/lib/rabbitmq/mnesia /var/lib/rabbitmq/.erlang.cookie
 
