@@ -117,6 +117,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     disturbed = 0
     wrong_count: dict[str, dict[str, Any]] = {}
     incomplete: list[str] = []
+    violated_at: list[float] = []
     by_attempt: dict[int, list[float]] = {}
     for ident, k in fail_times.items():
         recs = receipts.get(ident, [])
@@ -148,6 +149,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             if not lo <= gap <= hi:
                 item["deviation"] = round(gap / d_s - 1.0, 4) if d_s else None
                 bad.append(item)
+                # Evident when the early attempt came, or when the bound ran out.
+                violated_at.append(nxt.ts if gap < lo else end_ts + hi)
         if max_attempts is not None:
             expected = min(k, max_attempts - 1) + 1
             actual = max(att)
@@ -182,7 +185,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         return ClaimResult(CLAIM, False, "; ".join(parts),
                            {**evidence, "worst_gaps": bad[:OFFENDERS_MAX],
                             "wrong_attempt_ids": ids,
-                            "wrong_attempts": {i: wrong_count[i] for i in ids}})
+                            "wrong_attempts": {i: wrong_count[i] for i in ids}},
+                           violated_at_ts=min(violated_at, default=None))
     if not gaps:
         return unknown(CLAIM, "no retry gap could be measured (no task reached a second "
                        "attempt undisturbed)", **evidence, incomplete_ids=first(incomplete))

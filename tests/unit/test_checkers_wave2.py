@@ -92,11 +92,14 @@ def test_retry_backoff_false_no_backoff() -> None:
     assert r.valid is False
     assert r.evidence["out_of_bounds"] == 6
     assert r.evidence["worst_gaps"][0]["gap_s"] < r.evidence["worst_gaps"][0]["lo_s"]
+    assert r.violated_at_ts == pytest.approx(1010.022)  # the first early retry's arrival
 
 
 def test_retry_backoff_false_too_slow_beyond_slack() -> None:
     r = retry_backoff.check(retry_history(3.0, base_ms=1000).finish().build(), {})
     assert r.valid is False and "too long" in r.summary
+    # When the first gap's bound ran out: after the failure, before the late retry came.
+    assert r.violated_at_ts is not None and 1010.01 < r.violated_at_ts < 1013.02
 
 
 def test_retry_backoff_false_retries_past_the_limit() -> None:
