@@ -5,6 +5,8 @@ writes plain text lines, not contract v1 JSON events:
     consumed <id> ... done processing task <id>
 
 The harness reads it with ``--events 'regex:done processing task (?P<id>\\S+)'``.
+Like a real worker it reconnects when the connection drops (a broker restart),
+for at most ``RECONNECT_ATTEMPTS_MAX`` attempts in a row.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import time
 
 import pika
 
+RECONNECT_ATTEMPTS_MAX = 240
+RECONNECT_DELAY_S = 0.25
 
-def main() -> None:
+
+def consume() -> None:
     params = pika.URLParameters(os.environ["RABBITMQ_URL"])
     queue = os.environ.get("RABBITMQ_QUEUE", "go.logger")
     dlq = os.environ.get("RABBITMQ_DLQ", f"{queue}.dlq")
@@ -37,8 +42,22 @@ def main() -> None:
 
     ch.basic_consume(queue, on_message)
     print("plain worker consuming", file=sys.stderr, flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        ch.start_consuming()
+    ch.start_consuming()
+
+
+def main() -> None:
+    failures = 0
+    while failures < RECONNECT_ATTEMPTS_MAX:
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                consume()
+            return
+        except pika.exceptions.AMQPError as exc:
+            failures += 1
+            print(f"connection lost ({type(exc).__name__}); reconnecting", file=sys.stderr,
+                  flush=True)
+            time.sleep(RECONNECT_DELAY_S)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
