@@ -62,19 +62,31 @@ def recorded(out: Path, since: float) -> tuple[list[tuple[str, str, str]], list[
 
 
 def rejudged(out: Path) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
-    """The same, from the round's histories judged again by this tree's checkers."""
+    """The same, from the round's histories judged again by this tree's checkers:
+    the runs its audit report lists (none without a report: an unfinished round)."""
     claims: list[tuple[str, str, str]] = []
     outcomes: list[RunOutcome] = []
-    for run_dir, data in _results(out, 0.0):
-        problems = list(data.get("problems", []))
-        results = judge_history(History.load(run_dir / "history.jsonl"),
-                                tuple(c["claim"] for c in data["claims"]),
-                                data.get("params", {}), problems)
+    audits = sorted(out.glob("audit-*.json"))
+    listed = json.loads(audits[-1].read_text())["runs"] if audits else []
+    for run in listed:
+        run_dir = Path(run["run_dir"])
+        if not run_dir.is_dir():
+            run_dir = out / run_dir.name  # the rounds were moved since
+        try:
+            data = json.loads((run_dir / "result.json").read_text())
+            history = History.load(run_dir / "history.jsonl")
+        except (OSError, ValueError, KeyError) as exc:
+            claims.append((run.get("scenario", run_dir.name), "(record)",
+                           f"unreadable: {exc}"))
+            continue
+        problems = list(data.get("problems") or [])
+        results = judge_history(history, tuple(c["claim"] for c in data["claims"]),
+                                data.get("params") or {}, problems)
         claims += [(data["scenario"], r.claim, WORD[invariant_verdict(r)]) for r in results]
-        outcomes.append(RunOutcome(load_scenario(SCENARIOS / f"{data['scenario']}.yaml"),
-                                   run_dir, int(data.get("seed", 0)), results, 0, problems,
-                                   str(data.get("rerun", ""))))
-    return claims, [r.to_dict() for r in rows_from(outcomes, {})]
+        path = Path(data.get("scenario_path") or SCENARIOS / f"{data['scenario']}.yaml")
+        outcomes.append(RunOutcome(load_scenario(path), run_dir, int(data.get("seed", 0)),
+                                   results, 0, problems, str(data.get("rerun", ""))))
+    return claims, [r.to_dict() for r in rows_from(outcomes, {})] if listed else []
 
 
 def alarms_of(out: Path, since: float, rejudge: bool, by_claim: Counter[str]) -> list[str]:

@@ -243,10 +243,12 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     problems: list[str] = []
     result_path = args.run_dir / "result.json"
     if result_path.is_file():
-        with open(result_path) as f:
-            recorded = json.load(f)
-        params = recorded.get("params", {})
-        problems = list(recorded.get("problems", []))
+        try:
+            recorded = json.loads(result_path.read_text())
+            params = dict(recorded.get("params") or {})
+            problems = [str(p) for p in recorded.get("problems") or []]
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            return _err(f"{result_path}: not a result written by `harness run`: {exc}")
     results = judge_history(history, claims, params, problems)
     code = report.overall_exit_code(results)
     report.render_results(console, str(args.run_dir), results,

@@ -157,6 +157,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             if actual > expected or (actual < expected and ident not in remaining):
                 wrong_count[ident] = {"fail_times": k, "expected_attempts": expected,
                                       "attempts": actual}
+                if actual > expected:  # evident when the first attempt past the limit came
+                    violated_at.append(min(e.ts for a, e in att.items() if a > expected))
             elif actual < expected:
                 incomplete.append(ident)
 

@@ -71,9 +71,8 @@ URL_READY_TIMEOUT_S: Final = 15.0
 NODE_STOP_TIMEOUT_S: Final = 30.0
 MAX_BASE_PATH_CHARS: Final = 100
 _NODE_DIR_ROOT: Final = Path("/tmp/rmq-harness/nodes")
-# Where plugin_farm() keeps its RABBITMQ_HOME of symlinks (a cache, one per
-# RabbitMQ install and plugin set; readable by the rabbitmq user).
-_FARM_ROOT: Final = Path("/tmp/rmq-harness/rabbitmq-home")
+# The plugins a private node runs (its enabled_plugins file, and plugin_farm's set).
+ENABLED_PLUGINS: Final = ("rabbitmq_management",)
 _PRUNE_SCRIPT: Final = Path(harness.__file__).resolve().parent / "images" / "rabbitmq" / \
     "prune_plugins.py"
 _READER_JOIN_S: Final = 2.0
@@ -91,21 +90,22 @@ LISTEN_PORT_MAX: Final = 32000
 _port_rng = random.Random()
 
 
-def plugin_farm(server: str = RABBITMQ_SERVER,
-                enabled: tuple[str, ...] = ("rabbitmq_management",)) -> Path | None:
-    """A ``sbin`` directory to pass as ``RABBITMQ_SCRIPTS_DIR``: its parent is a
-    RABBITMQ_HOME whose ``plugins/`` holds symlinks to just the plugins the node
-    needs; or None, and the node boots from the package as it is.
+def plugin_farm(farm: Path, server: str = RABBITMQ_SERVER,
+                enabled: tuple[str, ...] = ENABLED_PLUGINS) -> Path | None:
+    """Make ``farm`` a RABBITMQ_HOME whose ``plugins/`` holds symlinks to just the
+    plugins a node with ``enabled`` needs, and return its ``sbin`` (to pass as
+    ``RABBITMQ_SCRIPTS_DIR``); or None, and the node boots from the package as is.
 
     Why: every plugin directory is on the Erlang code path, and OTP 25's code
     server searches the whole path for each module it loads. Debian ships 71
     plugin directories, the management plugin needs 25; with the short path a
-    private node boots in 8-12 s instead of 12-18 s on 2 busy cores. The broker
-    image prunes the same way (``harness/images/rabbitmq/prune_plugins.py``,
-    whose ``needed()`` this uses). Built once, atomically (rename), so parallel
-    runs share it; never fatal.
+    private node boots in ~8 s instead of ~14 s on 2 busy cores
+    (``benchmarks/bench_local_boot.py``). The broker image prunes the same way
+    (``harness/images/rabbitmq/prune_plugins.py``, whose ``needed()`` this uses).
+    Made fresh inside the node's own directory for every node (a few dozen
+    symlinks): no shared cache that another user could plant or a cleaner could
+    half-delete. Never fatal.
     """
-    import hashlib
     import importlib.util
 
     try:
@@ -118,29 +118,18 @@ def plugin_farm(server: str = RABBITMQ_SERVER,
         keep, missing = prune.needed(home / "plugins", list(enabled))
         if missing:
             return None
-        key = hashlib.sha256("\0".join([str(home), *sorted(map(str, keep.values()))])
-                             .encode()).hexdigest()[:12]
-        farm = _FARM_ROOT / f"{home.name}-{key}"
-        if not (farm / "sbin").is_dir():
-            _FARM_ROOT.mkdir(parents=True, exist_ok=True)
-            for d in (_FARM_ROOT.parent, _FARM_ROOT):
-                os.chmod(d, 0o755)
-            tmp = _FARM_ROOT / f".{farm.name}-{os.getpid()}-{secrets.token_hex(3)}"
-            (tmp / "sbin").mkdir(parents=True)
-            (tmp / "plugins").mkdir()
-            for f in (home / "sbin").iterdir():
-                (tmp / "sbin" / f.name).symlink_to(f)
-            for name in ("escript",):
-                (tmp / name).symlink_to(home / name)
-            for d in keep.values():
-                (tmp / "plugins" / d.name).symlink_to(d)
-            for d in (tmp, tmp / "sbin", tmp / "plugins"):
-                os.chmod(d, 0o755)
-            try:
-                tmp.rename(farm)
-            except OSError:  # another process made it first: use theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-        return farm / "sbin" if (farm / "sbin").is_dir() else None
+        if farm.exists():
+            shutil.rmtree(farm)
+        (farm / "sbin").mkdir(parents=True)
+        (farm / "plugins").mkdir()
+        for f in (home / "sbin").iterdir():
+            (farm / "sbin" / f.name).symlink_to(f)
+        (farm / "escript").symlink_to(home / "escript")
+        for d in keep.values():
+            (farm / "plugins" / d.name).symlink_to(d)
+        for d in (farm, farm / "sbin", farm / "plugins"):
+            os.chmod(d, 0o755)  # root's, readable by the rabbitmq user
+        return farm / "sbin"
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -244,6 +233,7 @@ class _Node:
         self.proc: subprocess.Popen[bytes] | None = None
         self.epmd: subprocess.Popen[bytes] | None = None
         self.watchdog: subprocess.Popen[bytes] | None = None
+        self.scripts_dir: Path | None = None  # RABBITMQ_SCRIPTS_DIR (plugin_farm), if made
         self.stdout_log = base / "log" / "server-stdout.log"
         self.node_log = base / "log" / f"{name}.log"
         self.startup_s: float | None = None
@@ -365,7 +355,8 @@ class LocalCluster(Cluster):
             "log.console = false\n",
             encoding="utf-8",
         )
-        (base / "enabled_plugins").write_text("[rabbitmq_management].\n", encoding="utf-8")
+        (base / "enabled_plugins").write_text(f"[{','.join(ENABLED_PLUGINS)}].\n",
+                                              encoding="utf-8")
         (base / "rabbitmq-env.conf").write_text("# private node: no settings\n",
                                                 encoding="utf-8")
         cookie = base / "home" / ".erlang.cookie"
@@ -375,13 +366,14 @@ class LocalCluster(Cluster):
                 os.chown(os.path.join(root, n), pw.pw_uid, pw.pw_gid)
         os.chown(base, pw.pw_uid, pw.pw_gid)
         os.chmod(cookie, 0o400)
+        # After the chown above (it would follow the links into the package).
+        node.scripts_dir = plugin_farm(base / "rabbitmq-home")
         return node
 
     def _node_env(self, node: _Node) -> dict[str, str]:
         env = self._node_env_base(node)
-        scripts = plugin_farm()
-        if scripts is not None:
-            env["RABBITMQ_SCRIPTS_DIR"] = str(scripts)
+        if node.scripts_dir is not None:
+            env["RABBITMQ_SCRIPTS_DIR"] = str(node.scripts_dir)
         return env
 
     def _node_env_base(self, node: _Node) -> dict[str, str]:

@@ -107,6 +107,7 @@ def test_retry_backoff_false_retries_past_the_limit() -> None:
     r = retry_backoff.check(h.finish().build(), {})
     assert r.valid is False
     assert r.evidence["wrong_attempts"]["r0"]["expected_attempts"] == 3
+    assert r.violated_at_ts == pytest.approx(1011.46)  # when attempt 4 arrived
 
 
 def test_retry_backoff_params_override_base() -> None:

@@ -22,11 +22,12 @@ RECONNECT_ATTEMPTS_MAX = 240
 RECONNECT_DELAY_S = 0.25
 
 
-def consume() -> None:
+def consume(connected: list[bool]) -> None:
     params = pika.URLParameters(os.environ["RABBITMQ_URL"])
     queue = os.environ.get("RABBITMQ_QUEUE", "go.logger")
     dlq = os.environ.get("RABBITMQ_DLQ", f"{queue}.dlq")
     conn = pika.BlockingConnection(params)
+    connected[0] = True
     ch = conn.channel()
     ch.exchange_declare(f"{queue}.dlx", "direct", durable=True)
     ch.queue_declare(dlq, durable=True)
@@ -46,14 +47,15 @@ def consume() -> None:
 
 
 def main() -> None:
-    failures = 0
+    failures = 0  # in a row: a connection that came up resets the count
     while failures < RECONNECT_ATTEMPTS_MAX:
+        connected = [False]
         try:
             with contextlib.suppress(KeyboardInterrupt):
-                consume()
+                consume(connected)
             return
         except pika.exceptions.AMQPError as exc:
-            failures += 1
+            failures = 1 if connected[0] else failures + 1
             print(f"connection lost ({type(exc).__name__}); reconnecting", file=sys.stderr,
                   flush=True)
             time.sleep(RECONNECT_DELAY_S)
