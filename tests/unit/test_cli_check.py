@@ -43,3 +43,12 @@ def test_no_history_is_a_one_line_error(tmp_path: Path,
     assert main(["check", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no history here" in err and "\n" not in err
+
+
+def test_a_malformed_result_is_a_one_line_error(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    run = write_run(tmp_path)
+    (run / "result.json").write_text('{"params": [1, 2], "problems": null')
+    assert main(["check", str(run), "--claims", "no-loss"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a result written by `harness run`" in err and "\n" not in err
