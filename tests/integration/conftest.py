@@ -3,10 +3,12 @@
 ``broker``: a private RabbitMQ node (no Docker) for one test module. Modules that
 need another broker (the docker tests, the publisher's tests) define their own
 ``broker`` fixture, which takes precedence over this one.
+``cluster``: the local backend with its broker started, for one test module.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest_worker import PrivateBroker
 
+from harness.cluster.local import LocalCluster
+from harness.history import Recorder
+
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[PrivateBroker]:
@@ -26,3 +31,19 @@ def broker() -> Iterator[PrivateBroker]:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    run_dir = tmp_path_factory.mktemp(f"{module}-run")
+    rec = Recorder(run_dir / "history.jsonl")
+    # One run id per process and module: xdist may interleave two modules' tests.
+    c = LocalCluster(f"it-{os.getpid()}-{module[:12]}", run_dir, rec)
+    try:
+        c.start_broker()
+        yield c
+    finally:
+        c.stop()
+        rec.close()

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
@@ -70,19 +70,6 @@ def events(rec: Recorder, type: str, **match: object) -> list[Event]:
         if all(d.get(k) == v for k, v in match.items()):
             out.append(e)
     return out
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    run_dir = tmp_path_factory.mktemp("local-run")
-    rec = Recorder(run_dir / "history.jsonl")
-    c = LocalCluster(f"it-{os.getpid()}", run_dir, rec)
-    try:
-        c.start_broker()
-        yield c
-    finally:
-        c.stop()
-        rec.close()
 
 
 def test_private_broker_answers(cluster: LocalCluster) -> None:

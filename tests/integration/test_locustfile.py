@@ -5,10 +5,8 @@ whose tasks nobody consumes fails, and so does one aimed at a missing queue."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -16,7 +14,6 @@ import pytest
 
 from harness.cluster.base import WorkerSpec
 from harness.cluster.local import LocalCluster
-from harness.history import Recorder
 
 # Not importorskip: importing locust monkey-patches the whole test process with gevent.
 pytestmark = [pytest.mark.integration,
@@ -25,19 +22,6 @@ pytestmark = [pytest.mark.integration,
 
 REPO = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO / "locustfiles" / "taskqueue.py"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    run_dir = tmp_path_factory.mktemp("locust-run")
-    rec = Recorder(run_dir / "history.jsonl")
-    c = LocalCluster(f"locust-{os.getpid()}", run_dir, rec)
-    try:
-        c.start_broker()
-        yield c
-    finally:
-        c.stop()
-        rec.close()
 
 
 def locust(cluster: LocalCluster, queue: str, *extra: str) -> subprocess.CompletedProcess[str]:
