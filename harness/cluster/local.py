@@ -371,12 +371,6 @@ class LocalCluster(Cluster):
         return node
 
     def _node_env(self, node: _Node) -> dict[str, str]:
-        env = self._node_env_base(node)
-        if node.scripts_dir is not None:
-            env["RABBITMQ_SCRIPTS_DIR"] = str(node.scripts_dir)
-        return env
-
-    def _node_env_base(self, node: _Node) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RABBITMQ_", "ERL_", "HARNESS_"))}
         env.update({
@@ -399,6 +393,8 @@ class LocalCluster(Cluster):
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
         })
+        if node.scripts_dir is not None:  # the short code path (plugin_farm)
+            env["RABBITMQ_SCRIPTS_DIR"] = str(node.scripts_dir)
         return env
 
     def _spawn_as_rabbitmq(self, argv: list[str], env: dict[str, str], cwd: Path,

@@ -73,11 +73,10 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"prune_plugins: not in {plugins}: {', '.join(missing)}", file=sys.stderr)
         return 1
-    dirs = {app_name(d): d for d in plugins.iterdir() if d.is_dir()}
-    for name, d in sorted(dirs.items()):
-        if name not in keep:
-            shutil.rmtree(d)
-    print(f"prune_plugins: kept {len(keep)} of {len(dirs)} plugin directories")
+    dropped = [d for d in plugins.iterdir() if d.is_dir() and app_name(d) not in keep]
+    for d in dropped:
+        shutil.rmtree(d)
+    print(f"prune_plugins: kept {len(keep)} of {len(keep) + len(dropped)} plugin directories")
     return 0
 
 
