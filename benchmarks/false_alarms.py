@@ -34,8 +34,9 @@ from typing import Any
 from harness.audit import reference_verdict, rows_from
 from harness.claims import invariant_verdict
 from harness.history import History
-from harness.runner import RunOutcome, judge_history
+from harness.runner import RunOutcome
 from harness.scenario import load_scenario
+from harness.verdicts import judge_history
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"

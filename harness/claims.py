@@ -90,7 +90,7 @@ def invariant_verdict(result: ClaimResult) -> Valid:
     """The verdict on the invariant a release must keep (what gates the exit code)."""
     if result.valid is None:
         return None
-    holds = result.evidence.get("invariant_holds")
-    if isinstance(holds, bool):
-        return holds
+    if "invariant_holds" in result.evidence:
+        holds = result.evidence["invariant_holds"]
+        return holds if isinstance(holds, bool) else None
     return result.valid

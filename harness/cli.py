@@ -220,7 +220,7 @@ def cmd_mutants(args: argparse.Namespace, console: Console) -> int:
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
     from harness import report
     from harness.history import History
-    from harness.runner import judge_history
+    from harness.verdicts import judge_history
 
     path = args.run_dir / "history.jsonl"
     if not path.is_file():

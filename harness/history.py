@@ -26,6 +26,11 @@ worker     ``received``       id, worker, redelivered, attempt
                               delivery's connection died before its settlement went out)
            ``connected`` (generation) ``connection_lost`` (reason) ``ready`` (queue,
            generation) ``shutdown`` (reason, in_flight)   worker
+           (every worker event may carry ``claimed_worker``, a ``worker`` field that
+           named someone else, and ``ts_from: harness`` when the worker's ts was
+           missing or in the future: see ``harness.cluster.lines``)
+           ``foreign_event``  name (a line whose event is not of contract v1: counted,
+                              never interpreted)
 cluster    ``worker_started`` worker, pid/container
            ``worker_exited``  worker, code, signal, requested (True when the harness
                               asked for it: kill/terminate/stop; False for a crash)
@@ -226,28 +231,6 @@ class Recorder:
             for fn in self._listeners:
                 fn(ev)
             return ev
-
-    def record_worker_event(self, source: str, obj: Mapping[str, Any]) -> Event | None:
-        """Record one event parsed from a worker's output line.
-
-        Unknown event names are kept (type as given) so nothing a worker says is
-        lost, but only contract v1 names are interpreted by checkers.
-        """
-        name = obj.get("event")
-        if not isinstance(name, str):
-            return None
-        data = {k: v for k, v in obj.items() if k not in ("event", "id", "worker", "ts")}
-        ts = obj.get("ts")
-        ident = obj.get("id")
-        worker = obj.get("worker")
-        return self.record(
-            name,
-            source,
-            id=str(ident) if ident is not None else None,
-            worker=str(worker) if worker is not None else source,
-            ts=float(ts) if isinstance(ts, int | float) else None,
-            **data,
-        )
 
     def flush(self) -> None:
         with self._lock:

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,16 +33,16 @@ from rich.console import Console
 
 from harness import report
 from harness.broker import BrokerAdmin
-from harness.checkers import check_all
 from harness.checkers.base import ClaimResult
 from harness.claims import invariant_verdict
 from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
-from harness.history import Event, History, Recorder
+from harness.history import Event, Recorder
 from harness.live import LiveState
 from harness.model import Scenario
 from harness.nemesis import Nemesis
 from harness.prober import HealthProber
 from harness.schedule import Schedule
+from harness.verdicts import judge_history
 from harness.workload import Publisher, make_tasks
 
 WORKERS_READY_TIMEOUT_S: Final = 60.0
@@ -563,23 +563,6 @@ class Run:
             if self.cluster is not None:
                 self.cluster.stop()
             self.recorder.close()
-
-
-def judge_history(history: History, claims: Sequence[str],
-                  params: Mapping[str, Mapping[str, Any]],
-                  problems: Sequence[str]) -> list[ClaimResult]:
-    """The verdicts of a run: its checkers on its history, every ``true`` turned
-    ``unknown`` when the run had a problem (anti-goal: no PASS on a run that did
-    not see what it needed to see); a ``false`` stays, its evidence is real."""
-    results = check_all(history, claims, params)
-    if not problems:
-        return results
-    why = "; ".join(problems)
-    return [
-        ClaimResult(r.claim, None, f"undecided: {why} (checker alone said: {r.summary})",
-                    r.evidence, r.explained) if r.valid is True else r
-        for r in results
-    ]
 
 
 @contextlib.contextmanager

@@ -78,7 +78,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     n_acked = idx.count("acked")
     if n_acked == 0:
         return unknown(CLAIM, "no acked event in the history: the worker does not report acks",
-                       confirmed=n_confirmed)
+                       confirmed=n_confirmed, observable=False)
     if not n_confirmed:
         return unknown(CLAIM, "no publish was confirmed: nothing to settle", acked=n_acked)
 

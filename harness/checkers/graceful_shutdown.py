@@ -8,10 +8,20 @@ before ts) and had not settled (ack, retry, dead-letter, ack_failed) before ts.
 Each in-flight id must end one of two ways:
 
 - finished: W reports ``processed`` of it after the receipt and then settles it
-  (``acked``, or ``dead_lettered``/``retry_scheduled`` for a failing task)
-  before its exit;
+  (``acked``) before its exit; or, for a task the harness asked to fail
+  (``index.asked_to_fail``) or to fail transiently (``fail_times``), W settles
+  it as a failure (``dead_lettered``, ``retry_scheduled``, a retry ack);
 - requeued: another worker (or W's next incarnation) receives it after ts and
-  finally settles it there (acked, dead-lettered, or found in the DLQ).
+  processes it there (or, asked to fail, it ends in the DLQ).
+
+A task W dead-letters on SIGTERM that nobody asked to fail was neither
+finished nor requeued: lost.
+
+Which facts come from the worker, and why they are safe: ``received``,
+``processed`` and the settlements. Receipts only add work that must be
+accounted for; a settlement counts as finishing only together with a
+``processed`` of W after the receipt (or a failure the harness asked for); the
+exit (code, time) is the harness's own observation.
 
 Violations: an in-flight id acked by W as processed without a ``processed``
 event of W after its receipt (the sigterm-acks-inflight bug: acking unfinished
@@ -89,6 +99,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     exits = ix.events_by_worker(idx.worker_exited)
     end = ix.horizon(history)
     dlq = idx.final.ids["dlq"]
+    asked = ix.asked_to_fail(idx, params)
 
     per_term: list[dict[str, Any]] = []
     acked_unfinished: set[str] = set()
@@ -119,15 +130,17 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             if acks and not any(p <= acks[0].ts for p in procs):
                 acked_unfinished.add(ident)
                 continue
-            if any(e.type != "ack_failed" for e in settles):
+            failing = ident in asked or ident in idx.fail_directives
+            if (acks and procs) or (failing and any(e.type != "ack_failed" for e in settles)):
                 finished.append(ident)
                 continue
             again = [r for r in idx.received.of(ident) if r.ts >= ts - 0.5 and r.ts > r_ts
                      and (r.worker != w or r.ts > exit_ts)]
             if again:
                 t0 = min(r.ts for r in again)
-                done = ident in dlq or any(e.ts >= t0 for e in idx.acked_final.of(ident)) \
-                    or any(e.ts >= t0 for e in idx.dead_lettered.all(ident))
+                done = (ident in dlq and ident in asked) or any(
+                    e.ts >= t0 and (e.worker != w or e.ts > exit_ts)
+                    for e in idx.processed.of(ident))
                 if done:
                     requeued.append(ident)
                     continue

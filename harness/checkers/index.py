@@ -563,3 +563,25 @@ def as_float(value: Any, default: float | None = None) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
     return float(value)
+
+
+def asked_to_fail(idx: Index, params: Mapping[str, Any] | None = None) -> set[str]:
+    """Ids the harness asked to fail for good, so the DLQ is where they belong:
+    poison bodies, ``fail_always``, and ``fail_times`` >= ``max_attempts``. The
+    harness's own publish records decide, never a worker's report."""
+    out = set(idx.poison)
+    max_attempts = idx.setting(params or {}, "max_attempts")
+    for ident, d in idx.fail_directives.items():
+        k = d.get("fail_times")
+        if d.get("fail_always") or (
+                isinstance(max_attempts, int) and isinstance(k, int)
+                and not isinstance(k, bool) and k >= max_attempts):
+            out.add(ident)
+    return out
+
+
+def processed_by_after(idx: Index, ident: str, worker: str | None, after: float) -> bool:
+    """Did ``worker`` (any worker when None) report ``processed`` of ``ident`` at or
+    after ``after``?"""
+    return any(e.ts >= after and (worker is None or e.worker == worker)
+               for e in idx.processed.of(ident))

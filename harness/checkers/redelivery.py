@@ -13,7 +13,20 @@ after it is issued; what W settled meanwhile was not in flight). Each must
 afterwards be received with ``redelivered`` true (or not reported) by another worker, or by W's
 new incarnation after a ``worker_started``, at or after ts_k - ``slack_s``
 (default 0.5 s: the nemesis records the kill's ts around the signal), and then be
-finally settled (acked as processed, dead-lettered, or found in the DLQ).
+completed: *processed* by a worker after that redelivery. A redelivered task
+that ends in the DLQ is complete only if the harness asked it to fail (poison,
+``fail_always``, retries past the limit): a worker that dead-letters what comes
+back with ``redelivered=true`` (a "poison guard") has not redelivered the work,
+it has dropped it.
+
+Which facts come from the worker, and why they are safe: ``received`` (which
+deliveries a worker held, and their ``redelivered`` flag) and ``processed``.
+Receipts can only add tasks to the in-flight set that must come back, and a
+task a worker does not report receiving cannot be judged here (unknown when
+there are none at all); ``redelivered`` false excludes a receipt from counting
+as the redelivery, so a worker that misreports it makes the claim harder, not
+easier. A worker's ``acked``/``dead_lettered`` reports only decide what was not
+in flight (settled before the kill), never that a task was completed.
 
 Evidence per kill: in-flight count, redelivered and completed counts, redelivery
 latency (receipt ts - ts_k; max and median), ids not redelivered/not completed.
@@ -119,6 +132,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     settlements = {w: _settlements_by(idx, w) for w in killed}
     starts = _starts(idx)
     dlq = idx.final.ids["dlq"]
+    asked = ix.asked_to_fail(idx, params)
     remaining = idx.final.remaining
 
     per_kill: list[dict[str, Any]] = []
@@ -175,7 +189,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                 not_redelivered.append(ident)
                 continue
             lat.append(max(0.0, red_ts - k.ts))
-            if not _completed(idx, ident, red_ts, dlq):
+            if not _completed(idx, ident, red_ts, dlq & asked):
                 not_completed.append(ident)
         latencies.extend(lat)
         all_not_redelivered.update(not_redelivered)
@@ -269,8 +283,6 @@ def _redelivery(idx: ix.Index, starts: dict[str, list[float]], ident: str, k: Ki
     return best
 
 
-def _completed(idx: ix.Index, ident: str, after: float, dlq: set[str]) -> bool:
-    if ident in dlq:
-        return True
-    return any(e.ts >= after for e in idx.acked_final.of(ident)) or any(
-        e.ts >= after for e in idx.dead_lettered.all(ident))
+def _completed(idx: ix.Index, ident: str, after: float, dlq_asked: set[str]) -> bool:
+    """Processed after the redelivery, or (asked to fail) found in the DLQ."""
+    return ident in dlq_asked or ix.processed_by_after(idx, ident, None, after)

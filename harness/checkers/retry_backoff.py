@@ -21,15 +21,38 @@ keeps the processing time out of the statistic.
 
 Bound: with d(a) = base_ms * 2^(a-1) (``retry_base_ms``, params ``base_ms``),
 
-    d(a) * (1 - tol)  <=  gap(a)  <=  d(a) * (1 + tol) + slack_s
+    lo(a) = d(a) * (1 - tol)  <=  gap(a)  <=  d(a) * (1 + tol) + slack_s = hi(a)
 
-tol = ``tolerance`` (default 0.25), slack_s (default 1.0 s). Why the slack:
-RabbitMQ expires a TTL'd message only at the head of its queue, and the
-dead-letter hop back to the work queue, the prefetch and the worker's own
-republish all add time; none of it is shortened, so the lower bound keeps no
-slack (a worker that retries at once, the no-backoff bug, gives gaps near 0).
+tol = ``tolerance`` (default 0.25), slack_s (default 0.5 s). The slack is
+proportional to the delay plus a small constant: the constant covers what does
+not grow with the delay (the dead-letter hop back to the work queue, a wait for
+free prefetch behind other tasks, the worker's republish: measured here at up
+to 0.22 s); nothing shortens a TTL, so the lower bound keeps no constant (a
+worker that retries at once, the no-backoff bug, gives gaps near 0).
+
+Growth is what "exponential" means, and the bounds judge it: d doubles per
+attempt, so a fixed delay or a linear one leaves the band within a few attempts
+(a fixed 900 ms at base 200 ms is too long for attempt 1 and too short for
+attempt 4; base*a is too short from attempt 4). The scenario therefore makes
+tasks fail up to 4 times. ``evidence["growth"]`` quotes, per task, the ratios
+of consecutive gaps (about 2 for exponential backoff, 1 for a fixed delay).
+
+Jitter (params ``jitter``: ``none``, ``full``, ``equal``): real frameworks draw
+the delay at random below the exponential envelope (Celery's ``retry_jitter``
+from [0, d], "equal" jitter from [d/2, d]). Then lo(a) is 0 (full) or
+d(a)/2 * (1 - tol) (equal), hi(a) is unchanged, and the growth is judged on the
+envelope across tasks: the longest gap of attempt a+1 must exceed the longest
+gap of attempt a whenever both attempts have ``ENVELOPE_MIN_N`` gaps or more.
+
 Gaps during which the worker or the broker had a connection fault are reported
 as disturbed and not judged.
+
+Which facts come from the worker, and why they are safe: the attempt number
+(``received.attempt``; receipt order when absent) and the end of an attempt
+(``failed``/``retry_scheduled``). A worker that lies about either can only move
+the measured gap, and a gap out of bounds is reported with its source
+(``measured_from``); the receipts themselves are the worker's, so a worker that
+reports no ``received`` events is judged unknown, never true.
 
 Attempts: with M = ``max_attempts``, an id must be received on exactly
 min(k, M-1) + 1 attempts (success after k failures when k < M, the dead letter
@@ -54,7 +77,10 @@ from harness.history import Event, History
 
 CLAIM: Final = "retry-backoff"
 TOLERANCE: Final = 0.25
-SLACK_S: Final = 1.0
+SLACK_S: Final = 0.5
+JITTERS: Final = ("none", "full", "equal")
+# Gaps per attempt needed before the envelope's growth is judged (jitter only).
+ENVELOPE_MIN_N: Final = 3
 
 
 def _attempts(receipts: list[Event]) -> dict[int, Event]:
@@ -97,6 +123,9 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     max_attempts = max_attempts_v if isinstance(max_attempts_v, int) else None
     tol = float(params.get("tolerance", TOLERANCE))
     slack_s = float(params.get("slack_s", SLACK_S))
+    jitter = str(params.get("jitter", "none"))
+    if jitter not in JITTERS:
+        return unknown(CLAIM, f"params jitter {jitter!r}: use one of {', '.join(JITTERS)}")
 
     fail_times: dict[str, int] = {}
     for ident, d in idx.fail_directives.items():
@@ -119,11 +148,13 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     incomplete: list[str] = []
     violated_at: list[float] = []
     by_attempt: dict[int, list[float]] = {}
+    growth: dict[str, list[float]] = {}
     for ident, k in fail_times.items():
         recs = receipts.get(ident, [])
         if not recs:
             continue
         att = _attempts(recs)
+        task_gaps: dict[int, float] = {}
         for a in sorted(att):
             nxt = att.get(a + 1)
             if nxt is None:
@@ -131,7 +162,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             end_ts, what, w = _end_of_attempt(idx, ident, a, nxt.ts, att[a])
             gap = nxt.ts - end_ts
             d_s = base_ms * 2 ** (a - 1) / 1000.0
-            lo = d_s * (1 - tol)
+            lo = {"none": d_s, "equal": d_s / 2, "full": 0.0}[jitter] * (1 - tol)
             hi = d_s * (1 + tol) + slack_s
             if what == "received":
                 sleep = ix.as_float(idx.fail_directives[ident].get("sleep_ms"), 0.0) or 0.0
@@ -145,12 +176,17 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                 disturbed += 1
                 continue
             gaps.append(item)
+            task_gaps[a] = gap
             by_attempt.setdefault(a, []).append(gap)
             if not lo <= gap <= hi:
                 item["deviation"] = round(gap / d_s - 1.0, 4) if d_s else None
                 bad.append(item)
                 # Evident when the early attempt came, or when the bound ran out.
                 violated_at.append(nxt.ts if gap < lo else end_ts + hi)
+        ratios = [round(task_gaps[a + 1] / task_gaps[a], 3) for a in sorted(task_gaps)
+                  if a + 1 in task_gaps and task_gaps[a] > 0]
+        if ratios:
+            growth[ident] = ratios
         if max_attempts is not None:
             expected = min(k, max_attempts - 1) + 1
             actual = max(att)
@@ -168,24 +204,46 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                  "max_s": round(max(v), 4)}
         for a, v in sorted(by_attempt.items())
     }
+    flat_envelope: list[dict[str, Any]] = []
+    if jitter != "none":
+        for a in sorted(by_attempt):
+            nxt_gaps = by_attempt.get(a + 1, [])
+            if (len(by_attempt[a]) >= ENVELOPE_MIN_N and len(nxt_gaps) >= ENVELOPE_MIN_N
+                    and max(nxt_gaps) <= max(by_attempt[a])):
+                flat_envelope.append({"attempt": a, "max_s": round(max(by_attempt[a]), 4),
+                                      "next_max_s": round(max(nxt_gaps), 4)})
     bad.sort(key=lambda g: -abs(g.get("deviation") or 0.0))
+    all_ratios = [r for rs in growth.values() for r in rs]
     evidence: dict[str, Any] = {
         "tasks": len(fail_times), "gaps": len(gaps), "out_of_bounds": len(bad),
+        "jitter": jitter,
+        "growth": {"ratios": len(all_ratios),
+                   "min": min(all_ratios, default=None),
+                   "median": round(statistics.median(all_ratios), 3) if all_ratios else None,
+                   "per_task": {i: growth[i] for i in first(growth)}},
         "disturbed_gaps": disturbed, "wrong_attempt_count": len(wrong_count),
         "incomplete": len(incomplete), "base_ms": base_ms, "max_attempts": max_attempts,
         "tolerance": tol, "slack_s": slack_s, "per_attempt": per_attempt,
     }
-    if bad or wrong_count:
+    if bad or wrong_count or flat_envelope:
         parts = []
         if bad:
             short = sum(1 for g in bad if g["gap_s"] < g["lo_s"])
+            worst = "; ".join(f"{g['id']} attempt {g['attempt']}: {g['gap_s']:g} s, expected "
+                              f"{g['lo_s']:g}-{g['hi_s']:g} s" for g in bad[:3])
             parts.append(f"{len(bad)} of {len(gaps)} retry gap(s) out of bounds "
-                         f"({short} too short, {len(bad) - short} too long)")
+                         f"({short} too short, {len(bad) - short} too long: {worst})")
+        if flat_envelope:
+            parts.append("the delay does not grow: the longest gap of attempt "
+                         + ", ".join(f"{f['attempt'] + 1} ({f['next_max_s']:g} s) is not above "
+                                     f"that of attempt {f['attempt']} ({f['max_s']:g} s)"
+                                     for f in flat_envelope))
         if wrong_count:
             parts.append(f"{len(wrong_count)} task(s) with the wrong number of attempts")
         ids = first(wrong_count)
         return ClaimResult(CLAIM, False, "; ".join(parts),
                            {**evidence, "worst_gaps": bad[:OFFENDERS_MAX],
+                            "flat_envelope": flat_envelope,
                             "wrong_attempt_ids": ids,
                             "wrong_attempts": {i: wrong_count[i] for i in ids}},
                            violated_at_ts=min(violated_at, default=None))
@@ -199,5 +257,6 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     return ClaimResult(
         CLAIM, True,
         f"all {len(gaps)} retry gap(s) of {len(fail_times)} task(s) within "
-        f"base*2^(a-1) x [1-{tol:g}, 1+{tol:g}] + {slack_s:g} s (base {base_ms:g} ms)",
+        f"base*2^(a-1) x [1-{tol:g}, 1+{tol:g}] + {slack_s:g} s (base {base_ms:g} ms, jitter "
+        f"{jitter}); consecutive gaps grow x{evidence['growth']['median']} (median)",
         evidence)

@@ -2,10 +2,10 @@
 things; it never judges.
 
 Every backend records what it does into the run's ``Recorder``:
-- each line a worker writes on stdout that parses as a JSON object with an
-  ``event`` key goes through ``Recorder.record_worker_event(worker_name, obj)``
-  (or, for a brought worker read by regex, ``record(type, ...)``), and every raw
-  line (stdout and stderr) is appended to ``<run_dir>/logs/<worker>.log``;
+- each line a worker writes on stdout goes through one
+  ``harness.cluster.lines.LineReader`` per worker (JSON or regex, one line cap,
+  one timestamp rule, only contract v1 event types), and every raw line
+  (stdout and stderr) is appended to ``<run_dir>/logs/<worker>.log``;
 - ``worker_started`` / ``worker_exited`` (with ``requested`` False for a crash)
   and ``broker_started`` / ``broker_stopped`` under source ``cluster``.
 """

@@ -65,6 +65,7 @@ from harness.cluster.base import (
     WorkerSpec,
     contract_env,
 )
+from harness.cluster.lines import LineReader
 from harness.history import Recorder
 from harness.netfault import NET_FAULTS as _NET_FAULTS
 from harness.netfault import SIDECAR_IMAGE, NetEnv, NetFault, Partition
@@ -224,7 +225,7 @@ class _Worker:
     spec: WorkerSpec
     container: Any
     log_path: Path
-    regex: re.Pattern[str] | None
+    reader: LineReader
     exit_requested: bool = False
     last_ns: int = 0  # docker timestamp of the last log line handled
     threads: list[threading.Thread] = field(default_factory=list)
@@ -582,7 +583,8 @@ class DockerCluster(Cluster):
         container = self._create_container(name, spec)
         w = _Worker(
             name=name, spec=spec, container=container,
-            log_path=self.run_dir / "logs" / f"{name}.log", regex=regex,
+            log_path=self.run_dir / "logs" / f"{name}.log",
+            reader=LineReader(self.recorder, name, regex),
         )
         with self._lock:
             self._workers[name] = w
@@ -661,34 +663,9 @@ class DockerCluster(Cluster):
         out.flush()
         ts = ns / 1e9 if ns else None
         try:
-            self._record_line(w, rest, ts)
+            w.reader.feed(rest, ts)
         except Exception:
             return  # a listener failed; the raw line is kept in the log
-
-    def _record_line(self, w: _Worker, line: str, ts: float | None) -> None:
-        if w.regex is None:
-            s = line.strip()
-            if not s.startswith("{"):
-                return
-            try:
-                obj = json.loads(s)
-            except ValueError:
-                return
-            if not isinstance(obj, dict) or "event" not in obj:
-                return
-            if not isinstance(obj.get("ts"), int | float) and ts is not None:
-                obj["ts"] = ts
-            self.recorder.record_worker_event(w.name, obj)
-            return
-        m = w.regex.search(line)
-        if m is None:
-            return
-        groups = m.groupdict()
-        ident = groups.get("id")
-        self.recorder.record(
-            groups.get("event") or "processed", w.name,
-            id=ident, worker=groups.get("worker") or w.name, ts=ts,
-        )
 
     def _wait_exit(self, w: _Worker, container: Any) -> None:
         code: int | None

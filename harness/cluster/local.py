@@ -32,7 +32,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import json
 import os
 import pwd
 import random
@@ -62,6 +61,7 @@ from harness.cluster.base import (
     WorkerSpec,
     contract_env,
 )
+from harness.cluster.lines import LineReader
 from harness.history import Recorder
 
 RABBITMQ_SERVER: Final = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -589,7 +589,8 @@ class LocalCluster(Cluster):
         assert proc.stdout is not None and proc.stderr is not None
         readers = [
             threading.Thread(target=self._read, args=(w, proc.stdout, log_path, log_lock,
-                                                       "", matcher),
+                                                       "", LineReader(self.recorder, name,
+                                                                      matcher)),
                              name=f"{name}-stdout", daemon=True),
             threading.Thread(target=self._read, args=(w, proc.stderr, log_path, log_lock,
                                                        "[stderr] ", None),
@@ -603,7 +604,10 @@ class LocalCluster(Cluster):
         return w
 
     def _read(self, w: _Worker, stream: IO[bytes], log_path: Path, log_lock: threading.Lock,
-              prefix: str, matcher: re.Pattern[str] | None) -> None:
+              prefix: str, reader: LineReader | None) -> None:
+        """Copy one stream to the worker's log; stdout lines go to the line reader.
+        A line longer than _MAX_LINE_BYTES arrives in pieces: none of them is an event."""
+        overlong = False
         try:
             with log_path.open("a", encoding="utf-8") as log:
                 for raw in iter(lambda: stream.readline(_MAX_LINE_BYTES), b""):
@@ -611,11 +615,14 @@ class LocalCluster(Cluster):
                     with log_lock:
                         log.write(prefix + line + "\n")
                         log.flush()
-                    if prefix:
+                    # A piece without its newline is the cap at work, or the stream's end.
+                    complete = raw.endswith(b"\n") or len(raw) < _MAX_LINE_BYTES
+                    skip, overlong = overlong or not complete, not complete
+                    if reader is None or skip:
                         continue
                     try:
-                        self._parse(w.name, line, matcher)
-                    except Exception as e:  # a bad line must not stop the reader
+                        reader.feed(line)
+                    except Exception as e:  # a failing listener must not stop the reader
                         with log_lock:
                             log.write(f"[harness] could not record line: {e}\n")
         except (OSError, ValueError):
@@ -623,28 +630,6 @@ class LocalCluster(Cluster):
         finally:
             with contextlib.suppress(OSError):
                 stream.close()
-
-    def _parse(self, name: str, line: str, matcher: re.Pattern[str] | None) -> None:
-        if matcher is not None:
-            m = matcher.search(line)
-            if m is None:
-                return
-            gd = m.groupdict()
-            ident = gd.get("id")
-            if not ident:
-                return
-            self.recorder.record(gd.get("event") or "processed", name, id=ident,
-                                 worker=gd.get("worker") or name)
-            return
-        s = line.lstrip()
-        if not s.startswith("{"):
-            return
-        try:
-            obj = json.loads(s)
-        except ValueError:
-            return
-        if isinstance(obj, dict) and isinstance(obj.get("event"), str):
-            self.recorder.record_worker_event(name, obj)
 
     def _wait(self, w: _Worker, readers: list[threading.Thread]) -> None:
         rc = w.proc.wait()

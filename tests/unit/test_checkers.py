@@ -62,7 +62,8 @@ def test_index_is_cached_and_rebuilt_when_the_history_grows() -> None:
 
 def test_no_loss_true() -> None:
     h = clean(10)
-    h.publish("dl", ts=1000.5).received("dl", W1).failed("dl", W1, permanent=True)
+    h.publish("dl", poison=True, ts=1000.5).received("dl", W1)
+    h.failed("dl", W1, permanent=True)
     h.publish("queued").publish("maybe", outcome="unknown").task("maybe", W2)
     r = no_loss.check(h.finish(main=["queued"], dlq=["dl"]).build(), {})
     assert r.valid is True, r.summary
@@ -304,9 +305,9 @@ def _kill_run(complete_t1: bool = True, redeliver_t1: bool = True) -> H:
     h.fault("kill", W1).worker_exited(W1, requested=True)
     h.received("a", W2, redelivered=True).processed("a", W2).acked("a", W2)
     if redeliver_t1:
-        h.received("b", W2, redelivered=True).processed("b", W2)
+        h.received("b", W2, redelivered=True)
         if complete_t1:
-            h.acked("b", W2)
+            h.processed("b", W2).acked("b", W2)
     return h
 
 

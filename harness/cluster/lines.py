@@ -1,0 +1,114 @@
+"""The one reader that turns a worker's output lines into history events.
+
+Both backends hand every stdout line of a worker to :meth:`LineReader.feed`,
+with the time the harness saw it (``seen_ts``: the docker engine's log
+timestamp, or the local reader's clock). The rules live here only:
+
+- a line longer than ``MAX_LINE_CHARS`` is not an event (kept in the log);
+- JSON lines: an object with a string ``event``. Only worker contract v1 event
+  types (``history.WORKER_EVENT_TYPES``) are recorded as themselves; any other
+  name is counted and recorded as one ``foreign_event`` (its name, nothing
+  else): a structured logger that prints ``{"event": "health", ...}`` or
+  ``{"event": "fault", ...}`` must never become a probe, a fault or a queue
+  listing. Its fields are data, never the event's own keys (``t``, ``type``,
+  ``source`` are dropped: a line could otherwise rename its event when the
+  history is written and read back);
+- regex lines: a match with a non-empty ``id`` group; its ``event`` group (if
+  any) must name a contract v1 type, else the match is a ``foreign_event``;
+  no ``event`` group means ``processed``;
+- the worker's identity is the harness's name for the source. A ``worker``
+  field that names someone else is kept as ``claimed_worker`` and counted;
+- ``ts``: the worker's own ``ts`` when it is a number no later than the time
+  the harness saw the line (plus ``FUTURE_SLACK_S``); a missing one, or one in
+  the future (a worker cannot report what has not happened), becomes
+  ``seen_ts`` and the event is marked ``ts_from="harness"``.
+
+Why the worker's ``ts`` is kept at all: it is when the side effect happened,
+and a worker may buffer its stdout, so the line can arrive much later. It can
+only move an event earlier than the harness saw it, never later.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from harness.history import WORKER_EVENT_TYPES, Recorder
+
+MAX_LINE_CHARS: Final = 1 << 20
+# Clocks of the harness and the worker are the same host clock (local processes,
+# containers on this engine); this covers the rounding of the worker's ts.
+FUTURE_SLACK_S: Final = 0.05
+# Keys of a worker's JSON object that are the event's own, not data.
+_RESERVED: Final = frozenset({"event", "id", "worker", "ts", "t", "type", "source"})
+FOREIGN: Final = "foreign_event"
+
+
+class LineReader:
+    """Reads one worker's lines (thread-safe: stdout and stderr threads share it)."""
+
+    def __init__(self, recorder: Recorder, name: str, pattern: re.Pattern[str] | None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.recorder = recorder
+        self.name = name
+        self.pattern = pattern
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.foreign = 0
+        self.mismatched_worker = 0
+
+    def feed(self, line: str, seen_ts: float | None = None) -> None:
+        """Record the event ``line`` carries, if any. Never raises for bad input."""
+        if len(line) > MAX_LINE_CHARS:
+            return
+        seen = seen_ts if seen_ts is not None else self.clock()
+        if self.pattern is not None:
+            self._feed_regex(line, seen)
+            return
+        s = line.strip()
+        if not s.startswith("{"):
+            return
+        try:
+            obj = json.loads(s)
+        except ValueError:
+            return
+        if isinstance(obj, dict) and isinstance(obj.get("event"), str):
+            self._record(obj["event"], obj.get("id"), obj.get("worker"), obj.get("ts"),
+                         {k: v for k, v in obj.items() if k not in _RESERVED}, seen)
+
+    def _feed_regex(self, line: str, seen: float) -> None:
+        assert self.pattern is not None
+        m = self.pattern.search(line)
+        if m is None:
+            return
+        groups = m.groupdict()
+        ident = groups.get("id")
+        if not ident:
+            return
+        self._record(groups.get("event") or "processed", ident, groups.get("worker"), None,
+                     {}, seen)
+
+    def _record(self, name: str, ident: Any, claimed: Any, ts: Any, data: dict[str, Any],
+                seen: float) -> None:
+        if name not in WORKER_EVENT_TYPES:
+            with self._lock:
+                self.foreign += 1
+            self.recorder.record(FOREIGN, self.name, worker=self.name, ts=seen,
+                                 name=name[:64])
+            return
+        if claimed is not None and str(claimed) != self.name:
+            data["claimed_worker"] = str(claimed)[:128]
+            with self._lock:
+                self.mismatched_worker += 1
+        if isinstance(ts, int | float) and not isinstance(ts, bool) \
+                and float(ts) <= seen + FUTURE_SLACK_S:
+            when = float(ts)
+        else:
+            when = seen
+            data["ts_from"] = "harness"
+        self.recorder.record(name, self.name, id=str(ident) if ident is not None else None,
+                             worker=self.name, ts=when, **data)

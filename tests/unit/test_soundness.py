@@ -1,0 +1,210 @@
+"""The soundness rules (the broker's evidence decides, a worker's word never
+excuses), one section per rule, each with a case that must be false, one true
+and one unknown, on hand-built histories."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from harness.checkers import graceful_shutdown, no_loss, redelivery, retry_backoff
+from harness.checkers.base import ClaimResult
+from harness.claims import invariant_verdict
+from harness.verdicts import judge_history
+from histories import H
+
+W1, W2, W3 = "worker-1", "worker-2", "worker-3"
+CAPS: dict[str, Any] = {"directives": True, "health": True, "events": "json"}
+CLUSTER: dict[str, Any] = {"workers": 3, "concurrency": 10, "queue": "q", "dlq": "q.dlq",
+                           "retry_base_ms": 200, "max_attempts": 5, "heartbeat_s": 2,
+                           "grace_s": 10, "queue_type": "classic"}
+
+
+def start(**over: Any) -> H:
+    h = H().run_started({**CLUSTER, **over}, CAPS)
+    for w in (W1, W2, W3):
+        h.worker_started(w, ts=1000.0)
+        h.ready(w, ts=1000.0)
+    return h
+
+
+# -- backoff means growth -------------------------------------------------------------
+
+def backoff_run(delay_s: Callable[[int], float], fail_times: tuple[int, ...] = (4, 4, 3, 2, 1),
+                base_ms: int = 200) -> H:
+    """Tasks that fail k times; attempt a+1 is received delay_s(a) after attempt a failed."""
+    h = start(retry_base_ms=base_ms)
+    t = 1010.0
+    for n, k in enumerate(fail_times):
+        ident = f"r{n}"
+        h.publish(ident, directives={"sleep_ms": 0, "fail_times": k}, ts=t)
+        for a in range(1, k + 2):
+            w = (W1, W2)[a % 2]
+            h.received(ident, w, attempt=a, ts=t)
+            if a <= k:
+                h.failed(ident, w, attempt=a, ts=t + 0.01)
+                t += 0.01 + delay_s(a)
+            else:
+                h.processed(ident, w, attempt=a, ts=t + 0.01).acked(ident, w, ts=t + 0.02)
+        t += 0.1
+    return h.finish()
+
+
+def test_backoff_exponential_with_overhead_is_true() -> None:
+    r = retry_backoff.check(backoff_run(lambda a: 0.2 * 2 ** (a - 1) + 0.2).build(), {})
+    assert r.valid is True, r.summary
+    assert r.evidence["growth"]["median"] == pytest.approx(2.0, abs=0.6)
+
+
+@pytest.mark.parametrize("name,delay", [("fixed 900 ms", lambda a: 0.9),
+                                        ("linear", lambda a: 0.2 * a)])
+def test_backoff_fixed_or_linear_is_false_with_gaps_quoted(
+        name: str, delay: Callable[[int], float]) -> None:
+    r = retry_backoff.check(backoff_run(delay).build(), {})
+    assert r.valid is False, (name, r.summary)
+    assert "expected" in r.summary and "attempt" in r.summary
+
+
+def test_backoff_full_jitter_true_under_the_envelope_false_when_flat() -> None:
+    rng = random.Random(3)
+    ok = backoff_run(lambda a: rng.uniform(0, 0.2 * 2 ** (a - 1)) + 0.05,
+                     fail_times=(4,) * 8).build()
+    assert retry_backoff.check(ok, {"jitter": "full"}).valid is True
+    flat = backoff_run(lambda a: rng.uniform(0, 0.2), fail_times=(4,) * 8).build()
+    r = retry_backoff.check(flat, {"jitter": "full"})
+    assert r.valid is False and "does not grow" in r.summary
+
+
+def test_backoff_unknown_jitter_word_is_unknown() -> None:
+    r = retry_backoff.check(backoff_run(lambda a: 0.2 * 2 ** (a - 1)).build(),
+                            {"jitter": "some"})
+    assert r.valid is None and "jitter" in r.summary
+
+
+# -- the DLQ is not a success ------------------------------------------------------------
+
+def kill_run(new_holder: Callable[[H, str], None], ids: tuple[str, ...] = ("a", "b"),
+             dlq: tuple[str, ...] = (), poison: tuple[str, ...] = ()) -> H:
+    """W1 holds ``ids`` and is killed; ``new_holder`` says what W2 does with each."""
+    h = start()
+    for i in ids:
+        h.publish(i, poison=i in poison)
+    for i in ids:
+        h.received(i, W1)
+    h.fault("kill", W1, ts=1001.0).worker_exited(W1, requested=True, ts=1001.05)
+    for i in ids:
+        h.received(i, W2, redelivered=True, ts=1001.5)
+        new_holder(h, i)
+    return h.finish(dlq=list(dlq))
+
+
+def dead_letter_it(h: H, i: str) -> None:
+    h.failed(i, W2, permanent=True).dead_lettered(i, W2, reason="poison")
+
+
+def process_it(h: H, i: str) -> None:
+    h.processed(i, W2).acked(i, W2)
+
+
+def test_dlq_unasked_is_loss_in_no_loss() -> None:
+    hist = kill_run(dead_letter_it, dlq=("a", "b")).build()
+    r = no_loss.check(hist, {})
+    assert r.valid is False and "dead-lettered" in r.summary
+    assert r.evidence["dead_lettered_unasked"] == 2
+
+
+def test_dlq_asked_is_accounted_for() -> None:
+    hist = kill_run(dead_letter_it, dlq=("a", "b"), poison=("a", "b")).build()
+    assert no_loss.check(hist, {}).valid is True
+
+
+def test_dlq_unknown_when_dlq_not_captured() -> None:
+    h = start().publish("a").received("a", W1).failed("a", W1, permanent=True)
+    h.dead_lettered("a", W1).drain().final_queue("main").final_queue("dlq", ok=False)
+    assert no_loss.check(h.build(), {}).valid is None
+
+
+def test_redelivery_complete_only_when_the_new_holder_processed() -> None:
+    bad = redelivery.check(kill_run(dead_letter_it, dlq=("a", "b")).build(), {})
+    assert bad.valid is False and bad.evidence["not_completed"] == 2
+    good = redelivery.check(kill_run(process_it).build(), {})
+    assert good.valid is True, good.summary
+    # Asked to fail: the DLQ is where it belongs, after the redelivery.
+    asked = redelivery.check(kill_run(dead_letter_it, dlq=("a", "b"),
+                                      poison=("a", "b")).build(), {})
+    assert asked.valid is True, asked.summary
+
+
+def test_redelivery_unknown_without_receipts() -> None:
+    h = start().publish("a").processed("a", W1).fault("kill", W1).finish()
+    assert redelivery.check(h.build(), {}).valid is None
+
+
+def term_run(w1_does: Callable[[H, str], None]) -> H:
+    h = start()
+    h.publish("a").received("a", W1)
+    h.fault("terminate", W1, ts=1001.0)
+    w1_does(h, "a")
+    h.worker_exited(W1, requested=True, ts=1002.0, code=0, signal=None)
+    return h.finish(dlq=["a"])
+
+
+def test_graceful_shutdown_dead_lettering_is_not_finishing() -> None:
+    def dl(h: H, i: str) -> None:
+        h.failed(i, W1, permanent=True).dead_lettered(i, W1)
+
+    def proc(h: H, i: str) -> None:
+        h.processed(i, W1).acked(i, W1)
+
+    r = graceful_shutdown.check(term_run(dl).build(), {})
+    assert r.valid is False, r.summary
+    good = start().publish("a").received("a", W1).fault("terminate", W1, ts=1001.0)
+    proc(good, "a")
+    good.worker_exited(W1, requested=True, ts=1002.0, code=0, signal=None).finish()
+    assert graceful_shutdown.check(good.build(), {}).valid is True
+    nothing = start().publish("a").fault("terminate", W1, ts=1001.0).received("a", W2)
+    proc(nothing, "a")
+    nothing.worker_exited(W1, requested=True, ts=1002.0, code=0, signal=None).finish()
+    assert graceful_shutdown.check(nothing.build(), {}).valid is None
+
+
+def test_broker_fault_explains_an_asked_failure_that_vanished() -> None:
+    """RabbitMQ dead-letters at most once: a broker restart can drop a task that was
+    on its way to the DLQ. The evidence (asked to fail, a broker fault after its
+    receipt, a classic queue) explains it; the same without a broker fault is loss."""
+    def run(broker_fault: bool) -> H:
+        h = start().publish("p", poison=True).received("p", W1)
+        h.failed("p", W1, permanent=True).dead_lettered("p", W1, reason="poison")
+        if broker_fault:
+            h.fault("broker-restart", "broker", completed_ts=h.now + 3)
+        return h.finish()
+
+    r = no_loss.check(run(True).build(), {})
+    assert r.valid is True and r.explained.get("count") == 1, r.summary
+    assert no_loss.check(run(False).build(), {}).valid is False
+
+
+# -- problems reach the invariant ---------------------------------------------------------
+
+def test_problem_turns_a_true_invariant_unknown() -> None:
+    h = start().publish("a").received("a", W1).processed("a", W1)
+    h.fault("kill", W1).received("a", W2, redelivered=True).processed("a", W2).acked("a", W2)
+    hist = h.finish().build()
+    clean = judge_history(hist, ["no-duplicate-processing"], {}, [])
+    assert clean[0].valid is False and invariant_verdict(clean[0]) is True
+    problem = judge_history(hist, ["no-duplicate-processing"], {}, ["the drain did not finish"])
+    assert invariant_verdict(problem[0]) is None
+    assert "drain" in problem[0].summary
+
+
+def test_problem_keeps_a_false_invariant() -> None:
+    h = start().publish("a").task("a", W1).task("a", W2).finish()
+    res = judge_history(h.build(), ["no-duplicate-processing"], {}, ["anything"])
+    assert invariant_verdict(res[0]) is False
+
+
+def _names(results: list[ClaimResult]) -> list[str]:
+    return [r.claim for r in results]
