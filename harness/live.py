@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from harness.history import Event
+from harness.history import WORKER_EVENT_TYPES, Event
 
 _SETTLE = frozenset({"acked", "ack_failed", "dead_lettered"})
 
@@ -28,11 +28,16 @@ class LiveState:
         self.in_flight: dict[str, set[str]] = {}
         self.exited: set[str] = set()
         self.events_by_type: Counter[str] = Counter()
+        # time.monotonic() of the last contract event any worker wrote (the drain's
+        # "workers quiet" rule); None before the first.
+        self.last_worker_event: float | None = None
 
     # Called by the Recorder under its lock: keep it short.
     def on_event(self, ev: Event) -> None:
         with self._cond:
             self.events_by_type[ev.type] += 1
+            if ev.type in WORKER_EVENT_TYPES:
+                self.last_worker_event = time.monotonic()
             w = ev.worker
             if ev.type == "processed":
                 self.processed += 1
@@ -67,6 +72,12 @@ class LiveState:
     def unacked_by_worker(self) -> dict[str, int]:
         with self._cond:
             return {w: len(ids) for w, ids in self.in_flight.items()}
+
+    def quiet_for(self) -> float:
+        """Seconds since the last worker event (infinite when there was none)."""
+        with self._cond:
+            last = self.last_worker_event
+        return float("inf") if last is None else time.monotonic() - last
 
     def total_in_flight(self) -> int:
         with self._cond:

@@ -50,13 +50,27 @@ WORKERS_READY_TIMEOUT_S: Final = 60.0
 # them (docker starts a container in ~0.5 s, a loaded machine in a few seconds).
 PARTIAL_READY_GRACE_S: Final = 15.0
 DRAIN_POLL_S: Final = 0.5
-# Consecutive empty polls before the drain counts as done: the management API's
-# statistics lag by up to one collection interval (500 ms on our brokers).
+# Consecutive empty polls before the drain counts as done...
 DRAIN_STABLE_POLLS: Final = 3
+# ...and they must span twice the management API's statistics interval, since its
+# unacked counts lag by up to one interval: 500 ms on the brokers the harness
+# starts, RabbitMQ's default 5 s on a broker it was given.
+STATS_INTERVAL_OWNED_S: Final = 0.5
+STATS_INTERVAL_DEFAULT_S: Final = 5.0
+# The workers must have written no event for max(this, 3 x the longest task).
+DRAIN_QUIET_MIN_S: Final = 2.0
+# A worker's own in-flight report (received, no settlement yet) may hold a drain
+# the broker calls done this much longer, never more: the worker's word can extend
+# the wait, not veto the broker's evidence (acks are optional in the contract).
+DRAIN_SELF_REPORT_EXTRA_S: Final = 10.0
 FINAL_DRAIN_MAX: Final = 1_000_000
 # Reconnect backoff is capped at 5 s in the reference worker; a broker takes up
 # to ~20 s to boot under load: give recovery that, and a margin.
 RECOVERY_WAIT_S: Final = 35.0
+# How long the run may go on after the drain so that every judged claim's
+# observation windows close (health's up bound is 30 s after the broker returns).
+WINDOW_WAIT_MAX_S: Final = 45.0
+WINDOW_POLL_S: Final = 0.5
 SEED_MAX: Final = 2**32 - 1
 CAPABILITIES: Final = frozenset({"directives", "health"})
 
@@ -383,13 +397,29 @@ class Run:
         self.recorder.record("recovery_wait", "harness", complete=False,
                              waited_s=RECOVERY_WAIT_S)
 
-    def wait_drained(self, timeout_s: float) -> bool:
-        """Until the main and retry queues are empty and nothing is unacked (bounded)."""
+    def wait_drained(self, timeout_s: float, longest_task_s: float = 0.0) -> bool:
+        """Until the broker says the work is done (bounded by ``timeout_s``).
+
+        The broker decides: the main and retry queues empty and nothing unacked on
+        the main queue, over polls spanning twice the statistics interval; and the
+        workers quiet (no event for max(DRAIN_QUIET_MIN_S, 3 x the longest task)),
+        so a consumer that still holds deliveries the lagging counters do not show
+        yet keeps the drain open. A worker's self-reported in-flight set extends
+        the wait by at most DRAIN_SELF_REPORT_EXTRA_S. When the bound expires with
+        the queues empty but deliveries held unacked by live connections, the
+        holders are recorded (``drain.held``): the worker's failure, for
+        exactly-once-ack to judge, not a missing observation."""
         assert self.admin is not None
         queue = self.scenario.cluster.queue
+        stats_s = (STATS_INTERVAL_DEFAULT_S if self.opts.broker_url
+                   else STATS_INTERVAL_OWNED_S)
+        stable_s = max(DRAIN_STABLE_POLLS * DRAIN_POLL_S, 2 * stats_s)
+        quiet_s = max(DRAIN_QUIET_MIN_S, 3 * longest_task_s)
+        extra_s = max(DRAIN_SELF_REPORT_EXTRA_S, 3 * longest_task_s)
         deadline = time.monotonic() + timeout_s
-        stable = 0
         started = time.monotonic()
+        empty_since: float | None = None
+        unacked = depth = 0
         while time.monotonic() < deadline:
             try:
                 depth = self.admin.passive_depth(queue) or 0
@@ -402,16 +432,78 @@ class Run:
             except (ClusterError, OSError) as exc:
                 self.recorder.record("drain_poll_error", "harness", error=str(exc))
                 depth, retry, unacked = 1, 0, 0
-            busy = depth + retry + unacked + self.live.total_in_flight()
-            stable = stable + 1 if busy == 0 else 0
-            if stable >= DRAIN_STABLE_POLLS:
+            now = time.monotonic()
+            if depth + retry + unacked == 0:
+                empty_since = empty_since if empty_since is not None else now
+            else:
+                empty_since = None
+            quiet = self.live.quiet_for() >= quiet_s
+            self_reported = self.live.total_in_flight()
+            if (empty_since is not None and now - empty_since >= stable_s and quiet
+                    and (self_reported == 0 or now - empty_since >= extra_s)):
                 self.recorder.record("drain", "harness", complete=True,
-                                     waited_s=round(time.monotonic() - started, 3))
+                                     waited_s=round(now - started, 3),
+                                     self_reported_in_flight=self_reported)
                 return True
             time.sleep(DRAIN_POLL_S)
+        held: list[dict[str, Any]] = []
+        # Held: the broker's queues empty, deliveries unacked, the workers idle.
+        if depth == 0 and unacked > 0 and self.live.quiet_for() >= quiet_s:
+            with contextlib.suppress(ClusterError, OSError):
+                held = [{"connection": c.name or c.mgmt_name, "unacked": c.unacked,
+                         "peer": f"{c.peer_host}:{c.peer_port}"}
+                        for c in self.admin.connections() if c.unacked > 0]
+        reason = (f"{unacked} deliveries held unacked by live consumers after {timeout_s} s "
+                  "with the queues empty" if held else f"queues not empty after {timeout_s} s")
         self.recorder.record("drain", "harness", complete=False, waited_s=timeout_s,
-                             reason=f"queues not empty after {timeout_s} s")
+                             reason=reason, held=held, unacked=unacked)
         return False
+
+    def wait_windows(self) -> None:
+        """Until no judged claim is undecided only because the record ends too soon
+        (a health bound, a partition's recovery bound): bounded by WINDOW_WAIT_MAX_S,
+        so a bug cannot escape to ``unknown`` by the run finishing early."""
+        from harness.checkers import check_all
+        from harness.checkers.index import NEEDED_UNTIL
+        from harness.verdicts import judged_claims
+
+        claims = judged_claims(self.scenario.claims)
+        deadline = time.monotonic() + WINDOW_WAIT_MAX_S
+        waited = False
+        while time.monotonic() < deadline:
+            # The record reaches "now" only through events: the harness's own mark
+            # extends it while nothing else happens (a probe that never changes).
+            if waited:
+                self.recorder.record("window_wait", "harness")
+            results = check_all(self.recorder.snapshot(), claims, self.scenario.params)
+            needed = [float(r.evidence[NEEDED_UNTIL]) for r in results
+                      if r.valid is None and isinstance(r.evidence.get(NEEDED_UNTIL), int | float)]
+            if not needed:
+                if waited:
+                    self.recorder.record("windows_closed", "harness")
+                return
+            waited = True
+            time.sleep(min(WINDOW_POLL_S, max(0.0, max(needed) - time.time()) + 0.05))
+        self.recorder.record("window_wait", "harness")
+        self.recorder.record("windows_closed", "harness", complete=False,
+                             waited_s=WINDOW_WAIT_MAX_S)
+
+    def live_drain_held(self) -> bool:
+        """Did the drain end with deliveries held by idle consumers (``drain.held``)?"""
+        drains = list(self.recorder.snapshot().of_type("drain"))
+        return bool(drains and drains[-1].get("held"))
+
+    def _check_contradiction(self) -> None:
+        """A drain the broker called complete leaves nothing in the main queue: a
+        final read that finds tasks there says the drain's evidence was wrong, so
+        the run cannot count them as "still queued, so not lost"."""
+        found = [ev for ev in self.recorder.snapshot().of_type("final_queue")
+                 if ev.get("role") == "main" and ev.get("ids")]
+        if found:
+            n = sum(len(ev.get("ids") or ()) for ev in found)
+            self.recorder.record("drain_contradiction", "harness", tasks=n)
+            self.problems.append(f"the drain was declared complete, yet the final read found "
+                                 f"{n} task(s) in the main queue")
 
     def capture_final_state(self) -> None:
         """Record what is left in every queue the scenario names (destructive read)."""
@@ -506,10 +598,15 @@ class Run:
                 self.problems.append(f"the schedule failed: {self.schedule.error}")
             self.nemesis.heal(None)  # a fault without duration ends with the schedule
             self.wait_recovered()
-            drained = self.wait_drained(wl.drain_timeout_s)
+            longest_s = max((float(v) for t in tasks
+                             if isinstance(v := t.directives.get("sleep_ms"), int | float)),
+                            default=0.0) / 1000.0
+            drained = self.wait_drained(wl.drain_timeout_s, longest_s)
+            self.wait_windows()
         finally:
             progress.stop()
-        if not drained:
+        held = self.live_drain_held()
+        if not drained and not held:
             self.problems.append(f"the drain did not finish within {wl.drain_timeout_s} s")
         for i, ok in self.schedule.fired:
             if not ok:
@@ -539,6 +636,8 @@ class Run:
         for t in stoppers:
             t.join(sc.cluster.grace_s + 30)
         self.capture_final_state()
+        if drained:
+            self._check_contradiction()
         self.recorder.record("run_finished", "harness")
         return self.judge()
 

@@ -16,8 +16,20 @@ settlement's ts when no receipt was reported). Otherwise it is unexplained: a
 violation. A confirmed id never settled and not left in any queue is a violation.
 Multiple settlements are checked for every id, confirmed or not.
 
-Unknown when the history has no ``acked`` event (the worker does not report acks)
-or nothing was confirmed.
+Held: when the drain ended with the broker's queues empty and deliveries held
+unacked by idle consumers (``drain.held``, the broker's own counts), the tasks
+the final read then found in the main queue (requeued when the harness stopped
+the holders) were delivered and never settled: false, naming the holders. This
+needs no worker event at all.
+
+Which facts come from the worker, and why they are safe: ``acked`` and
+``dead_lettered`` reports. A second settlement makes the claim false unless an
+injected fault explains it; a missing one is counted from the broker's side
+(the final queues, the DLQ), and a reported ack never excuses a task the
+broker still holds.
+
+Unknown when the history has no ``acked`` event (the worker does not report acks;
+``evidence.observable`` false) or nothing was confirmed.
 """
 
 from __future__ import annotations
@@ -76,6 +88,19 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     slack_s = float(params.get("ack_slack_s", ACK_SLACK_S))
     n_confirmed = idx.count_where(lambda v: bool(v & ix.OK))
     n_acked = idx.count("acked")
+    held_raw = idx.drain.get("held") if idx.drain is not None else None
+    held_by: list[Any] = list(held_raw) if isinstance(held_raw, list) else []
+    held_ids = idx.final.ids["main"] if held_by else set()
+    if held_ids:
+        holders = ", ".join(str(h.get("connection") if isinstance(h, dict) else h)
+                            for h in held_by[:5])
+        return ClaimResult(
+            CLAIM, False,
+            f"{len(held_ids)} task(s) delivered and never settled: held unacked by idle "
+            f"consumer(s) ({holders}) until "
+            "the drain bound expired, requeued only when the harness stopped them",
+            {"confirmed": n_confirmed, "acked_events": n_acked, "held": held_by[:20],
+             "held_ids": first(held_ids), "never_settled": len(held_ids)})
     if n_acked == 0:
         return unknown(CLAIM, "no acked event in the history: the worker does not report acks",
                        confirmed=n_confirmed, observable=False)

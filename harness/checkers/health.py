@@ -71,6 +71,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     never_up: list[str] = []
     violated_at: list[float] = []  # when each failed bound expired
     undecided: list[str] = []
+    needed: list[float] = []  # where the record must reach to decide the undecided
     for ts, done_ts in sorted(outages):
         up_deadline = done_ts + up_bound
         for w, evs in sorted(health.items()):
@@ -97,6 +98,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             if down is None:
                 if end < ts + down_bound:
                     undecided.append(w)
+                    needed.append(ts + down_bound)
                     row["verdict"] = "record ends before the down bound"
                 else:
                     never_down.append(w)
@@ -112,6 +114,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             if up is None or up.ts > up_deadline:
                 if up is None and w_end < up_deadline:
                     undecided.append(w)
+                    if w_end >= end:  # not exited: a longer record decides it
+                        needed.append(up_deadline)
                     row["verdict"] = "record ends before the up bound"
                 else:
                     never_up.append(w)
@@ -141,7 +145,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                        **evidence)
     if undecided:
         return unknown(CLAIM, f"the record ends before the bounds for {len(undecided)} "
-                       "worker(s)", **evidence)
+                       "worker(s)", **evidence,
+                       **({ix.NEEDED_UNTIL: max(needed)} if needed else {}))
     downs = [r["down_after_s"] for r in checks]
     ups = [r["up_after_completed_s"] for r in checks]
     return ClaimResult(

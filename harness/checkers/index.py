@@ -34,6 +34,9 @@ _CACHE_KEY: Final = "checkers.index"
 
 # Fault names that end a worker process abruptly (redelivery-after-crash).
 KILL_FAULTS: Final = frozenset({"kill", "crash"})
+# Evidence key of an ``unknown`` that a longer record would decide: the wall-clock
+# ts the history must reach (the runner waits for it, bounded, before it ends).
+NEEDED_UNTIL: Final = "record_needed_until_ts"
 # A fault has taken effect at most this long after it was issued (backend latency).
 EFFECT_MAX_S: Final = 5.0
 

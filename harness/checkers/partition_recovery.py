@@ -59,6 +59,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
     undecided: list[str] = []
+    needed: list[float] = []
     for w, heal_ts, fault in heals:
         deadline = heal_ts + bound_s
         row: dict[str, Any] = {"worker": w, "fault": fault, "heal_ts": heal_ts}
@@ -89,6 +90,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         elif end < deadline:
             row["verdict"] = "the record ends before the bound"
             undecided.append(w)
+            needed.append(deadline)
         else:
             row["verdict"] = f"did not consume again within {bound_s:g} s"
             failed.append(w)
@@ -107,7 +109,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             f"of the network healing ({', '.join(sorted(set(failed)))})", evidence)
     if undecided:
         return unknown(CLAIM, f"{len(undecided)} heal(s) undecided: the worker exited or the "
-                       "record ended before the bound", **evidence)
+                       "record ended before the bound", **evidence,
+                       **({ix.NEEDED_UNTIL: max(needed)} if needed else {}))
     weak = sum(1 for r in rows if str(r.get("how", "")).startswith("health"))
     note = f" ({weak} by health only: nothing was left to consume)" if weak else ""
     return ClaimResult(

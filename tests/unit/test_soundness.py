@@ -9,12 +9,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from histories import H
 
-from harness.checkers import graceful_shutdown, no_loss, redelivery, retry_backoff
+from harness.checkers import (
+    exactly_once_ack,
+    graceful_shutdown,
+    health,
+    no_loss,
+    redelivery,
+    retry_backoff,
+)
 from harness.checkers.base import ClaimResult
+from harness.checkers.index import NEEDED_UNTIL
 from harness.claims import invariant_verdict
 from harness.verdicts import judge_history
-from histories import H
 
 W1, W2, W3 = "worker-1", "worker-2", "worker-3"
 CAPS: dict[str, Any] = {"directives": True, "health": True, "events": "json"}
@@ -208,3 +216,64 @@ def test_problem_keeps_a_false_invariant() -> None:
 
 def _names(results: list[ClaimResult]) -> list[str]:
     return [r.claim for r in results]
+
+
+# -- the broker decides when the run is over --------------------------------------------
+
+def held_run(held: bool, main: list[str]) -> H:
+    h = start().publish("a").publish("b").received("a", W1).received("b", W1)
+    h.processed("b", W1).acked("b", W1)
+    h.add("drain", "harness", complete=not held, waited_s=30.0,
+          held=[{"connection": "worker-1", "unacked": 1, "peer": "127.0.0.1:1"}] if held
+          else [])
+    return h.final_queue("main", main).final_queue("dlq").final_queue("retry")
+
+
+def test_held_deliveries_are_the_workers_failure() -> None:
+    r = exactly_once_ack.check(held_run(True, ["a"]).build(), {})
+    assert r.valid is False and r.evidence["held_ids"] == ["a"]
+    assert "worker-1" in r.summary
+
+
+def test_held_with_nothing_requeued_is_judged_as_usual() -> None:
+    h = held_run(False, [])
+    h.processed("a", W1).acked("a", W1)
+    assert exactly_once_ack.check(h.build(), {}).valid is True
+
+
+def test_no_acks_and_nothing_held_is_unknown_and_not_observable() -> None:
+    h = start().publish("a").received("a", W1).processed("a", W1).finish()
+    r = exactly_once_ack.check(h.build(), {})
+    assert r.valid is None and r.evidence["observable"] is False
+    # ...so an unlisted invariant is left out rather than shown as unknown.
+    assert "exactly-once-ack" not in _names(judge_history(h.build(), ["no-loss"], {}, []))
+
+
+# -- invariants are always judged --------------------------------------------------------
+
+def test_invariants_are_judged_whatever_the_claims_list() -> None:
+    h = start().publish("a").task("a", W1).task("a", W2).finish()  # an unexplained duplicate
+    res = judge_history(h.build(), ["retry-backoff"], {}, [])
+    assert _names(res) == ["retry-backoff", "no-loss", "exactly-once-ack",
+                           "no-duplicate-processing"]
+    by = {r.claim: r for r in res}
+    assert invariant_verdict(by["no-duplicate-processing"]) is False
+    assert invariant_verdict(by["no-loss"]) is True
+    assert by["retry-backoff"].valid is None
+
+
+# -- a run ends when every window has closed ---------------------------------------------
+
+def test_health_undecided_says_how_long_the_record_must_reach() -> None:
+    h = start().publish("a").task("a", W1)
+    h.health(W1, True, ts=1001.0).fault("broker-restart", "broker", ts=1002.0,
+                                        completed_ts=1005.0)
+    r = health.check(h.build(), {"down_bound_s": 15, "up_bound_s": 30})
+    assert r.valid is None and r.evidence[NEEDED_UNTIL] == pytest.approx(1017.0)
+    # The same record carried past the bound decides it: false (never unhealthy).
+    h.add("window_wait", "harness", ts=1017.5)
+    assert health.check(h.build(), {"down_bound_s": 15, "up_bound_s": 30}).valid is False
+    good = start().health(W1, True, ts=1001.0).fault("broker-restart", "broker", ts=1002.0,
+                                                     completed_ts=1005.0)
+    good.health(W1, False, ts=1002.5).health(W1, True, ts=1007.0)
+    assert health.check(good.build(), {}).valid is True
