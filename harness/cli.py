@@ -78,6 +78,27 @@ def _seed(value: str) -> int:
     return n
 
 
+def _param(value: str) -> tuple[str, str, object]:
+    """``CLAIM.KEY=VALUE`` -> (claim, key, value); the value read as YAML (a number,
+    a word, true/false)."""
+    import yaml
+
+    name, eq, raw = value.partition("=")
+    claim, dot, key = name.partition(".")
+    if not eq or not dot or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected CLAIM.KEY=VALUE (e.g. retry-backoff.base_ms=500), got {value!r}")
+    if claim not in CLAIMS:
+        raise argparse.ArgumentTypeError(f"unknown claim {claim!r}; known: {', '.join(CLAIMS)}")
+    try:
+        parsed = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        parsed = raw
+    if isinstance(parsed, dict | list):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number, a word or true/false")
+    return claim, key.strip(), parsed
+
+
 def _run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--backend", choices=("auto", "local", "docker"), default="auto",
                    help="auto: docker when an engine answers and the images exist, else local")
@@ -97,6 +118,9 @@ def _run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--gate", type=_gate, help="comma-separated claims whose invariant gates "
                    "the exit code (default: every claim of the scenario; for audit, the "
                    "release invariants)")
+    r.add_argument("--param", type=_param, action="append", default=[], metavar="CLAIM.KEY=V",
+                   help="set a checker parameter over the scenario's params, e.g. "
+                   "retry-backoff.base_ms=500 or retry-backoff.jitter=full (repeatable)")
     r.add_argument("--no-progress", action="store_true", help="no live progress display")
 
 
@@ -115,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(a)
 
     m = sub.add_parser("mutants", help="run the suite against each planted worker bug")
-    m.add_argument("--bugs", help="comma-separated bug names (default: all 12)")
+    m.add_argument("--bugs", help="comma-separated bug names (default: all)")
+    m.add_argument("--reporting", default="full,minimal",
+                   help="comma-separated reporting modes of the reference worker: full "
+                        "(every contract event), minimal (only received and processed); "
+                        "default both")
     m.add_argument("--no-control", action="store_true",
                    help="skip the correct worker's runs (the false-alarm control)")
     _run_options(m)
@@ -180,7 +208,15 @@ def _options(args: argparse.Namespace) -> RunOptions | int:
                       workers=getattr(args, "workers", None), out=args.out,
                       worker_cmd=args.worker_cmd, worker_image=args.worker_image,
                       events=events, gate=args.gate, progress=not args.no_progress,
-                      capabilities=args.capabilities, queue=args.queue, dlq=args.dlq)
+                      capabilities=args.capabilities, queue=args.queue, dlq=args.dlq,
+                      params=_params(args.param))
+
+
+def _params(items: list[tuple[str, str, object]]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for claim, key, value in items:
+        out.setdefault(claim, {})[key] = value
+    return out
 
 
 def cmd_audit(args: argparse.Namespace, console: Console) -> int:
@@ -199,7 +235,7 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_mutants(args: argparse.Namespace, console: Console) -> int:
     from harness.cluster.base import ClusterError
-    from harness.mutants import MUTANTS, run_mutants
+    from harness.mutants import MUTANTS, REPORTING_MODES, run_mutants
 
     opts = _options(args)
     if isinstance(opts, int):
@@ -211,8 +247,14 @@ def cmd_mutants(args: argparse.Namespace, console: Console) -> int:
     for b in bugs or []:
         if b not in known:
             return _err(f"unknown bug {b!r}; known: {', '.join(known)}")
+    modes = [m.strip() for m in args.reporting.split(",") if m.strip()]
+    for m in modes:
+        if m not in REPORTING_MODES:
+            return _err(f"--reporting {m!r}: use {', '.join(REPORTING_MODES)} (comma-separated)")
+    if not modes:
+        return _err(f"--reporting: name at least one of {', '.join(REPORTING_MODES)}")
     try:
-        return run_mutants(opts, console, bugs, control=not args.no_control)
+        return run_mutants(opts, console, bugs, control=not args.no_control, reporting=modes)
     except ClusterError as exc:
         return _err(str(exc))
 

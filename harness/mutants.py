@@ -30,6 +30,7 @@ from harness.history import History
 from harness.model import Scenario
 from harness.runner import Interrupted, RunOptions, run_scenario, suite_broker
 from harness.scenario import load_scenario
+from harness.verdicts import OBSERVABLE
 
 SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -40,6 +41,17 @@ class Mutant:
     scenario: str  # file in scenarios/
     claim: str  # the claim that must catch it
     why: str
+    # The claim that must catch it with the minimal reporter (only received and
+    # processed events), where that differs: per-task acks are not observable then.
+    claim_minimal: str | None = None
+
+    def claim_for(self, reporting: str) -> str:
+        return self.claim_minimal if reporting == "minimal" and self.claim_minimal else self.claim
+
+
+# How the reference worker reports (WORKER_EVENTS): every contract event, or only
+# received and processed, as a worker that keeps the contract's minimum does.
+REPORTING_MODES: Final = ("full", "minimal")
 
 
 # One scenario per bug: the one whose faults or workload provoke it.
@@ -68,6 +80,18 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
            "one exclusive consumer takes every task; the other pods get none"),
     Mutant("ignore-concurrency", "concurrency.yaml", "concurrency",
            "one task at a time whatever WORKER_CONCURRENCY says"),
+    Mutant("dead-letter-on-redelivery", "crash-recovery.yaml", "no-loss",
+           "a 'poison guard' dead-letters every redelivery: the killed pod's work is dropped"),
+    Mutant("double-ack", "no-duplicates.yaml", "no-duplicate-processing",
+           "an ack sent twice: the broker closes the channel (406) and redelivers all it held"),
+    Mutant("fixed-delay-retry", "retry-backoff.yaml", "retry-backoff",
+           "every retry waits the first tier's delay: fixed, not exponential"),
+    Mutant("ack-and-drop-when-busy", "load-balancing.yaml", "no-loss",
+           "acks and drops deliveries while its buffer is half full"),
+    Mutant("never-ack-redelivered", "crash-recovery.yaml", "exactly-once-ack",
+           "processes redelivered tasks but never acks them: held until the end"),
+    Mutant("side-effect-every-attempt", "retry-backoff.yaml", "no-duplicate-processing",
+           "the side effect runs before the transient failure: once per attempt"),
 )
 
 # The scenarios the correct worker runs (every scenario a mutant uses).
@@ -80,8 +104,12 @@ CONTROL_SCENARIOS: Final = tuple(dict.fromkeys(m.scenario for m in MUTANTS))
 MUTANT_DRAIN_TIMEOUT_S: Final = 30.0
 
 
-def with_bug(scenario: Scenario, bug: str | None) -> Scenario:
+def with_bug(scenario: Scenario, bug: str | None, reporting: str = "full") -> Scenario:
     env = dict(scenario.cluster.extra_env)
+    if reporting != "full":
+        env["WORKER_EVENTS"] = reporting
+        scenario = dataclasses.replace(
+            scenario, cluster=dataclasses.replace(scenario.cluster, extra_env=env))
     if not bug:
         return scenario
     env["WORKER_BUG"] = bug
@@ -106,6 +134,7 @@ class Row:
     # Seconds from the run's start to the first violation on record (None: the
     # claim is a property of the whole run, decided at its end; see first_violation_s).
     first_violation_s: float | None = None
+    reporting: str = "full"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,36 +176,43 @@ def first_violation_s(history: History, violated: Sequence[ClaimResult]) -> floa
 
 
 def _run(scenario: Scenario, bug: str | None, opts: RunOptions, console: Console,
-         expected: str) -> Row:
+         expected: str, reporting: str = "full") -> Row:
     started = time.monotonic()
-    outcome = run_scenario(with_bug(scenario, bug), opts, console)
+    outcome = run_scenario(with_bug(scenario, bug, reporting), opts, console)
     elapsed = time.monotonic() - started
     violated = [r.claim for r in outcome.results if invariant_verdict(r) is False]
-    unknown = [r.claim for r in outcome.results if invariant_verdict(r) is None]
+    # A claim the reporting mode cannot observe (exactly-once-ack without acked
+    # events) is unknown by construction, not an alarm; it is never true either.
+    unknown = [r.claim for r in outcome.results if invariant_verdict(r) is None
+               and r.evidence.get(OBSERVABLE) is not False]
     rerun = outcome.rerun if not bug else f"WORKER_BUG={bug} {outcome.rerun}"
+    if reporting != "full":
+        rerun = f"WORKER_EVENTS={reporting} {rerun}"
     first: float | None = None
     history_path = outcome.run_dir / "history.jsonl"
     if violated and history_path.is_file():
         first = first_violation_s(History.load(history_path),
                                   [r for r in outcome.results if r.claim in violated])
     return Row(bug or "(none)", scenario.name, expected, expected in violated, violated,
-               unknown, round(elapsed, 1), str(outcome.run_dir), rerun, first)
+               unknown, round(elapsed, 1), str(outcome.run_dir), rerun, first, reporting)
 
 
 def run_mutants(opts: RunOptions, console: Console, bugs: Sequence[str] | None = None,
-                control: bool = True) -> int:
-    """Exit 0: every selected bug caught by its claim and no false alarm."""
+                control: bool = True, reporting: Sequence[str] = REPORTING_MODES) -> int:
+    """Exit 0: every selected bug caught by its claim, in every reporting mode, and
+    no false alarm."""
     rows: list[Row] = []
     selected = [m for m in MUTANTS if not bugs or m.bug in bugs]
     try:
         with suite_broker(opts) as run_opts:
-            if control:
-                for filename in CONTROL_SCENARIOS:
-                    sc = load_scenario(SCENARIOS_DIR / filename)
-                    rows.append(_run(sc, None, run_opts, console, "-"))
-            for m in selected:
-                sc = load_scenario(SCENARIOS_DIR / m.scenario)
-                rows.append(_run(sc, m.bug, run_opts, console, m.claim))
+            for mode in reporting:
+                if control:
+                    for filename in CONTROL_SCENARIOS:
+                        sc = load_scenario(SCENARIOS_DIR / filename)
+                        rows.append(_run(sc, None, run_opts, console, "-", mode))
+                for m in selected:
+                    sc = load_scenario(SCENARIOS_DIR / m.scenario)
+                    rows.append(_run(sc, m.bug, run_opts, console, m.claim_for(mode), mode))
     except Interrupted:
         console.print("interrupted: every process of the run was stopped")
         return 2
@@ -198,8 +234,8 @@ def run_mutants(opts: RunOptions, console: Console, bugs: Sequence[str] | None =
 
 def render(console: Console, rows: Sequence[Row]) -> None:
     table = Table(title=Text("planted bugs: caught by which claims"))
-    for col in ("bug", "scenario", "expected claim", "caught", "violated claims", "unknown",
-                "violation seen at", "time to verdict"):
+    for col in ("bug", "reporting", "scenario", "expected claim", "caught", "violated claims",
+                "unknown", "violation seen at", "time to verdict"):
         table.add_column(col)
     for r in rows:
         if r.bug == "(none)":
@@ -208,8 +244,9 @@ def render(console: Console, rows: Sequence[Row]) -> None:
                            style="green" if ok else "bold red")
         else:
             verdict = Text("yes" if r.caught else "NO", style="green" if r.caught else "bold red")
-        table.add_row(r.bug, r.scenario, r.expected, verdict, ", ".join(r.violated) or "-",
-                      ", ".join(r.unknown) or "-", _first(r), f"{r.time_to_verdict_s:.0f} s")
+        table.add_row(r.bug, r.reporting, r.scenario, r.expected, verdict,
+                      ", ".join(r.violated) or "-", ", ".join(r.unknown) or "-", _first(r),
+                      f"{r.time_to_verdict_s:.0f} s")
     console.print(table)
 
 
@@ -220,17 +257,31 @@ def _first(r: Row) -> str:
 
 
 def markdown(rows: Sequence[Row]) -> str:
-    lines = ["| bug | scenario | expected claim | caught | violated claims | violation seen at "
-             "| time to verdict |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r.bug == "(none)":
-            caught = "no alarm" if not r.violated and not r.unknown else "FALSE ALARM"
-        else:
-            caught = "yes" if r.caught else "**no**"
-        lines.append(f"| {r.bug} | {r.scenario} | {r.expected} | {caught} | "
-                     f"{', '.join(r.violated) or '-'} | {_first(r)} | "
-                     f"{r.time_to_verdict_s:.0f} s |")
+    """One line per bug and scenario, a column pair per reporting mode: which
+    claims caught it (or, for the correct worker, whether anything alarmed)."""
+    modes = [m for m in REPORTING_MODES if any(r.reporting == m for r in rows)]
+    head = "| bug | scenario | expected claim |" + "".join(
+        f" {m}: caught | {m}: violated claims | {m}: seen at | {m}: time |" for m in modes)
+    lines = [head, "|---|---|---|" + "---|---|---|---|" * len(modes)]
+    keys = list(dict.fromkeys((r.bug, r.scenario) for r in rows))
+    for bug, scenario in keys:
+        cells: list[str] = []
+        expected = ""
+        for m in modes:
+            r = next((x for x in rows if (x.bug, x.scenario, x.reporting) == (bug, scenario, m)),
+                     None)
+            if r is None:
+                cells += ["-", "-", "-", "-"]
+                continue
+            expected = expected or r.expected
+            if r.bug == "(none)":
+                caught = "no alarm" if not r.violated and not r.unknown else "FALSE ALARM"
+            else:
+                caught = ("yes" if r.caught else "**no**") + (
+                    f" ({r.expected})" if r.expected != expected else "")
+            cells += [caught, ", ".join(r.violated) or "-", _first(r),
+                      f"{r.time_to_verdict_s:.0f} s"]
+        lines.append(f"| {bug} | {scenario} | {expected} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

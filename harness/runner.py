@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -96,6 +96,8 @@ class RunOptions:
     # docker: a broker shared by several runs (one vhost each), to save a boot
     # per scenario in the audit. A ``harness.cluster.docker.SharedDockerBroker``.
     shared_broker: Any = None
+    # Checker parameters over the scenario's ``params`` (``--param CLAIM.KEY=V``).
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def brought_worker(self) -> bool:
@@ -200,6 +202,10 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
         parts += ["--queue", opts.queue]
     if opts.dlq:
         parts += ["--dlq", opts.dlq]
+    for claim, over in sorted(opts.params.items()):
+        for key, value in sorted(over.items()):
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            parts += ["--param", f"{claim}.{key}={text}"]
     return shlex.join(parts)
 
 
@@ -245,6 +251,11 @@ class Run:
             scenario = dataclasses.replace(scenario, cluster=dataclasses.replace(
                 scenario.cluster, queue=opts.queue or scenario.cluster.queue,
                 dead_letter_queue=opts.dlq or scenario.cluster.dead_letter_queue))
+        if opts.params:
+            merged = {c: dict(p) for c, p in scenario.params.items()}
+            for claim, over in opts.params.items():
+                merged.setdefault(claim, {}).update(over)
+            scenario = dataclasses.replace(scenario, params=merged)
         self.scenario = scenario
         self.opts = opts
         self.console = console
@@ -384,16 +395,22 @@ class Run:
         """After the faults, give every running worker the time to consume again
         (reconnect backoff after a broker restart or a cut), so the history
         covers the recovery the checkers judge. Bounded; not a failure if it
-        does not happen: health-check and partition-recovery judge that."""
-        assert self.cluster is not None
-        if self.opts.events != "json":
-            return  # no ready events to wait for
+        does not happen: health-check and partition-recovery judge that.
+        Recovered: every running worker wrote ``ready`` since, or the broker counts
+        as many consumers on the queue (a worker that reports no ``ready``)."""
+        assert self.cluster is not None and self.admin is not None
         deadline = time.monotonic() + RECOVERY_WAIT_S
         while time.monotonic() < deadline:
             # Asked outside the live state's lock: a docker backend answers over HTTP.
             running = frozenset(w for w in self.cluster.workers() if self.cluster.is_running(w))
             if self.live.wait_for(_all_ready(running), 0.5):
                 return
+            if self.live.events_by_type.get("ready", 0):
+                continue  # the worker reports ready: its word is the finer signal here
+            with contextlib.suppress(ClusterError, OSError):
+                info = self.admin.queue_info(self.scenario.cluster.queue)
+                if info is not None and info.consumers >= len(running):
+                    return
         self.recorder.record("recovery_wait", "harness", complete=False,
                              waited_s=RECOVERY_WAIT_S)
 

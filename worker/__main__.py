@@ -44,7 +44,7 @@ def main() -> int:
                   "(pick a free port, or 0 to disable)", file=sys.stderr, flush=True)
             return 2
         server.start()
-    worker = Worker(cfg, EventEmitter(cfg.worker_id), state)
+    worker = Worker(cfg, EventEmitter(cfg.worker_id, mode=cfg.events), state)
     worker.install_signal_handlers()
     code = worker.run()
     if server is not None:

@@ -22,6 +22,13 @@ HEALTH_ALWAYS_OK: Final = "health-always-ok"
 SIGTERM_ACKS_INFLIGHT: Final = "sigterm-acks-inflight"
 EXCLUSIVE_CONSUMER: Final = "exclusive-consumer"
 IGNORE_CONCURRENCY: Final = "ignore-concurrency"
+# The bugs of workers that keep the contract but not the reference worker's habits.
+DEAD_LETTER_ON_REDELIVERY: Final = "dead-letter-on-redelivery"
+DOUBLE_ACK: Final = "double-ack"
+FIXED_DELAY_RETRY: Final = "fixed-delay-retry"
+ACK_AND_DROP_WHEN_BUSY: Final = "ack-and-drop-when-busy"
+NEVER_ACK_REDELIVERED: Final = "never-ack-redelivered"
+SIDE_EFFECT_EVERY_ATTEMPT: Final = "side-effect-every-attempt"
 
 KNOWN_BUGS: Final[tuple[str, ...]] = (
     AUTO_ACK,
@@ -36,6 +43,12 @@ KNOWN_BUGS: Final[tuple[str, ...]] = (
     SIGTERM_ACKS_INFLIGHT,
     EXCLUSIVE_CONSUMER,
     IGNORE_CONCURRENCY,
+    DEAD_LETTER_ON_REDELIVERY,
+    DOUBLE_ACK,
+    FIXED_DELAY_RETRY,
+    ACK_AND_DROP_WHEN_BUSY,
+    NEVER_ACK_REDELIVERED,
+    SIDE_EFFECT_EVERY_ATTEMPT,
 )
 
 # bug -> claim ids (DESIGN.md section 3) that a suitable scenario must turn false.
@@ -52,4 +65,10 @@ BUG_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
     SIGTERM_ACKS_INFLIGHT: ("graceful-shutdown", "no-loss"),
     EXCLUSIVE_CONSUMER: ("even-distribution",),
     IGNORE_CONCURRENCY: ("concurrency",),
+    DEAD_LETTER_ON_REDELIVERY: ("no-loss", "redelivery-after-crash"),
+    DOUBLE_ACK: ("exactly-once-ack", "no-duplicate-processing"),
+    FIXED_DELAY_RETRY: ("retry-backoff",),
+    ACK_AND_DROP_WHEN_BUSY: ("no-loss",),
+    NEVER_ACK_REDELIVERED: ("exactly-once-ack",),
+    SIDE_EFFECT_EVERY_ATTEMPT: ("no-duplicate-processing",),
 }

@@ -17,7 +17,9 @@ import pika
 
 from worker.bugs import KNOWN_BUGS
 
-__all__ = ["KNOWN_BUGS", "Config", "ConfigError", "load_config"]
+EVENT_MODES = ("full", "minimal")
+
+__all__ = ["EVENT_MODES", "KNOWN_BUGS", "Config", "ConfigError", "load_config"]
 
 QUEUE_TYPES: Final = ("classic", "quorum")
 MAX_QUEUE_NAME_LEN: Final = 200  # AMQP allows 255 bytes; leave room for ".retry.<ms>"
@@ -49,6 +51,9 @@ class Config:
     dlq: str
     queue_type: str
     bug: str  # WORKER_BUG: "" (correct worker) or one of KNOWN_BUGS (worker/bugs.py)
+    # WORKER_EVENTS: "full" (every contract event) or "minimal" (only received and
+    # processed: the contract's minimum plus receipts, as many brought workers).
+    events: str = "full"
 
     def retry_delay_ms(self, attempt: int) -> int:
         """Delay before attempt ``attempt + 1`` after attempt ``attempt`` failed."""
@@ -175,6 +180,9 @@ def load_config(env: Mapping[str, str]) -> Config:
             f"WORKER_BUG={bug!r} is not a known planted bug (expected empty or one of: "
             f"{', '.join(KNOWN_BUGS)})"
         )
+    events = (_get(env, "WORKER_EVENTS") or "full").lower()
+    if events not in EVENT_MODES:
+        raise ConfigError(f"WORKER_EVENTS={events!r} (expected one of: {', '.join(EVENT_MODES)})")
     worker_id = _get(env, "WORKER_ID") or socket.gethostname() or "worker"
     if len(worker_id) > 200:
         raise ConfigError("WORKER_ID is longer than 200 characters")
@@ -199,4 +207,5 @@ def load_config(env: Mapping[str, str]) -> Config:
         dlq=_name(env, "RABBITMQ_DLQ", f"{queue}.dlq"),
         queue_type=queue_type,
         bug=bug,
+        events=events,
     )

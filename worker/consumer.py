@@ -40,15 +40,21 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from worker.bugs import (
+    ACK_AND_DROP_WHEN_BUSY,
     ACK_BEFORE_PROCESS,
     ACK_BEFORE_REPUBLISH,
     AUTO_ACK,
+    DEAD_LETTER_ON_REDELIVERY,
+    DOUBLE_ACK,
     EXCLUSIVE_CONSUMER,
+    FIXED_DELAY_RETRY,
     IGNORE_CONCURRENCY,
+    NEVER_ACK_REDELIVERED,
     NO_BACKOFF,
     NO_DEAD_LETTER_EXCHANGE,
     NO_RECONNECT,
     REQUEUE_ON_FAILURE,
+    SIDE_EFFECT_EVERY_ATTEMPT,
     SIGTERM_ACKS_INFLIGHT,
     UNLIMITED_PREFETCH,
 )
@@ -154,6 +160,7 @@ class Worker:
         self._consumer_tag: str | None = None
         self._in_flight_lock = threading.Lock()
         self._in_flight = 0
+        self._double_acked = -1  # WORKER_BUG=double-ack: the generation it last did so
         self._draining = False
         self._backoff = reconnect_delays(config.reconnect_max_s)
 
@@ -303,6 +310,12 @@ class Worker:
         while not self._stop.is_set():
             conn.process_data_events(time_limit=POLL_S)
             self._drain()
+            # The broker can close a channel and keep the connection (406 for an ack of
+            # an unknown delivery tag, a consumer_timeout): a blocking connection raises
+            # nothing then, and a consumer on a closed channel gets no more deliveries.
+            for ch in (self._channel, self._pub):
+                if ch is None or not ch.is_open:
+                    raise _Reconnect("a channel was closed by the broker")
 
     def _lost(self, reason: str) -> None:
         self.health.set(connected=False, consuming=False)
@@ -350,6 +363,13 @@ class Worker:
             ch.basic_ack(method.delivery_tag)
             d.settled_on_receipt = True
             self.events.emit("acked", id=task_id, reason="processed")
+        if self.cfg.bug == ACK_AND_DROP_WHEN_BUSY and self.in_flight >= max(
+                1, self.cfg.concurrency // 2):
+            # "The internal buffer is full: ack it so the broker does not redeliver, and
+            # shed the load": the task is gone, and only this process knew.
+            ch.basic_ack(method.delivery_tag)
+            self.events.emit("acked", id=task_id, reason="processed")
+            return
         self._in_flight_add(1)
         self._pool.submit(self._process, d)
 
@@ -369,6 +389,11 @@ class Worker:
     def _run(self, d: Delivery) -> Completion:
         first = not d.redelivered and d.attempt == 1
         task: Task | None = None
+        if self.cfg.bug == DEAD_LETTER_ON_REDELIVERY and d.redelivered:
+            # A "poison guard": "a message that comes back must have crashed a pod", so
+            # every redelivery goes to the DLQ, including the work of a pod that was killed.
+            self._failed(d, True, "poison guard: redelivered")
+            return Completion(d, "dead_letter", "poison")
         try:
             task = parse_message(d.body, d.properties.message_id)
 
@@ -388,6 +413,10 @@ class Worker:
         except (TransientError, OSError, ValueError) as exc:
             # OSError/ValueError: the processed line could not be written.
             error = str(exc) if isinstance(exc, TaskError) else f"{type(exc).__name__}: {exc}"
+            if self.cfg.bug == SIDE_EFFECT_EVERY_ATTEMPT and isinstance(exc, TransientError):
+                # The side effect ran before the step that failed, so a retry does it again.
+                self.events.emit("processed", id=d.task_id, attempt=d.attempt,
+                                 started_ts=time.time())
             self._failed(d, False, error)
             if d.attempt < self.cfg.max_attempts:
                 return Completion(d, "retry", "retry")
@@ -441,8 +470,18 @@ class Worker:
             return
         try:
             if c.kind == "ack":
+                if self.cfg.bug == NEVER_ACK_REDELIVERED and d.redelivered:
+                    # "A redelivered task was probably done already": processed, never
+                    # acked, held until the connection closes.
+                    return
                 ch.basic_ack(d.delivery_tag)
                 self.events.emit("acked", id=d.task_id, reason="processed")
+                if self.cfg.bug == DOUBLE_ACK and self._double_acked != self._generation:
+                    # A retry of the ack "to be sure": the broker closes the channel with
+                    # 406 PRECONDITION_FAILED (unknown delivery tag) and requeues all the
+                    # channel held unacked, once per connection.
+                    self._double_acked = self._generation
+                    ch.basic_ack(d.delivery_tag)
             elif c.kind == "retry":
                 self._retry(ch, d)
             else:
@@ -489,6 +528,9 @@ class Worker:
 
     def _retry(self, ch: BlockingChannel, d: Delivery) -> None:
         delay_ms = self.cfg.retry_delay_ms(d.attempt)
+        if self.cfg.bug == FIXED_DELAY_RETRY:
+            # "One retry queue is enough": every attempt waits the first tier's delay.
+            delay_ms = self.cfg.retry_delay_ms(1)
         target = self.cfg.retry_queue(delay_ms)
         if self.cfg.bug == NO_BACKOFF:
             # The delay is computed and logged, but the copy goes back to the work queue, so

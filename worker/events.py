@@ -14,10 +14,16 @@ import threading
 import time
 from typing import IO, Any
 
+# WORKER_EVENTS=minimal: what a worker that reports the contract's minimum plus
+# receipts writes; everything else is dropped here, in one place.
+MINIMAL_EVENTS = frozenset({"received", "processed"})
+
 
 class EventEmitter:
-    def __init__(self, worker_id: str, stream: IO[str] | None = None) -> None:
+    def __init__(self, worker_id: str, stream: IO[str] | None = None,
+                 mode: str = "full") -> None:
         self.worker_id = worker_id
+        self.only = MINIMAL_EVENTS if mode == "minimal" else None
         self._stream = stream if stream is not None else sys.stdout
         self._lock = threading.Lock()
 
@@ -31,6 +37,8 @@ class EventEmitter:
 
         Used where writing the line is the side effect itself (``processed``).
         """
+        if self.only is not None and event not in self.only:
+            return
         line = self._line(event, fields)
         with self._lock:
             self._stream.write(line)

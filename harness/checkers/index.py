@@ -89,6 +89,13 @@ class ConnFault:
     # call returns at ``completed_ts`` (a docker pause or kill takes ~40-150 ms), so
     # a delivery received in [ts, end] may still have been caught by it.
     end: float = 0.0
+    # Only faults the harness caused explain a duplicate or a second settlement:
+    # nemesis faults, broker faults, exits it asked for, and a crash of a worker
+    # that had been handed a task with a ``crash`` directive. A worker's own
+    # ``connection_lost`` report, or an exit nobody asked for, explain nothing (a
+    # worker that acks a delivery tag twice gets its channel closed by the broker,
+    # 406 PRECONDITION_FAILED, and everything it held redelivered).
+    injected: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {"fault": self.kind, "worker": self.worker, "ts": self.ts}
@@ -211,6 +218,8 @@ class Index:
     # id -> publish directives, only for ids with fail_times > 0 or fail_always
     # (the retry and dead-letter paths: few ids, so memory stays small).
     fail_directives: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # id -> its ``crash`` directive ("during", "after_process"): few ids.
+    crash_directives: dict[str, str] = field(default_factory=dict)
     _value_counts: dict[int, int] | None = None
 
     @property
@@ -260,10 +269,12 @@ class Index:
     def has(self, ident: str, bits: int) -> bool:
         return bool(self.state.get(ident, 0) & bits)
 
-    def connection_fault(self, worker: str | None, lo: float, hi: float) -> ConnFault | None:
+    def connection_fault(self, worker: str | None, lo: float, hi: float,
+                         injected_only: bool = True) -> ConnFault | None:
         """The first connection fault of ``worker`` (or of the broker) that overlaps
         [lo, hi]: issued at or before ``hi`` and not yet done taking effect before
-        ``lo`` (``ts <= hi`` and ``max(ts, end) >= lo``)."""
+        ``lo`` (``ts <= hi`` and ``max(ts, end) >= lo``). Only injected ones (see
+        ``ConnFault.injected``) unless ``injected_only`` is False."""
         if hi < lo:
             return None
         best: ConnFault | None = None
@@ -278,7 +289,7 @@ class Index:
             i = bisect.bisect_left(ts_list, lo - EFFECT_MAX_S)
             while i < len(ts_list) and ts_list[i] <= hi:
                 f = faults[i]
-                if max(f.ts, f.end) >= lo:
+                if max(f.ts, f.end) >= lo and (f.injected or not injected_only):
                     if best is None or f.ts < best.ts:
                         best = f
                     break
@@ -401,6 +412,8 @@ def build(history: History) -> Index:
                 if data.get("poison"):
                     idx.poison.add(ident)
                 dirs = data.get("directives")
+                if dirs and isinstance(dirs, dict) and dirs.get("crash"):
+                    idx.crash_directives[ident] = str(dirs.get("crash"))
                 if dirs and isinstance(dirs, dict) and (
                         dirs.get("fail_times") or dirs.get("fail_always")):
                     idx.fail_directives[ident] = dirs
@@ -493,16 +506,37 @@ def build(history: History) -> Index:
         elif name in CONNECTION_FAULTS and target is not None:
             per_worker.setdefault(str(target), []).append(
                 ConnFault(ev.ts, f"fault:{name}", str(target), _end(ev)))
+    crash_ids = {i for i, d in idx.crash_directives.items() if d}
+    crash_receipts: dict[str, list[float]] = {}
+    if crash_ids:
+        received = idx.received.events(crash_ids)
+        for ident in crash_ids:
+            for e in received.get(ident, ()):
+                if e.worker is not None:
+                    crash_receipts.setdefault(e.worker, []).append(e.ts)
+    last_start: dict[str, list[float]] = {}
+    for ev in idx.worker_started:
+        sw = worker_of(ev)
+        if sw is not None:
+            last_start.setdefault(sw, []).append(ev.ts)
     for ev in idx.worker_exited:
         w = worker_of(ev)
         if w is None:
             continue
-        kind = "exit" if ev.get("requested", False) else "crash"
-        per_worker.setdefault(w, []).append(ConnFault(ev.ts, kind, w))
+        if ev.get("requested", False):
+            per_worker.setdefault(w, []).append(ConnFault(ev.ts, "exit", w))
+            continue
+        # A crash the harness asked for: the worker received a crash-directive task
+        # since it last started, before it died.
+        since = max((t for t in last_start.get(w, ()) if t <= ev.ts), default=float("-inf"))
+        asked = any(since <= t <= ev.ts for t in crash_receipts.get(w, ()))
+        per_worker.setdefault(w, []).append(
+            ConnFault(ev.ts, "crash" if asked else "exit:unrequested", w, injected=asked))
     for ev in idx.connection_lost:
         w = worker_of(ev)
         if w is not None:
-            per_worker.setdefault(w, []).append(ConnFault(ev.ts, "connection_lost", w))
+            per_worker.setdefault(w, []).append(
+                ConnFault(ev.ts, "connection_lost", w, injected=False))
     for w, faults in per_worker.items():
         idx.conn_faults[w], idx.conn_fault_ts[w] = _sorted_faults(faults)
     idx.broker_faults, idx.broker_fault_ts = _sorted_faults(broker)

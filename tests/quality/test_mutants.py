@@ -32,7 +32,7 @@ def test_planted_bug_is_caught_by_its_claim(mutant: Mutant, tmp_path: Path) -> N
     bug, claim = mutant.bug, mutant.claim
     proc = subprocess.run(
         [sys.executable, "-m", "harness", "mutants", "--bugs", bug, "--no-control",
-         "--backend", "local", "--out", str(tmp_path), "--no-progress"],
+         "--backend", "local", "--out", str(tmp_path), "--no-progress", "--reporting", "full"],
         cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
     reports = sorted(tmp_path.glob("mutants-*.json"))
     assert reports, proc.stdout[-3000:] + proc.stderr[-2000:]

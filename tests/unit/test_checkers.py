@@ -205,7 +205,7 @@ def test_dup_false_but_explained_by_kill_after_process() -> None:
 
 
 def test_dup_explained_by_broker_restart_and_by_crash() -> None:
-    h = clean(2).publish("x").publish("y")
+    h = clean(2).publish("x").publish("y", directives={"crash": "after_process"})
     h.received("x", W1).processed("x", W1).fault("broker-restart", "broker")
     h.received("x", W1, redelivered=True).processed("x", W1).acked("x", W1)
     h.received("y", W2).processed("y", W2).worker_exited(W2, requested=False)

@@ -15,6 +15,7 @@ from harness.checkers import (
     exactly_once_ack,
     graceful_shutdown,
     health,
+    no_duplicate,
     no_loss,
     redelivery,
     retry_backoff,
@@ -277,3 +278,43 @@ def test_health_undecided_says_how_long_the_record_must_reach() -> None:
                                                      completed_ts=1005.0)
     good.health(W1, False, ts=1002.5).health(W1, True, ts=1007.0)
     assert health.check(good.build(), {}).valid is True
+
+
+# -- only injected faults explain -------------------------------------------------------
+
+def dup_after(cause: Callable[[H], None], crash_directive: bool = False) -> H:
+    h = start().publish("a", directives={"crash": "after_process"} if crash_directive else None)
+    h.received("a", W1).processed("a", W1)
+    cause(h)
+    return h.received("a", W2, redelivered=True).processed("a", W2).acked("a", W2).finish()
+
+
+@pytest.mark.parametrize("cause", [
+    lambda h: h.connection_lost(W1),  # the worker's own word (e.g. a 406 after a double ack)
+    lambda h: h.worker_exited(W1, requested=False),  # an exit nobody asked for
+])
+def test_a_workers_own_loss_explains_no_duplicate(cause: Callable[[H], None]) -> None:
+    r = no_duplicate.check(dup_after(cause).build(), {})
+    assert invariant_verdict(r) is False, r.summary
+
+
+@pytest.mark.parametrize("cause,directive", [
+    (lambda h: h.fault("kill", W1), False),
+    (lambda h: h.worker_exited(W1, requested=False), True),  # the crash directive did it
+])
+def test_an_injected_fault_explains_a_duplicate(cause: Callable[[H], None],
+                                                directive: bool) -> None:
+    r = no_duplicate.check(dup_after(cause, directive).build(), {})
+    assert r.valid is False and invariant_verdict(r) is True, r.summary
+
+
+def test_nothing_processed_is_unknown_for_duplicates() -> None:
+    r = no_duplicate.check(start().publish("a").finish().build(), {})
+    assert r.valid is None and invariant_verdict(r) is None
+
+
+def test_second_ack_after_own_connection_lost_is_unexplained() -> None:
+    h = start().publish("a").received("a", W1).processed("a", W1).acked("a", W1)
+    h.connection_lost(W1).received("a", W2, redelivered=True).processed("a", W2)
+    h.acked("a", W2)
+    assert exactly_once_ack.check(h.finish().build(), {}).valid is False

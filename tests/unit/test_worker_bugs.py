@@ -40,7 +40,7 @@ def test_known_bugs_is_the_public_tuple() -> None:
     from worker.config import KNOWN_BUGS as from_config
 
     assert from_config is KNOWN_BUGS
-    assert len(KNOWN_BUGS) == 12 and len(set(KNOWN_BUGS)) == 12
+    assert len(KNOWN_BUGS) == 18 and len(set(KNOWN_BUGS)) == 18
     assert set(BUG_CLAIMS) == set(KNOWN_BUGS)
     assert all(isinstance(n, str) and n == n.strip().lower() for n in KNOWN_BUGS)
 
@@ -422,3 +422,78 @@ def test_correct_sigterm_waits_for_inflight() -> None:
         w._shutdown()
     assert ("ack", 0, True) not in ch.calls
     w._pool.shutdown()
+
+
+# -- the bugs of workers that keep the contract but not our habits -------------------------
+
+def redelivered(tag: int = 7, body: bytes = b'{"id":"t"}') -> Delivery:
+    return Delivery(2, tag, True, BasicProperties(message_id="t"), body, "t", 1)
+
+
+def test_dead_letter_on_redelivery_dead_letters_only_redeliveries() -> None:
+    w, _, _, buf = make_worker(bugs.DEAD_LETTER_ON_REDELIVERY)
+    c = w._run(redelivered())
+    assert (c.kind, c.reason) == ("dead_letter", "poison")
+    assert "processed" not in names(buf)
+    assert w._run(delivery()).kind == "ack"
+    w._pool.shutdown()
+
+
+def test_double_ack_acks_the_same_tag_twice_once_per_connection() -> None:
+    w, ch, _, _ = make_worker(bugs.DOUBLE_ACK)
+    w._settle(Completion(delivery(tag=7), "ack", "processed"))
+    w._settle(Completion(delivery(tag=8), "ack", "processed"))
+    assert ch.calls == [("ack", 7, False), ("ack", 7, False), ("ack", 8, False)]
+    w._pool.shutdown()
+
+
+def test_fixed_delay_retry_uses_the_first_tier_for_every_attempt() -> None:
+    w, _, pub, buf = make_worker(bugs.FIXED_DELAY_RETRY)
+    w._settle(Completion(delivery(attempt=2), "retry", "retry"))
+    assert pub.calls == [("publish", "", "q.retry.100", True)]  # correct: q.retry.200
+    assert events(buf)[0]["delay_ms"] == 100
+    w._pool.shutdown()
+
+
+def test_ack_and_drop_when_busy_acks_without_processing() -> None:
+    w, ch, _, buf = make_worker(bugs.ACK_AND_DROP_WHEN_BUSY)
+    w._in_flight_add(2)  # half of concurrency 4: "the buffer is full"
+    method = Basic.Deliver(consumer_tag="ctag", delivery_tag=9, redelivered=False,
+                           exchange="", routing_key="q")
+    w._on_message(ch, method, BasicProperties(message_id="t"), b'{"id":"t"}')
+    w._pool.shutdown(wait=True)
+    w._drain()
+    assert ch.calls == [("ack", 9, False)] and names(buf) == ["received", "acked"]
+
+
+def test_never_ack_redelivered_processes_and_holds() -> None:
+    w, ch, _, _ = make_worker(bugs.NEVER_ACK_REDELIVERED)
+    w._settle(Completion(redelivered(), "ack", "processed"))
+    w._settle(Completion(delivery(tag=8), "ack", "processed"))
+    assert ch.calls == [("ack", 8, False)]
+    w._pool.shutdown()
+
+
+def test_side_effect_every_attempt_reports_processed_on_a_transient_failure() -> None:
+    w, _, _, buf = make_worker(bugs.SIDE_EFFECT_EVERY_ATTEMPT)
+    c = w._run(delivery(body=b'{"id":"t","directives":{"fail_times":1}}'))
+    assert c.kind == "retry" and names(buf) == ["processed", "failed"]
+    good, _, _, gbuf = make_worker("")
+    assert good._run(delivery(body=b'{"id":"t","directives":{"fail_times":1}}')).kind == "retry"
+    assert names(gbuf) == ["failed"]
+    for x in (w, good):
+        x._pool.shutdown()
+
+
+def test_minimal_reporting_writes_only_received_and_processed() -> None:
+    buf = io.StringIO()
+    cfg = load_config({"WORKER_ID": "w", "RABBITMQ_QUEUE": "q", "WORKER_EVENTS": "minimal"})
+    em = EventEmitter("w", buf, mode=cfg.events)
+    for name in ("connected", "ready", "received", "processed", "acked", "failed"):
+        em.emit(name, id="t")
+    assert names(buf) == ["received", "processed"]
+
+
+def test_unknown_reporting_mode_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="WORKER_EVENTS"):
+        load_config({"WORKER_ID": "w", "RABBITMQ_QUEUE": "q", "WORKER_EVENTS": "chatty"})
