@@ -21,6 +21,13 @@ The claim holds when, for the busiest worker (most processings):
 
 Only meaningful with a backlog: unknown when the busiest worker processed
 fewer than 2 * C tasks, when nothing was processed or C is not known.
+
+Which facts come from the worker, and why they are safe: ``processed`` with
+``started_ts`` (else the receipt) gives each processing interval. A worker that
+misreports its start times can only shrink or stretch the overlap it claims;
+the throughput figure is counted from the harness's publish record and the
+``processed`` events, and a peak above ``WORKER_CONCURRENCY`` is itself a
+violation, so over-reporting cannot pass either.
 """
 
 from __future__ import annotations

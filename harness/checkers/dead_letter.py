@@ -19,6 +19,12 @@ is there, and no expected id was processed successfully. Violations, with ids:
 Unknown: no expected id (with directives not honoured only poison counts),
 no ``final_queue`` of role dlq or its listing failed, or the listing is partial
 (shorter than the queue's depth) while ids are missing.
+
+Which facts come from the worker, and why they are safe: ``processed`` (an
+expected id processed successfully is a violation) and ``dead_lettered``
+(only to say where a missing id went). Whether an id is in the DLQ, and how
+often, is the broker's evidence (the final destructive read); a worker's
+report of dead-lettering never puts an id there.
 """
 
 from __future__ import annotations

@@ -22,6 +22,12 @@ with the zombie's worker, how long it kept working after the other worker got
 the task (``late_by_s``) and whether its settlement failed (``ack_failed``).
 
 Unknown when no ``received`` event was recorded.
+
+Which facts come from the worker, and why they are safe: processing intervals
+(``started_ts``/``received`` to ``processed``). An overlap is explained only by
+an injected fault (``index.ConnFault.injected``: nemesis, broker faults,
+requested exits, a crash-directive crash), never by a worker's own
+``connection_lost`` report.
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ False: a worker that never turned unhealthy (the health-always-ok bug) or never
 healthy again (the no-reconnect bug), with per-worker times. Unknown: the
 worker serves no health endpoint (capability), no health event, no broker
 outage, no worker observed through one, or the record ends before a bound.
+
+Which facts come from the worker, and why they are safe: none. The probe
+results are the harness's own HTTP requests, the outages its own broker faults;
+when the record ends before a bound, ``evidence.record_needed_until_ts`` says
+how far it must reach, and the runner waits (bounded) before it ends the run.
 """
 
 from __future__ import annotations

@@ -18,6 +18,17 @@ this checker says so (valid False); but it separates:
   Reported in ``ClaimResult.explained``, with the fault;
 - *unexplained* duplicates: no such fault. These break the release invariant.
 
+Only injected faults explain (``index.ConnFault.injected``): nemesis faults,
+broker faults, exits the harness asked for, and a crash after a delivery with a
+``crash`` directive. A worker's own ``connection_lost``, a channel the broker
+closed because of the worker (an ack of an unknown delivery tag gives 406 and
+redelivers all the channel held), or an exit nobody asked for explain nothing.
+
+Which facts come from the worker, and why they are safe: ``processed`` (the
+side effect; two of one id are a duplicate, whoever reports them), ``received``
+(delivery order) and ``ack_failed`` (only together with an injected fault that
+hit that very connection, for the stale-copy rule).
+
 ``evidence["invariant_holds"]`` is True when no duplicate is unexplained, so an
 audit can gate a release on the invariant rather than on the guide's wording.
 A processing's start is its ``started_ts``, else the worker's latest receipt of

@@ -18,6 +18,12 @@ is capped at a few seconds, plus setup) W must show that it consumes again:
 False: W showed neither within the bound although the record reaches past it
 (the no-reconnect bug). Evidence: time to recover per heal and how.
 Unknown: no healed network fault, or W exited before the bound.
+
+Which facts come from the worker, and why they are safe: ``ready``,
+``received`` and ``processed`` after the heal, as signs that it consumes again.
+The heal itself is the harness's (nemesis). A worker that writes ``ready``
+without consuming could pass the bound; the health fallback needs the broker's
+evidence too (the main queue empty at the end, no receipt after the probe).
 """
 
 from __future__ import annotations

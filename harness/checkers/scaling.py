@@ -24,6 +24,11 @@ efficiency}] (plot-ready) and ``bends_at``: the smallest N with E below the
 bound (None if none). False: some phase below the bound (even if another
 phase could not be measured). Unknown: fewer than 2 phases, no one-worker
 phase measured, or a phase that could not be measured (which, and why).
+
+Which facts come from the worker, and why they are safe: ``processed`` events,
+counted per step; the step boundaries and the worker counts are the harness's
+own (its scale faults). A worker that reported processings it never did could
+inflate T(N); none is counted that the harness did not publish.
 """
 
 from __future__ import annotations

@@ -49,3 +49,32 @@ def test_missing_health_capability_is_unknown(tmp_path: Path) -> None:
     assert health["valid"] == "unknown", health
     assert "health" in str(health["summary"]).lower()
     assert code == 2
+
+
+GUARD = ROOT / "tests" / "integration" / "workers" / "poison_guard_worker.py"
+
+
+def test_a_poison_guard_that_dead_letters_redeliveries_fails_no_loss(tmp_path: Path) -> None:
+    """A minimal reporter (received, processed) that dead-letters what a killed pod
+    held: no-loss false ("dead-lettered, never processed"), never a PASS; its
+    structured logger's foreign 'health' and 'fault' lines are ignored."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / "crash-recovery.yaml"),
+         "--backend", "local", "--worker-cmd", f"{sys.executable} {GUARD}",
+         "--out", str(tmp_path), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    results = sorted(tmp_path.glob("*/result.json"))
+    assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
+    data = json.loads(results[-1].read_text())
+    claims = {c["claim"]: c for c in data["claims"]}
+    loss = claims["no-loss"]
+    assert loss["valid"] == "false", loss
+    assert loss["evidence"]["dead_lettered_never_processed"] >= 1
+    assert claims["redelivery-after-crash"]["valid"] == "false"
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    history = [json.loads(x) for x in (results[-1].parent / "history.jsonl").open()]
+    foreign = [e for e in history if e["type"] == "foreign_event"]
+    assert {e["name"] for e in foreign} == {"health", "fault"}
+    # Its "fault" line is not a fault, nor its "health" line a probe.
+    assert not any(e["type"] == "fault" and e.get("target") == "worker-9" for e in history)
+    assert not any(e["type"] == "health" for e in history)
