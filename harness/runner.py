@@ -379,10 +379,15 @@ class Run:
                 raise ClusterError(
                     f"worker {dead[0]} exited during start-up: see "
                     f"{self.run_dir / 'logs' / (dead[0] + '.log')}")
-            if self.live.ready & want:
+            # Some consume: by their ready events, or by the broker's consumer count
+            # (a worker that reports no ready).
+            consumers = info.consumers if info is not None else 0
+            if self.live.ready & want or consumers > 0:
                 first_ready_at = first_ready_at or time.monotonic()
                 if time.monotonic() - first_ready_at > PARTIAL_READY_GRACE_S:
-                    missing = sorted(want - self.live.ready)
+                    missing = (sorted(want - self.live.ready) if self.live.ready & want
+                               else [f"{len(names) - consumers} of {len(names)} (no ready "
+                                     "events: counted by the broker)"])
                     self.recorder.record("workers_not_ready", "harness", workers=missing,
                                          waited_s=PARTIAL_READY_GRACE_S)
                     self.problems.append(

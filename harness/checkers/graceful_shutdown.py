@@ -134,6 +134,16 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             if (acks and procs) or (failing and any(e.type != "ack_failed" for e in settles)):
                 finished.append(ident)
                 continue
+            # No ack on record (a worker that does not report acks): W processed it
+            # before its exit, the broker never handed it out again and no queue
+            # holds it, so the ack reached the broker. The broker's evidence, with
+            # the worker's ``processed``; a worker that reports acks is held to them.
+            done_by_w = [p for p in procs if p <= exit_ts]
+            if (done_by_w and not settles and idx.count("acked") == 0
+                    and not any(r.ts > min(done_by_w) for r in idx.received.of(ident))
+                    and ident not in idx.final.remaining and ident not in dlq):
+                finished.append(ident)
+                continue
             again = [r for r in idx.received.of(ident) if r.ts >= ts - 0.5 and r.ts > r_ts
                      and (r.worker != w or r.ts > exit_ts)]
             if again:

@@ -318,3 +318,24 @@ def test_second_ack_after_own_connection_lost_is_unexplained() -> None:
     h.connection_lost(W1).received("a", W2, redelivered=True).processed("a", W2)
     h.acked("a", W2)
     assert exactly_once_ack.check(h.finish().build(), {}).valid is False
+
+
+# -- a minimal reporter (received, processed; no acks) ---------------------------------
+
+def minimal_term(processed: bool, again: bool = False) -> H:
+    h = start().publish("a").received("a", W1).fault("terminate", W1, ts=1001.0)
+    if processed:
+        h.processed("a", W1, ts=1001.5)
+    h.worker_exited(W1, requested=True, ts=1002.0, code=0, signal=None)
+    if again:
+        h.received("a", W2, redelivered=True, ts=1002.5)
+    return h.finish()
+
+
+def test_graceful_shutdown_minimal_reporter_finished_by_broker_evidence() -> None:
+    assert graceful_shutdown.check(minimal_term(True).build(), {}).valid is True
+    # Acked without processing (the SIGTERM bug), seen without any ack event: lost.
+    assert graceful_shutdown.check(minimal_term(False).build(), {}).valid is False
+    # Handed out again and never processed by the new holder: not finished either.
+    bad = graceful_shutdown.check(minimal_term(True, again=True).finish().build(), {})
+    assert bad.valid is not True
