@@ -12,6 +12,7 @@ from harness.checkers.base import ClaimResult
 from harness.history import History
 from harness.mutants import (
     MUTANTS,
+    REPORTING_MODES,
     Row,
     first_violation_s,
     readme_with_table,
@@ -34,7 +35,9 @@ def test_kept_report_is_a_full_docker_run_that_caught_every_bug() -> None:
     data = json.loads(REPORT.read_text())
     rows = rows_from_report(data)
     assert data["backend"] == "docker"
-    assert sorted(r.bug for r in rows if r.bug != "(none)") == sorted(m.bug for m in MUTANTS)
+    for mode in REPORTING_MODES:  # every bug, in both reporting modes
+        assert sorted(r.bug for r in rows if r.bug != "(none)" and r.reporting == mode) == \
+            sorted(m.bug for m in MUTANTS), mode
     assert all(r.caught for r in rows if r.bug != "(none)")
     assert data["false_alarms"] == 0 and any(r.bug == "(none)" for r in rows)
 
