@@ -224,7 +224,9 @@ def test_regex_events(cluster: tuple[DockerCluster, Recorder]) -> None:
     try:
         assert wait_for(lambda: len(events(rec, "processed", "rx")) >= 2)
         e = events(rec, "processed", "rx")[0]
-        assert e.id == "r0" and e.worker == "bob" and e.ts > 0
+        # The source's name is the identity; the line's "by=bob" is kept as a claim.
+        assert e.id == "r0" and e.worker == "rx" and e.get("claimed_worker") == "bob"
+        assert e.ts > 0
     finally:
         cl.remove_worker("rx", grace_s=1)
 
