@@ -155,7 +155,9 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             lo = ts1 - slack_s if r1 is None else min(r1, ts1 - slack_s)
             r2 = _receipt(received, w2, ts2, r1 if w2 == w1 else None)
             hi = r2 if r2 is not None else ts2
-            fault = idx.connection_fault(w1, lo, hi)
+            # A DLQ entry nobody reported has no time: no fault can be placed
+            # before it, so it explains nothing.
+            fault = None if math.inf in (ts1, ts2) else idx.connection_fault(w1, lo, hi)
             info: dict[str, Any] = {"settlements": [[k1, w1, ts1], [k2, w2, ts2]]}
             if fault is not None:
                 info["explained_by"] = fault.describe()

@@ -138,6 +138,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             # before its exit, the broker never handed it out again and no queue
             # holds it, so the ack reached the broker. The broker's evidence, with
             # the worker's ``processed``; a worker that reports acks is held to them.
+            if (failing and ident in dlq and ident in asked and not settles
+                    and not any(r.ts > r_ts for r in idx.received.of(ident))):
+                finished.append(ident)  # dead-lettered as asked, without a report
+                continue
             done_by_w = [p for p in procs if p <= exit_ts]
             if (done_by_w and not settles and idx.count("acked") == 0
                     and not any(r.ts > min(done_by_w) for r in idx.received.of(ident))

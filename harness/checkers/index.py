@@ -510,10 +510,15 @@ def build(history: History) -> Index:
     crash_receipts: dict[str, list[float]] = {}
     if crash_ids:
         received = idx.received.events(crash_ids)
+        acks = idx.acked_final.events(crash_ids)
         for ident in crash_ids:
             for e in received.get(ident, ()):
-                if e.worker is not None:
-                    crash_receipts.setdefault(e.worker, []).append(e.ts)
+                # The directive fires on a first delivery only, before its ack.
+                if e.worker is None or e.get("redelivered", False) is not False:
+                    continue
+                if any(a.worker == e.worker and a.ts >= e.ts for a in acks.get(ident, ())):
+                    continue
+                crash_receipts.setdefault(e.worker, []).append(e.ts)
     last_start: dict[str, list[float]] = {}
     for ev in idx.worker_started:
         sw = worker_of(ev)

@@ -157,10 +157,16 @@ def _vanished_in_transit(idx: ix.Index, candidates: set[str]) -> dict[str, dict[
     receipts = idx.received.events(candidates)
     out: dict[str, dict[str, Any]] = {}
     for ident in candidates:
-        first_rec = min((e.ts for e in receipts.get(ident, ())), default=None)
-        if first_rec is None:
+        recs = [e.ts for e in receipts.get(ident, ())]
+        if not recs or ident in idx.acked_final.events((ident,)).get(ident, ()):
             continue
-        fault = next((f for f in idx.broker_faults if max(f.ts, f.end) >= first_rec), None)
+        if idx.has(ident, ix.ACK):
+            continue  # acked, not dead-lettered: nothing was on its way to the DLQ
+        # In transit: the fault took effect between its last receipt and a few
+        # seconds after it (the nack and the dead-letter hop take milliseconds).
+        lo, hi = min(recs), max(recs) + ix.EFFECT_MAX_S
+        fault = next((f for f in idx.broker_faults
+                      if max(f.ts, f.end) >= lo and f.ts <= hi), None)
         if fault is not None:
             out[ident] = {"explained_by": fault.describe(),
                           "why": "dead-lettering is at most once: a broker fault can drop "

@@ -79,8 +79,9 @@ CLAIM: Final = "retry-backoff"
 TOLERANCE: Final = 0.25
 SLACK_S: Final = 0.5
 JITTERS: Final = ("none", "full", "equal")
-# Gaps per attempt needed before the envelope's growth is judged (jitter only).
-ENVELOPE_MIN_N: Final = 3
+# Gaps per attempt needed before the envelope's growth is judged (jitter only):
+# with n gaps drawn from [0, 2d], the longest stays below d with chance 2^-n.
+ENVELOPE_MIN_N: Final = 10
 
 
 def _attempts(receipts: list[Event]) -> dict[int, Event]:
@@ -208,8 +209,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     if jitter != "none":
         for a in sorted(by_attempt):
             nxt_gaps = by_attempt.get(a + 1, [])
-            if (len(by_attempt[a]) >= ENVELOPE_MIN_N and len(nxt_gaps) >= ENVELOPE_MIN_N
-                    and max(nxt_gaps) <= max(by_attempt[a])):
+            d_a = base_ms * 2 ** (a - 1) / 1000.0
+            # Growth under jitter: the longest gap of attempt a+1 reaches past d(a),
+            # half its own envelope (an immediate retry stays near 0).
+            if len(nxt_gaps) >= ENVELOPE_MIN_N and max(nxt_gaps) <= d_a:
                 flat_envelope.append({"attempt": a, "max_s": round(max(by_attempt[a]), 4),
                                       "next_max_s": round(max(nxt_gaps), 4)})
     bad.sort(key=lambda g: -abs(g.get("deviation") or 0.0))
@@ -247,6 +250,11 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                             "wrong_attempt_ids": ids,
                             "wrong_attempts": {i: wrong_count[i] for i in ids}},
                            violated_at_ts=min(violated_at, default=None))
+    judged_growth = any(len(v) >= ENVELOPE_MIN_N for a, v in by_attempt.items() if a > 1)
+    if jitter != "none" and not judged_growth and gaps:
+        return unknown(CLAIM, f"jitter {jitter}: fewer than {ENVELOPE_MIN_N} gaps of any retry "
+                       "after the first, too few to judge the growth of the envelope",
+                       **evidence)
     if not gaps:
         return unknown(CLAIM, "no retry gap could be measured (no task reached a second "
                        "attempt undisturbed)", **evidence, incomplete_ids=first(incomplete))

@@ -80,11 +80,17 @@ def test_backoff_fixed_or_linear_is_false_with_gaps_quoted(
 def test_backoff_full_jitter_true_under_the_envelope_false_when_flat() -> None:
     rng = random.Random(3)
     ok = backoff_run(lambda a: rng.uniform(0, 0.2 * 2 ** (a - 1)) + 0.05,
-                     fail_times=(4,) * 8).build()
+                     fail_times=(4,) * 12).build()
     assert retry_backoff.check(ok, {"jitter": "full"}).valid is True
-    flat = backoff_run(lambda a: rng.uniform(0, 0.2), fail_times=(4,) * 8).build()
+    # An immediate retry hides under a lower bound of 0, not under the growth rule.
+    flat = backoff_run(lambda a: rng.uniform(0, 0.1), fail_times=(4,) * 12).build()
     r = retry_backoff.check(flat, {"jitter": "full"})
     assert r.valid is False and "does not grow" in r.summary
+
+
+def test_backoff_jitter_with_too_few_gaps_is_unknown() -> None:
+    few = backoff_run(lambda a: 0.2 * 2 ** (a - 1), fail_times=(4,) * 3).build()
+    assert retry_backoff.check(few, {"jitter": "full"}).valid is None
 
 
 def test_backoff_unknown_jitter_word_is_unknown() -> None:
@@ -194,6 +200,11 @@ def test_broker_fault_explains_an_asked_failure_that_vanished() -> None:
     r = no_loss.check(run(True).build(), {})
     assert r.valid is True and r.explained.get("count") == 1, r.summary
     assert no_loss.check(run(False).build(), {}).valid is False
+    # A broker fault long after the task was dropped explains nothing.
+    late = start().publish("p", poison=True).received("p", W1, ts=1001.0)
+    late.failed("p", W1, permanent=True, ts=1001.01)
+    late.fault("broker-restart", "broker", ts=1040.0, completed_ts=1043.0)
+    assert no_loss.check(late.finish().build(), {}).valid is False
 
 
 # -- problems reach the invariant ---------------------------------------------------------
@@ -306,6 +317,22 @@ def test_an_injected_fault_explains_a_duplicate(cause: Callable[[H], None],
                                                 directive: bool) -> None:
     r = no_duplicate.check(dup_after(cause, directive).build(), {})
     assert r.valid is False and invariant_verdict(r) is True, r.summary
+
+
+def test_a_crash_after_a_redelivered_crash_task_is_not_injected() -> None:
+    """The directive fires on a first delivery only: a worker that crashes after a
+    redelivered copy of a crash task crashed on its own."""
+    h = start().publish("x", directives={"crash": "after_process"}).publish("a")
+    h.received("x", W2, redelivered=True).processed("x", W2).acked("x", W2)
+    h.received("a", W2).processed("a", W2).worker_exited(W2, requested=False)
+    h.received("a", W3, redelivered=True).processed("a", W3).acked("a", W3)
+    assert invariant_verdict(no_duplicate.check(h.finish().build(), {})) is False
+
+
+def test_an_ack_and_an_unreported_dlq_entry_are_never_explained() -> None:
+    h = start().publish("a").received("a", W1).processed("a", W1).acked("a", W1)
+    h.fault("kill", W1)
+    assert exactly_once_ack.check(h.finish(dlq=["a"]).build(), {}).valid is False
 
 
 def test_nothing_processed_is_unknown_for_duplicates() -> None:
