@@ -117,8 +117,18 @@ def _drain_ids(url: str, queue: str, timeout_s: float = 60.0) -> list[str]:
     conn = pika.BlockingConnection(pika.URLParameters(url))
     ids: list[str] = []
     try:
-        ch = conn.channel()
-        depth = int(ch.queue_declare(queue, passive=True).method.message_count)
+        # Right after a hard restart the node answers before every durable queue is
+        # back (seen once: 404 for a queue that held confirmed messages): wait for it.
+        recover_deadline = time.monotonic() + 30.0
+        while True:
+            ch = conn.channel()
+            try:
+                depth = int(ch.queue_declare(queue, passive=True).method.message_count)
+                break
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404 or time.monotonic() > recover_deadline:
+                    raise
+                time.sleep(0.5)
         ch.basic_qos(prefetch_count=1000)
         deadline = time.monotonic() + timeout_s
         for method, props, _body in ch.consume(queue, auto_ack=True, inactivity_timeout=1.0):
