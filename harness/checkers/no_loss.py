@@ -158,9 +158,7 @@ def _vanished_in_transit(idx: ix.Index, candidates: set[str]) -> dict[str, dict[
     out: dict[str, dict[str, Any]] = {}
     for ident in candidates:
         recs = [e.ts for e in receipts.get(ident, ())]
-        if not recs or ident in idx.acked_final.events((ident,)).get(ident, ()):
-            continue
-        if idx.has(ident, ix.ACK):
+        if not recs or idx.has(ident, ix.ACK):
             continue  # acked, not dead-lettered: nothing was on its way to the DLQ
         # In transit: the fault took effect between its last receipt and a few
         # seconds after it (the nack and the dead-letter hop take milliseconds).
