@@ -2,6 +2,7 @@
 count the runs that reported any violation or any ``unknown``.
 
     python benchmarks/false_alarms.py --runs 10 --backend docker
+    python benchmarks/false_alarms.py --runs 10 --backend docker --reporting minimal
     python benchmarks/false_alarms.py --rejudge runs/false-alarms
 
 Each round is one ``harness audit`` (every scenario of the suite, fresh workers
@@ -13,6 +14,12 @@ differs from the one DESIGN.md expects for a correct worker
 (``harness.audit.reference_verdict``: e.g. a zombie scenario whose fault did not
 produce the zombie, so ``exactly-one-consumer`` shows ``holds`` instead of
 ``false as stated``) counts too: the suite failed to show what it must show.
+
+With ``--reporting minimal`` the reference worker writes only ``received`` and
+``processed``: a claim its checker marks not observable with those events
+(``evidence.observable`` false, e.g. ``exactly-once-ack``) is ``unknown`` by
+construction and is not an alarm, provided it is never ``true``; any other
+``unknown`` is.
 
 ``--rejudge DIR`` runs nothing: it judges the recorded histories of an earlier
 invocation's rounds again with the checkers of this tree (after a checker fix,
@@ -34,9 +41,10 @@ from typing import Any
 from harness.audit import reference_verdict, rows_from
 from harness.claims import invariant_verdict
 from harness.history import History
+from harness.model import REPORTING_MODES
 from harness.runner import RunOutcome
 from harness.scenario import load_scenario
-from harness.verdicts import judge_history
+from harness.verdicts import OBSERVABLE, judge_history
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
@@ -52,20 +60,24 @@ def _results(out: Path, since: float) -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
-def recorded(out: Path, since: float) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
-    """(scenario, claim, invariant) of every claim as the round recorded it, and
-    the rows of the round's audit report."""
-    claims = [(data["scenario"], c["claim"], c["invariant"])
+Claim = tuple[str, str, str, bool]  # scenario, claim, invariant word, observable
+
+
+def recorded(out: Path, since: float) -> tuple[list[Claim], list[dict[str, Any]]]:
+    """(scenario, claim, invariant, observable) of every claim as the round
+    recorded it, and the rows of the round's audit report."""
+    claims = [(data["scenario"], c["claim"], c["invariant"],
+               (c.get("evidence") or {}).get(OBSERVABLE) is not False)
               for _, data in _results(out, since) for c in data["claims"]]
     audits = sorted(p for p in out.glob("audit-*.json") if p.stat().st_mtime >= since)
     rows = json.loads(audits[-1].read_text())["claims"] if audits else []
     return claims, rows
 
 
-def rejudged(out: Path) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]]]:
+def rejudged(out: Path) -> tuple[list[Claim], list[dict[str, Any]]]:
     """The same, from the round's histories judged again by this tree's checkers:
     the runs its audit report lists (none without a report: an unfinished round)."""
-    claims: list[tuple[str, str, str]] = []
+    claims: list[Claim] = []
     outcomes: list[RunOutcome] = []
     audits = sorted(out.glob("audit-*.json"))
     listed = json.loads(audits[-1].read_text())["runs"] if audits else []
@@ -78,12 +90,13 @@ def rejudged(out: Path) -> tuple[list[tuple[str, str, str]], list[dict[str, Any]
             history = History.load(run_dir / "history.jsonl")
         except (OSError, ValueError, KeyError) as exc:
             claims.append((run.get("scenario", run_dir.name), "(record)",
-                           f"unreadable: {exc}"))
+                           f"unreadable: {exc}", True))
             continue
         problems = list(data.get("problems") or [])
         results = judge_history(history, tuple(c["claim"] for c in data["claims"]),
                                 data.get("params") or {}, problems)
-        claims += [(data["scenario"], r.claim, WORD[invariant_verdict(r)]) for r in results]
+        claims += [(data["scenario"], r.claim, WORD[invariant_verdict(r)],
+                    r.evidence.get(OBSERVABLE) is not False) for r in results]
         path = Path(data.get("scenario_path") or SCENARIOS / f"{data['scenario']}.yaml")
         outcomes.append(RunOutcome(load_scenario(path), run_dir, int(data.get("seed", 0)),
                                    results, 0, problems, str(data.get("rerun", ""))))
@@ -96,8 +109,11 @@ def alarms_of(out: Path, since: float, rejudge: bool, by_claim: Counter[str]) ->
     runs = _results(out, 0.0 if rejudge else since)
     bad: list[str] = []
     reruns = {data["scenario"]: data.get("rerun", "") for _, data in runs}
-    for scenario, claim, invariant in claims:
-        if invariant != "true":
+    unobservable = set()
+    for scenario, claim, invariant, observable in claims:
+        if not observable and invariant == "unknown":
+            unobservable.add(claim)  # this mode's events cannot show it: expected
+        elif invariant != "true" or not observable:  # never true when not observable
             bad += [f"{scenario}:{claim}={invariant}", f"  rerun: {reruns.get(scenario, '')}"]
             by_claim[claim] += 1
     for _, data in runs:
@@ -109,7 +125,7 @@ def alarms_of(out: Path, since: float, rejudge: bool, by_claim: Counter[str]) ->
     for row in rows:
         if not row["scenarios"]:
             continue  # no scenario of this selection (--only, backend) checked it
-        want = reference_verdict(row["claim"])
+        want = "unknown" if row["claim"] in unobservable else reference_verdict(row["claim"])
         if row["verdict"] != want:
             bad.append(f"audit row {row['claim']}: {row['verdict']!r}, a correct worker "
                        f"gives {want!r}: {row['evidence']}")
@@ -123,6 +139,8 @@ def main() -> int:
     ap.add_argument("--backend", default="docker", choices=("local", "docker"))
     ap.add_argument("--out", type=Path, default=Path("runs/false-alarms"))
     ap.add_argument("--only", action="append", help="suite scenarios to run (see audit)")
+    ap.add_argument("--reporting", default="full", choices=REPORTING_MODES,
+                    help="the reference worker's reporting mode (see harness audit)")
     ap.add_argument("--rejudge", type=Path, metavar="DIR",
                     help="judge the rounds recorded in DIR again; run nothing")
     args = ap.parse_args()
@@ -141,7 +159,7 @@ def main() -> int:
         code = 0
         if args.rejudge is None:
             cmd = [sys.executable, "-m", "harness", "audit", "--backend", args.backend,
-                   "--out", str(out), "--no-progress"]
+                   "--out", str(out), "--no-progress", "--reporting", args.reporting]
             for o in args.only or []:
                 cmd += ["--only", o]
             code = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
@@ -157,7 +175,8 @@ def main() -> int:
     total = time.monotonic() - started
     print()
     print(f"{alarms} of {len(rounds)} rounds had a violation or an unknown on the correct "
-          f"worker; wall time {total / 60:.1f} min ({total / len(rounds):.0f} s a round)")
+          f"worker (reporting {args.reporting}); wall time {total / 60:.1f} min "
+          f"({total / len(rounds):.0f} s a round)")
     if by_claim:
         print("by claim: " + ", ".join(f"{k}={v}" for k, v in by_claim.most_common()))
     return 0 if alarms == 0 else 1

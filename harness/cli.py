@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from harness.model import CLAIMS
+from harness.model import CLAIMS, REPORTING_MODES
 
 if TYPE_CHECKING:
     from harness.runner import RunOptions
@@ -124,6 +124,12 @@ def _run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--no-progress", action="store_true", help="no live progress display")
 
 
+def _reporting_option(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--reporting", choices=REPORTING_MODES, default="full",
+                   help="how the reference worker reports: full (every contract event) or "
+                   "minimal (only received and processed, like many brought workers)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -131,16 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run scenarios and check the claims")
     r.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     r.add_argument("--workers", type=_positive, help="override the scenario's worker count")
+    _reporting_option(r)
     _run_options(r)
 
     a = sub.add_parser("audit", help="run the whole suite: one row per claim of the guide")
     a.add_argument("--only", action="append",
                    help="run only suite scenarios whose file name contains this (repeatable)")
+    _reporting_option(a)
     _run_options(a)
 
     m = sub.add_parser("mutants", help="run the suite against each planted worker bug")
     m.add_argument("--bugs", help="comma-separated bug names (default: all)")
-    m.add_argument("--reporting", default="full,minimal",
+    m.add_argument("--reporting", dest="modes", default="full,minimal",
                    help="comma-separated reporting modes of the reference worker: full "
                         "(every contract event), minimal (only received and processed); "
                         "default both")
@@ -204,12 +212,16 @@ def _options(args: argparse.Namespace) -> RunOptions | int:
         return _err("--worker-image needs --backend docker (use --worker-cmd for local)")
     if args.worker_cmd and backend != "local":
         return _err("--worker-cmd needs --backend local (use --worker-image for docker)")
+    if (args.worker_cmd or args.worker_image) and getattr(args, "reporting", "full") == "minimal":
+        return _err("--reporting sets how the reference worker reports; a brought worker "
+                    "reports as it does (drop --reporting)")
     return RunOptions(backend=backend, broker_url=args.broker_url, seed=args.seed,
                       workers=getattr(args, "workers", None), out=args.out,
                       worker_cmd=args.worker_cmd, worker_image=args.worker_image,
                       events=events, gate=args.gate, progress=not args.no_progress,
                       capabilities=args.capabilities, queue=args.queue, dlq=args.dlq,
-                      params=_params(args.param))
+                      params=_params(args.param),
+                      reporting=getattr(args, "reporting", "full"))
 
 
 def _params(items: list[tuple[str, str, object]]) -> dict[str, dict[str, object]]:
@@ -235,7 +247,7 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_mutants(args: argparse.Namespace, console: Console) -> int:
     from harness.cluster.base import ClusterError
-    from harness.mutants import MUTANTS, REPORTING_MODES, run_mutants
+    from harness.mutants import MUTANTS, run_mutants
 
     opts = _options(args)
     if isinstance(opts, int):
@@ -247,7 +259,7 @@ def cmd_mutants(args: argparse.Namespace, console: Console) -> int:
     for b in bugs or []:
         if b not in known:
             return _err(f"unknown bug {b!r}; known: {', '.join(known)}")
-    modes = [m.strip() for m in args.reporting.split(",") if m.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         if m not in REPORTING_MODES:
             return _err(f"--reporting {m!r}: use {', '.join(REPORTING_MODES)} (comma-separated)")

@@ -42,6 +42,11 @@ FAULTS: Final = (
 )
 
 # Targets: one of these words, or a worker name ("worker-2").
+# How the reference worker reports (its WORKER_EVENTS): every contract event, or
+# only ``received`` and ``processed`` (the contract's minimum plus receipts), like
+# a worker a user brings. The harness must judge both soundly.
+REPORTING_MODES: Final = ("full", "minimal")
+
 TARGET_WORDS: Final = ("one", "random", "busiest", "all", "last", "killed")
 
 # Values of ``crash`` directive.

@@ -27,7 +27,7 @@ from harness import report
 from harness.checkers.base import ClaimResult
 from harness.claims import invariant_verdict
 from harness.history import History
-from harness.model import Scenario
+from harness.model import REPORTING_MODES, Scenario
 from harness.runner import Interrupted, RunOptions, run_scenario, suite_broker
 from harness.scenario import load_scenario
 from harness.verdicts import OBSERVABLE
@@ -47,11 +47,6 @@ class Mutant:
 
     def claim_for(self, reporting: str) -> str:
         return self.claim_minimal if reporting == "minimal" and self.claim_minimal else self.claim
-
-
-# How the reference worker reports (WORKER_EVENTS): every contract event, or only
-# received and processed, as a worker that keeps the contract's minimum does.
-REPORTING_MODES: Final = ("full", "minimal")
 
 
 # One scenario per bug: the one whose faults or workload provoke it.
@@ -104,15 +99,10 @@ CONTROL_SCENARIOS: Final = tuple(dict.fromkeys(m.scenario for m in MUTANTS))
 MUTANT_DRAIN_TIMEOUT_S: Final = 30.0
 
 
-def with_bug(scenario: Scenario, bug: str | None, reporting: str = "full") -> Scenario:
-    env = dict(scenario.cluster.extra_env)
-    if reporting != "full":
-        env["WORKER_EVENTS"] = reporting
-        scenario = dataclasses.replace(
-            scenario, cluster=dataclasses.replace(scenario.cluster, extra_env=env))
+def with_bug(scenario: Scenario, bug: str | None) -> Scenario:
     if not bug:
         return scenario
-    env["WORKER_BUG"] = bug
+    env = {**scenario.cluster.extra_env, "WORKER_BUG": bug}
     workload = dataclasses.replace(
         scenario.workload,
         drain_timeout_s=min(scenario.workload.drain_timeout_s, MUTANT_DRAIN_TIMEOUT_S))
@@ -178,7 +168,8 @@ def first_violation_s(history: History, violated: Sequence[ClaimResult]) -> floa
 def _run(scenario: Scenario, bug: str | None, opts: RunOptions, console: Console,
          expected: str, reporting: str = "full") -> Row:
     started = time.monotonic()
-    outcome = run_scenario(with_bug(scenario, bug, reporting), opts, console)
+    outcome = run_scenario(with_bug(scenario, bug),
+                           dataclasses.replace(opts, reporting=reporting), console)
     elapsed = time.monotonic() - started
     violated = [r.claim for r in outcome.results if invariant_verdict(r) is False]
     # A claim the reporting mode cannot observe (exactly-once-ack without acked
@@ -186,8 +177,6 @@ def _run(scenario: Scenario, bug: str | None, opts: RunOptions, console: Console
     unknown = [r.claim for r in outcome.results if invariant_verdict(r) is None
                and r.evidence.get(OBSERVABLE) is not False]
     rerun = outcome.rerun if not bug else f"WORKER_BUG={bug} {outcome.rerun}"
-    if reporting != "full":
-        rerun = f"WORKER_EVENTS={reporting} {rerun}"
     first: float | None = None
     history_path = outcome.run_dir / "history.jsonl"
     if violated and history_path.is_file():

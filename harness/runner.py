@@ -100,6 +100,9 @@ class RunOptions:
     shared_broker: Any = None
     # Checker parameters over the scenario's ``params`` (``--param CLAIM.KEY=V``).
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The reference worker's reporting mode (``model.REPORTING_MODES``); a brought
+    # worker reports as it does.
+    reporting: str = "full"
 
     @property
     def brought_worker(self) -> bool:
@@ -200,6 +203,8 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
         parts += ["--capabilities", ",".join(sorted(opts.capabilities)) or "none"]
     if opts.gate is not None:
         parts += ["--gate", ",".join(sorted(opts.gate))]
+    if opts.reporting != "full":
+        parts += ["--reporting", opts.reporting]
     if opts.queue:
         parts += ["--queue", opts.queue]
     if opts.dlq:
@@ -293,6 +298,8 @@ class Run:
         env = worker_env(self.scenario)
         # Marks every process of this run, so leak checks (and people) can find them.
         env["RMQ_HARNESS_RUN"] = self.run_id
+        if self.opts.reporting != "full" and not self.opts.brought_worker:
+            env["WORKER_EVENTS"] = self.opts.reporting
         command: tuple[str, ...] = ()  # the backend's default: the reference worker
         if self.opts.worker_cmd:
             command = tuple(shlex.split(self.opts.worker_cmd))

@@ -10,9 +10,9 @@ import pytest
 
 from harness.checkers.base import ClaimResult
 from harness.history import History
+from harness.model import REPORTING_MODES
 from harness.mutants import (
     MUTANTS,
-    REPORTING_MODES,
     Row,
     first_violation_s,
     readme_with_table,
