@@ -452,7 +452,7 @@ class Run:
         deadline = time.monotonic() + timeout_s
         started = time.monotonic()
         empty_since: float | None = None
-        unacked = depth = 0
+        unacked = depth = retry = 0
         while time.monotonic() < deadline:
             try:
                 depth = self.admin.passive_depth(queue) or 0
@@ -480,8 +480,10 @@ class Run:
                 return True
             time.sleep(DRAIN_POLL_S)
         held: list[dict[str, Any]] = []
-        # Held: the broker's queues empty, deliveries unacked, the workers idle.
-        if depth == 0 and unacked > 0 and self.live.quiet_for() >= quiet_s:
+        # Held: the broker's queues empty (main and retry: a message waiting out its
+        # delay would come back to the main queue on its own), deliveries unacked,
+        # the workers idle.
+        if depth == 0 and retry == 0 and unacked > 0 and self.live.quiet_for() >= quiet_s:
             with contextlib.suppress(ClusterError, OSError):
                 held = [{"connection": c.name or c.mgmt_name, "unacked": c.unacked,
                          "peer": f"{c.peer_host}:{c.peer_port}"}

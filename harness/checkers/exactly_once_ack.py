@@ -19,8 +19,10 @@ Multiple settlements are checked for every id, confirmed or not.
 Held: when the drain ended with the broker's queues empty and deliveries held
 unacked by idle consumers (``drain.held``, the broker's own counts), the tasks
 the final read then found in the main queue (requeued when the harness stopped
-the holders) were delivered and never settled: false, naming the holders. This
-needs no worker event at all.
+the holders; the runner records ``held`` only when the retry queues were empty
+too) were delivered and never settled: false, naming the holders. This needs no
+worker event at all; where workers report receipts, only ids some worker
+received are named.
 
 Which facts come from the worker, and why they are safe: ``acked`` and
 ``dead_lettered`` reports. A second settlement makes the claim false unless an
@@ -95,6 +97,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     held_raw = idx.drain.get("held") if idx.drain is not None else None
     held_by: list[Any] = list(held_raw) if isinstance(held_raw, list) else []
     held_ids = idx.final.ids["main"] if held_by else set()
+    if held_ids and idx.count("received"):
+        # What the stopped holders gave back: ids a worker had been handed. (The
+        # main queue was empty at the bound, so nothing else should be there.)
+        held_ids = {i for i in held_ids if idx.received.of(i)}
     if held_ids:
         holders = ", ".join(str(h.get("connection") if isinstance(h, dict) else h)
                             for h in held_by[:5])

@@ -3,14 +3,18 @@
 Terminations: ``terminate`` faults (invoke, ok) on worker W at ts, and ``scale``
 faults that list the workers they terminated (data ``terminated``: names).
 
-In flight at ts: the ids W received (since its last connection fault or exit
-before ts) and had not settled (ack, retry, dead-letter, ack_failed) before ts.
+In flight at ts: the ids W received (since its connection was last cut before
+ts by an injected fault, a broker fault or an exit: ``Index.last_cut_before``;
+a worker's own ``connection_lost`` does not shrink the set), that no worker
+received again before ts, and that W had not settled (ack, retry, dead-letter,
+ack_failed) before ts.
 Each in-flight id must end one of two ways:
 
 - finished: W reports ``processed`` of it after the receipt and then settles it
-  (``acked``) before its exit; or, for a task the harness asked to fail
-  (``index.asked_to_fail``) or to fail transiently (``fail_times``), W settles
-  it as a failure (``dead_lettered``, ``retry_scheduled``, a retry ack);
+  (``acked``) before its exit, and the broker never hands it out again; or,
+  for a task the harness asked to fail (``index.asked_to_fail``) or to fail
+  transiently (``fail_times``), W settles it as a failure (``dead_lettered``,
+  ``retry_scheduled``, a retry ack);
 - requeued: another worker (or W's next incarnation) receives it after ts and
   processes it there (or, asked to fail, it ends in the DLQ).
 
@@ -38,7 +42,6 @@ incomplete drain.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -77,15 +80,6 @@ def _settled_by(idx: ix.Index, ident: str, worker: str) -> list[Event]:
     return out
 
 
-def _last_fault_before(idx: ix.Index, worker: str, ts: float) -> float:
-    best = float("-inf")
-    for ts_list in (idx.conn_fault_ts.get(worker, []), idx.broker_fault_ts):
-        i = bisect.bisect_left(ts_list, ts)
-        if i > 0:
-            best = max(best, ts_list[i - 1])
-    return best
-
-
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx = ix.get(history)
     terms = terminations(idx)
@@ -110,7 +104,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     for w, ts, how in terms:
         exit_ev = next((e for e in exits.get(w, ()) if e.ts >= ts - 0.5), None)
         exit_ts = exit_ev.ts if exit_ev is not None else float("inf")
-        lo = _last_fault_before(idx, w, ts)
+        lo = idx.last_cut_before(w, ts)
         latest: dict[str, float] = {}
         for r in idx.received.lists.get(w, ()):
             if r.id is not None and lo <= r.ts < ts:
@@ -118,6 +112,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         row: dict[str, Any] = {"worker": w, "ts": ts, "how": how}
         in_flight = []
         for ident, r_ts in latest.items():
+            if idx.superseded(ident, r_ts, ts):
+                continue  # handed out again before ts: W's delivery had ended
             if not any(r_ts <= e.ts < ts for e in _settled_by(idx, ident, w)):
                 in_flight.append(ident)
         finished: list[str] = []
@@ -131,7 +127,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                 acked_unfinished.add(ident)
                 continue
             failing = ident in asked or ident in idx.fail_directives
-            if (acks and procs) or (failing and any(e.type != "ack_failed" for e in settles)):
+            # An ack the broker took ends the message: handed out again after it,
+            # the ack did not take (a closed channel) and W did not finish it.
+            acked_ok = bool(acks) and not idx.superseded(ident, acks[0].ts, float("inf"))
+            if (acked_ok and procs) or (failing and any(e.type != "ack_failed" for e in settles)):
                 finished.append(ident)
                 continue
             # No ack on record (a worker that does not report acks): W processed it

@@ -296,6 +296,33 @@ class Index:
                 i += 1
         return best
 
+    def last_cut_before(self, worker: str, ts: float) -> float:
+        """ts of the last time before ``ts`` that ``worker``'s connection was cut
+        by something the harness saw (a fault it injected, a broker fault, an exit
+        of the process), so the broker requeued what it held then. A worker's own
+        ``connection_lost`` report is left out: it would shrink the set of
+        deliveries the worker is held to (a delivery it really lost is superseded
+        by the broker's next delivery of it, see :func:`superseded`)."""
+        best = float("-inf")
+        faults = self.conn_faults.get(worker, [])
+        i = bisect.bisect_left(self.conn_fault_ts.get(worker, []), ts)
+        while i > 0:
+            i -= 1
+            if faults[i].kind != "connection_lost":
+                best = faults[i].ts
+                break
+        j = bisect.bisect_left(self.broker_fault_ts, ts)
+        if j > 0:
+            best = max(best, self.broker_fault_ts[j - 1])
+        return best
+
+    def superseded(self, ident: str, after: float, before: float) -> bool:
+        """Was ``ident`` delivered again (to anyone) in (``after``, ``before``)? The
+        broker hands a message out again only once the earlier delivery ended
+        (requeued by a lost connection, a nack, a reject), so that delivery was no
+        longer held at ``before``."""
+        return any(after < r.ts < before for r in self.received.of(ident))
+
 
 def _end(ev: Event) -> float:
     done = ev.get("completed_ts")
@@ -519,6 +546,12 @@ def build(history: History) -> Index:
                 if any(a.worker == e.worker and a.ts >= e.ts for a in acks.get(ident, ())):
                     continue
                 crash_receipts.setdefault(e.worker, []).append(e.ts)
+        # A worker that reports no receipts: its ``processed`` of a crash task
+        # (``after_process``) shows it held one too.
+        for ident, lst in idx.processed.events(crash_ids).items():
+            for e in lst:
+                if e.worker is not None and not idx.received.of(ident):
+                    crash_receipts.setdefault(e.worker, []).append(e.ts)
     last_start: dict[str, list[float]] = {}
     for ev in idx.worker_started:
         sw = worker_of(ev)
@@ -561,17 +594,20 @@ def get(history: History) -> Index:
 def start_ts(idx: Index, ev: Event) -> float:
     """When the processing reported by a ``processed`` (or settlement) event began.
 
-    ``started_ts`` when the worker reports it; else the latest ``received`` of the
-    same id by the same worker at or before the event; else the event's own ts.
+    ``started_ts`` when the worker reports it, clamped to [the latest ``received``
+    of the same id by the same worker at or before the event, the event's ts];
+    else that receipt; else the event's own ts.
     """
-    st = ev.get("started_ts")
-    if isinstance(st, int | float):
-        return float(st)
     best: float | None = None
     if ev.id is not None:
         for r in idx.received.of(ev.id):
             if r.worker == ev.worker and r.ts <= ev.ts and (best is None or r.ts > best):
                 best = r.ts
+    st = as_float(ev.get("started_ts"))
+    if st is not None:
+        # The worker's word, kept inside what the harness saw: not before the
+        # receipt it processed, not after the report itself.
+        return min(max(st, best if best is not None else st), ev.ts)
     return best if best is not None else ev.ts
 
 

@@ -6,8 +6,10 @@ A kill and a crash report of the same worker within ``merge_s`` (default 5 s),
 with no ``worker_started`` between, are one kill.
 
 For a kill of worker W at ts_k, the in-flight ids are those whose latest receipt
-by W (since W's previous kill or connection fault, which requeued everything W
-held then) is before ts_k and that W did not settle (ack, retry, dead-letter)
+by W (since W's previous kill or the last cut of its connection that the
+harness saw, ``Index.last_cut_before``, which requeued everything W held then;
+not a worker's own ``connection_lost``) is before ts_k, that no worker received
+again before ts_k (``Index.superseded``), and that W did not settle (ack, retry, dead-letter)
 after that receipt and before W started again (a kill takes effect a few ms
 after it is issued; what W settled meanwhile was not in flight). Each must
 afterwards be received with ``redelivered`` true (or not reported) by another worker, or by W's
@@ -145,7 +147,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     for k in kills:
         # Deliveries older than W's previous kill or connection fault were already
         # requeued by the broker then: only those since are in flight at this kill.
-        lo = max(prev_kill.get(k.worker, float("-inf")), _last_fault_before(idx, k))
+        lo = max(prev_kill.get(k.worker, float("-inf")), idx.last_cut_before(k.worker, k.ts))
         prev_kill[k.worker] = k.ts
         latest: dict[str, float] = {}
         for ts, ident in by_worker[k.worker]:
@@ -157,7 +159,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         # anything W settled before its next start was not in flight.
         end = _next_start(starts, k.worker, k.ts)
         in_flight = [i for i, r_ts in latest.items()
-                     if not any(r_ts <= ts < end for ts in settled.get(i, ()))]
+                     if not idx.superseded(i, r_ts, k.ts)
+                     and not any(r_ts <= ts < end for ts in settled.get(i, ()))]
         in_flight_by_kill.append(in_flight)
     # The events of the in-flight ids, gathered in one pass each.
     all_in_flight = {i for lst in in_flight_by_kill for i in lst}
@@ -241,16 +244,6 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         f"and completed; latency median {evidence['latency_median_s']} s, "
         f"max {evidence['latency_max_s']} s",
         evidence)
-
-
-def _last_fault_before(idx: ix.Index, k: Kill) -> float:
-    """ts of the last connection fault of k's worker (or the broker) before the kill."""
-    best = float("-inf")
-    for ts_list in (idx.conn_fault_ts.get(k.worker, []), idx.broker_fault_ts):
-        i = bisect.bisect_left(ts_list, k.ts)
-        if i > 0:
-            best = max(best, ts_list[i - 1])
-    return best
 
 
 def _settlements_by(idx: ix.Index, worker: str) -> dict[str, list[float]]:

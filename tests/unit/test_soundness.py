@@ -247,6 +247,13 @@ def test_held_deliveries_are_the_workers_failure() -> None:
     assert "worker-1" in r.summary
 
 
+def test_held_names_only_ids_that_were_delivered() -> None:
+    h = start().publish("z")  # in the main queue at the end, never handed out
+    h.events += held_run(True, ["a", "z"]).events
+    r = exactly_once_ack.check(h.build(), {})
+    assert r.valid is False and r.evidence["held_ids"] == ["a"], r.summary
+
+
 def test_held_with_nothing_requeued_is_judged_as_usual() -> None:
     h = held_run(False, [])
     h.processed("a", W1).acked("a", W1)
@@ -366,3 +373,104 @@ def test_graceful_shutdown_minimal_reporter_finished_by_broker_evidence() -> Non
     # Handed out again and never processed by the new holder: not finished either.
     bad = graceful_shutdown.check(minimal_term(True, again=True).finish().build(), {})
     assert bad.valid is not True
+
+
+# -- in-flight sets rest on what the harness saw, not on a worker's connection_lost ----
+
+def term_after_own_loss(w1_lost_it: bool) -> H:
+    """W1 reports ``connection_lost`` (its own word) after receiving ``a``, is
+    then terminated; ``a`` is handed out again (or not) after the SIGTERM."""
+    h = start().publish("a").received("a", W1, ts=1000.5)
+    h.connection_lost(W1, ts=1000.8).fault("terminate", W1, ts=1001.0)
+    h.worker_exited(W1, requested=True, ts=1002.0, code=0, signal=None)
+    if not w1_lost_it:
+        h.received("a", W2, redelivered=True, ts=1002.5).processed("a", W2).acked("a", W2)
+    return h.finish()
+
+
+def test_an_own_connection_lost_does_not_shrink_the_in_flight_set() -> None:
+    """A worker that says it lost its connection just before a SIGTERM is still
+    held to what it had received: the task it dropped is lost (false); one the
+    broker handed out again and another worker completed is requeued (true)."""
+    bad = graceful_shutdown.check(term_after_own_loss(True).build(), {})
+    assert bad.valid is False and bad.evidence["lost"] == 1, bad.summary
+    good = graceful_shutdown.check(term_after_own_loss(False).build(), {})
+    assert good.valid is True and good.evidence["requeued_and_completed"] == 1, good.summary
+
+
+def test_a_delivery_handed_out_again_before_the_kill_was_not_in_flight() -> None:
+    """A real connection loss requeued ``a``; W2 completed it before W1's kill:
+    W1 no longer held it (the broker's next delivery says so), so nothing of W1's
+    was in flight (unknown), and a kill that caught ``b`` still counts (true)."""
+    def run(with_b: bool) -> H:
+        h = start().publish("a").publish("b").received("a", W1, ts=1000.2)
+        h.connection_lost(W1, ts=1000.3)
+        h.received("a", W2, redelivered=True, ts=1000.4).processed("a", W2).acked("a", W2)
+        if with_b:
+            h.received("b", W1, ts=1000.6)
+        h.fault("kill", W1, ts=1001.0).worker_exited(W1, requested=True, ts=1001.05)
+        if with_b:
+            h.received("b", W3, redelivered=True, ts=1001.5).processed("b", W3)
+            h.acked("b", W3)
+        return h.finish()
+
+    nothing = redelivery.check(run(False).build(), {})
+    assert nothing.valid is None and nothing.evidence["in_flight"] == 0, nothing.summary
+    caught = redelivery.check(run(True).build(), {})
+    assert caught.valid is True and caught.evidence["in_flight"] == 1, caught.summary
+
+
+def test_an_ack_that_did_not_take_is_not_finishing() -> None:
+    """W1 processed and 'acked' ``a`` on SIGTERM, but the broker handed it out
+    again: the ack did not take. Completed by W2: requeued (true); never
+    processed again: lost (false)."""
+    def run(w2_processes: bool) -> H:
+        h = start().publish("a").received("a", W1, ts=1000.5)
+        h.fault("terminate", W1, ts=1001.0)
+        h.processed("a", W1, ts=1001.2).acked("a", W1, ts=1001.3)
+        h.worker_exited(W1, requested=True, ts=1002.0, code=0, signal=None)
+        h.received("a", W2, redelivered=True, ts=1002.5)
+        if w2_processes:
+            h.processed("a", W2).acked("a", W2)
+        return h.finish()
+
+    good = graceful_shutdown.check(run(True).build(), {})
+    assert good.valid is True and good.evidence["requeued_and_completed"] == 1, good.summary
+    bad = graceful_shutdown.check(run(False).build(), {})
+    assert bad.valid is False and bad.evidence["lost"] == 1, bad.summary
+
+
+def test_a_processed_only_worker_crashing_on_a_crash_task_is_injected() -> None:
+    """No receipts reported: W1's ``processed`` of the crash task, then its exit,
+    show the crash the harness asked for, so W2's second processing is explained;
+    without the directive the same exit explains nothing; nothing processed twice
+    and nothing lost is simply true."""
+    def run(directive: bool) -> H:
+        h = start().publish("a", directives={"crash": "after_process"} if directive else None)
+        h.processed("a", W1, ts=1000.5).worker_exited(W1, requested=False, ts=1000.6)
+        h.processed("a", W2, ts=1001.0)
+        return h.finish()
+
+    explained = no_duplicate.check(run(True).build(), {})
+    assert explained.valid is False and invariant_verdict(explained) is True, explained.summary
+    unexplained = no_duplicate.check(run(False).build(), {})
+    assert invariant_verdict(unexplained) is False, unexplained.summary
+    once = start().publish("a").processed("a", W1, ts=1000.5).finish()
+    assert no_duplicate.check(once.build(), {}).valid is True
+
+
+def test_a_started_ts_is_clamped_to_what_the_harness_saw() -> None:
+    """A ``started_ts`` before the receipt or after the report is the worker's
+    word outside the facts: kept inside [receipt, processed]."""
+    from harness.checkers import index as ix
+
+    h = start().publish("a").received("a", W1, ts=1000.5)
+    h.processed("a", W1, ts=1001.0, started_ts=900.0)
+    h.publish("b").received("b", W1, ts=1001.1).processed("b", W1, ts=1001.5,
+                                                           started_ts=2000.0)
+    h.publish("c").received("c", W1, ts=1001.6).processed("c", W1, ts=1002.0,
+                                                           started_ts=1001.8)
+    hist = h.finish().build()
+    idx = ix.get(hist)
+    starts = {e.id: ix.start_ts(idx, e) for e in idx.processed.lists[W1]}
+    assert starts == {"a": 1000.5, "b": 1001.5, "c": 1001.8}
