@@ -658,6 +658,54 @@ def asked_to_fail(idx: Index, params: Mapping[str, Any] | None = None) -> set[st
     return out
 
 
+def _attempt(ev: Event) -> int:
+    a = ev.get("attempt")
+    return a if isinstance(a, int) and not isinstance(a, bool) else 1
+
+
+def fresh_receipts(receipts: list[Event]) -> list[Event]:
+    """The receipts of one id that are deliveries of a *new* message: reported with
+    ``redelivered`` false, other than the original publish's (the lowest attempt,
+    then the earliest). The broker marks every later delivery of one message as
+    redelivered, so a second first delivery is a second message: a republish."""
+    first_deliveries = sorted((e for e in receipts if e.get("redelivered") is False),
+                              key=lambda e: (_attempt(e), e.ts))
+    return first_deliveries[1:]
+
+
+def lineage_fault(idx: Index, ident: str, fresh: Event,
+                   receipts: list[Event]) -> ConnFault | None:
+    """The injected fault that explains why a second message of ``ident`` exists.
+
+    The guide's retry pattern republishes a failed task and then acks it; a fault
+    between the two leaves both the requeued original and the republished copy.
+    So the fresh copy is explained by an injected fault F that hit the worker of
+    an earlier delivery d0 of the id (received before F, not acked by it before
+    F) when d0 had been republished: a ``failed``, ``retry_scheduled`` or retry
+    ack of d0's worker after its receipt and before F took effect, or a fresh
+    copy whose attempt is later than d0's. Anything else (a worker republishing
+    what it processed, a nack with requeue beside a republish) is the worker's
+    own doing, whatever faults happened around it."""
+    for d0 in receipts:
+        w0 = d0.worker
+        if w0 is None or d0 is fresh or d0.ts >= fresh.ts:
+            continue
+        fault = idx.connection_fault(w0, d0.ts, fresh.ts)
+        if fault is None:
+            continue
+        effect = max(fault.ts, fault.end)
+        acked = any(a.worker == w0 and d0.ts <= a.ts < fault.ts
+                    for a in idx.acked_final.of(ident))
+        if acked:
+            continue
+        failed = any(e.worker == w0 and d0.ts <= e.ts <= effect
+                     for per in (idx.failed, idx.retry_scheduled, idx.acked_retry)
+                     for e in per.all(ident))
+        if failed or _attempt(fresh) > _attempt(d0):
+            return fault
+    return None
+
+
 def processed_by_after(idx: Index, ident: str, worker: str | None, after: float) -> bool:
     """Did ``worker`` (any worker when None) report ``processed`` of ``ident`` at or
     after ``after``?"""

@@ -18,6 +18,11 @@ this checker says so (valid False); but it separates:
   Reported in ``ClaimResult.explained``, with the fault;
 - *unexplained* duplicates: no such fault. These break the release invariant.
 
+A copy delivered with ``redelivered`` false that is not the original publish's
+first delivery (``index.fresh_receipts``) is a second message, a republish: a fault
+alone does not explain it, only its lineage does (``index.lineage_fault``: the
+retry republish of a delivery an injected fault then hit before its ack).
+
 Only injected faults explain (``index.ConnFault.injected``): nemesis faults,
 broker faults, exits the harness asked for, and a crash after a delivery with a
 ``crash`` directive. A worker's own ``connection_lost``, a channel the broker
@@ -43,7 +48,7 @@ from typing import Any, Final
 
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, first, unknown
-from harness.history import History
+from harness.history import Event, History
 
 CLAIM: Final = "no-duplicate-processing"
 
@@ -57,6 +62,17 @@ def _receipt(recs: list[tuple[float, str | None]], worker: str | None,
             break
         if w == worker:
             found = ts
+    return found
+
+
+def _receipt_event(recs: list[Event], worker: str | None, start: float) -> Event | None:
+    """The event of the worker's latest receipt at or before ``start``."""
+    found: Event | None = None
+    for e in recs:
+        if e.ts > start:
+            break
+        if e.worker == worker:
+            found = e
     return found
 
 
@@ -109,7 +125,9 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     processings = idx.processed.events(dups)
     receipts = idx.received.events(dups)
     for ident in dups:
-        recs = sorted((e.ts, e.worker) for e in receipts.get(ident, ()))
+        rec_events = sorted(receipts.get(ident, ()), key=lambda e: e.ts)
+        recs = [(e.ts, e.worker) for e in rec_events]
+        fresh = ix.fresh_receipts(rec_events)
         runs = sorted(((ix.start_ts(idx, e), e.ts, e.worker) for e in processings[ident]),
                       key=lambda r: (r[0], r[1]))
         for (s1, _p1, w1), (s2, p2, w2) in pairwise(runs):
@@ -126,6 +144,13 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                 if fault is None:
                     fault = (_stale_copy_fault(idx, ident, w2, recs, r2, r1)
                              or _stale_copy_fault(idx, ident, w1, recs, r1, r2))
+            # A copy that is a second message is explained by its lineage, and only
+            # by it (of two such copies, the later one's).
+            copies = [c for c in (_receipt_event(rec_events, w1, s1),
+                                  _receipt_event(rec_events, w2, s2))
+                      if c is not None and any(c is f for f in fresh)]
+            if copies:
+                fault = ix.lineage_fault(idx, ident, max(copies, key=lambda e: e.ts), rec_events)
             item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,
                                     "again_worker": w2, "again_start_ts": s2,
                                     "again_processed_ts": p2}

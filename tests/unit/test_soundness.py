@@ -474,3 +474,52 @@ def test_a_started_ts_is_clamped_to_what_the_harness_saw() -> None:
     idx = ix.get(hist)
     starts = {e.id: ix.start_ts(idx, e) for e in idx.processed.lists[W1]}
     assert starts == {"a": 1000.5, "b": 1001.5, "c": 1001.8}
+
+
+# -- a second message is explained by lineage, not by a fault alone ----------------------
+
+def test_a_retry_republish_caught_by_a_kill_is_explained_by_lineage() -> None:
+    """The guide's retry pattern (republish, then ack) with a kill between the two:
+    the requeued original and the republished copy both run. Explained."""
+    h = start().publish("a", directives={"fail_times": 1})
+    h.received("a", W1, attempt=1, ts=1000.5).failed("a", W1, attempt=1)
+    h.retry_scheduled("a", W1, attempt=2).fault("kill", W1, ts=1000.7)
+    h.worker_exited(W1, requested=True, ts=1000.75)
+    h.received("a", W2, redelivered=True, attempt=1, ts=1001.0).failed("a", W2, attempt=1)
+    h.retry_scheduled("a", W2, attempt=2).acked("a", W2, reason="retry")
+    h.received("a", W3, attempt=2, ts=1001.5).processed("a", W3, attempt=2).acked("a", W3)
+    h.received("a", W2, attempt=2, ts=1001.8).processed("a", W2, attempt=2).acked("a", W2)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.valid is False and invariant_verdict(r) is True, r.summary
+
+
+def test_a_republish_after_success_is_not_explained_by_a_nearby_kill() -> None:
+    """A worker that acks and then publishes the task again (a second message,
+    ``redelivered`` false): a kill right after does not explain the second run."""
+    def run(republished: bool) -> H:
+        h = start().publish("a").received("a", W1, ts=1000.5).processed("a", W1)
+        h.acked("a", W1).fault("kill", W1, ts=1000.7).worker_exited(W1, requested=True,
+                                                                    ts=1000.75)
+        h.received("a", W2, redelivered=not republished, ts=1001.0).processed("a", W2)
+        return h.acked("a", W2).finish()
+
+    r = no_duplicate.check(run(True).build(), {})
+    assert invariant_verdict(r) is False, r.summary
+    # The same pair as a redelivery (redelivered true) is the broker's doing and
+    # the kill's: explained, as before.
+    assert invariant_verdict(no_duplicate.check(run(False).build(), {})) is True
+
+
+def test_a_second_ack_of_a_republished_copy_needs_lineage() -> None:
+    """exactly-once-ack: W1 acks ``a`` and publishes it again; a kill right after
+    does not explain the second ack of the new message (false). The same second
+    ack on a redelivery (the broker's copy) is explained by the kill (true)."""
+    def run(republished: bool) -> H:
+        h = start().publish("a").received("a", W1, ts=1000.5).processed("a", W1)
+        h.acked("a", W1, ts=1000.6).fault("kill", W1, ts=1000.62)
+        h.worker_exited(W1, requested=True, ts=1000.65)
+        h.received("a", W2, redelivered=not republished, ts=1001.0).processed("a", W2)
+        return h.acked("a", W2).finish()
+
+    assert exactly_once_ack.check(run(True).build(), {}).valid is False
+    assert exactly_once_ack.check(run(False).build(), {}).valid is True
