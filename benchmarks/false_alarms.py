@@ -39,12 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.audit import reference_verdict, rows_from
+from harness.checkers.base import OBSERVABLE, observable
 from harness.claims import invariant_verdict
 from harness.history import History
 from harness.model import REPORTING_MODES
 from harness.runner import RunOutcome
 from harness.scenario import load_scenario
-from harness.verdicts import OBSERVABLE, judge_history
+from harness.verdicts import judge_history
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
@@ -96,7 +97,7 @@ def rejudged(out: Path) -> tuple[list[Claim], list[dict[str, Any]]]:
         results = judge_history(history, tuple(c["claim"] for c in data["claims"]),
                                 data.get("params") or {}, problems)
         claims += [(data["scenario"], r.claim, WORD[invariant_verdict(r)],
-                    r.evidence.get(OBSERVABLE) is not False) for r in results]
+                    observable(r)) for r in results]
         path = Path(data.get("scenario_path") or SCENARIOS / f"{data['scenario']}.yaml")
         outcomes.append(RunOutcome(load_scenario(path), run_dir, int(data.get("seed", 0)),
                                    results, 0, problems, str(data.get("rerun", ""))))
@@ -110,10 +111,10 @@ def alarms_of(out: Path, since: float, rejudge: bool, by_claim: Counter[str]) ->
     bad: list[str] = []
     reruns = {data["scenario"]: data.get("rerun", "") for _, data in runs}
     unobservable = set()
-    for scenario, claim, invariant, observable in claims:
-        if not observable and invariant == "unknown":
+    for scenario, claim, invariant, seen in claims:
+        if not seen and invariant == "unknown":
             unobservable.add(claim)  # this mode's events cannot show it: expected
-        elif invariant != "true" or not observable:  # never true when not observable
+        elif invariant != "true" or not seen:  # never true when not observable
             bad += [f"{scenario}:{claim}={invariant}", f"  rerun: {reruns.get(scenario, '')}"]
             by_claim[claim] += 1
     for _, data in runs:

@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import report
-from harness.checkers.base import ClaimResult, Valid, worst
+from harness.checkers.base import ClaimResult, Valid, observable, worst
 from harness.claims import CLAIMS, invariant_verdict
 from harness.runner import Interrupted, RunOptions, RunOutcome, run_scenario, suite_broker
 from harness.scenario import load_scenario
@@ -75,12 +75,15 @@ class ClaimRow:
     evidence: str
     why: str
     scenarios: tuple[str, ...]
+    # False when no result of the claim could be observed with the worker's events.
+    observable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         word = {True: "true", False: "false", None: "unknown"}
         return {"claim": self.claim, "guide": self.guide, "verdict": self.verdict,
                 "guide_claim": word[self.guide_valid], "invariant": word[self.invariant_valid],
-                "evidence": self.evidence, "why": self.why, "scenarios": list(self.scenarios)}
+                "evidence": self.evidence, "why": self.why, "scenarios": list(self.scenarios),
+                "observable": self.observable}
 
 
 def verdict_word(claim: str, guide_valid: Valid, invariant_valid: Valid) -> str:
@@ -128,7 +131,8 @@ def rows_from(outcomes: Sequence[RunOutcome], skipped: dict[str, str]) -> list[C
         if claim.caveat and g is True and inv is True:
             why = f"{why}; holds {claim.caveat}" if why else claim.caveat
         rows.append(ClaimRow(claim_id, claim.guide, verdict_word(claim_id, g, inv), g, inv,
-                             evidence, why, tuple(n for n, _ in results)))
+                             evidence, why, tuple(n for n, _ in results),
+                             any(observable(r) for _, r in results)))
     return rows
 
 
@@ -156,9 +160,17 @@ def render(console: Console, rows: Sequence[ClaimRow], gate: frozenset[str]) -> 
     console.print(table)
 
 
+def default_gate(rows: Sequence[ClaimRow]) -> tuple[frozenset[str], list[str]]:
+    """``DEFAULT_GATE`` without the claims no scenario could observe with the
+    worker's events (they stay ``unknown`` in their rows), and those claims."""
+    unseen = sorted(r.claim for r in rows if r.claim in DEFAULT_GATE and r.scenarios
+                    and not r.observable)
+    return DEFAULT_GATE - set(unseen), unseen
+
+
 def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
               only: Sequence[str] | None = None) -> int:
-    gate = gate or DEFAULT_GATE
+    named = gate
     started = time.monotonic()
     outcomes: list[RunOutcome] = []
     skipped: dict[str, str] = {}
@@ -181,7 +193,15 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
         console.print("interrupted: every process of the run was stopped")
         return 2
     rows = rows_from(outcomes, skipped)
+    unseen: list[str] = []
+    if named is None:
+        gate, unseen = default_gate(rows)
+    else:
+        gate = named
     render(console, rows, gate)
+    for claim in unseen:
+        console.print(f"[dim]not gated: {claim} (not observable with this worker's events; "
+                      "name it in --gate to require it)[/dim]")
     code = exit_code(rows, gate)
     elapsed = time.monotonic() - started
     word = {0: "PASS", 1: "FAIL"}.get(code, "UNKNOWN")
@@ -191,7 +211,8 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
     path = opts.out / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.json"
     report.write_result_json(path, {
         "verdict": word, "exit_code": code, "elapsed_s": round(elapsed, 1),
-        "backend": opts.backend, "gate": sorted(gate),
+        "backend": opts.backend, "gate": sorted(gate), "not_gated": unseen,
+        "reporting": opts.reporting,
         "claims": [r.to_dict() for r in rows],
         "runs": [{"scenario": o.scenario.name, "run_dir": str(o.run_dir), "seed": o.seed,
                   "exit_code": o.exit_code, "rerun": o.rerun} for o in outcomes],

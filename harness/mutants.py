@@ -24,13 +24,12 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import report
-from harness.checkers.base import ClaimResult
+from harness.checkers.base import ClaimResult, observable
 from harness.claims import invariant_verdict
 from harness.history import History
 from harness.model import REPORTING_MODES, Scenario
 from harness.runner import Interrupted, RunOptions, run_scenario, suite_broker
 from harness.scenario import load_scenario
-from harness.verdicts import OBSERVABLE
 
 SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -175,7 +174,7 @@ def _run(scenario: Scenario, bug: str | None, opts: RunOptions, console: Console
     # A claim the reporting mode cannot observe (exactly-once-ack without acked
     # events) is unknown by construction, not an alarm; it is never true either.
     unknown = [r.claim for r in outcome.results if invariant_verdict(r) is None
-               and r.evidence.get(OBSERVABLE) is not False]
+               and observable(r)]
     rerun = outcome.rerun if not bug else f"WORKER_BUG={bug} {outcome.rerun}"
     first: float | None = None
     history_path = outcome.run_dir / "history.jsonl"

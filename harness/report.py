@@ -31,7 +31,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
 
-from harness.checkers.base import ClaimResult, Valid
+from harness.checkers.base import ClaimResult, Valid, observable
 from harness.claims import invariant_verdict
 from harness.history import Event
 
@@ -137,6 +137,13 @@ def _tally(results: Iterable[ClaimResult]) -> str:
     return ", ".join(f"{n} {v}" for v, n in counts.items())
 
 
+def not_gated(results: Iterable[ClaimResult], gating: Iterable[str] | None) -> list[str]:
+    """The claims a default gate leaves out: not observable with the worker's events."""
+    if gating is not None:
+        return []
+    return sorted({r.claim for r in results if not observable(r)})
+
+
 def overall_exit_code(results: Iterable[ClaimResult], gating: set[str] | None = None) -> int:
     """0: every gated claim's invariant holds; 1: one is violated; 2: otherwise.
 
@@ -144,11 +151,16 @@ def overall_exit_code(results: Iterable[ClaimResult], gating: set[str] | None = 
     not the guide's wording: an explained duplicate falsifies "No duplicates!" but
     does not fail the run.
 
-    ``gating`` None gates every result. A gated claim with no result, or nothing
-    gated at all, is unknown (2): a run that checked nothing does not pass.
+    ``gating`` None gates every result the worker's events could show at all
+    (``checkers.base.observable``: a claim they cannot show is unknown and stays
+    out of a default gate, see ``not_gated``); a gate the user names is kept
+    whole. A gated claim with no result, or nothing gated at all, is unknown
+    (2): a run that checked nothing does not pass.
     """
     by_claim: dict[str, list[ClaimResult]] = {}
     for r in results:
+        if gating is None and not observable(r):
+            continue
         by_claim.setdefault(r.claim, []).append(r)
     wanted = set(by_claim) if gating is None else set(gating)
     if not wanted:

@@ -762,6 +762,9 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
         if results else 2
     if results:
         report.render_results(console, scenario.name, results, _verdict_word(code))
+    for claim in report.not_gated(results, opts.gate):
+        console.print(f"[dim]not gated: {claim} (its checker says this worker's events "
+                      "cannot show it; name it in --gate to require it)[/dim]")
     for p in run.problems:
         console.print(f"[yellow]run problem:[/yellow] {p}")
     _write_result(run, results, code, rerun)
@@ -791,6 +794,7 @@ def _result_payload(run: Run, results: list[ClaimResult], code: int,
         "exit_code": code,
         "problems": run.problems,
         "rerun": rerun,
+        "not_gated": report.not_gated(results, run.opts.gate),
         "claims": [
             {**r.to_dict(), "invariant": {True: "true", False: "false", None: "unknown"}[
                 invariant_verdict(r)]}

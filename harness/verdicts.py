@@ -27,14 +27,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from harness.checkers import check_all
-from harness.checkers.base import ClaimResult
+from harness.checkers.base import ClaimResult, observable
 from harness.claims import invariant_verdict
 from harness.history import History
 
 ALWAYS_JUDGED: Final = ("no-loss", "exactly-once-ack", "no-duplicate-processing")
-# evidence key a checker sets False when its claim cannot be observed at all with
-# the worker's events (then an invariant the scenario did not ask for is left out).
-OBSERVABLE: Final = "observable"
 
 
 def judged_claims(claims: Sequence[str]) -> list[str]:
@@ -49,7 +46,7 @@ def judge_history(history: History, claims: Sequence[str],
     plus the always-judged invariants), then the run's problems applied."""
     listed = set(claims)
     results = [r for r in check_all(history, judged_claims(claims), params)
-               if r.claim in listed or r.evidence.get(OBSERVABLE) is not False]
+               if r.claim in listed or observable(r)]
     if not problems:
         return results
     why = "; ".join(problems)

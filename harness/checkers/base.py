@@ -19,6 +19,12 @@ Valid = bool | None
 # Number of offending ids quoted in a result; the counts are always complete.
 OFFENDERS_MAX: Final = 10
 
+# Evidence key a checker sets False when its claim cannot be observed at all with
+# the worker's events (exactly-once-ack without ``acked`` events). Such a result
+# is unknown, never true; an unlisted invariant is then left out, and a default
+# gate (not one the user named) does not wait on it.
+OBSERVABLE: Final = "observable"
+
 
 @dataclass(frozen=True)
 class ClaimResult:
@@ -91,3 +97,8 @@ def run_checker(claim: str, fn: Checker, history: History,
     if result.valid not in (True, False, None):
         return ClaimResult(claim, None, f"checker returned an invalid verdict {result.valid!r}")
     return result
+
+
+def observable(r: ClaimResult) -> bool:
+    """Could the worker's events show this claim at all (``OBSERVABLE``)?"""
+    return r.evidence.get(OBSERVABLE) is not False

@@ -10,6 +10,7 @@ import pytest
 from harness.audit import (
     DEFAULT_GATE,
     ClaimRow,
+    default_gate,
     exit_code,
     reference_verdict,
     rows_from,
@@ -101,3 +102,36 @@ def test_exit_code_follows_only_the_gated_invariants(gated: frozenset[str],
                               ClaimResult("linear-scaling", False, "bends at N=2"))], {})
     # linear-scaling is false but not gated: it never decides the exit code.
     assert exit_code(rows, gated) == expected
+
+
+UNSEEN = ClaimResult("exactly-once-ack", None, "no acked event", {"observable": False})
+
+
+def test_a_default_gate_does_not_wait_on_a_claim_the_worker_cannot_show() -> None:
+    """With a minimal reporter exactly-once-ack is unknown in every scenario: the
+    default gate leaves it out (and says so), so the rest decides; a gate the
+    user names keeps it (2); an observable unknown still gates (2)."""
+    ok = ClaimResult("no-loss", True, "ok")
+    rows = rows_from([outcome("crash-recovery", ok, UNSEEN)], {})
+    assert row(rows, "exactly-once-ack").verdict == "unknown"
+    gate, unseen = default_gate(rows)
+    assert unseen == ["exactly-once-ack"] and "exactly-once-ack" not in gate
+    assert exit_code(rows, frozenset({"no-loss"})) == 0
+    assert exit_code(rows, frozenset({"no-loss", "exactly-once-ack"})) == 2
+    seen = ClaimResult("exactly-once-ack", None, "final read failed")
+    rows2 = rows_from([outcome("crash-recovery", ok, UNSEEN), outcome("no-duplicates", seen)],
+                      {})
+    assert default_gate(rows2)[1] == []
+
+
+def test_a_run_default_gate_skips_only_unobservable_results() -> None:
+    from harness.report import not_gated, overall_exit_code
+
+    ok = ClaimResult("no-loss", True, "ok")
+    assert overall_exit_code([ok, UNSEEN]) == 0
+    assert not_gated([ok, UNSEEN], None) == ["exactly-once-ack"]
+    assert overall_exit_code([ok, UNSEEN], {"no-loss", "exactly-once-ack"}) == 2
+    assert not_gated([ok, UNSEEN], {"no-loss"}) == []
+    assert overall_exit_code([UNSEEN]) == 2  # nothing observable: nothing passes
+    assert overall_exit_code([ClaimResult("no-loss", False, "lost"), UNSEEN]) == 1
+
