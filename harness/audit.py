@@ -187,6 +187,13 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
                     console.print(f"[dim]skipping {sc.name}: needs --backend "
                                   f"{'/'.join(backends)}[/dim]")
                     continue
+                if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
+                    for c in sc.claims:
+                        skipped.setdefault(c, f"{sc.name} restarts the broker: it needs a "
+                                           "broker of its own (no --broker-url)")
+                    console.print(f"[dim]skipping {sc.name}: it restarts the broker, and "
+                                  "--broker-url's broker is not the harness's[/dim]")
+                    continue
                 outcomes.append(run_scenario(sc, run_opts, console))
                 console.print()
     except Interrupted:

@@ -125,6 +125,21 @@ class BrokerAdmin:
         with urllib.request.urlopen(req, timeout=timeout_s or self.call_timeout_s) as resp:
             return json.loads(resp.read().decode("utf-8"))
 
+    def request(self, method: str, path: str, body: Any = None,
+                timeout_s: float | None = None) -> Any:
+        """One management API call; its JSON answer (None when it has no body).
+        Raises ``urllib.error.HTTPError`` / ``URLError`` / ``OSError`` as they come
+        (the callers know which codes they expect)."""
+        url = self.endpoint.management_url.rstrip("/") + path
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Authorization": self._auth_header}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout_s or self.call_timeout_s) as resp:
+            raw = resp.read()
+        return json.loads(raw.decode("utf-8")) if raw.strip() else None
+
     def _http_or_none(self, path: str) -> Any:
         """GET ``path``; None on 404; ClusterError on anything else that fails."""
         try:
@@ -347,27 +362,33 @@ def parse_broker_url(url: str, management_url: str | None = None) -> BrokerEndpo
     same host. The query parameter is removed from the AMQP URL. Raises
     ValueError (one line) for a URL that is not amqp:// or amqps://.
     """
-    p = urllib.parse.urlsplit(url)
-    if p.scheme not in ("amqp", "amqps") or not p.hostname:
-        raise ValueError(f"broker URL {url!r} is not amqp://[user:pass@]host[:port][/vhost]")
+    # Messages never repeat the URL: it may carry a password.
+    try:
+        p = urllib.parse.urlsplit(url)
+        host = p.hostname
+    except ValueError:
+        raise ValueError("the broker URL is not amqp://[user:pass@]host[:port][/vhost]") from None
+    if p.scheme not in ("amqp", "amqps") or not host:
+        raise ValueError(f"the broker URL (scheme {p.scheme or 'none'!r}) is not "
+                         "amqp://[user:pass@]host[:port][/vhost]")
     try:
         port = p.port or (5671 if p.scheme == "amqps" else 5672)
     except ValueError:
-        raise ValueError(f"broker URL {url!r} has an invalid port") from None
+        raise ValueError(f"the broker URL for {host} has an invalid port") from None
     query = urllib.parse.parse_qsl(p.query, keep_blank_values=True)
     mport = 15672
     rest: list[tuple[str, str]] = []
     for k, v in query:
         if k == "management_port":
             if not v.isdigit() or not 0 < int(v) < 65536:
-                raise ValueError(f"broker URL {url!r}: management_port must be a port number")
+                raise ValueError(f"the broker URL for {host}: management_port must be a port "
+                                 "number")
             mport = int(v)
         else:
             rest.append((k, v))
     user = urllib.parse.unquote(p.username) if p.username else "guest"
     password = urllib.parse.unquote(p.password) if p.password else "guest"
     vhost = urllib.parse.unquote(p.path[1:]) if len(p.path) > 1 else "/"
-    host = p.hostname
     host_in_url = f"[{host}]" if ":" in host else host
     amqp_url = urllib.parse.urlunsplit((
         p.scheme,

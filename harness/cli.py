@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO, cast
 
 from rich.console import Console
 
+from harness import credentials
 from harness.model import CLAIMS, REPORTING_MODES
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ EXIT_UNDECIDED = 2
 
 
 def _err(msg: str) -> int:
-    print(f"harness: error: {msg}", file=sys.stderr)
+    print(f"harness: error: {credentials.redact(msg)}", file=sys.stderr)
     return EXIT_UNDECIDED
 
 
@@ -102,7 +104,12 @@ def _param(value: str) -> tuple[str, str, object]:
 def _run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--backend", choices=("auto", "local", "docker"), default="auto",
                    help="auto: docker when an engine answers and the images exist, else local")
-    r.add_argument("--broker-url", help="use this broker (amqp://...) instead of a private one")
+    r.add_argument("--broker-url", default=os.environ.get("HARNESS_BROKER_URL") or None,
+                   help="use this broker (amqp://user:pass@host:port) instead of a private "
+                   "one; each run gets a scratch vhost there, deleted at the end. Default "
+                   "$HARNESS_BROKER_URL (reruns refer to it: the password is never printed)")
+    r.add_argument("--vhost", help="with --broker-url: a vhost dedicated to the harness, for a "
+                   "user that may not create vhosts (it must hold no other queues)")
     r.add_argument("--seed", type=_seed, help="seed of the run's RNG (printed by every run)")
     r.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go")
     r.add_argument("--worker-cmd", help="command of a brought worker (local backend)")
@@ -183,6 +190,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     opts = _options(args)
     if isinstance(opts, int):
         return opts
+    for sc in scenarios:
+        if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
+            return _err(f"{sc.path}: the scenario restarts the broker, and --broker-url's "
+                        "broker is not the harness's; run it without --broker-url")
     worst = EXIT_OK
     for sc in scenarios:
         try:
@@ -203,6 +214,16 @@ def _options(args: argparse.Namespace) -> RunOptions | int:
     from harness.runner import RunOptions, default_backend
 
     backend = default_backend() if args.backend == "auto" else args.backend
+    if args.broker_url:
+        from harness.broker import parse_broker_url
+
+        try:
+            ep = parse_broker_url(args.broker_url)
+        except ValueError as exc:
+            return _err(f"{exc}; fix --broker-url (or $HARNESS_BROKER_URL)")
+        credentials.register(ep.password, ep.user)
+    elif args.vhost:
+        return _err("--vhost needs --broker-url: it names a vhost on a broker of yours")
     events = args.events
     try:
         WorkerSpec(events=events).events_pattern()
@@ -217,6 +238,7 @@ def _options(args: argparse.Namespace) -> RunOptions | int:
                     "reports as it does (drop --reporting)")
     return RunOptions(backend=backend, broker_url=args.broker_url, seed=args.seed,
                       workers=getattr(args, "workers", None), out=args.out,
+                      vhost=args.vhost,
                       worker_cmd=args.worker_cmd, worker_image=args.worker_image,
                       events=events, gate=args.gate, progress=not args.no_progress,
                       capabilities=args.capabilities, queue=args.queue, dlq=args.dlq,
@@ -322,7 +344,10 @@ def cmd_images(args: argparse.Namespace, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Not a terminal (CI logs, pipes): a wide fixed width keeps the table readable.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    # Everything printed passes the redactor: no broker password reaches a terminal
+    # or a CI log, whichever message carries it.
+    console = Console(file=cast(TextIO, credentials.RedactingStream(sys.stdout)), highlight=False,
+                      width=None if sys.stdout.isatty() else 160)
     try:
         if args.command == "run":
             return cmd_run(args, console)

@@ -54,6 +54,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
+from harness import credentials
+
 # Types a worker may emit (worker contract v1).
 WORKER_EVENT_TYPES: Final = frozenset(
     {
@@ -227,7 +229,10 @@ class Recorder:
             )
             self._events.append(ev)
             if self._file is not None:
-                self._file.write(json.dumps(ev.to_dict(), separators=(",", ":")) + "\n")
+                line = json.dumps(ev.to_dict(), separators=(",", ":"))
+                if credentials.active():  # a worker line that carries the broker password
+                    line = credentials.redact(line)
+                self._file.write(line + "\n")
             for fn in self._listeners:
                 fn(ev)
             return ev

@@ -31,6 +31,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
 
+from harness import credentials
 from harness.checkers.base import ClaimResult, Valid, observable
 from harness.claims import invariant_verdict
 from harness.history import Event
@@ -196,7 +197,7 @@ def write_result_json(path: Path, payload: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(payload), f, indent=2, allow_nan=False)
+            f.write(credentials.redact(json.dumps(_clean(payload), indent=2, allow_nan=False)))
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

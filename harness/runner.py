@@ -31,8 +31,8 @@ from typing import Any, Final
 
 from rich.console import Console
 
-from harness import report
-from harness.broker import BrokerAdmin
+from harness import credentials, report
+from harness.broker import BrokerAdmin, parse_broker_url
 from harness.checkers.base import ClaimResult
 from harness.claims import invariant_verdict
 from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
@@ -42,10 +42,16 @@ from harness.model import Scenario
 from harness.nemesis import Nemesis
 from harness.prober import HealthProber
 from harness.schedule import Schedule
+from harness.scratch import LEASE_S, DedicatedVhost, ScratchVhost
 from harness.verdicts import judge_history
 from harness.workload import Publisher, make_tasks
 
 WORKERS_READY_TIMEOUT_S: Final = 60.0
+# A broker given with --broker-url must answer within this (AMQP and management).
+EXTERNAL_READY_TIMEOUT_S: Final = 15.0
+# The CLI reads the broker URL from here when --broker-url is not given; reruns
+# refer to it instead of repeating a URL with a password in it.
+BROKER_URL_ENV: Final = "HARNESS_BROKER_URL"
 # Once one worker consumes, how long the others get before the run goes on without
 # them (docker starts a container in ~0.5 s, a loaded machine in a few seconds).
 PARTIAL_READY_GRACE_S: Final = 15.0
@@ -81,6 +87,8 @@ CAPABILITIES: Final = frozenset({"directives", "health"})
 class RunOptions:
     backend: str = "local"
     broker_url: str | None = None
+    # With broker_url: a vhost dedicated to the harness (else a scratch vhost per run).
+    vhost: str | None = None
     seed: int | None = None
     workers: int | None = None
     out: Path = Path("runs")
@@ -191,8 +199,8 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
     parts = ["harness", "run", scenario.path, "--seed", str(seed), "--backend", backend]
     if opts.workers is not None:
         parts += ["--workers", str(opts.workers)]
-    if opts.broker_url:
-        parts += ["--broker-url", opts.broker_url]
+    if opts.vhost:
+        parts += ["--vhost", opts.vhost]
     if opts.worker_cmd:
         parts += ["--worker-cmd", opts.worker_cmd]
     if opts.worker_image:
@@ -213,7 +221,10 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
         for key, value in sorted(over.items()):
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
             parts += ["--param", f"{claim}.{key}={text}"]
-    return shlex.join(parts)
+    # The broker's URL carries a password: the rerun names the variable that holds
+    # it (the CLI reads HARNESS_BROKER_URL), never the URL.
+    tail = f' --broker-url "${BROKER_URL_ENV}"' if opts.broker_url else ""
+    return shlex.join(parts) + tail
 
 
 @contextlib.contextmanager
@@ -281,6 +292,7 @@ class Run:
         self.live = LiveState()
         self.recorder.add_listener(self.live.on_event)
         self.problems: list[str] = []
+        self.vhost: ScratchVhost | DedicatedVhost | None = None
         self.cluster: Cluster | None = None
         self.admin: BrokerAdmin | None = None
         self.nemesis: Nemesis | None = None
@@ -605,7 +617,7 @@ class Run:
         def start_workers() -> None:
             names.extend(self.add_worker() for _ in range(sc.cluster.workers))
 
-        self.endpoint = self.cluster.start_broker(self.opts.broker_url,
+        self.endpoint = self.cluster.start_broker(self.external_broker(),
                                                   while_booting=start_workers)
         self.admin = BrokerAdmin(self.endpoint)
         self.nemesis = Nemesis(self.cluster, self.recorder, sc.cluster.grace_s)
@@ -690,6 +702,43 @@ class Run:
         return judge_history(self.recorder.snapshot(), self.scenario.claims,
                              self.scenario.params, self.problems)
 
+    def external_broker(self) -> BrokerEndpoint | None:
+        """With ``--broker-url``: the run's own vhost on that broker (a scratch vhost
+        with a lease, or the ``--vhost`` the user dedicated), never its ``/``."""
+        if not self.opts.broker_url:
+            return None
+        try:
+            base = parse_broker_url(self.opts.broker_url, os.environ.get("HARNESS_MANAGEMENT_URL"))
+        except ValueError as e:
+            raise ClusterError(f"{e}; fix --broker-url") from None
+        credentials.register(base.password, base.user)
+        BrokerAdmin(base).wait_ready(EXTERNAL_READY_TIMEOUT_S)
+        c = self.scenario.cluster
+        if self.opts.vhost:
+            dedicated = DedicatedVhost(base, self.opts.vhost)
+            ep = dedicated.open((c.queue, c.dlq), f"{c.queue}.retry.")
+            self.vhost = dedicated
+            self.recorder.record("vhost", "harness", name=dedicated.name, scratch=False)
+            return ep
+        scratch = ScratchVhost(base, self.run_id)
+        ep = scratch.open()
+        self.vhost = scratch
+        self.recorder.record("vhost", "harness", name=scratch.name, scratch=True,
+                             lease_s=LEASE_S, swept=scratch.swept)
+        return ep
+
+    def close_vhost(self) -> None:
+        """Delete the scratch vhost (or the dedicated vhost's run queues); once."""
+        vhost, self.vhost = self.vhost, None
+        if vhost is None:
+            return
+        c = self.scenario.cluster
+        problem = (vhost.close() if isinstance(vhost, ScratchVhost)
+                   else vhost.close((c.queue, c.dlq), f"{c.queue}.retry."))
+        if problem:
+            self.problems.append(problem)
+            self.console.print(f"[yellow]{problem}[/yellow]")
+
     def cleanup(self) -> None:
         self._stopping.set()
         with _signals_ignored():
@@ -705,6 +754,7 @@ class Run:
                     self.admin.close()
             if self.cluster is not None:
                 self.cluster.stop()
+            self.close_vhost()
             self.recorder.close()
 
 
@@ -755,6 +805,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
         console.print("[yellow]interrupted: cleaning up[/yellow]")
         run.cleanup()
         _write_result(run, results, 2, rerun)
+        _scrub(run)
         raise Interrupted(str(exc)) from None
     finally:
         run.cleanup()
@@ -768,9 +819,17 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
     for p in run.problems:
         console.print(f"[yellow]run problem:[/yellow] {p}")
     _write_result(run, results, code, rerun)
+    _scrub(run)
     console.print(f"seed={run.seed}  history={run.run_dir / 'history.jsonl'}")
     console.print(f"rerun: {rerun}")
     return RunOutcome(scenario, run.run_dir, run.seed, results, code, run.problems, rerun)
+
+
+def _scrub(run: Run) -> None:
+    """The safety net of ``harness.credentials``: no file of the run directory
+    keeps the broker's password (a worker may print its own configuration)."""
+    for problem in credentials.scrub_tree(run.run_dir):
+        run.console.print(f"[yellow]{problem}[/yellow]")
 
 
 def _verdict_word(code: int) -> str:

@@ -43,6 +43,7 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import WorkerRunner
 
+from harness import credentials
 from harness.broker import BrokerAdmin, QueueInfo, parse_broker_url
 from harness.cluster.base import ClusterError
 from harness.workload import task_body
@@ -108,10 +109,11 @@ def _init(environment: Environment, **_: Any) -> None:
         problems.append("a headless load run must stop by itself: give --run-time (-t)")
     try:
         endpoint = parse_broker_url(o.amqp_url, o.management_url or None)
+        credentials.register(endpoint.password, endpoint.user)  # never in its output
     except ValueError as exc:
         problems.append(str(exc))
     if problems:
-        raise SystemExit("taskqueue: " + "; ".join(problems))
+        raise SystemExit(credentials.redact("taskqueue: " + "; ".join(problems)))
     if not isinstance(environment.runner, WorkerRunner):
         _Run.admin = BrokerAdmin(endpoint)
 
@@ -143,7 +145,7 @@ def _check(environment: Environment, **_: Any) -> None:
         verdict = f"FAIL: {exc}"
     finally:
         _Run.admin.close()
-    print(f"taskqueue check: {verdict}", flush=True)
+    print(credentials.redact(f"taskqueue check: {verdict}"), flush=True)
     if verdict.startswith("FAIL"):
         environment.process_exit_code = 1
 

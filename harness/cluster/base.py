@@ -100,9 +100,11 @@ class Cluster(abc.ABC):
 
     # -- lifecycle -----------------------------------------------------------
     @abc.abstractmethod
-    def start_broker(self, broker_url: str | None = None,
+    def start_broker(self, external: BrokerEndpoint | None = None,
                      while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
-        """Start a private broker, or check that ``broker_url`` answers (bounded).
+        """Start a private broker, or check that ``external`` answers (bounded): a
+        broker the harness does not own, already narrowed to the run's own vhost
+        (``harness.scratch``).
 
         ``while_booting``, if given, is called once the broker is starting but before
         it answers (a backend that cannot overlap calls it after): the runner starts

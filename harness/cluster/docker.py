@@ -30,6 +30,13 @@ shared objects carry the harness pid like any run, so ``sweep_stale`` leaves the
 alone while that process lives. A broker restart from a run is refused while
 another run uses the shared broker (it would be an unrecorded fault there).
 
+External broker (``start_broker(endpoint)``, ``--broker-url``): no broker
+container. The run's network stays internal; its workers reach the broker
+through a relay in the harness process that listens on the host's address on
+that network (``harness.relay``), with the user, password and vhost of the
+endpoint (the runner's scratch vhost, ``harness.scratch``) in their
+environment. A broker restart is refused: the broker is not the harness's.
+
 The broker is started with the plain Docker SDK rather than testcontainers'
 ``RabbitMqContainer``: that class waits on a *published* port (internal networks
 publish none), adds its own labels and session, and cannot give a static address
@@ -48,6 +55,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +66,7 @@ from urllib.parse import quote
 
 import psutil
 
+from harness.broker import BrokerAdmin, amqp_display
 from harness.cluster.base import (
     BrokerEndpoint,
     Cluster,
@@ -69,6 +78,7 @@ from harness.cluster.lines import LineReader
 from harness.history import Recorder
 from harness.netfault import NET_FAULTS as _NET_FAULTS
 from harness.netfault import SIDECAR_IMAGE, NetEnv, NetFault, Partition
+from harness.relay import Relay
 
 BROKER_IMAGE: Final = "rmq-harness/rabbitmq:latest"
 WORKER_IMAGE: Final = "rmq-harness/worker:latest"
@@ -260,6 +270,10 @@ class DockerCluster(Cluster):
         self._faults: dict[str, list[NetFault]] = {}
         self._broker: Any = None
         self._broker_ip: str | None = None
+        self._gateway_ip: str | None = None  # the host's address on the run's network
+        # A broker the harness does not own, reached through a relay on the host.
+        self._external: BrokerEndpoint | None = None
+        self._relay: Relay | None = None
         self._network: Any = None
         self._endpoint: BrokerEndpoint | None = None
         self._stopped = False
@@ -331,6 +345,7 @@ class DockerCluster(Cluster):
                 last_error = str(exc.explanation)
                 continue
             self._broker_ip = broker_ip
+            self._gateway_ip = gateway
             return self._network
         raise ClusterError(f"cannot create network {self.network_name}: {last_error}")
 
@@ -343,15 +358,12 @@ class DockerCluster(Cluster):
     def broker_ip(self) -> str | None:
         return self._broker_ip
 
-    def start_broker(self, broker_url: str | None = None,
+    def start_broker(self, external: BrokerEndpoint | None = None,
                      while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
-        if broker_url:
-            raise ClusterError(
-                "the docker backend runs its own broker; an external --broker-url is not "
-                "supported yet: omit it, or use the local backend"
-            )
         if self._endpoint is not None:
             return self._endpoint
+        if external is not None:
+            return self._start_external(external, while_booting)
         if self._shared is not None:
             endpoint = self._start_on_shared(self._shared)
             if while_booting is not None:
@@ -396,6 +408,35 @@ class DockerCluster(Cluster):
             backend=self.backend,
         )
         return self._endpoint
+
+    def _start_external(self, external: BrokerEndpoint,
+                        while_booting: Callable[[], None] | None) -> BrokerEndpoint:
+        """A broker the harness does not own: the run's network stays internal and
+        its workers reach the broker through a relay on the host's address on that
+        network (``harness.relay``), and nothing else."""
+        if self._shared is not None:
+            raise ClusterError("a shared docker broker and an external broker exclude each "
+                               "other: one broker per run")
+        self._check_stopped("start_broker")
+        self._ensure_network()
+        assert self._gateway_ip is not None
+        target = urllib.parse.urlsplit(external.amqp_url)
+        host = target.hostname or "localhost"
+        port = target.port or (5671 if target.scheme == "amqps" else 5672)
+        BrokerAdmin(external).wait_ready(self.broker_timeout_s)
+        relay = Relay(self._gateway_ip, host, port)
+        try:
+            relay.start()
+        except OSError as exc:
+            raise ClusterError(f"cannot listen on {self._gateway_ip} for the broker relay: "
+                               f"{exc.strerror}") from None
+        self._relay, self._external, self._endpoint = relay, external, external
+        self.recorder.record("broker_started", "cluster", owned=False, backend=self.backend,
+                             url=amqp_display(external.amqp_url),
+                             relay=f"{self._gateway_ip}:{relay.port}")
+        if while_booting is not None:
+            while_booting()
+        return external
 
     @property
     def shared(self) -> SharedDockerBroker | None:
@@ -495,6 +536,9 @@ class DockerCluster(Cluster):
         """Stop the broker container (SIGTERM, then SIGKILL after ``stop_timeout_s``)
         and start the same container again: its data persists, its address and its
         alias ``rabbitmq`` stay; workers reconnect by name."""
+        if self._external is not None:
+            raise ClusterError("restart_broker: the broker is not the harness's (--broker-url); "
+                               "a broker fault needs a broker of its own")
         if self._broker is None:
             raise ClusterError("restart_broker: no broker started")
         if self._shared is not None:
@@ -538,7 +582,14 @@ class DockerCluster(Cluster):
         env.update({str(k): str(v) for k, v in spec.env.items()})
         if self._vhost is not None:
             env["RABBITMQ_VHOST"] = self._vhost  # the run's own vhost on a shared broker
-        env.update(contract_env(name, host=BROKER_ALIAS, port=AMQP_PORT,
+        host, port = BROKER_ALIAS, AMQP_PORT
+        if self._external is not None and self._relay is not None:
+            ext = self._external
+            env.update(RABBITMQ_USER=ext.user, RABBITMQ_PASSWORD=ext.password,
+                       RABBITMQ_VHOST=ext.vhost)
+            assert self._gateway_ip is not None
+            host, port = self._gateway_ip, self._relay.port
+        env.update(contract_env(name, host=host, port=port,
                                 user=env["RABBITMQ_USER"], password=env["RABBITMQ_PASSWORD"],
                                 vhost=env["RABBITMQ_VHOST"], health_port=spec.health_port))
         env["PYTHONUNBUFFERED"] = env.get("PYTHONUNBUFFERED", "1")
@@ -980,6 +1031,10 @@ class DockerCluster(Cluster):
                 self.recorder.record("broker_stopped", "cluster", container=self._broker.short_id)
         self._broker = None
         self._endpoint = None
+        if self._relay is not None:
+            with contextlib.suppress(Exception):
+                self._relay.stop()
+            self._relay = None
         # Whatever else carries this run's label (sidecars, half-created objects).
         with contextlib.suppress(Exception):
             for c in self.client.containers.list(

@@ -11,10 +11,9 @@ Broker
     is run directly as the ``rabbitmq`` user (not through the Debian wrapper,
     which would ``su`` and share ``/var/lib/rabbitmq``'s cookie and logs).
 
-    ``start_broker(url)`` uses an existing broker. Its management API is
-    ``$HARNESS_MANAGEMENT_URL`` if set, else ``http://<host>:<management_port>``
-    from a ``?management_port=N`` query parameter of the URL, else port 15672 on
-    the same host.
+    ``start_broker(endpoint)`` uses an existing broker (``--broker-url``, parsed
+    by ``broker.parse_broker_url``; the runner narrows it to the run's scratch
+    vhost first, see ``harness.scratch``).
 
 Workers
     Each worker leads its own process group (``kill``/``pause`` act on the group)
@@ -53,7 +52,7 @@ import psutil
 
 import harness
 from harness import procs
-from harness.broker import BrokerAdmin, amqp_display, parse_broker_url
+from harness.broker import BrokerAdmin, amqp_display
 from harness.cluster.base import (
     BrokerEndpoint,
     Cluster,
@@ -260,23 +259,20 @@ class LocalCluster(Cluster):
         self.logs_dir = run_dir / "logs"
 
     # -- broker ----------------------------------------------------------------
-    def start_broker(self, broker_url: str | None = None,
+    def start_broker(self, external: BrokerEndpoint | None = None,
                      while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
         """The node must answer before workers start here (they would only spin in
         their reconnect backoff), so ``while_booting`` runs once it does."""
-        endpoint = self._start_broker(broker_url)
+        endpoint = self._start_broker(external)
         if while_booting is not None:
             while_booting()
         return endpoint
 
-    def _start_broker(self, broker_url: str | None) -> BrokerEndpoint:
+    def _start_broker(self, external: BrokerEndpoint | None) -> BrokerEndpoint:
         if self.endpoint is not None:
             raise ClusterError("broker already started for this run; start_broker is called once")
-        if broker_url:
-            try:
-                ep = parse_broker_url(broker_url, os.environ.get("HARNESS_MANAGEMENT_URL"))
-            except ValueError as e:
-                raise ClusterError(f"{e}; fix --broker-url") from None
+        if external is not None:
+            ep = external
             admin = BrokerAdmin(ep)
             waited = admin.wait_ready(URL_READY_TIMEOUT_S)
             self.endpoint, self.admin = ep, admin
