@@ -167,9 +167,11 @@ class ScratchVhost:
         try:
             existing = self.admin.request("GET", f"/api/vhosts/{_q(self.name)}")
         except urllib.error.HTTPError as e:
-            existing = None if e.code == 404 else e
+            if e.code != 404:
+                raise ClusterError(_cannot("read vhosts", e, self.base)) from None
+            existing = None
         except (urllib.error.URLError, OSError, ValueError) as e:
-            raise ClusterError(_cannot("list vhosts", e, self.base)) from None
+            raise ClusterError(_cannot("read vhosts", e, self.base)) from None
         if existing is not None:
             # Run ids are unique per host and process; a vhost of this name is not ours.
             raise ClusterError(f"broker {amqp_display(self.base.amqp_url)}: vhost {self.name} "
