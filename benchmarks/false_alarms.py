@@ -46,10 +46,10 @@ from harness.model import REPORTING_MODES
 from harness.runner import RunOutcome
 from harness.scenario import load_scenario
 from harness.verdicts import judge_history
+from harness.vocab import word
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
-WORD = {True: "true", False: "false", None: "unknown"}
 
 
 def _results(out: Path, since: float) -> list[tuple[Path, dict[str, Any]]]:
@@ -96,7 +96,7 @@ def rejudged(out: Path) -> tuple[list[Claim], list[dict[str, Any]]]:
         problems = list(data.get("problems") or [])
         results = judge_history(history, tuple(c["claim"] for c in data["claims"]),
                                 data.get("params") or {}, problems)
-        claims += [(data["scenario"], r.claim, WORD[invariant_verdict(r)],
+        claims += [(data["scenario"], r.claim, word(invariant_verdict(r)),
                     observable(r)) for r in results]
         path = Path(data.get("scenario_path") or SCENARIOS / f"{data['scenario']}.yaml")
         outcomes.append(RunOutcome(load_scenario(path), run_dir, int(data.get("seed", 0)),

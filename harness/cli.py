@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from harness.cluster.base import ClusterError
     from harness.runner import Interrupted, run_scenario
-    from harness.scenario import ScenarioError, apply_overrides, load_scenario
+    from harness.scenario import ScenarioError, apply_overrides, check_backend, load_scenario
 
     try:
         scenarios = [apply_overrides(load_scenario(p), args.workers) for p in args.scenarios]
@@ -191,6 +191,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if isinstance(opts, int):
         return opts
     for sc in scenarios:
+        try:
+            check_backend(sc, opts.backend)
+        except ScenarioError as exc:
+            return _err(str(exc))
         if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
             return _err(f"{sc.path}: the scenario restarts the broker, and --broker-url's "
                         "broker is not the harness's; run it without --broker-url")

@@ -54,31 +54,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
-from harness import credentials
+from harness import credentials, vocab
 
 # Types a worker may emit (worker contract v1).
-WORKER_EVENT_TYPES: Final = frozenset(
-    {
-        "received",
-        "processed",
-        "acked",
-        "failed",
-        "retry_scheduled",
-        "dead_lettered",
-        "ack_failed",
-        "connected",
-        "connection_lost",
-        "ready",
-        "shutdown",
-    }
-)
-
-# Fault names whose invocation makes a worker lose its broker connection (or its
-# process): these explain a redelivery and so a duplicate.
-CONNECTION_FAULTS: Final = frozenset(
-    {"kill", "terminate", "restart", "pause", "partition", "blackhole", "reset", "crash"}
-)
-BROKER_FAULTS: Final = frozenset({"broker-restart", "broker-stop"})
+# Defined in ``harness.vocab``; here for the modules that read histories.
+WORKER_EVENT_TYPES = vocab.WORKER_EVENT_TYPES
+CONNECTION_FAULTS = vocab.CONNECTION_FAULTS
+BROKER_FAULTS = vocab.BROKER_FAULTS
 
 _BASE_KEYS: Final = ("t", "ts", "source", "type", "id", "worker")
 

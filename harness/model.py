@@ -9,43 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-# The claim ids of DESIGN.md section 3.
-CLAIMS: Final = (
-    "no-loss",
-    "exactly-once-ack",
-    "no-duplicate-processing",
-    "exactly-one-consumer",
-    "redelivery-after-crash",
-    "retry-backoff",
-    "dead-letter",
-    "even-distribution",
-    "concurrency",
-    "linear-scaling",
-    "health-check",
-    "graceful-shutdown",
-    "partition-recovery",
-)
+from harness import vocab
 
-# Faults by name; which backend supports which is the backend's business.
-FAULTS: Final = (
-    "kill",  # SIGKILL
-    "terminate",  # SIGTERM, grace period, then SIGKILL
-    "pause",  # SIGSTOP / docker pause; healed by resume
-    "resume",
-    "restart",  # start the worker again
-    "broker-restart",
-    "partition",  # docker: disconnect from the network
-    "blackhole",  # docker: iptables DROP both ways
-    "reset",  # docker: TCP resets
-    "heal",  # heal every active fault
-    "scale",  # docker/local: add or remove workers (``count``)
-)
+# The claim ids, the faults and the reporting modes: ``harness.vocab``.
+CLAIMS = vocab.CLAIMS
+FAULTS = vocab.FAULTS
 
 # Targets: one of these words, or a worker name ("worker-2").
-# How the reference worker reports (its WORKER_EVENTS): every contract event, or
-# only ``received`` and ``processed`` (the contract's minimum plus receipts), like
-# a worker a user brings. The harness must judge both soundly.
-REPORTING_MODES: Final = ("full", "minimal")
+REPORTING_MODES = vocab.REPORTING_MODES
 
 TARGET_WORDS: Final = ("one", "random", "busiest", "all", "last", "killed")
 

@@ -31,7 +31,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
 
-from harness import credentials
+from harness import credentials, vocab
 from harness.checkers.base import ClaimResult, Valid, observable
 from harness.claims import invariant_verdict
 from harness.history import Event
@@ -128,7 +128,7 @@ def render_results(console: Console, scenario_name: str, results: list[ClaimResu
 
 
 def _word(valid: Valid) -> str:
-    return {True: "true", False: "false", None: "unknown"}[valid]
+    return vocab.word(valid)
 
 
 def _tally(results: Iterable[ClaimResult]) -> str:

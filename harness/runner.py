@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from rich.console import Console
 
-from harness import credentials, report
+from harness import credentials, report, vocab
 from harness.broker import BrokerAdmin, parse_broker_url
 from harness.checkers.base import ClaimResult
 from harness.claims import invariant_verdict
@@ -855,8 +855,7 @@ def _result_payload(run: Run, results: list[ClaimResult], code: int,
         "rerun": rerun,
         "not_gated": report.not_gated(results, run.opts.gate),
         "claims": [
-            {**r.to_dict(), "invariant": {True: "true", False: "false", None: "unknown"}[
-                invariant_verdict(r)]}
+            {**r.to_dict(), "invariant": vocab.word(invariant_verdict(r))}
             for r in results
         ],
         "params": run.scenario.params,

@@ -74,6 +74,7 @@ from typing import Any, Final, NoReturn
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from harness import vocab
 from harness.model import (
     CLAIMS,
     CRASH_POINTS,
@@ -662,3 +663,18 @@ def apply_overrides(scenario: Scenario, workers: int | None = None) -> Scenario:
             reachable = max(reachable, step.count)
     cluster = dataclasses.replace(scenario.cluster, workers=workers)
     return dataclasses.replace(scenario, cluster=cluster)
+
+
+def backends_for(scenario: Scenario) -> tuple[str, ...]:
+    """The backends that can run every fault of the scenario's schedule."""
+    return tuple(b for b in vocab.BACKENDS
+                 if all(vocab.unsupported(s.fault, b) is None for s in scenario.schedule))
+
+
+def check_backend(scenario: Scenario, backend: str) -> None:
+    """ScenarioError (file, line, field) for the first step ``backend`` cannot run:
+    refused before anything starts, not when the run reaches it."""
+    for i, step in enumerate(scenario.schedule):
+        why = vocab.unsupported(step.fault, backend)
+        if why is not None:
+            raise ScenarioError(scenario.path, step.line, f"schedule[{i}].fault", why)

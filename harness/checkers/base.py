@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from harness.history import History
+from harness.vocab import word
 
 Valid = bool | None
 
@@ -40,7 +41,7 @@ class ClaimResult:
 
     @property
     def verdict(self) -> str:
-        return {True: "true", False: "false", None: "unknown"}[self.valid]
+        return word(self.valid)
 
     def to_dict(self) -> dict[str, Any]:
         return {

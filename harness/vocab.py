@@ -1,0 +1,138 @@
+"""The harness's one vocabulary: event types, faults, claims, verdict words.
+
+Defined once here and imported everywhere else. Adding a fault touches the
+``FAULT_KINDS`` table and the one module that implements it (a nemesis fault
+class and a backend primitive); adding a claim touches ``CLAIMS``, its checker
+and its row in ``harness.claims``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+# -- event types ---------------------------------------------------------------------
+
+# Worker contract v1 (docs/worker-contract.md): the only names a worker's stream
+# may give; anything else is a ``foreign_event`` (``harness.cluster.lines``).
+RECEIVED: Final = "received"
+PROCESSED: Final = "processed"
+ACKED: Final = "acked"
+FAILED: Final = "failed"
+RETRY_SCHEDULED: Final = "retry_scheduled"
+DEAD_LETTERED: Final = "dead_lettered"
+ACK_FAILED: Final = "ack_failed"
+CONNECTED: Final = "connected"
+CONNECTION_LOST: Final = "connection_lost"
+READY: Final = "ready"
+SHUTDOWN: Final = "shutdown"
+WORKER_EVENT_TYPES: Final = frozenset({
+    RECEIVED, PROCESSED, ACKED, FAILED, RETRY_SCHEDULED, DEAD_LETTERED, ACK_FAILED,
+    CONNECTED, CONNECTION_LOST, READY, SHUTDOWN,
+})
+
+# What the harness itself records (sources: harness, workload, cluster, nemesis).
+RUN_STARTED: Final = "run_started"
+RUN_FINISHED: Final = "run_finished"
+PUBLISH: Final = "publish"
+FAULT: Final = "fault"
+HEALTH: Final = "health"
+DRAIN: Final = "drain"
+FINAL_QUEUE: Final = "final_queue"
+WORKER_STARTED: Final = "worker_started"
+WORKER_EXITED: Final = "worker_exited"
+BROKER_STARTED: Final = "broker_started"
+FOREIGN_EVENT: Final = "foreign_event"
+
+# -- faults --------------------------------------------------------------------------
+
+LOCAL: Final = "local"
+DOCKER: Final = "docker"
+BACKENDS: Final = (LOCAL, DOCKER)
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    """What a fault is, in the terms checkers and the schedule need."""
+
+    name: str
+    what: str
+    # Its invocation cuts the target's broker connection (or its process), so the
+    # broker requeues what it held: it explains a redelivery, and a duplicate.
+    cuts_connection: bool = False
+    broker_level: bool = False  # acts on the broker, not a worker
+    lasting: bool = False  # lasts until healed (a ``duration_s`` or a ``heal`` step)
+    backends: tuple[str, ...] = BACKENDS
+
+
+FAULT_KINDS: Final[dict[str, FaultKind]] = {f.name: f for f in (
+    FaultKind("kill", "SIGKILL", cuts_connection=True),
+    FaultKind("terminate", "SIGTERM, the grace period, then SIGKILL", cuts_connection=True),
+    FaultKind("pause", "SIGSTOP / docker pause; healed by resume", cuts_connection=True,
+              lasting=True),
+    FaultKind("resume", "SIGCONT / docker unpause"),
+    FaultKind("restart", "start the worker again", cuts_connection=True),
+    FaultKind("broker-restart", "stop the broker and start it again", broker_level=True),
+    FaultKind("partition", "disconnect from the network", cuts_connection=True,
+              lasting=True, backends=(DOCKER,)),
+    FaultKind("blackhole", "iptables DROP both ways", cuts_connection=True, lasting=True,
+              backends=(DOCKER,)),
+    FaultKind("reset", "TCP resets", cuts_connection=True, lasting=True, backends=(DOCKER,)),
+    FaultKind("heal", "heal every active fault"),
+    FaultKind("scale", "add or remove workers (count)"),
+)}
+FAULTS: Final = tuple(FAULT_KINDS)
+# A worker's crash (the ``crash`` directive) cuts its connection too; it is not a
+# schedule step but the checkers treat it like one.
+CONNECTION_FAULTS: Final = frozenset(
+    {n for n, f in FAULT_KINDS.items() if f.cuts_connection} | {"crash"})
+BROKER_FAULTS: Final = frozenset(
+    {n for n, f in FAULT_KINDS.items() if f.broker_level} | {"broker-stop"})
+NET_FAULT_NAMES: Final = frozenset({"partition", "blackhole", "reset"})
+
+
+def unsupported(fault: str, backend: str) -> str | None:
+    """Why ``backend`` cannot run ``fault`` (None: it can)."""
+    kind = FAULT_KINDS.get(fault)
+    if kind is None:
+        return f"unknown fault {fault!r}"
+    if backend not in kind.backends:
+        return f"{fault} needs --backend {' or '.join(kind.backends)}"
+    return None
+
+
+# -- claims and modes ---------------------------------------------------------------
+
+# The claim ids of the guide (rows in ``harness.claims``).
+CLAIMS: Final = (
+    "no-loss",
+    "exactly-once-ack",
+    "no-duplicate-processing",
+    "exactly-one-consumer",
+    "redelivery-after-crash",
+    "retry-backoff",
+    "dead-letter",
+    "even-distribution",
+    "concurrency",
+    "linear-scaling",
+    "health-check",
+    "graceful-shutdown",
+    "partition-recovery",
+)
+
+# How the reference worker reports (its WORKER_EVENTS): every contract event, or
+# only ``received`` and ``processed`` (the contract's minimum plus receipts), like
+# a worker a user brings. The harness must judge both soundly.
+REPORTING_MODES: Final = ("full", "minimal")
+
+# -- verdict words ------------------------------------------------------------------
+
+TRUE: Final = "true"
+FALSE: Final = "false"
+UNKNOWN: Final = "unknown"
+WORDS: Final[dict[bool | None, str]] = {True: TRUE, False: FALSE, None: UNKNOWN}
+
+
+def word(valid: bool | None) -> str:
+    """``true``, ``false`` or ``unknown``."""
+    return WORDS[valid]
