@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO, cast
 
 from rich.console import Console
 
-from harness import credentials
+from harness import credentials, vocab
 from harness.model import CLAIMS, REPORTING_MODES
 
 if TYPE_CHECKING:
@@ -314,7 +314,7 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     if args.claims:
         claims = tuple(sorted(args.claims))
     else:
-        started = next((e for e in history if e.type == "run_started"), None)
+        started = next((e for e in history if e.type == vocab.RUN_STARTED), None)
         claims = tuple(started.get("claims", ())) if started else ()
         if not claims:
             return _err(f"{path}: no claims recorded; pass --claims")

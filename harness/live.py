@@ -12,9 +12,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from harness import vocab
 from harness.history import WORKER_EVENT_TYPES, Event
 
-_SETTLE = frozenset({"acked", "ack_failed", "dead_lettered"})
+_SETTLE = frozenset({vocab.ACKED, vocab.ACK_FAILED, vocab.DEAD_LETTERED})
 
 
 class LiveState:
@@ -39,33 +40,33 @@ class LiveState:
             if ev.type in WORKER_EVENT_TYPES:
                 self.last_worker_event = time.monotonic()
             w = ev.worker
-            if ev.type == "processed":
+            if ev.type == vocab.PROCESSED:
                 self.processed += 1
-            elif ev.type == "publish":
+            elif ev.type == vocab.PUBLISH:
                 self.published += 1
                 if ev.get("outcome") == "ok":
                     self.published_ok += 1
-            elif ev.type == "received" and w is not None and ev.id is not None:
+            elif ev.type == vocab.RECEIVED and w is not None and ev.id is not None:
                 self.in_flight.setdefault(w, set()).add(ev.id)
             elif ev.type in _SETTLE and w is not None and ev.id is not None:
                 self.in_flight.get(w, set()).discard(ev.id)
-                if ev.type == "dead_lettered" or (
-                    ev.type == "acked" and ev.get("reason", "processed") == "processed"
+                if ev.type == vocab.DEAD_LETTERED or (
+                    ev.type == vocab.ACKED and ev.get("reason", "processed") == "processed"
                 ):
                     self.settled += 1
-            elif ev.type == "ready" and w is not None:
+            elif ev.type == vocab.READY and w is not None:
                 self.ready.add(w)
                 self.exited.discard(w)
-            elif ev.type in ("connection_lost", "shutdown") and w is not None:
+            elif ev.type in (vocab.CONNECTION_LOST, vocab.SHUTDOWN) and w is not None:
                 # The broker requeues what an unclean connection held.
                 self.ready.discard(w)
-                if ev.type == "connection_lost":
+                if ev.type == vocab.CONNECTION_LOST:
                     self.in_flight.pop(w, None)
-            elif ev.type == "worker_exited" and w is not None:
+            elif ev.type == vocab.WORKER_EXITED and w is not None:
                 self.ready.discard(w)
                 self.in_flight.pop(w, None)
                 self.exited.add(w)
-            elif ev.type == "worker_started" and w is not None:
+            elif ev.type == vocab.WORKER_STARTED and w is not None:
                 self.exited.discard(w)
             self._cond.notify_all()
 

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness import report
+from harness import report, vocab
 from harness.checkers.base import ClaimResult, observable
 from harness.claims import invariant_verdict
 from harness.history import History
@@ -143,7 +143,7 @@ def first_violation_s(history: History, violated: Sequence[ClaimResult]) -> floa
     distribution, concurrency: properties of the whole run, known at its end).
     Written here, not in the checkers: only the mutants table needs a time.
     """
-    started = next((e.ts for e in history.of_type("run_started")), None)
+    started = next((e.ts for e in history.of_type(vocab.RUN_STARTED)), None)
     if started is None:
         return None
     blamed: set[str] = set()

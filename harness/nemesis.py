@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from harness import vocab
 from harness.cluster.base import Cluster, ClusterError
 from harness.history import Recorder
 
@@ -151,7 +152,7 @@ class Nemesis:
         try:
             self.cluster.heal_all()
         except ClusterError as exc:
-            self.recorder.record("fault", "nemesis", fault="heal-all", target="*",
+            self.recorder.record(vocab.FAULT, "nemesis", fault="heal-all", target="*",
                                  phase="heal", ok=False, error=str(exc))
 
     def invoke(self, fault_name: str, target: str) -> bool:
@@ -163,11 +164,11 @@ class Nemesis:
         try:
             fault.invoke(self.cluster, target)
         except (ClusterError, OSError, RuntimeError) as exc:
-            self.recorder.record("fault", "nemesis", fault=fault_name, target=target,
+            self.recorder.record(vocab.FAULT, "nemesis", fault=fault_name, target=target,
                                  phase="invoke", ok=False, error=str(exc), ts=issued_ts,
                                  completed_ts=time.time())
             return False
-        self.recorder.record("fault", "nemesis", fault=fault_name, target=target,
+        self.recorder.record(vocab.FAULT, "nemesis", fault=fault_name, target=target,
                              phase="invoke", ok=True, ts=issued_ts, completed_ts=time.time())
         if fault.heals:
             with self._lock:
@@ -186,7 +187,7 @@ class Nemesis:
                 ok, error = True, None
             except (ClusterError, OSError, RuntimeError) as exc:
                 ok, error = False, str(exc)
-            self.recorder.record("fault", "nemesis", fault=fault.name, target=tgt,
+            self.recorder.record(vocab.FAULT, "nemesis", fault=fault.name, target=tgt,
                                  phase="heal", ok=ok, ts=issued_ts, completed_ts=time.time(),
                                  **({"error": error} if error else {}))
 

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Final
 
+from harness import vocab
 from harness.cluster.base import Cluster
 from harness.history import Recorder
 
@@ -56,7 +57,7 @@ class HealthProber:
                 ok = status == 200
                 if ok != last_ok:
                     extra: dict[str, Any] = {"error": error} if error else {}
-                    self.recorder.record("health", "harness", worker=name, status=status, ok=ok,
+                    self.recorder.record(vocab.HEALTH, "harness", worker=name, status=status, ok=ok,
                                          **extra)
                     last_ok = ok
             self.stop_event.wait(self.interval_s)

@@ -263,14 +263,14 @@ class Progress:
 
     def on_event(self, event: Event) -> None:
         kind = event.type
-        if kind == "processed":
+        if kind == vocab.PROCESSED:
             self.processed += 1
-        elif kind == "acked":
+        elif kind == vocab.ACKED:
             if event.get("reason", "processed") != "retry":
                 self.settled += 1
-        elif kind == "dead_lettered":
+        elif kind == vocab.DEAD_LETTERED:
             self.settled += 1
-        elif kind == "publish":
+        elif kind == vocab.PUBLISH:
             outcome = event.get("outcome")
             if outcome == "ok":
                 self.published += 1
@@ -278,7 +278,7 @@ class Progress:
                 self.publish_failed += 1
             else:
                 self.publish_unknown += 1
-        elif kind == "fault" and event.get("phase", "invoke") == "invoke":
+        elif kind == vocab.FAULT and event.get("phase", "invoke") == "invoke":
             self.faults += 1
 
     def stop(self) -> None:

@@ -350,18 +350,18 @@ class Run:
         if self.scenario.cluster.restart_policy != "always" or self._stopping.is_set():
             return
         name: str | None = None
-        if ev.type == "fault" and ev.get("fault") == "kill" and ev.get("ok"):
+        if ev.type == vocab.FAULT and ev.get("fault") == "kill" and ev.get("ok"):
             target = str(ev.get("target"))
             if target in self._exited:
                 name = target
             else:
                 self._killed.add(target)
-        elif ev.type == "worker_exited" and ev.worker:
+        elif ev.type == vocab.WORKER_EXITED and ev.worker:
             if ev.get("requested") is False or ev.worker in self._killed:
                 name = ev.worker
             else:
                 self._exited.add(ev.worker)
-        elif ev.type == "worker_started" and ev.worker:
+        elif ev.type == vocab.WORKER_STARTED and ev.worker:
             self._exited.discard(ev.worker)
         if name is None:
             return
@@ -407,7 +407,7 @@ class Run:
                     missing = (sorted(want - self.live.ready) if self.live.ready & want
                                else [f"{len(names) - consumers} of {len(names)} (no ready "
                                      "events: counted by the broker)"])
-                    self.recorder.record("workers_not_ready", "harness", workers=missing,
+                    self.recorder.record(vocab.WORKERS_NOT_READY, "harness", workers=missing,
                                          waited_s=PARTIAL_READY_GRACE_S)
                     self.problems.append(
                         f"worker(s) {', '.join(missing)} never consumed: see their logs")
@@ -431,13 +431,13 @@ class Run:
             running = frozenset(w for w in self.cluster.workers() if self.cluster.is_running(w))
             if self.live.wait_for(_all_ready(running), 0.5):
                 return
-            if self.live.events_by_type.get("ready", 0):
+            if self.live.events_by_type.get(vocab.READY, 0):
                 continue  # the worker reports ready: its word is the finer signal here
             with contextlib.suppress(ClusterError, OSError):
                 info = self.admin.queue_info(self.scenario.cluster.queue)
                 if info is not None and info.consumers >= len(running):
                     return
-        self.recorder.record("recovery_wait", "harness", complete=False,
+        self.recorder.record(vocab.RECOVERY_WAIT, "harness", complete=False,
                              waited_s=RECOVERY_WAIT_S)
 
     def wait_drained(self, timeout_s: float, longest_task_s: float = 0.0) -> bool:
@@ -475,7 +475,7 @@ class Run:
                 info = self.admin.queue_info(queue)
                 unacked = info.unacked if info is not None else 0
             except (ClusterError, OSError) as exc:
-                self.recorder.record("drain_poll_error", "harness", error=str(exc))
+                self.recorder.record(vocab.DRAIN_POLL_ERROR, "harness", error=str(exc))
                 depth, retry, unacked = 1, 0, 0
             now = time.monotonic()
             if depth + retry + unacked == 0:
@@ -486,7 +486,7 @@ class Run:
             self_reported = self.live.total_in_flight()
             if (empty_since is not None and now - empty_since >= stable_s and quiet
                     and (self_reported == 0 or now - empty_since >= extra_s)):
-                self.recorder.record("drain", "harness", complete=True,
+                self.recorder.record(vocab.DRAIN, "harness", complete=True,
                                      waited_s=round(now - started, 3),
                                      self_reported_in_flight=self_reported)
                 return True
@@ -502,7 +502,7 @@ class Run:
                         for c in self.admin.connections() if c.unacked > 0]
         reason = (f"{unacked} deliveries held unacked by live consumers after {timeout_s} s "
                   "with the queues empty" if held else f"queues not empty after {timeout_s} s")
-        self.recorder.record("drain", "harness", complete=False, waited_s=timeout_s,
+        self.recorder.record(vocab.DRAIN, "harness", complete=False, waited_s=timeout_s,
                              reason=reason, held=held, unacked=unacked)
         return False
 
@@ -524,38 +524,38 @@ class Run:
             # The record reaches "now" only through events: the harness's own mark
             # extends it while nothing else happens (a probe that never changes).
             if waited:
-                self.recorder.record("window_wait", "harness")
+                self.recorder.record(vocab.WINDOW_WAIT, "harness")
             results = check_all(self.recorder.snapshot(), claims, self.scenario.params)
             needed = [float(r.evidence[NEEDED_UNTIL]) for r in results
                       if r.valid is None and isinstance(r.evidence.get(NEEDED_UNTIL), int | float)]
             if not needed:
                 if waited:
-                    self.recorder.record("windows_closed", "harness")
+                    self.recorder.record(vocab.WINDOWS_CLOSED, "harness")
                 return
             waited = True
             time.sleep(min(WINDOW_POLL_S, max(0.0, max(needed) - time.time()) + 0.05))
-        self.recorder.record("window_wait", "harness")
-        self.recorder.record("windows_closed", "harness", complete=False,
+        self.recorder.record(vocab.WINDOW_WAIT, "harness")
+        self.recorder.record(vocab.WINDOWS_CLOSED, "harness", complete=False,
                              waited_s=WINDOW_WAIT_MAX_S)
 
     def live_drain_held(self) -> bool:
         """Did the drain end with deliveries held by idle consumers (``drain.held``)?"""
-        drains = list(self.recorder.snapshot().of_type("drain"))
+        drains = list(self.recorder.snapshot().of_type(vocab.DRAIN))
         return bool(drains and drains[-1].get("held"))
 
     def _main_queue_ids(self) -> int:
         return sum(len(ev.get("ids") or ()) for ev in self.recorder.snapshot().of_type(
-            "final_queue") if ev.get("role") == "main")
+            vocab.FINAL_QUEUE) if ev.get("role") == "main")
 
     def _check_contradiction(self) -> None:
         """A drain the broker called complete leaves nothing in the main queue: a
         final read that finds tasks there says the drain's evidence was wrong, so
         the run cannot count them as "still queued, so not lost"."""
-        found = [ev for ev in self.recorder.snapshot().of_type("final_queue")
+        found = [ev for ev in self.recorder.snapshot().of_type(vocab.FINAL_QUEUE)
                  if ev.get("role") == "main" and ev.get("ids")]
         if found:
             n = sum(len(ev.get("ids") or ()) for ev in found)
-            self.recorder.record("drain_contradiction", "harness", tasks=n)
+            self.recorder.record(vocab.DRAIN_CONTRADICTION, "harness", tasks=n)
             self.problems.append(f"the drain was declared complete, yet the final read found "
                                  f"{n} task(s) in the main queue")
 
@@ -574,12 +574,12 @@ class Run:
                 ids = self.admin.drain_ids(name, FINAL_DRAIN_MAX)
                 # depth is the broker's count; ids may be fewer only if the read was cut
                 # off at FINAL_DRAIN_MAX, which checkers then treat as partial.
-                self.recorder.record("final_queue", "harness", queue=name, role=role, ids=ids,
+                self.recorder.record(vocab.FINAL_QUEUE, "harness", queue=name, role=role, ids=ids,
                                      depth=max(before or 0, len(ids)), ok=True,
                                      exists=before is not None or bool(ids),
                                      partial=(before or 0) > len(ids))
             except (ClusterError, OSError) as exc:
-                self.recorder.record("final_queue", "harness", queue=name, role=role, ids=[],
+                self.recorder.record(vocab.FINAL_QUEUE, "harness", queue=name, role=role, ids=[],
                                      depth=0, ok=False, error=str(exc))
                 self.problems.append(f"could not read queue {name}: {exc}")
 
@@ -590,7 +590,7 @@ class Run:
         caps = self.opts.effective_capabilities()
         c = sc.cluster
         self.recorder.record(
-            "run_started", "harness", seed=self.seed, scenario=sc.name,
+            vocab.RUN_STARTED, "harness", seed=self.seed, scenario=sc.name,
             backend=self.opts.backend, run_id=self.run_id, path=sc.path, claims=list(sc.claims),
             cluster={"workers": c.workers, "concurrency": c.concurrency, "queue": c.queue,
                      "dlq": c.dlq, "retry_base_ms": c.retry_base_ms,
@@ -636,12 +636,12 @@ class Run:
         self.recorder.add_listener(progress.on_event)
         progress.start(len(tasks))
         try:
-            self.recorder.record("publish_started", "harness", tasks=len(tasks))
+            self.recorder.record(vocab.PUBLISH_STARTED, "harness", tasks=len(tasks))
             self.schedule.start()
             publisher = Publisher(self.endpoint.amqp_url, sc.cluster.queue, self.recorder,
                                   timeout_s=wl.publish_timeout_s)
             stats = publisher.publish(tasks, rate_per_s=wl.rate_per_s)
-            self.recorder.record("publish_finished", "harness", ok=stats.ok, fail=stats.fail,
+            self.recorder.record(vocab.PUBLISH_FINISHED, "harness", ok=stats.ok, fail=stats.fail,
                                  unknown=stats.unknown, elapsed_s=round(stats.elapsed_s, 3))
             bound = sum((s.when.after_s or s.when.timeout_s) + (s.duration_s or 0) + 30
                         for s in sc.schedule)
@@ -694,7 +694,7 @@ class Run:
             # A held drain is the worker's failure only when the holders' deliveries
             # came back (exactly-once-ack names them); else it did not finish.
             self.problems.append(f"the drain did not finish within {wl.drain_timeout_s} s")
-        self.recorder.record("run_finished", "harness")
+        self.recorder.record(vocab.RUN_FINISHED, "harness")
         return self.judge()
 
     def judge(self) -> list[ClaimResult]:
@@ -718,12 +718,12 @@ class Run:
             dedicated = DedicatedVhost(base, self.opts.vhost)
             ep = dedicated.open((c.queue, c.dlq), f"{c.queue}.retry.")
             self.vhost = dedicated
-            self.recorder.record("vhost", "harness", name=dedicated.name, scratch=False)
+            self.recorder.record(vocab.VHOST, "harness", name=dedicated.name, scratch=False)
             return ep
         scratch = ScratchVhost(base, self.run_id)
         ep = scratch.open()
         self.vhost = scratch
-        self.recorder.record("vhost", "harness", name=scratch.name, scratch=True,
+        self.recorder.record(vocab.VHOST, "harness", name=scratch.name, scratch=True,
                              lease_s=LEASE_S, swept=scratch.swept)
         return ep
 

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from harness import vocab
 from harness.cluster.base import Cluster
 from harness.history import Recorder
 from harness.live import LiveState
@@ -106,7 +107,7 @@ class Schedule:
         if not self._wait(step):
             if self.stop.is_set():
                 return
-            self.recorder.record("fault", "nemesis", fault=step.fault, target=step.target,
+            self.recorder.record(vocab.FAULT, "nemesis", fault=step.fault, target=step.target,
                                  phase="invoke", ok=False,
                                  error=f"condition {step.when} not met within "
                                        f"{step.when.timeout_s} s", step=index)
@@ -123,7 +124,7 @@ class Schedule:
             if self.scale is not None and step.count is not None:
                 changed = self.scale(step.count)
                 ok = True
-            self.recorder.record("fault", "nemesis", fault="scale", target="cluster",
+            self.recorder.record(vocab.FAULT, "nemesis", fault="scale", target="cluster",
                                  phase="invoke", ok=ok, count=step.count, step=index,
                                  workers=changed, ts=issued_ts, completed_ts=time.time())
             self.fired.append((index, ok))
@@ -131,7 +132,7 @@ class Schedule:
         try:
             targets = self.resolve(step)
         except TargetError as exc:
-            self.recorder.record("fault", "nemesis", fault=step.fault, target=step.target,
+            self.recorder.record(vocab.FAULT, "nemesis", fault=step.fault, target=step.target,
                                  phase="invoke", ok=False, error=str(exc), step=index)
             self.fired.append((index, False))
             return

@@ -42,7 +42,17 @@ FINAL_QUEUE: Final = "final_queue"
 WORKER_STARTED: Final = "worker_started"
 WORKER_EXITED: Final = "worker_exited"
 BROKER_STARTED: Final = "broker_started"
+BROKER_STOPPED: Final = "broker_stopped"
 FOREIGN_EVENT: Final = "foreign_event"
+PUBLISH_STARTED: Final = "publish_started"
+PUBLISH_FINISHED: Final = "publish_finished"
+WORKERS_NOT_READY: Final = "workers_not_ready"
+RECOVERY_WAIT: Final = "recovery_wait"
+DRAIN_POLL_ERROR: Final = "drain_poll_error"
+DRAIN_CONTRADICTION: Final = "drain_contradiction"
+WINDOW_WAIT: Final = "window_wait"
+WINDOWS_CLOSED: Final = "windows_closed"
+VHOST: Final = "vhost"
 
 # -- faults --------------------------------------------------------------------------
 

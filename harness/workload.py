@@ -33,6 +33,7 @@ import pika.frame
 import pika.spec
 from pika.adapters.select_connection import SelectConnection
 
+from harness import vocab
 from harness.cluster.base import ClusterError
 from harness.history import Recorder
 from harness.model import Distribution, Workload
@@ -228,7 +229,7 @@ class Publisher:
         task = self._tasks[idx]
         extra: dict[str, Any] = {} if error is None else {"error": error}
         self.recorder.record(
-            "publish",
+            vocab.PUBLISH,
             SOURCE,
             id=task.id,
             outcome=outcome,

@@ -66,6 +66,7 @@ from urllib.parse import quote
 
 import psutil
 
+from harness import vocab
 from harness.broker import BrokerAdmin, amqp_display
 from harness.cluster.base import (
     BrokerEndpoint,
@@ -404,7 +405,7 @@ class DockerCluster(Cluster):
         self._wait_broker_ready()
         self._endpoint = endpoint
         self.recorder.record(
-            "broker_started", "cluster", container=self._broker.short_id, host=ip,
+            vocab.BROKER_STARTED, "cluster", container=self._broker.short_id, host=ip,
             backend=self.backend,
         )
         return self._endpoint
@@ -431,7 +432,7 @@ class DockerCluster(Cluster):
             raise ClusterError(f"cannot listen on {self._gateway_ip} for the broker relay: "
                                f"{exc.strerror}") from None
         self._relay, self._external, self._endpoint = relay, external, external
-        self.recorder.record("broker_started", "cluster", owned=False, backend=self.backend,
+        self.recorder.record(vocab.BROKER_STARTED, "cluster", owned=False, backend=self.backend,
                              url=amqp_display(external.amqp_url),
                              relay=f"{self._gateway_ip}:{relay.port}")
         if while_booting is not None:
@@ -475,7 +476,7 @@ class DockerCluster(Cluster):
             self._broker, self._broker_ip, self._network = broker, ip, network
             self._endpoint = endpoint
         self.recorder.record(
-            "broker_started", "cluster", container=broker.short_id, host=ip,
+            vocab.BROKER_STARTED, "cluster", container=broker.short_id, host=ip,
             backend=self.backend, owned=False, shared=shared.session_id, vhost=self.run_id,
         )
         self._check_stopped("start_broker")
@@ -551,7 +552,7 @@ class DockerCluster(Cluster):
         errors = _docker_errors()
         try:
             self._broker.stop(timeout=stop_timeout_s)
-            self.recorder.record("broker_stopped", "cluster", container=self._broker.short_id)
+            self.recorder.record(vocab.BROKER_STOPPED, "cluster", container=self._broker.short_id)
             self._broker.start()
         except errors.APIError as exc:
             raise ClusterError(f"broker restart failed: {exc.explanation}") from exc
@@ -565,7 +566,7 @@ class DockerCluster(Cluster):
                 f"{net.get('Aliases')}, expected {self._broker_ip} / {BROKER_ALIAS}"
             )
         self.recorder.record(
-            "broker_started", "cluster", container=self._broker.short_id, host=self._broker_ip,
+            vocab.BROKER_STARTED, "cluster", container=self._broker.short_id, host=self._broker_ip,
             restarted=True,
         )
 
@@ -659,7 +660,7 @@ class DockerCluster(Cluster):
             raise ClusterError(f"cannot start worker {w.name}: {exc.explanation}") from exc
         w.exit_requested = False
         self.recorder.record(
-            "worker_started", "cluster", worker=w.name, container=w.container.short_id,
+            vocab.WORKER_STARTED, "cluster", worker=w.name, container=w.container.short_id,
             image=w.spec.image or self.worker_image,
         )
         since_ns = w.last_ns
@@ -737,7 +738,7 @@ class DockerCluster(Cluster):
         except Exception:
             exit_ts = None
         self.recorder.record(
-            "worker_exited", "cluster", worker=w.name, code=code,
+            vocab.WORKER_EXITED, "cluster", worker=w.name, code=code,
             signal=(code - 128) if code is not None and code > 128 else None,
             requested=w.exit_requested, container=container.short_id, ts=exit_ts,
         )
@@ -1028,7 +1029,8 @@ class DockerCluster(Cluster):
                 (self.run_dir / "logs" / "rabbitmq.log").write_bytes(raw)
             with contextlib.suppress(Exception):
                 self._broker.remove(force=True, v=True)
-                self.recorder.record("broker_stopped", "cluster", container=self._broker.short_id)
+                self.recorder.record(vocab.BROKER_STOPPED, "cluster",
+                                     container=self._broker.short_id)
         self._broker = None
         self._endpoint = None
         if self._relay is not None:

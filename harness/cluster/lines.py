@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from harness import vocab
 from harness.history import WORKER_EVENT_TYPES, Recorder
 
 MAX_LINE_CHARS: Final = 1 << 20
@@ -45,7 +46,7 @@ MAX_LINE_CHARS: Final = 1 << 20
 FUTURE_SLACK_S: Final = 0.05
 # Keys of a worker's JSON object that are the event's own, not data.
 _RESERVED: Final = frozenset({"event", "id", "worker", "ts", "t", "type", "source"})
-FOREIGN: Final = "foreign_event"
+FOREIGN: Final = vocab.FOREIGN_EVENT
 
 
 class LineReader:
@@ -89,7 +90,7 @@ class LineReader:
         ident = groups.get("id")
         if not ident:
             return
-        self._record(groups.get("event") or "processed", ident, groups.get("worker"), None,
+        self._record(groups.get("event") or vocab.PROCESSED, ident, groups.get("worker"), None,
                      {}, seen)
 
     def _record(self, name: str, ident: Any, claimed: Any, ts: Any, data: dict[str, Any],

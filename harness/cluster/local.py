@@ -51,7 +51,7 @@ from typing import IO, Any, Final, TypeVar
 import psutil
 
 import harness
-from harness import procs
+from harness import procs, vocab
 from harness.broker import BrokerAdmin, amqp_display
 from harness.cluster.base import (
     BrokerEndpoint,
@@ -276,7 +276,7 @@ class LocalCluster(Cluster):
             admin = BrokerAdmin(ep)
             waited = admin.wait_ready(URL_READY_TIMEOUT_S)
             self.endpoint, self.admin = ep, admin
-            self.recorder.record("broker_started", "cluster", owned=False,
+            self.recorder.record(vocab.BROKER_STARTED, "cluster", owned=False,
                                  url=amqp_display(ep.amqp_url),
                                  management_url=ep.management_url, startup_s=round(waited, 3))
             return ep
@@ -429,7 +429,7 @@ class LocalCluster(Cluster):
             if not reason:
                 node.startup_s = time.monotonic() - t0
                 self.recorder.record(
-                    "broker_started", "cluster", owned=True, node=node.name,
+                    vocab.BROKER_STARTED, "cluster", owned=True, node=node.name,
                     amqp_port=node.amqp_port, management_port=node.mgmt_port,
                     pid=node.proc.pid, startup_s=round(node.startup_s, 3))
                 return
@@ -510,7 +510,7 @@ class LocalCluster(Cluster):
         if self.admin is not None:
             self.admin.close()
         if record:
-            self.recorder.record("broker_stopped", "cluster", node=node.name, hard=hard)
+            self.recorder.record(vocab.BROKER_STOPPED, "cluster", node=node.name, hard=hard)
 
     def restart_broker(self, hard: bool = False) -> None:
         """Stop the private node (clean, or SIGKILL with ``hard``) and start it again.
@@ -578,7 +578,7 @@ class LocalCluster(Cluster):
         w = _Worker(name, spec, proc, health_port, procs.start_time(proc.pid))
         self._state.set_group(f"worker:{name}", w.pgid, w.started)
         self._workers[name] = w
-        self.recorder.record("worker_started", "cluster", worker=name, pid=proc.pid,
+        self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name, pid=proc.pid,
                              health_port=health_port)
         log_lock = threading.Lock()
         log_path = self.logs_dir / f"{name}.log"
@@ -640,7 +640,7 @@ class LocalCluster(Cluster):
             except ValueError:
                 sig = str(-rc)
         with contextlib.suppress(Exception):  # a closed recorder: nothing to do
-            self.recorder.record("worker_exited", "cluster", worker=w.name, pid=w.proc.pid,
+            self.recorder.record(vocab.WORKER_EXITED, "cluster", worker=w.name, pid=w.proc.pid,
                                  code=code, signal=sig, requested=w.requested)
         self._state.drop_group(f"worker:{w.name}")
         w.exited.set()
