@@ -38,14 +38,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from harness.audit import reference_verdict, rows_from
+from harness.audit import rows_from
 from harness.checkers.base import OBSERVABLE, observable
-from harness.claims import invariant_verdict
 from harness.history import History
 from harness.model import REPORTING_MODES
 from harness.runner import RunOutcome
 from harness.scenario import load_scenario
-from harness.verdicts import judge_history
+from harness.verdicts import invariant_verdict, judge_history, reference_verdict
 from harness.vocab import word
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,9 +29,9 @@ from rich.text import Text
 
 from harness import report, vocab
 from harness.checkers.base import ClaimResult, Valid, observable, worst
-from harness.claims import CLAIMS, invariant_verdict
 from harness.runner import Interrupted, RunOptions, RunOutcome, run_scenario, suite_broker
 from harness.scenario import backends_for, load_scenario
+from harness.verdicts import CLAIMS, invariant_verdict, run_word, verdict_word
 
 SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -84,21 +84,6 @@ class ClaimRow:
                 "invariant": vocab.word(self.invariant_valid),
                 "evidence": self.evidence, "why": self.why, "scenarios": list(self.scenarios),
                 "observable": self.observable}
-
-
-def verdict_word(claim: str, guide_valid: Valid, invariant_valid: Valid) -> str:
-    if invariant_valid is False:
-        return "VIOLATED"
-    if invariant_valid is None or guide_valid is None:
-        return "unknown"
-    if guide_valid is False:
-        return "false as stated"
-    return "holds with a caveat" if CLAIMS[claim].caveat else "holds"
-
-
-def reference_verdict(claim: str) -> str:
-    """The row DESIGN.md expects for a correct worker (the reference worker's audit)."""
-    return verdict_word(claim, CLAIMS[claim].guide_holds_for_correct_worker, True)
 
 
 def _telling(results: list[tuple[str, ClaimResult]]) -> tuple[str, ClaimResult]:
@@ -212,7 +197,7 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
                       "name it in --gate to require it)[/dim]")
     code = exit_code(rows, gate)
     elapsed = time.monotonic() - started
-    word = {0: "PASS", 1: "FAIL"}.get(code, "UNKNOWN")
+    word = run_word(code)
     console.print(f"audit: {word} on the gated invariants ({', '.join(sorted(gate))}) "
                   f"in {elapsed:.0f} s")
     opts.out.mkdir(parents=True, exist_ok=True)

@@ -300,7 +300,7 @@ def cmd_mutants(args: argparse.Namespace, console: Console) -> int:
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
     from harness import report
     from harness.history import History
-    from harness.verdicts import judge_history
+    from harness.verdicts import judge_history, overall_exit_code, run_word
 
     path = args.run_dir / "history.jsonl"
     if not path.is_file():
@@ -330,9 +330,9 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             return _err(f"{result_path}: not a result written by `harness run`: {exc}")
     results = judge_history(history, claims, params, problems)
-    code = report.overall_exit_code(results)
+    code = overall_exit_code(results)
     report.render_results(console, str(args.run_dir), results,
-                          {0: "PASS", 1: "FAIL"}.get(code, "UNKNOWN"))
+                          run_word(code))
     return code
 
 

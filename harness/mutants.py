@@ -25,11 +25,11 @@ from rich.text import Text
 
 from harness import report, vocab
 from harness.checkers.base import ClaimResult, observable
-from harness.claims import invariant_verdict
 from harness.history import History
 from harness.model import REPORTING_MODES, Scenario
 from harness.runner import Interrupted, RunOptions, run_scenario, suite_broker
 from harness.scenario import load_scenario
+from harness.verdicts import invariant_verdict
 
 SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
 

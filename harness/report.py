@@ -1,12 +1,10 @@
-"""The terminal report, the exit code, ``result.json`` and the live progress display.
+"""The terminal report, ``result.json`` and the live progress display (exit codes
+live in ``harness.verdicts``).
 
 - ``render_results(console, scenario_name, results, verdict)``: a table
   claim | guide's claim | invariant | summary | evidence, then one line per claim whose result has
   ``explained`` entries (what the faults explain: shown, not a violation), then
   the overall verdict.
-- ``overall_exit_code(results, gating)``: 0 every gated claim's invariant holds,
-  1 one is violated, 2 otherwise (an unknown, a gated claim without a result, or no
-  results at all: a harness that saw nothing must not pass).
 - ``write_result_json(path, payload)``: atomic, strict JSON (NaN/inf become null).
 - ``Progress``: published / processed / settled counters fed from history events;
   a rich live display on a terminal, a plain line every ``interval_s`` otherwise.
@@ -32,9 +30,9 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import credentials, vocab
-from harness.checkers.base import ClaimResult, Valid, observable
-from harness.claims import invariant_verdict
+from harness.checkers.base import ClaimResult, Valid
 from harness.history import Event
+from harness.verdicts import invariant_verdict
 
 VERDICT_STYLES: Final = {"true": "bold green", "false": "bold red", "unknown": "bold yellow"}
 
@@ -136,42 +134,6 @@ def _tally(results: Iterable[ClaimResult]) -> str:
     for r in results:
         counts[r.verdict] += 1
     return ", ".join(f"{n} {v}" for v, n in counts.items())
-
-
-def not_gated(results: Iterable[ClaimResult], gating: Iterable[str] | None) -> list[str]:
-    """The claims a default gate leaves out: not observable with the worker's events."""
-    if gating is not None:
-        return []
-    return sorted({r.claim for r in results if not observable(r)})
-
-
-def overall_exit_code(results: Iterable[ClaimResult], gating: set[str] | None = None) -> int:
-    """0: every gated claim's invariant holds; 1: one is violated; 2: otherwise.
-
-    The exit code follows the invariant a release must keep (``claims.invariant_verdict``),
-    not the guide's wording: an explained duplicate falsifies "No duplicates!" but
-    does not fail the run.
-
-    ``gating`` None gates every result the worker's events could show at all
-    (``checkers.base.observable``: a claim they cannot show is unknown and stays
-    out of a default gate, see ``not_gated``); a gate the user names is kept
-    whole. A gated claim with no result, or nothing gated at all, is unknown
-    (2): a run that checked nothing does not pass.
-    """
-    by_claim: dict[str, list[ClaimResult]] = {}
-    for r in results:
-        if gating is None and not observable(r):
-            continue
-        by_claim.setdefault(r.claim, []).append(r)
-    wanted = set(by_claim) if gating is None else set(gating)
-    if not wanted:
-        return 2
-    verdicts = [invariant_verdict(r) for claim in wanted for r in by_claim.get(claim, [])]
-    if any(v is False for v in verdicts):
-        return 1
-    if any(claim not in by_claim for claim in wanted) or any(v is None for v in verdicts):
-        return 2
-    return 0
 
 
 def _clean(value: Any) -> Any:

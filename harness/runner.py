@@ -31,10 +31,9 @@ from typing import Any, Final
 
 from rich.console import Console
 
-from harness import credentials, report, vocab
+from harness import credentials, report, verdicts, vocab
 from harness.broker import BrokerAdmin, parse_broker_url
 from harness.checkers.base import ClaimResult
-from harness.claims import invariant_verdict
 from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
 from harness.history import Event, Recorder
 from harness.live import LiveState
@@ -43,7 +42,7 @@ from harness.nemesis import Nemesis
 from harness.prober import HealthProber
 from harness.schedule import Schedule
 from harness.scratch import LEASE_S, DedicatedVhost, ScratchVhost
-from harness.verdicts import judge_history
+from harness.verdicts import invariant_verdict, judge_history
 from harness.workload import Publisher, make_tasks
 
 WORKERS_READY_TIMEOUT_S: Final = 60.0
@@ -809,11 +808,11 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
         raise Interrupted(str(exc)) from None
     finally:
         run.cleanup()
-    code = report.overall_exit_code(results, set(opts.gate) if opts.gate else None) \
+    code = verdicts.overall_exit_code(results, set(opts.gate) if opts.gate else None) \
         if results else 2
     if results:
-        report.render_results(console, scenario.name, results, _verdict_word(code))
-    for claim in report.not_gated(results, opts.gate):
+        report.render_results(console, scenario.name, results, verdicts.run_word(code))
+    for claim in verdicts.not_gated(results, opts.gate):
         console.print(f"[dim]not gated: {claim} (its checker says this worker's events "
                       "cannot show it; name it in --gate to require it)[/dim]")
     for p in run.problems:
@@ -832,10 +831,6 @@ def _scrub(run: Run) -> None:
         run.console.print(f"[yellow]{problem}[/yellow]")
 
 
-def _verdict_word(code: int) -> str:
-    return {0: "PASS", 1: "FAIL"}.get(code, "UNKNOWN")
-
-
 def _write_result(run: Run, results: list[ClaimResult], code: int, rerun: str) -> None:
     report.write_result_json(run.run_dir / "result.json",
                              _result_payload(run, results, code, rerun))
@@ -849,11 +844,11 @@ def _result_payload(run: Run, results: list[ClaimResult], code: int,
         "run_id": run.run_id,
         "seed": run.seed,
         "backend": run.opts.backend,
-        "verdict": _verdict_word(code),
+        "verdict": verdicts.run_word(code),
         "exit_code": code,
         "problems": run.problems,
         "rerun": rerun,
-        "not_gated": report.not_gated(results, run.opts.gate),
+        "not_gated": verdicts.not_gated(results, run.opts.gate),
         "claims": [
             {**r.to_dict(), "invariant": vocab.word(invariant_verdict(r))}
             for r in results

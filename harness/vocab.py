@@ -3,7 +3,7 @@
 Defined once here and imported everywhere else. Adding a fault touches the
 ``FAULT_KINDS`` table and the one module that implements it (a nemesis fault
 class and a backend primitive); adding a claim touches ``CLAIMS``, its checker
-and its row in ``harness.claims``.
+and its row in ``harness.verdicts``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def unsupported(fault: str, backend: str) -> str | None:
 
 # -- claims and modes ---------------------------------------------------------------
 
-# The claim ids of the guide (rows in ``harness.claims``).
+# The claim ids of the guide (rows in ``harness.verdicts``).
 CLAIMS: Final = (
     "no-loss",
     "exactly-once-ack",

@@ -89,6 +89,8 @@ MGMT_PORT: Final = 15672
 LABEL: Final = "rmq-harness"
 LABEL_RUN: Final = "rmq-harness.run"
 LABEL_PID: Final = "rmq-harness.pid"
+# A broker the harness does not own must answer within this.
+EXTERNAL_READY_TIMEOUT_S: Final = 15.0
 LABEL_PIDSTART: Final = "rmq-harness.pidstart"
 LABEL_HOST: Final = "rmq-harness.host"
 LABEL_ROLE: Final = "rmq-harness.role"
@@ -361,6 +363,9 @@ class DockerCluster(Cluster):
 
     def start_broker(self, external: BrokerEndpoint | None = None,
                      while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
+        if external is not None and (self._shared is not None or self._broker is not None):
+            raise ClusterError("an external broker is for a cluster without a broker of its own "
+                               "(not shared, not started): one broker per run")
         if self._endpoint is not None:
             return self._endpoint
         if external is not None:
@@ -415,16 +420,13 @@ class DockerCluster(Cluster):
         """A broker the harness does not own: the run's network stays internal and
         its workers reach the broker through a relay on the host's address on that
         network (``harness.relay``), and nothing else."""
-        if self._shared is not None:
-            raise ClusterError("a shared docker broker and an external broker exclude each "
-                               "other: one broker per run")
         self._check_stopped("start_broker")
         self._ensure_network()
         assert self._gateway_ip is not None
         target = urllib.parse.urlsplit(external.amqp_url)
         host = target.hostname or "localhost"
         port = target.port or (5671 if target.scheme == "amqps" else 5672)
-        BrokerAdmin(external).wait_ready(self.broker_timeout_s)
+        BrokerAdmin(external).wait_ready(min(self.broker_timeout_s, EXTERNAL_READY_TIMEOUT_S))
         relay = Relay(self._gateway_ip, host, port)
         try:
             relay.start()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from harness.broker import parse_broker_url
 from harness.cluster.base import ClusterError, WorkerSpec
 from harness.cluster.docker import (
     BROKER_IMAGE,
@@ -177,10 +178,11 @@ def test_broker_reachable_from_host(cluster: tuple[DockerCluster, Recorder], cli
     assert events(rec, "broker_started", "cluster")
 
 
-def test_start_broker_external_url_is_refused(cluster: tuple[DockerCluster, Recorder]) -> None:
-    cl, _ = cluster
+def test_an_external_broker_needs_a_cluster_without_one(
+        cluster: tuple[DockerCluster, Recorder]) -> None:
+    cl, _ = cluster  # started, with a broker of its own
     with pytest.raises(ClusterError, match="external"):
-        cl.start_broker("amqp://guest:guest@127.0.0.1:5999/%2F")
+        cl.start_broker(parse_broker_url("amqp://guest:guest@127.0.0.1:5999/%2F"))
 
 
 # -- workers and events --------------------------------------------------------------------

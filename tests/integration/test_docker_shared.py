@@ -21,7 +21,7 @@ from typing import Any
 import pika
 import pytest
 
-from harness.broker import BrokerAdmin
+from harness.broker import BrokerAdmin, parse_broker_url
 from harness.cluster.base import BrokerEndpoint, ClusterError, WorkerSpec
 from harness.cluster.docker import (
     BROKER_IMAGE,
@@ -282,7 +282,7 @@ def test_restart_refused_while_another_run_attached(client: Any, tmp_path: Path)
             with pytest.raises(ClusterError, match="also in use"):
                 a.restart_broker()
             with pytest.raises(ClusterError, match="external"):
-                a.start_broker("amqp://elsewhere")
+                a.start_broker(parse_broker_url("amqp://elsewhere"))
         finally:
             a.stop()
             b.stop()

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from harness import procs
+from harness.broker import parse_broker_url
 from harness.cluster.base import ClusterError, WorkerSpec
 from harness.cluster.local import LocalCluster, free_port
 from harness.history import Event, Recorder
@@ -273,7 +274,7 @@ def test_unreachable_broker_url_fails_fast(tmp_path: Path) -> None:
     port = free_port()
     t0 = time.monotonic()
     with pytest.raises(ClusterError) as ei:
-        c.start_broker(f"amqp://guest:guest@127.0.0.1:{port}/")
+        c.start_broker(parse_broker_url(f"amqp://guest:guest@127.0.0.1:{port}/"))
     took = time.monotonic() - t0
     c.stop()
     assert took < 16.0
@@ -290,7 +291,7 @@ def test_external_broker_url(cluster: LocalCluster, tmp_path: Path) -> None:
     rec = Recorder(None)
     c = LocalCluster("it-external", tmp_path, rec)
     try:
-        ep = c.start_broker(url)
+        ep = c.start_broker(parse_broker_url(url))
         assert ep.management_url == cluster.endpoint.management_url
         assert "management_port" not in ep.amqp_url
         assert events(rec, "broker_started")[0].get("owned") is False

@@ -12,14 +12,12 @@ from harness.audit import (
     ClaimRow,
     default_gate,
     exit_code,
-    reference_verdict,
     rows_from,
-    verdict_word,
 )
 from harness.checkers.base import ClaimResult
-from harness.claims import CLAIMS
 from harness.runner import RunOutcome
 from harness.scenario import load_scenario
+from harness.verdicts import CLAIMS, reference_verdict, verdict_word
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
@@ -125,7 +123,7 @@ def test_a_default_gate_does_not_wait_on_a_claim_the_worker_cannot_show() -> Non
 
 
 def test_a_run_default_gate_skips_only_unobservable_results() -> None:
-    from harness.report import not_gated, overall_exit_code
+    from harness.verdicts import not_gated, overall_exit_code
 
     ok = ClaimResult("no-loss", True, "ok")
     assert overall_exit_code([ok, UNSEEN]) == 0

@@ -12,7 +12,8 @@ from rich.console import Console
 
 from harness.checkers.base import ClaimResult
 from harness.history import Event
-from harness.report import Progress, compact, overall_exit_code, render_results, write_result_json
+from harness.report import Progress, compact, render_results, write_result_json
+from harness.verdicts import overall_exit_code
 
 T = ClaimResult("no-loss", True, "all 50 confirmed tasks settled",
                 {"confirmed": 50, "lost": 0, "per_worker": {"worker-1": 20, "worker-2": 30}})

@@ -22,8 +22,7 @@ from harness.checkers import (
 )
 from harness.checkers.base import ClaimResult
 from harness.checkers.index import NEEDED_UNTIL
-from harness.claims import invariant_verdict
-from harness.verdicts import judge_history
+from harness.verdicts import invariant_verdict, judge_history
 
 W1, W2, W3 = "worker-1", "worker-2", "worker-3"
 CAPS: dict[str, Any] = {"directives": True, "health": True, "events": "json"}

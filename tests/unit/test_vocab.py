@@ -10,10 +10,10 @@ import pytest
 from harness import vocab
 from harness.audit import SUITE
 from harness.checkers import CHECKERS
-from harness.claims import CLAIMS
 from harness.nemesis import make_fault
 from harness.netfault import NET_FAULTS
 from harness.scenario import ScenarioError, backends_for, check_backend, load_scenario
+from harness.verdicts import CLAIMS
 from worker.bugs import BUG_CLAIMS
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
