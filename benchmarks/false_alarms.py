@@ -10,7 +10,7 @@ per scenario, a new seed each time). A round is a false alarm when any scenario
 of it has a claim whose invariant is ``false`` or ``unknown`` or a run problem;
 the claims and scenarios responsible are listed with their rerun commands, so
 every flake can be reproduced with its seed. A round whose audit row for a claim
-differs from the one DESIGN.md expects for a correct worker
+differs from the one docs/claims.md gives a correct worker
 (``harness.audit.reference_verdict``: e.g. a zombie scenario whose fault did not
 produce the zombie, so ``exactly-one-consumer`` shows ``holds`` instead of
 ``false as stated``) counts too: the suite failed to show what it must show.

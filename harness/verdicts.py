@@ -202,7 +202,7 @@ def verdict_word(claim: str, guide_valid: Valid, invariant_valid: Valid) -> str:
 
 
 def reference_verdict(claim: str) -> str:
-    """The row DESIGN.md expects for a correct worker (the reference worker's audit)."""
+    """The row docs/claims.md gives a correct worker (the reference worker's audit)."""
     return verdict_word(claim, CLAIMS[claim].guide_holds_for_correct_worker, True)
 
 

@@ -51,7 +51,7 @@ KNOWN_BUGS: Final[tuple[str, ...]] = (
     SIDE_EFFECT_EVERY_ATTEMPT,
 )
 
-# bug -> claim ids (DESIGN.md section 3) that a suitable scenario must turn false.
+# bug -> claim ids (docs/claims.md) that a suitable scenario must turn false.
 BUG_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
     AUTO_ACK: ("no-loss", "redelivery-after-crash"),
     ACK_BEFORE_PROCESS: ("no-loss", "redelivery-after-crash"),

@@ -1,4 +1,4 @@
-"""The checkers: one pure function per claim of the guide (DESIGN.md section 3).
+"""The checkers: one pure function per claim of the guide (docs/claims.md).
 
 ``CHECKERS`` maps a claim id to its checker; :func:`check_all` runs the requested
 claims through :func:`~harness.checkers.base.run_checker`, so a checker that

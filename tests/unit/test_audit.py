@@ -43,7 +43,7 @@ def test_verdict_words() -> None:
 
 
 def test_reference_verdicts_match_design() -> None:
-    """DESIGN.md's table for a correct worker: two claims false as worded, the rest hold."""
+    """docs/claims.md's last column: two claims false as worded, the rest hold."""
     false_as_stated = {c for c in CLAIMS if reference_verdict(c) == "false as stated"}
     assert false_as_stated == {"no-duplicate-processing", "exactly-one-consumer"}
     assert reference_verdict("no-loss") == "holds"

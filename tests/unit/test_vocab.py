@@ -53,3 +53,13 @@ def test_an_unsupported_fault_is_refused_with_file_line_and_field() -> None:
 
 def test_verdict_words() -> None:
     assert [vocab.word(v) for v in (True, False, None)] == ["true", "false", "unknown"]
+
+
+def test_the_claims_doc_is_generated_from_the_code() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "scripts/claims_doc.py", "--check"], cwd=root,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
