@@ -6,6 +6,8 @@ Ctrl-C and on a crash of the harness: the runner calls ``Nemesis.teardown`` in a
 ``finally``, and the cluster's own ``stop`` heals whatever a backend applied).
 Every invocation and heal is recorded as a ``fault`` event with ``ok`` true or
 false, so a checker can tell a fault that took effect from one that did not.
+The Nemesis is the only writer of ``fault`` events (the Schedule decides when,
+and asks it).
 """
 
 from __future__ import annotations
@@ -174,6 +176,28 @@ class Nemesis:
             with self._lock:
                 self._active.append((fault, target))
         return True
+
+    def not_taken(self, fault_name: str, target: str, error: str, step: int) -> None:
+        """Record a schedule step that did not take effect (its condition was not met,
+        its target did not exist): the claims that needed it become unknown."""
+        self.recorder.record(vocab.FAULT, "nemesis", fault=fault_name, target=target,
+                             phase="invoke", ok=False, error=error, step=step)
+
+    def scale(self, count: int | None, fn: Callable[[int], list[str]] | None,
+              step: int) -> bool:
+        """Scale the workers to ``count`` through the run's ``fn`` (the supervisor
+        knows names and specs); recorded as a ``scale`` fault with the workers it
+        started or terminated."""
+        issued_ts = time.time()
+        changed: list[str] = []
+        ok = False
+        if fn is not None and count is not None:
+            changed = fn(count)
+            ok = True
+        self.recorder.record(vocab.FAULT, "nemesis", fault="scale", target="cluster",
+                             phase="invoke", ok=ok, count=count, step=step, workers=changed,
+                             ts=issued_ts, completed_ts=time.time())
+        return ok
 
     def heal(self, target: str | None = None) -> None:
         """Heal the active faults on ``target`` (all targets when None)."""

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable
 
-from harness import vocab
 from harness.cluster.base import Cluster
 from harness.history import Recorder
 from harness.live import LiveState
@@ -107,10 +105,9 @@ class Schedule:
         if not self._wait(step):
             if self.stop.is_set():
                 return
-            self.recorder.record(vocab.FAULT, "nemesis", fault=step.fault, target=step.target,
-                                 phase="invoke", ok=False,
-                                 error=f"condition {step.when} not met within "
-                                       f"{step.when.timeout_s} s", step=index)
+            self.nemesis.not_taken(step.fault, step.target,
+                                   f"condition {step.when} not met within "
+                                   f"{step.when.timeout_s} s", index)
             self.fired.append((index, False))
             return
         if step.fault == "heal":
@@ -118,22 +115,12 @@ class Schedule:
             self.fired.append((index, True))
             return
         if step.fault == "scale":
-            ok = False
-            issued_ts = time.time()
-            changed: list[str] = []
-            if self.scale is not None and step.count is not None:
-                changed = self.scale(step.count)
-                ok = True
-            self.recorder.record(vocab.FAULT, "nemesis", fault="scale", target="cluster",
-                                 phase="invoke", ok=ok, count=step.count, step=index,
-                                 workers=changed, ts=issued_ts, completed_ts=time.time())
-            self.fired.append((index, ok))
+            self.fired.append((index, self.nemesis.scale(step.count, self.scale, index)))
             return
         try:
             targets = self.resolve(step)
         except TargetError as exc:
-            self.recorder.record(vocab.FAULT, "nemesis", fault=step.fault, target=step.target,
-                                 phase="invoke", ok=False, error=str(exc), step=index)
+            self.nemesis.not_taken(step.fault, step.target, str(exc), index)
             self.fired.append((index, False))
             return
         ok_all = bool(targets)
