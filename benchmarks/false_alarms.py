@@ -42,7 +42,7 @@ from harness.audit import rows_from
 from harness.checkers.base import OBSERVABLE, observable
 from harness.history import History
 from harness.model import REPORTING_MODES
-from harness.runner import RunOutcome
+from harness.options import RunOutcome
 from harness.scenario import load_scenario
 from harness.verdicts import invariant_verdict, judge_history, reference_verdict
 from harness.vocab import word

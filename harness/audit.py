@@ -29,8 +29,10 @@ from rich.text import Text
 
 from harness import report, vocab
 from harness.checkers.base import ClaimResult, Valid, observable, worst
-from harness.runner import Interrupted, RunOptions, RunOutcome, run_scenario, suite_broker
+from harness.options import RunOptions, RunOutcome
+from harness.runner import run_scenario, suite_broker
 from harness.scenario import backends_for, load_scenario
+from harness.signals import Interrupted
 from harness.verdicts import CLAIMS, invariant_verdict, run_word, verdict_word
 
 SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"

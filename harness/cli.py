@@ -20,7 +20,7 @@ from harness import credentials, vocab
 from harness.model import CLAIMS, REPORTING_MODES
 
 if TYPE_CHECKING:
-    from harness.runner import RunOptions
+    from harness.options import RunOptions
 
 EXIT_OK = 0
 EXIT_VIOLATED = 1
@@ -179,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from harness.cluster.base import ClusterError
-    from harness.runner import Interrupted, run_scenario
+    from harness.runner import run_scenario
     from harness.scenario import ScenarioError, apply_overrides, check_backend, load_scenario
+    from harness.signals import Interrupted
 
     try:
         scenarios = [apply_overrides(load_scenario(p), args.workers) for p in args.scenarios]
@@ -215,7 +216,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def _options(args: argparse.Namespace) -> RunOptions | int:
     """RunOptions from the shared flags, or an exit code after a one-line error."""
     from harness.cluster.base import WorkerSpec
-    from harness.runner import RunOptions, default_backend
+    from harness.options import RunOptions, default_backend
 
     backend = default_backend() if args.backend == "auto" else args.backend
     if args.broker_url:

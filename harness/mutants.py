@@ -27,8 +27,10 @@ from harness import report, vocab
 from harness.checkers.base import ClaimResult, observable
 from harness.history import History
 from harness.model import REPORTING_MODES, Scenario
-from harness.runner import Interrupted, RunOptions, run_scenario, suite_broker
+from harness.options import RunOptions
+from harness.runner import run_scenario, suite_broker
 from harness.scenario import load_scenario
+from harness.signals import Interrupted
 from harness.verdicts import invariant_verdict
 
 SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"

@@ -29,9 +29,10 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
 
-from harness import credentials, vocab
+from harness import credentials, verdicts, vocab
 from harness.checkers.base import ClaimResult, Valid
 from harness.history import Event
+from harness.model import Scenario
 from harness.verdicts import invariant_verdict
 
 VERDICT_STYLES: Final = {"true": "bold green", "false": "bold red", "unknown": "bold yellow"}
@@ -301,3 +302,24 @@ class Progress:
             return
         self._last_line = state
         self.console.print(Text(self.line()), soft_wrap=True)
+
+
+def result_payload(scenario: Scenario, run_id: str, seed: int, backend: str,
+                   results: list[ClaimResult], code: int, problems: list[str], rerun: str,
+                   gate: Iterable[str] | None) -> dict[str, Any]:
+    """The content of a run's ``result.json``."""
+    return {
+        "scenario": scenario.name,
+        "scenario_path": scenario.path,
+        "run_id": run_id,
+        "seed": seed,
+        "backend": backend,
+        "verdict": verdicts.run_word(code),
+        "exit_code": code,
+        "problems": problems,
+        "rerun": rerun,
+        "not_gated": verdicts.not_gated(results, gate),
+        "claims": [{**r.to_dict(), "invariant": vocab.word(invariant_verdict(r))}
+                   for r in results],
+        "params": scenario.params,
+    }

@@ -157,3 +157,13 @@ class Schedule:
 
     def all_fired(self) -> bool:
         return len(self.fired) == len(self.steps) and all(ok for _, ok in self.fired)
+
+    def problems(self) -> list[str]:
+        """One line per step that did not take effect or did not run: the run's
+        problems (the claims that needed them become unknown)."""
+        out = [f"schedule step {i + 1} ({self.steps[i].fault} {self.steps[i].target}, "
+               f"line {self.steps[i].line}) did not take effect"
+               for i, ok in self.fired if not ok]
+        if len(self.fired) < len(self.steps):
+            out.append("not every schedule step ran")
+        return out

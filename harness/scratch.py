@@ -35,8 +35,11 @@ import urllib.parse
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from harness.broker import BrokerAdmin, amqp_display
+from harness import credentials, vocab
+from harness.broker import BrokerAdmin, amqp_display, parse_broker_url
 from harness.cluster.base import BrokerEndpoint, ClusterError
+from harness.history import Recorder
+from harness.model import Scenario
 
 VHOST_PREFIX: Final = "rmq-harness-"
 LEASE_TAG: Final = "rmq-harness-lease"
@@ -270,3 +273,38 @@ class DedicatedVhost:
         except (urllib.error.URLError, OSError, ValueError) as e:
             return f"could not delete the run's queues in vhost {self.name}: {e}"
         return None
+
+
+EXTERNAL_READY_TIMEOUT_S: Final = 15.0  # the given broker must answer within this
+
+
+def open_run_vhost(broker_url: str, vhost: str | None, scenario: Scenario, run_id: str,
+                   recorder: Recorder) -> tuple[ScratchVhost | DedicatedVhost, BrokerEndpoint]:
+    """The run's own vhost on a broker given with ``--broker-url``: a scratch vhost
+    with a lease, or the ``--vhost`` the user dedicated (checked); never ``/``.
+    Registers the password with the redactor first. ClusterError (one line)."""
+    try:
+        base = parse_broker_url(broker_url, os.environ.get("HARNESS_MANAGEMENT_URL"))
+    except ValueError as e:
+        raise ClusterError(f"{e}; fix --broker-url") from None
+    credentials.register(base.password, base.user)
+    BrokerAdmin(base).wait_ready(EXTERNAL_READY_TIMEOUT_S)
+    c = scenario.cluster
+    if vhost:
+        dedicated = DedicatedVhost(base, vhost)
+        ep = dedicated.open((c.queue, c.dlq), f"{c.queue}.retry.")
+        recorder.record(vocab.VHOST, "harness", name=dedicated.name, scratch=False)
+        return dedicated, ep
+    scratch = ScratchVhost(base, run_id)
+    ep = scratch.open()
+    recorder.record(vocab.VHOST, "harness", name=scratch.name, scratch=True, lease_s=LEASE_S,
+                    swept=scratch.swept)
+    return scratch, ep
+
+
+def close_run_vhost(vhost: ScratchVhost | DedicatedVhost, scenario: Scenario) -> str | None:
+    """Delete the scratch vhost, or the dedicated vhost's run queues; a problem or None."""
+    c = scenario.cluster
+    if isinstance(vhost, ScratchVhost):
+        return vhost.close()
+    return vhost.close((c.queue, c.dlq), f"{c.queue}.retry.")

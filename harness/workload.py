@@ -541,3 +541,10 @@ def _describe(err: BaseException | None) -> str:
         return "unknown reason"
     text = str(err) or repr(err)
     return f"{type(err).__name__}: {text}"[:300]
+
+
+def longest_task_s(tasks: Sequence[Task]) -> float:
+    """The longest ``sleep_ms`` directive among ``tasks``, in seconds (0 without)."""
+    return max((float(v) for t in tasks
+                if isinstance(v := t.directives.get("sleep_ms"), int | float)),
+               default=0.0) / 1000.0

@@ -15,7 +15,7 @@ from harness.audit import (
     rows_from,
 )
 from harness.checkers.base import ClaimResult
-from harness.runner import RunOutcome
+from harness.options import RunOutcome
 from harness.scenario import load_scenario
 from harness.verdicts import CLAIMS, reference_verdict, verdict_word
 

@@ -11,7 +11,7 @@ import pytest
 
 from harness.cli import _param, main
 from harness.model import Scenario
-from harness.runner import RunOptions, rerun_command
+from harness.options import RunOptions, rerun_command
 
 
 def test_param_parses_numbers_words_and_booleans() -> None:

@@ -13,7 +13,7 @@ import pytest
 from harness import credentials
 from harness.cli import main
 from harness.model import Scenario
-from harness.runner import RunOptions, rerun_command
+from harness.options import RunOptions, rerun_command
 
 SECRET = "s3cr/et p@ss"
 USER = "ci-user"

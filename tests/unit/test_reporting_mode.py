@@ -6,7 +6,6 @@ the claim (and never lets such a claim be ``true``)."""
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import sys
 import time
@@ -15,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
 from harness.cli import build_parser, main
 from harness.model import Scenario
-from harness.runner import Run, RunOptions, rerun_command
+from harness.options import RunOptions, rerun_command, worker_spec
 
 # The benchmark is a script, not a package module: load it by path.
 _BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "false_alarms.py"
@@ -30,13 +28,15 @@ sys.modules["false_alarms"] = false_alarms
 _spec.loader.exec_module(false_alarms)
 
 
-def test_minimal_reporting_reaches_the_worker_env_and_the_rerun(tmp_path: Path) -> None:
+def test_minimal_reporting_reaches_the_worker_env_and_the_rerun() -> None:
     sc = Scenario(name="s", path="scenarios/s.yaml", claims=("no-loss",))
-    quiet = Console(file=io.StringIO())
-    run = Run(sc, RunOptions(reporting="minimal", out=tmp_path), quiet)
-    assert run.worker_spec().env["WORKER_EVENTS"] == "minimal"
+    assert worker_spec(sc, RunOptions(reporting="minimal"), "r1").env["WORKER_EVENTS"] == "minimal"
     assert "--reporting minimal" in rerun_command(sc, RunOptions(reporting="minimal"), 1, "local")
-    assert "WORKER_EVENTS" not in Run(sc, RunOptions(out=tmp_path), quiet).worker_spec().env
+    assert "WORKER_EVENTS" not in worker_spec(sc, RunOptions(), "r1").env
+    # A brought worker reports as it does, whatever the mode says.
+    brought = RunOptions(reporting="minimal", worker_cmd="my-worker --fast")
+    spec = worker_spec(sc, brought, "r1")
+    assert "WORKER_EVENTS" not in spec.env and spec.command == ("my-worker", "--fast")
     assert "--reporting" not in rerun_command(sc, RunOptions(), 1, "local")
 
 

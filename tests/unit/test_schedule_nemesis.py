@@ -170,3 +170,18 @@ def test_the_schedule_thread_stops_promptly() -> None:
     sched.stop.set()
     t0 = time.monotonic()
     assert sched.join(2) and time.monotonic() - t0 < 1.0
+
+
+def test_the_schedule_names_its_steps_that_did_not_take_effect() -> None:
+    _, _, _, sched, _ = setup((Step(When(after_s=0), "kill", "one", line=12),
+                               Step(When(processed=9, timeout_s=0.05), "kill", "one", line=14),
+                               Step(When(after_s=0), "kill", "one", line=16)))
+    sched.start()
+    deadline = time.monotonic() + 5
+    while len(sched.fired) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sched.stop.set()
+    assert sched.join(5)
+    problems = sched.problems()
+    assert "schedule step 2 (kill one, line 14) did not take effect" in problems
+    assert "schedule step 1" not in " ".join(problems)

@@ -1,0 +1,202 @@
+"""What a run is asked to do: its options, the workers' environment and spec,
+the command that reruns it, and what it gives back."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from harness.checkers.base import ClaimResult
+from harness.cluster.base import Cluster, ClusterError, WorkerSpec
+from harness.history import Recorder
+from harness.model import Scenario
+
+# The CLI reads the broker URL from here when --broker-url is not given; reruns
+# refer to it instead of repeating a URL with a password in it.
+BROKER_URL_ENV: Final = "HARNESS_BROKER_URL"
+SEED_MAX: Final = 2**32 - 1
+CAPABILITIES: Final = frozenset({"directives", "health"})
+
+
+@dataclass
+class RunOptions:
+    backend: str = "local"
+    broker_url: str | None = None
+    # With broker_url: a vhost dedicated to the harness (else a scratch vhost per run).
+    vhost: str | None = None
+    seed: int | None = None
+    workers: int | None = None
+    out: Path = Path("runs")
+    worker_cmd: str | None = None
+    worker_image: str | None = None
+    events: str = "json"
+    gate: frozenset[str] | None = None  # claims whose invariant gates the exit code
+    progress: bool = True
+    # What the worker can do: "directives" (honours the test hooks in task bodies),
+    # "health" (serves /healthcheck). None: all for the reference worker, none for
+    # a brought one, so a claim that needs one is unknown rather than a false pass.
+    capabilities: frozenset[str] | None = None
+    queue: str | None = None  # the worker's queue names, overriding the scenario's
+    dlq: str | None = None
+    # docker: a broker shared by several runs (one vhost each), to save a boot
+    # per scenario in the audit. A ``harness.cluster.docker.SharedDockerBroker``.
+    shared_broker: Any = None
+    # Checker parameters over the scenario's ``params`` (``--param CLAIM.KEY=V``).
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The reference worker's reporting mode (``model.REPORTING_MODES``); a brought
+    # worker reports as it does.
+    reporting: str = "full"
+
+    @property
+    def brought_worker(self) -> bool:
+        return bool(self.worker_cmd or self.worker_image)
+
+    def effective_capabilities(self) -> frozenset[str]:
+        if self.capabilities is not None:
+            return self.capabilities
+        return frozenset() if self.brought_worker else CAPABILITIES
+
+
+@dataclass
+class RunOutcome:
+    scenario: Scenario
+    run_dir: Path
+    seed: int
+    results: list[ClaimResult]
+    exit_code: int
+    problems: list[str] = field(default_factory=list)
+    rerun: str = ""
+
+
+def new_seed() -> int:
+    return int.from_bytes(os.urandom(4), "big")
+
+
+def make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder,
+                 shared_broker: Any = None) -> Cluster:
+    if backend == "local":
+        from harness.cluster.local import LocalCluster
+
+        return LocalCluster(run_id, run_dir, recorder)
+    if backend == "docker":
+        from harness.cluster.docker import DockerCluster
+
+        return DockerCluster(run_id, run_dir, recorder, shared=shared_broker)
+    raise ClusterError(f"unknown backend '{backend}': use local or docker")
+
+
+def default_backend() -> str:
+    """``docker`` when an engine answers and the images exist, else ``local``."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        client.images.get("rmq-harness/worker:latest")
+        return "docker"
+    except Exception:
+        return "local"
+
+
+def worker_env(scenario: Scenario) -> dict[str, str]:
+    c = scenario.cluster
+    env = {
+        "RABBITMQ_QUEUE": c.queue,
+        "WORKER_CONCURRENCY": str(c.concurrency),
+        "WORKER_RETRY_BASE_MS": str(c.retry_base_ms),
+        "WORKER_MAX_ATTEMPTS": str(c.max_attempts),
+        "RABBITMQ_HEARTBEAT_S": str(c.heartbeat_s),
+        "WORKER_SHUTDOWN_GRACE_S": str(c.grace_s),
+        "RABBITMQ_DLQ": c.dlq,
+        "RABBITMQ_QUEUE_TYPE": c.queue_type,
+        # Workers start while the broker boots; a short cap on the reference
+        # worker's reconnect backoff keeps them from sleeping past its readiness.
+        "WORKER_RECONNECT_MAX_S": "1",
+    }
+    env.update(c.extra_env)
+    return env
+
+
+def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str) -> str:
+    parts = ["harness", "run", scenario.path, "--seed", str(seed), "--backend", backend]
+    if opts.workers is not None:
+        parts += ["--workers", str(opts.workers)]
+    if opts.vhost:
+        parts += ["--vhost", opts.vhost]
+    if opts.worker_cmd:
+        parts += ["--worker-cmd", opts.worker_cmd]
+    if opts.worker_image:
+        parts += ["--worker-image", opts.worker_image]
+    if opts.events != "json":
+        parts += ["--events", opts.events]
+    if opts.capabilities is not None:
+        parts += ["--capabilities", ",".join(sorted(opts.capabilities)) or "none"]
+    if opts.gate is not None:
+        parts += ["--gate", ",".join(sorted(opts.gate))]
+    if opts.reporting != "full":
+        parts += ["--reporting", opts.reporting]
+    if opts.queue:
+        parts += ["--queue", opts.queue]
+    if opts.dlq:
+        parts += ["--dlq", opts.dlq]
+    for claim, over in sorted(opts.params.items()):
+        for key, value in sorted(over.items()):
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            parts += ["--param", f"{claim}.{key}={text}"]
+    # The broker's URL carries a password: the rerun names the variable that holds
+    # it (the CLI reads HARNESS_BROKER_URL), never the URL.
+    tail = f' --broker-url "${BROKER_URL_ENV}"' if opts.broker_url else ""
+    return shlex.join(parts) + tail
+
+
+
+def worker_spec(scenario: Scenario, opts: RunOptions, run_id: str) -> WorkerSpec:
+    """What every worker of the run is started with: the contract's environment,
+    the run's marker, the reporting mode, the brought worker's command."""
+    env = worker_env(scenario)
+    # Marks every process of this run, so leak checks (and people) can find them.
+    env["RMQ_HARNESS_RUN"] = run_id
+    if opts.reporting != "full" and not opts.brought_worker:
+        env["WORKER_EVENTS"] = opts.reporting
+    command: tuple[str, ...] = ()  # the backend's default: the reference worker
+    if opts.worker_cmd:
+        command = tuple(shlex.split(opts.worker_cmd))
+    return WorkerSpec(command=command, image=opts.worker_image, env=env, events=opts.events)
+
+
+def apply_options(scenario: Scenario, opts: RunOptions) -> Scenario:
+    """The scenario with the command line's queue names and checker parameters."""
+    if opts.queue or opts.dlq:
+        scenario = dataclasses.replace(scenario, cluster=dataclasses.replace(
+            scenario.cluster, queue=opts.queue or scenario.cluster.queue,
+            dead_letter_queue=opts.dlq or scenario.cluster.dead_letter_queue))
+    if opts.params:
+        merged = {c: dict(p) for c, p in scenario.params.items()}
+        for claim, over in opts.params.items():
+            merged.setdefault(claim, {}).update(over)
+        scenario = dataclasses.replace(scenario, params=merged)
+    return scenario
+
+
+def run_started(scenario: Scenario, opts: RunOptions, seed: int, run_id: str,
+                caps: frozenset[str]) -> dict[str, Any]:
+    """The fields of the run's ``run_started`` event: what the checkers read of the
+    run's set-up (cluster settings, capabilities, the worker under test)."""
+    c = scenario.cluster
+    return dict(
+        seed=seed, scenario=scenario.name, backend=opts.backend, run_id=run_id,
+        path=scenario.path, claims=list(scenario.claims),
+        cluster={"workers": c.workers, "concurrency": c.concurrency, "queue": c.queue,
+                 "dlq": c.dlq, "retry_base_ms": c.retry_base_ms,
+                 "max_attempts": c.max_attempts, "heartbeat_s": c.heartbeat_s,
+                 "grace_s": c.grace_s, "queue_type": c.queue_type,
+                 "restart_policy": c.restart_policy},
+        capabilities={"directives": "directives" in caps, "health": "health" in caps,
+                      "events": "regex" if opts.events.startswith("regex:") else "json"},
+        worker_under_test={"cmd": opts.worker_cmd, "image": opts.worker_image,
+                           "reference": not opts.brought_worker})
