@@ -210,8 +210,9 @@ def test_a_dedicated_vhost_must_hold_nothing_else(team: dict[str, Any],
     try:
         proc = harness(team, "run", str(SCENARIOS / "no-duplicates.yaml"), "--vhost",
                        "team-dedicated", out=tmp_path / "refused")
-        err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert proc.returncode == 2 and len(err) == 1 and "billing" in err[0], proc.stderr
+        err = [ln for ln in proc.stdout.splitlines() if ln.startswith("error:")]
+        assert proc.returncode == 2 and len(err) == 1, proc.stdout[-2000:]
+        assert "billing" in err[0] and "not dedicated to the harness" in err[0], err
         admin.request("DELETE", "/api/queues/team-dedicated/billing")
         proc = harness(team, "run", str(SCENARIOS / "no-duplicates.yaml"), "--vhost",
                        "team-dedicated", out=tmp_path / "ok")
