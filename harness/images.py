@@ -7,7 +7,7 @@ Images (names are fixed; the docker backend uses them):
   ``debootstrap --variant=minbase`` and ``docker import`` (Python 3.11, pip,
   Debian's rabbitmq-server, iproute2, iptables, procps, curl). Only built
   offline.
-- ``rmq-harness/rabbitmq:latest``: ``harness/images/rabbitmq/Dockerfile``.
+- ``rmq-harness/rabbitmq:latest``: ``harness/build_contexts/rabbitmq/Dockerfile``.
 - ``rmq-harness/worker:latest``: ``worker/Dockerfile``, with a build context made
   here: the rmq-chaos-harness wheel built from the source tree and pika's wheel
   (containers cannot reach PyPI).
@@ -29,7 +29,7 @@ now (or with ``force``):
 - base: the recipe (suite, variant, package list, recipe version); not the
   mirror, and not the Debian archive's current state, so a base is refreshed
   only with ``force``;
-- broker: every file in ``harness/images/rabbitmq/``, the build arguments, and
+- broker: every file in ``harness/build_contexts/rabbitmq/``, the build arguments, and
   the base image's id;
 - worker: ``worker/Dockerfile``, the files the project wheel is built from
   (``pyproject.toml``, ``README.md``, everything under ``harness/`` and
@@ -45,9 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -55,270 +52,60 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from importlib import metadata
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from harness.cluster.base import ClusterError
-
-BASE_IMAGE = "rmq-harness/base:bookworm"
-BROKER_IMAGE = "rmq-harness/rabbitmq:latest"
-WORKER_IMAGE = "rmq-harness/worker:latest"
-PUBLIC_BROKER_BASE = "rabbitmq:3-management"
-PUBLIC_WORKER_BASE = "python:3.12-slim"
-
-INPUTS_LABEL = "io.rmq-harness.inputs"
-BASE_LABEL = "io.rmq-harness.base"
-RECIPE_VERSION = "1"
-
-DEBIAN_SUITE = "bookworm"
-DEBOOTSTRAP_VARIANT = "minbase"
-DEBOOTSTRAP_PACKAGES = (
-    "python3",
-    "python3-pip",
-    "python3-venv",
-    "rabbitmq-server",
-    "iproute2",
-    "iptables",
-    "procps",
-    "curl",
+from harness.imagekit import (
+    BASE_CHANGES,
+    BASE_LABEL,
+    BROKER_CONTEXT,
+    BUILD_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
+    DEBIAN_SUITE,
+    DEBOOTSTRAP_PACKAGES,
+    DEBOOTSTRAP_TIMEOUT_S,
+    DEBOOTSTRAP_VARIANT,
+    IMPORT_TIMEOUT_S,
+    PIP_TIMEOUT_S,
+    PUBLIC_BROKER_BASE,
+    PUBLIC_WORKER_BASE,
+    PULL_TIMEOUT_S,
+    ROOTFS_PRUNE,
+    Console,
+    Printer,
+    Quiet,
+    base_inputs_hash,
+    broker_inputs_hash,
+    build_lock,
+    cache_dir,
+    image_or_none,
+    labels_of,
+    one_line,
+    pika_version,
+    remove_if_dangling,
+    source_files,
+    worker_inputs_hash,
 )
-# Dropped from the root filesystem before import: apt's downloads and lists, docs.
-ROOTFS_PRUNE = (
-    "var/cache/apt/archives",
-    "var/lib/apt/lists",
-    "usr/share/doc",
-    "usr/share/man",
-    "usr/share/info",
-    "usr/share/locale",
+from harness.imagekit import (
+    BASE_IMAGE as BASE_IMAGE,
 )
-BASE_CHANGES = (
-    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "ENV LANG=C.UTF-8",
-    'CMD ["/bin/bash"]',
+from harness.imagekit import (
+    BROKER_IMAGE as BROKER_IMAGE,
 )
-
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-CONNECT_TIMEOUT_S = 10
-BUILD_TIMEOUT_S = 900
-DEBOOTSTRAP_TIMEOUT_S = 1200
-IMPORT_TIMEOUT_S = 600
-PIP_TIMEOUT_S = 300
-PULL_TIMEOUT_S = 120
-LOCK_TIMEOUT_S = 1800
-
-_SKIP_DIRS = frozenset(
-    {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "build", "dist"}
+from harness.imagekit import (
+    INPUTS_LABEL as INPUTS_LABEL,
 )
-_SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info")
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-BROKER_CONTEXT = PACKAGE_DIR / "images" / "rabbitmq"
-
-
-class Console(Protocol):
-    """What progress goes to: ``rich.console.Console`` fits, and so does ``_Printer``."""
-
-    def print(self, *objects: Any) -> None: ...
-
-
-class _Printer:
-    def print(self, *objects: Any) -> None:
-        print(*objects, file=sys.stderr, flush=True)
-
-
-class _Quiet:
-    def print(self, *objects: Any) -> None:
-        return None
-
-
-# -- paths -----------------------------------------------------------------------
-
-
-def project_root() -> Path:
-    """The source tree (where pyproject.toml is); the worker image is built from it."""
-    root = PACKAGE_DIR.parent
-    if not (root / "pyproject.toml").is_file() or not (root / "worker" / "Dockerfile").is_file():
-        raise ClusterError(
-            f"no source tree beside {PACKAGE_DIR} (pyproject.toml, worker/Dockerfile): "
-            "build the images from a checkout of the project"
-        )
-    return root
-
-
-def cache_dir() -> Path:
-    """Where wheels, debootstrap's packages and the build lock live."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base) / "rmq-chaos-harness"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-# -- docker ------------------------------------------------------------------------
-
-
-def docker_host() -> str:
-    return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-
-
-def engine_unreachable_message() -> str:
-    return (
-        f"Docker engine not reachable at {docker_host()}: "
-        "start it with `.ci/docker-setup.sh` or `dockerd &`"
-    )
-
-
-def docker_client(timeout_s: int = BUILD_TIMEOUT_S) -> Any:
-    """A docker SDK client that has answered a ping, or ClusterError (one line)."""
-    try:
-        import docker
-    except ImportError as exc:  # pragma: no cover - a dependency of the project
-        raise ClusterError("the Python package `docker` is missing: pip install docker") from exc
-    try:
-        client = docker.from_env(timeout=timeout_s)
-        client.ping()
-    except Exception as exc:
-        raise ClusterError(engine_unreachable_message()) from exc
-    return client
-
-
-def _image(client: Any, name: str) -> Any | None:
-    import docker.errors
-
-    try:
-        return client.images.get(name)
-    except docker.errors.ImageNotFound:
-        return None
-    except docker.errors.APIError as exc:
-        raise ClusterError(f"Docker could not inspect {name}: {_one_line(str(exc))}") from exc
-
-
-def _labels(image: Any) -> Mapping[str, str]:
-    labels = image.attrs.get("Config", {}).get("Labels") or {}
-    return labels if isinstance(labels, dict) else {}
-
-
-def _remove_if_dangling(client: Any, old_id: str | None, new_id: str) -> None:
-    """Drop the image a rebuild replaced, if nothing else uses or names it."""
-    if old_id is None or old_id == new_id:
-        return
-    with contextlib.suppress(Exception):
-        client.images.remove(old_id, noprune=False)
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-# -- hashing ----------------------------------------------------------------------------
-
-
-def _hash_files(h: Any, root: Path, files: Sequence[Path]) -> None:
-    for path in sorted(files):
-        h.update(path.relative_to(root).as_posix().encode())
-        h.update(b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
-
-
-def _tree_files(top: Path) -> list[Path]:
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in _SKIP_DIRS and not d.endswith(_SKIP_SUFFIXES)
-        )
-        for name in filenames:
-            if not name.endswith(_SKIP_SUFFIXES):
-                found.append(Path(dirpath) / name)
-    return found
-
-
-def _source_files(root: Path) -> list[Path]:
-    files = [root / "pyproject.toml"]
-    for extra in ("README.md", "LICENSE"):
-        if (root / extra).is_file():
-            files.append(root / extra)
-    for package in ("harness", "worker"):
-        files.extend(_tree_files(root / package))
-    return files
-
-
-def _digest(parts: Mapping[str, str], files_root: Path | None, files: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(dict(parts), sort_keys=True).encode())
-    if files_root is not None:
-        _hash_files(h, files_root, files)
-    return h.hexdigest()
-
-
-def base_inputs_hash() -> str:
-    return _digest(
-        {
-            "recipe": RECIPE_VERSION,
-            "suite": DEBIAN_SUITE,
-            "variant": DEBOOTSTRAP_VARIANT,
-            "packages": ",".join(DEBOOTSTRAP_PACKAGES),
-            "prune": ",".join(ROOTFS_PRUNE),
-            "changes": "\n".join(BASE_CHANGES),
-        },
-        None,
-        [],
-    )
-
-
-def broker_inputs_hash(base_id: str) -> str:
-    return _digest(
-        {"recipe": RECIPE_VERSION, "image": BROKER_IMAGE, "base_id": base_id},
-        BROKER_CONTEXT,
-        _tree_files(BROKER_CONTEXT),
-    )
-
-
-def _pika_version() -> str | None:
-    try:
-        return metadata.version("pika")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def worker_inputs_hash(base_id: str, root: Path) -> str:
-    return _digest(
-        {
-            "recipe": RECIPE_VERSION,
-            "image": WORKER_IMAGE,
-            "base_id": base_id,
-            "pika": _pika_version() or "any",
-        },
-        root,
-        _source_files(root),
-    )
-
-
-# -- locking ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _build_lock(timeout_s: int = LOCK_TIMEOUT_S) -> Iterator[None]:
-    path = cache_dir() / "images.lock"
-    with open(path, "a+") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ClusterError(
-                        f"another image build held {path} for over {timeout_s} s: "
-                        "wait for it or remove the lock file if no build runs"
-                    ) from None
-                time.sleep(1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
+from harness.imagekit import (
+    WORKER_IMAGE as WORKER_IMAGE,
+)
+from harness.imagekit import (
+    docker_client as docker_client,
+)
+from harness.imagekit import (
+    project_root as project_root,
+)
 
 # -- the offline base ----------------------------------------------------------------------
 
@@ -364,8 +151,8 @@ def _unmount_under(path: Path) -> None:
 def build_base_image(client: Any, console: Console, force: bool = False) -> str:
     """Make ``rmq-harness/base:bookworm`` with debootstrap unless it is current."""
     wanted = base_inputs_hash()
-    existing = _image(client, BASE_IMAGE)
-    if existing is not None and not force and _labels(existing).get(INPUTS_LABEL) == wanted:
+    existing = image_or_none(client, BASE_IMAGE)
+    if existing is not None and not force and labels_of(existing).get(INPUTS_LABEL) == wanted:
         console.print(f"{BASE_IMAGE}: up to date ({existing.short_id})")
         return str(existing.id)
     if os.geteuid() != 0:
@@ -439,16 +226,16 @@ def build_base_image(client: Any, console: Console, force: bool = False) -> str:
             )
         except Exception as exc:
             raise ClusterError(
-                f"docker import of {BASE_IMAGE} failed: {_one_line(str(exc))}"
+                f"docker import of {BASE_IMAGE} failed: {one_line(str(exc))}"
             ) from exc
-    image = _image(client, BASE_IMAGE)
+    image = image_or_none(client, BASE_IMAGE)
     if image is None:
         raise ClusterError(f"docker import did not produce {BASE_IMAGE}: see `docker images`")
     console.print(
         f"{BASE_IMAGE}: built {image.short_id} in {time.monotonic() - started:.0f} s "
         f"(debootstrap {boot_s:.0f} s), {image.attrs.get('Size', 0) / 1e6:.0f} MB"
     )
-    _remove_if_dangling(client, None if existing is None else str(existing.id), str(image.id))
+    remove_if_dangling(client, None if existing is None else str(existing.id), str(image.id))
     return str(image.id)
 
 
@@ -457,7 +244,7 @@ def _last_lines(path: Path, count: int) -> str:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "?"
-    return _one_line(" | ".join(lines[-count:]))
+    return one_line(" | ".join(lines[-count:]))
 
 
 # -- public bases -------------------------------------------------------------------------
@@ -469,16 +256,15 @@ def _pull(client: Any, ref: str, deadline: float) -> bool:
         for _chunk in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
             if time.monotonic() > deadline:
                 return False
-        return _image(client, ref) is not None
+        return image_or_none(client, ref) is not None
     except Exception:
         return False
 
 
 def public_bases_available(client: Any, pull: bool = True) -> bool:
     """The public bases are here, or (``pull``) could be pulled within PULL_TIMEOUT_S."""
-    missing = [
-        ref for ref in (PUBLIC_BROKER_BASE, PUBLIC_WORKER_BASE) if _image(client, ref) is None
-    ]
+    missing = [ref for ref in (PUBLIC_BROKER_BASE, PUBLIC_WORKER_BASE)
+               if image_or_none(client, ref) is None]
     if not missing:
         return True
     if not pull:
@@ -497,9 +283,9 @@ def resolve_offline(client: Any, offline: bool | None, console: Console) -> bool
     if env in {"0", "false", "no"}:
         return False
     for name in (BROKER_IMAGE, WORKER_IMAGE):
-        image = _image(client, name)
+        image = image_or_none(client, name)
         if image is not None:
-            base = _labels(image).get(BASE_LABEL)
+            base = labels_of(image).get(BASE_LABEL)
             if base == BASE_IMAGE:
                 return True
             if base in (PUBLIC_BROKER_BASE, PUBLIC_WORKER_BASE) and public_bases_available(
@@ -508,7 +294,7 @@ def resolve_offline(client: Any, offline: bool | None, console: Console) -> bool
                 return False
     if public_bases_available(client, pull=False):
         return False
-    if _image(client, BASE_IMAGE) is not None:
+    if image_or_none(client, BASE_IMAGE) is not None:
         return True  # an offline base was made here before: no pull attempt
     if public_bases_available(client, pull=True):
         return False
@@ -547,8 +333,8 @@ def _docker_build(
             if "error" in chunk:
                 detail = " | ".join(last[-3:])
                 raise ClusterError(
-                    f"building {tag} failed: {_one_line(str(chunk['error']))}"
-                    + (f" (after: {_one_line(detail, 200)})" if detail else "")
+                    f"building {tag} failed: {one_line(str(chunk['error']))}"
+                    + (f" (after: {one_line(detail, 200)})" if detail else "")
                 )
             text = str(chunk.get("stream", "")).strip()
             if text:
@@ -559,8 +345,8 @@ def _docker_build(
     except ClusterError:
         raise
     except Exception as exc:
-        raise ClusterError(f"building {tag} failed: {_one_line(str(exc))}") from exc
-    image = _image(client, tag)
+        raise ClusterError(f"building {tag} failed: {one_line(str(exc))}") from exc
+    image = image_or_none(client, tag)
     if image is None:
         raise ClusterError(f"building {tag} produced no image: see `docker images`")
     return str(image.id)
@@ -576,14 +362,14 @@ def _pip(args: Sequence[str], what: str) -> None:
         raise ClusterError(f"{what}: pip took over {PIP_TIMEOUT_S} s") from None
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise ClusterError(f"{what} failed: {_one_line(lines[-1] if lines else '?')}")
+        raise ClusterError(f"{what} failed: {one_line(lines[-1] if lines else '?')}")
 
 
 def _pika_wheel(console: Console) -> Path:
     """pika's wheel for the version installed here, kept in the cache directory."""
     wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    version = _pika_version()
+    version = pika_version()
     pattern = f"pika-{version}-*.whl" if version else "pika-*.whl"
     found = sorted(wheels.glob(pattern))
     if found:
@@ -604,7 +390,7 @@ def _project_wheel(root: Path, out: Path, console: Console) -> None:
     """Build the project's wheel from a copy of its sources (keeps the tree clean)."""
     with tempfile.TemporaryDirectory(prefix="rmq-harness-src-") as tmp:
         src = Path(tmp) / "src"
-        for path in _source_files(root):
+        for path in source_files(root):
             dest = src / path.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest)
@@ -619,8 +405,8 @@ def build_broker_image(
     client: Any, base: str, base_id: str, console: Console, force: bool = False
 ) -> str:
     wanted = broker_inputs_hash(base_id)
-    existing = _image(client, BROKER_IMAGE)
-    if existing is not None and not force and _labels(existing).get(INPUTS_LABEL) == wanted:
+    existing = image_or_none(client, BROKER_IMAGE)
+    if existing is not None and not force and labels_of(existing).get(INPUTS_LABEL) == wanted:
         console.print(f"{BROKER_IMAGE}: up to date ({existing.short_id})")
         return str(existing.id)
     started = time.monotonic()
@@ -635,7 +421,7 @@ def build_broker_image(
         console,
     )
     console.print(f"{BROKER_IMAGE}: built {image_id[7:19]} in {time.monotonic() - started:.0f} s")
-    _remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
+    remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
     return image_id
 
 
@@ -644,8 +430,8 @@ def build_worker_image(
 ) -> str:
     root = project_root()
     wanted = worker_inputs_hash(base_id, root)
-    existing = _image(client, WORKER_IMAGE)
-    if existing is not None and not force and _labels(existing).get(INPUTS_LABEL) == wanted:
+    existing = image_or_none(client, WORKER_IMAGE)
+    if existing is not None and not force and labels_of(existing).get(INPUTS_LABEL) == wanted:
         console.print(f"{WORKER_IMAGE}: up to date ({existing.short_id})")
         return str(existing.id)
     started = time.monotonic()
@@ -667,7 +453,7 @@ def build_worker_image(
             console,
         )
     console.print(f"{WORKER_IMAGE}: built {image_id[7:19]} in {time.monotonic() - started:.0f} s")
-    _remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
+    remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
     return image_id
 
 
@@ -679,10 +465,10 @@ def build_images(
     Returns image name -> image id (with the base when offline). Raises
     ClusterError with one line on any failure.
     """
-    out: Console = console if console is not None else _Quiet()
+    out: Console = console if console is not None else Quiet()
     client = docker_client()
     try:
-        with _build_lock():
+        with build_lock():
             use_offline = resolve_offline(client, offline, out)
             result: dict[str, str] = {}
             if use_offline:
@@ -727,13 +513,13 @@ def image_status() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     try:
         for name in (BASE_IMAGE, BROKER_IMAGE, WORKER_IMAGE):
-            image = _image(client, name)
+            image = image_or_none(client, name)
             rows.append(
                 {
                     "name": name,
                     "id": None if image is None else image.short_id,
                     "size_mb": None if image is None else round(image.attrs.get("Size", 0) / 1e6),
-                    "base": None if image is None else _labels(image).get(BASE_LABEL),
+                    "base": None if image is None else labels_of(image).get(BASE_LABEL),
                 }
             )
     finally:
@@ -772,7 +558,7 @@ def images_main(argv: Sequence[str] | None = None) -> int:
             return 0
         offline = True if args.offline else False if args.online else None
         started = time.monotonic()
-        result = build_images(offline=offline, force=args.force, console=_Printer())
+        result = build_images(offline=offline, force=args.force, console=Printer())
         for name, image_id in result.items():
             print(f"{name} {image_id}")
         print(f"images ready in {time.monotonic() - started:.1f} s", file=sys.stderr)

@@ -72,7 +72,7 @@ MAX_BASE_PATH_CHARS: Final = 100
 _NODE_DIR_ROOT: Final = Path("/tmp/rmq-harness/nodes")
 # The plugins a private node runs (its enabled_plugins file, and plugin_farm's set).
 ENABLED_PLUGINS: Final = ("rabbitmq_management",)
-_PRUNE_SCRIPT: Final = Path(harness.__file__).resolve().parent / "images" / "rabbitmq" / \
+_PRUNE_SCRIPT: Final = Path(harness.__file__).resolve().parent / "build_contexts" / "rabbitmq" / \
     "prune_plugins.py"
 _READER_JOIN_S: Final = 2.0
 _LOG_TAIL_LINES: Final = 40
@@ -100,7 +100,7 @@ def plugin_farm(farm: Path, server: str = RABBITMQ_SERVER,
     plugin directories, the management plugin needs 25; with the short path a
     private node boots in ~8 s instead of ~14 s on 2 busy cores
     (``benchmarks/bench_local_boot.py``). The broker image prunes the same way
-    (``harness/images/rabbitmq/prune_plugins.py``, whose ``needed()`` this uses).
+    (``harness/build_contexts/rabbitmq/prune_plugins.py``, whose ``needed()`` this uses).
     Made fresh inside the node's own directory for every node (a few dozen
     symlinks): no shared cache that another user could plant or a cleaner could
     half-delete. Never fatal.

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = (Path(__file__).resolve().parents[2] / "harness" / "images" / "rabbitmq"
+SCRIPT = (Path(__file__).resolve().parents[2] / "harness" / "build_contexts" / "rabbitmq"
           / "prune_plugins.py")
 
 
