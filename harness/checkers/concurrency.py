@@ -36,6 +36,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, unknown
 from harness.history import History
@@ -76,7 +77,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         for e in evs:
             if not isinstance(e.get("started_ts"), int | float):
                 from_receipt += 1
-            s = ix.start_ts(idx, e)
+            s = facts.start_ts(idx, e)
             iv.append((min(s, e.ts), e.ts))
         intervals_of[w] = iv
         peaks[w] = peak_overlap(iv)

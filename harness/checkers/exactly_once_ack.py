@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, first, unknown
 from harness.history import Event, History
@@ -165,11 +166,11 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             # before it, so it explains nothing.
             fault = None if math.inf in (ts1, ts2) else idx.connection_fault(w1, lo, hi)
             # The second settlement of a second message (a republish) is explained
-            # by that message's lineage only (``index.lineage_fault``).
-            fresh = ix.fresh_receipts(sorted(received, key=lambda e: e.ts))
+            # by that message's lineage only (``facts.lineage_fault``).
+            fresh = facts.fresh_receipts(sorted(received, key=lambda e: e.ts))
             copy = next((e for e in fresh if e.worker == w2 and e.ts == r2), None)
             if fault is not None and copy is not None:
-                fault = ix.lineage_fault(idx, ident, copy, received)
+                fault = facts.lineage_fault(idx, ident, copy, received)
             info: dict[str, Any] = {"settlements": [[k1, w1, ts1], [k2, w2, ts2]]}
             if fault is not None:
                 info["explained_by"] = fault.describe()

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, first, unknown
 from harness.history import Event, History
@@ -105,7 +106,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx.acked_final.events(multi)
 
     def by_worker(evs: list[Event]) -> dict[str, list[float]]:
-        return {w: [e.ts for e in lst] for w, lst in ix.events_by_worker(evs).items()}
+        return {w: [e.ts for e in lst] for w, lst in facts.events_by_worker(evs).items()}
 
     exits = by_worker(idx.worker_exited)
     losses = by_worker(idx.connection_lost)
@@ -116,7 +117,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             kills.setdefault(target, []).append(ev.ts)
     for lst in kills.values():
         lst.sort()
-    end_of_run = ix.horizon(history)
+    end_of_run = facts.horizon(history)
 
     explained: dict[str, list[dict[str, Any]]] = {}
     unexplained: dict[str, list[dict[str, Any]]] = {}

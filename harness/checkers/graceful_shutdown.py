@@ -12,7 +12,7 @@ Each in-flight id must end one of two ways:
 
 - finished: W reports ``processed`` of it after the receipt and then settles it
   (``acked``) before its exit, and the broker never hands it out again; or,
-  for a task the harness asked to fail (``index.asked_to_fail``) or to fail
+  for a task the harness asked to fail (``facts.asked_to_fail``) or to fail
   transiently (``fail_times``), W settles it as a failure (``dead_lettered``,
   ``retry_scheduled``, a retry ack);
 - requeued: another worker (or W's next incarnation) receives it after ts and
@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, first, unknown
 from harness.history import Event, History
@@ -88,12 +89,12 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     if idx.count("received") == 0:
         return unknown(CLAIM, "the worker reports no received events: in-flight tasks unknown",
                        terminations=len(terms))
-    grace_s = ix.as_float(idx.setting(params, "grace_s"), GRACE_S) or GRACE_S
+    grace_s = facts.as_float(idx.setting(params, "grace_s"), GRACE_S) or GRACE_S
     slack_s = float(params.get("slack_s", SLACK_S))
-    exits = ix.events_by_worker(idx.worker_exited)
-    end = ix.horizon(history)
+    exits = facts.events_by_worker(idx.worker_exited)
+    end = facts.horizon(history)
     dlq = idx.final.ids["dlq"]
-    asked = ix.asked_to_fail(idx, params)
+    asked = facts.asked_to_fail(idx, params)
 
     per_term: list[dict[str, Any]] = []
     acked_unfinished: set[str] = set()

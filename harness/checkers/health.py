@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, unknown
 from harness.history import BROKER_FAULTS, Event, History
@@ -60,17 +61,17 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         return unknown(CLAIM, "the worker serves no /healthcheck (capability health false)")
     if not idx.health:
         return unknown(CLAIM, "no health event in the history: /healthcheck was not polled")
-    outages = [(ev.ts, ix.as_float(ev.get("completed_ts"), ev.ts) or ev.ts)
+    outages = [(ev.ts, facts.as_float(ev.get("completed_ts"), ev.ts) or ev.ts)
                for ev in idx.faults
                if ev.get("fault") in BROKER_FAULTS and ix.is_fault_invoke(ev)]
     if not outages:
         return unknown(CLAIM, "no broker outage in the history: nothing to turn unhealthy",
                        health_events=len(idx.health))
 
-    health = ix.events_by_worker(idx.health)
-    starts = ix.events_by_worker(idx.worker_started)
-    exits = ix.events_by_worker(idx.worker_exited)
-    end = ix.horizon(history)
+    health = facts.events_by_worker(idx.health)
+    starts = facts.events_by_worker(idx.worker_started)
+    exits = facts.events_by_worker(idx.worker_exited)
+    end = facts.horizon(history)
     checks: list[dict[str, Any]] = []
     never_down: list[str] = []
     never_up: list[str] = []

@@ -19,8 +19,8 @@ this checker says so (valid False); but it separates:
 - *unexplained* duplicates: no such fault. These break the release invariant.
 
 A copy delivered with ``redelivered`` false that is not the original publish's
-first delivery (``index.fresh_receipts``) is a second message, a republish: a fault
-alone does not explain it, only its lineage does (``index.lineage_fault``: the
+first delivery (``facts.fresh_receipts``) is a second message, a republish: a fault
+alone does not explain it, only its lineage does (``facts.lineage_fault``: the
 retry republish of a delivery an injected fault then hit before its ack).
 
 Only injected faults explain (``index.ConnFault.injected``): nemesis faults,
@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, first, unknown
 from harness.history import Event, History
@@ -127,8 +128,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     for ident in dups:
         rec_events = sorted(receipts.get(ident, ()), key=lambda e: e.ts)
         recs = [(e.ts, e.worker) for e in rec_events]
-        fresh = ix.fresh_receipts(rec_events)
-        runs = sorted(((ix.start_ts(idx, e), e.ts, e.worker) for e in processings[ident]),
+        fresh = facts.fresh_receipts(rec_events)
+        runs = sorted(((facts.start_ts(idx, e), e.ts, e.worker) for e in processings[ident]),
                       key=lambda r: (r[0], r[1]))
         for (s1, _p1, w1), (s2, p2, w2) in pairwise(runs):
             extra += 1
@@ -150,7 +151,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                                   _receipt_event(rec_events, w2, s2))
                       if c is not None and any(c is f for f in fresh)]
             if copies:
-                fault = ix.lineage_fault(idx, ident, max(copies, key=lambda e: e.ts), rec_events)
+                fault = facts.lineage_fault(idx, ident, max(copies, key=lambda e: e.ts), rec_events)
             item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,
                                     "again_worker": w2, "again_start_ts": s2,
                                     "again_processed_ts": p2}

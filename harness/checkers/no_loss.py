@@ -7,7 +7,7 @@ The accounting follows Jepsen's ``total-queue`` checker:
 - processed:     ids with at least one ``processed`` event;
 - dead_lettered: ids listed in a ``final_queue`` of role ``dlq``;
 - asked:         ids the harness asked to fail for good (poison, ``fail_always``,
-                 ``fail_times`` >= ``max_attempts``: ``index.asked_to_fail``);
+                 ``fail_times`` >= ``max_attempts``: ``facts.asked_to_fail``);
 - remaining:     ids listed in a ``final_queue`` of role ``main`` or ``retry``;
 - lost       = confirmed - (processed | (dead_lettered & asked) | remaining)
                                                                    -> violation;
@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, first, unknown
 from harness.history import History
@@ -53,7 +54,7 @@ CLAIM: Final = "no-loss"
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx = ix.get(history)
     fin = idx.final
-    asked = ix.asked_to_fail(idx, params)
+    asked = facts.asked_to_fail(idx, params)
     dlq = fin.ids["dlq"] & asked
     dlq_unasked = fin.ids["dlq"] - asked
     remaining = fin.remaining

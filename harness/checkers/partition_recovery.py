@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, unknown
 from harness.history import History
@@ -42,10 +43,10 @@ HEARTBEAT_S: Final = 10.0
 
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx = ix.get(history)
-    heartbeat_s = ix.as_float(idx.cluster.get("heartbeat_s"), HEARTBEAT_S) or HEARTBEAT_S
+    heartbeat_s = facts.as_float(idx.cluster.get("heartbeat_s"), HEARTBEAT_S) or HEARTBEAT_S
     bound_s = float(params.get("bound_s", heartbeat_s * 3 + 20))
     heals = sorted(
-        ((str(ix.fault_target(ev)), ix.as_float(ev.get("completed_ts"), ev.ts) or ev.ts,
+        ((str(ix.fault_target(ev)), facts.as_float(ev.get("completed_ts"), ev.ts) or ev.ts,
           str(ev.get("fault")))
          for ev in idx.faults
          if ev.get("fault") in NETWORK_FAULTS and ev.get("phase") == "heal"
@@ -55,10 +56,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         return unknown(CLAIM, "no healed network fault (partition, blackhole, reset) in the "
                        "history")
 
-    ready = ix.events_by_worker(idx.ready)
-    health = ix.events_by_worker(idx.health)
-    exits = ix.events_by_worker(idx.worker_exited)
-    end = ix.horizon(history)
+    ready = facts.events_by_worker(idx.ready)
+    health = facts.events_by_worker(idx.health)
+    exits = facts.events_by_worker(idx.worker_exited)
+    end = facts.horizon(history)
     all_receipts = sorted(e.ts for lst in idx.received.lists.values() for e in lst)
     queue_empty = idx.final.captured["main"] and not idx.final.ids["main"]
 
@@ -77,7 +78,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                     if e.ts >= heal_ts), None)
         if rec is not None:
             cands.append((rec.ts, "received"))
-        starts = [ix.start_ts(idx, e) for e in idx.processed.lists.get(w, ())]
+        starts = [facts.start_ts(idx, e) for e in idx.processed.lists.get(w, ())]
         s = min((x for x in starts if x >= heal_ts), default=None)
         if s is not None:
             cands.append((s, "processing started"))

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, first, unknown
 from harness.history import History
@@ -134,7 +135,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     settlements = {w: _settlements_by(idx, w) for w in killed}
     starts = _starts(idx)
     dlq = idx.final.ids["dlq"]
-    asked = ix.asked_to_fail(idx, params)
+    asked = facts.asked_to_fail(idx, params)
     remaining = idx.final.remaining
 
     per_kill: list[dict[str, Any]] = []
@@ -278,4 +279,4 @@ def _redelivery(idx: ix.Index, starts: dict[str, list[float]], ident: str, k: Ki
 
 def _completed(idx: ix.Index, ident: str, after: float, dlq_asked: set[str]) -> bool:
     """Processed after the redelivery, or (asked to fail) found in the DLQ."""
-    return ident in dlq_asked or ix.processed_by_after(idx, ident, None, after)
+    return ident in dlq_asked or facts.processed_by_after(idx, ident, None, after)

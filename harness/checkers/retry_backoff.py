@@ -71,6 +71,7 @@ import statistics
 from collections.abc import Mapping
 from typing import Any, Final
 
+from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import OFFENDERS_MAX, ClaimResult, first, unknown
 from harness.history import Event, History
@@ -116,7 +117,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx = ix.get(history)
     if idx.capabilities.get("directives") is False:
         return unknown(CLAIM, "the worker does not honour directives: cannot provoke retries")
-    base_ms = ix.as_float(idx.setting(params, "base_ms", "retry_base_ms"))
+    base_ms = facts.as_float(idx.setting(params, "base_ms", "retry_base_ms"))
     if base_ms is None or base_ms <= 0:
         return unknown(CLAIM, "the retry base delay is not known (cluster.retry_base_ms or "
                        "params base_ms)")
@@ -166,7 +167,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             lo = {"none": d_s, "equal": d_s / 2, "full": 0.0}[jitter] * (1 - tol)
             hi = d_s * (1 + tol) + slack_s
             if what == "received":
-                sleep = ix.as_float(idx.fail_directives[ident].get("sleep_ms"), 0.0) or 0.0
+                sleep = facts.as_float(idx.fail_directives[ident].get("sleep_ms"), 0.0) or 0.0
                 hi += sleep / 1000.0
             item = {"id": ident, "attempt": a, "gap_s": round(gap, 4),
                     "expected_s": round(d_s, 4), "lo_s": round(lo, 4), "hi_s": round(hi, 4),

@@ -461,6 +461,7 @@ def test_a_processed_only_worker_crashing_on_a_crash_task_is_injected() -> None:
 def test_a_started_ts_is_clamped_to_what_the_harness_saw() -> None:
     """A ``started_ts`` before the receipt or after the report is the worker's
     word outside the facts: kept inside [receipt, processed]."""
+    from harness.checkers import facts
     from harness.checkers import index as ix
 
     h = start().publish("a").received("a", W1, ts=1000.5)
@@ -471,7 +472,7 @@ def test_a_started_ts_is_clamped_to_what_the_harness_saw() -> None:
                                                            started_ts=1001.8)
     hist = h.finish().build()
     idx = ix.get(hist)
-    starts = {e.id: ix.start_ts(idx, e) for e in idx.processed.lists[W1]}
+    starts = {e.id: facts.start_ts(idx, e) for e in idx.processed.lists[W1]}
     assert starts == {"a": 1000.5, "b": 1001.5, "c": 1001.8}
 
 

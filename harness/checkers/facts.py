@@ -1,0 +1,132 @@
+"""Facts the checkers derive from the index (``harness.checkers.index``): when a
+processing began, what the harness asked to fail, the lineage of a second
+message, and small helpers over event lists. Pure functions of the index."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from harness.checkers.index import ConnFault, Index, worker_of
+from harness.history import Event, History
+
+
+def start_ts(idx: Index, ev: Event) -> float:
+    """When the processing reported by a ``processed`` (or settlement) event began.
+
+    ``started_ts`` when the worker reports it, clamped to [the latest ``received``
+    of the same id by the same worker at or before the event, the event's ts];
+    else that receipt; else the event's own ts.
+    """
+    best: float | None = None
+    if ev.id is not None:
+        for r in idx.received.of(ev.id):
+            if r.worker == ev.worker and r.ts <= ev.ts and (best is None or r.ts > best):
+                best = r.ts
+    st = as_float(ev.get("started_ts"))
+    if st is not None:
+        # The worker's word, kept inside what the harness saw: not before the
+        # receipt it processed, not after the report itself.
+        return min(max(st, best if best is not None else st), ev.ts)
+    return best if best is not None else ev.ts
+
+
+def events_by_worker(events: Iterable[Event]) -> dict[str, list[Event]]:
+    """worker -> its events (of the given list) sorted by ts."""
+    out: dict[str, list[Event]] = {}
+    for ev in events:
+        w = worker_of(ev)
+        if w is not None:
+            out.setdefault(w, []).append(ev)
+    for lst in out.values():
+        lst.sort(key=lambda e: e.ts)
+    return out
+
+
+def first_after(events: list[Event], ts: float) -> Event | None:
+    """The first event of ``events`` (sorted by ts) with ts >= ``ts``."""
+    i = bisect.bisect_left([e.ts for e in events], ts)
+    return events[i] if i < len(events) else None
+
+
+def horizon(history: History) -> float:
+    """ts of the latest event of the history: how far the record reaches."""
+    return max((e.ts for e in history.events), default=float("-inf"))
+
+
+def as_float(value: Any, default: float | None = None) -> float | None:
+    """``value`` as a float when it is a number (not a bool), else ``default``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value)
+
+
+def asked_to_fail(idx: Index, params: Mapping[str, Any] | None = None) -> set[str]:
+    """Ids the harness asked to fail for good, so the DLQ is where they belong:
+    poison bodies, ``fail_always``, and ``fail_times`` >= ``max_attempts``. The
+    harness's own publish records decide, never a worker's report."""
+    out = set(idx.poison)
+    max_attempts = idx.setting(params or {}, "max_attempts")
+    for ident, d in idx.fail_directives.items():
+        k = d.get("fail_times")
+        if d.get("fail_always") or (
+                isinstance(max_attempts, int) and isinstance(k, int)
+                and not isinstance(k, bool) and k >= max_attempts):
+            out.add(ident)
+    return out
+
+
+def _attempt(ev: Event) -> int:
+    a = ev.get("attempt")
+    return a if isinstance(a, int) and not isinstance(a, bool) else 1
+
+
+def fresh_receipts(receipts: list[Event]) -> list[Event]:
+    """The receipts of one id that are deliveries of a *new* message: reported with
+    ``redelivered`` false, other than the original publish's (the lowest attempt,
+    then the earliest). The broker marks every later delivery of one message as
+    redelivered, so a second first delivery is a second message: a republish."""
+    first_deliveries = sorted((e for e in receipts if e.get("redelivered") is False),
+                              key=lambda e: (_attempt(e), e.ts))
+    return first_deliveries[1:]
+
+
+def lineage_fault(idx: Index, ident: str, fresh: Event,
+                   receipts: list[Event]) -> ConnFault | None:
+    """The injected fault that explains why a second message of ``ident`` exists.
+
+    The guide's retry pattern republishes a failed task and then acks it; a fault
+    between the two leaves both the requeued original and the republished copy.
+    So the fresh copy is explained by an injected fault F that hit the worker of
+    an earlier delivery d0 of the id (received before F, not acked by it before
+    F) when d0 had been republished: a ``failed``, ``retry_scheduled`` or retry
+    ack of d0's worker after its receipt and before F took effect, or a fresh
+    copy whose attempt is later than d0's. Anything else (a worker republishing
+    what it processed, a nack with requeue beside a republish) is the worker's
+    own doing, whatever faults happened around it."""
+    for d0 in receipts:
+        w0 = d0.worker
+        if w0 is None or d0 is fresh or d0.ts >= fresh.ts:
+            continue
+        fault = idx.connection_fault(w0, d0.ts, fresh.ts)
+        if fault is None:
+            continue
+        effect = max(fault.ts, fault.end)
+        acked = any(a.worker == w0 and d0.ts <= a.ts < fault.ts
+                    for a in idx.acked_final.of(ident))
+        if acked:
+            continue
+        failed = any(e.worker == w0 and d0.ts <= e.ts <= effect
+                     for per in (idx.failed, idx.retry_scheduled, idx.acked_retry)
+                     for e in per.all(ident))
+        if failed or _attempt(fresh) > _attempt(d0):
+            return fault
+    return None
+
+
+def processed_by_after(idx: Index, ident: str, worker: str | None, after: float) -> bool:
+    """Did ``worker`` (any worker when None) report ``processed`` of ``ident`` at or
+    after ``after``?"""
+    return any(e.ts >= after and (worker is None or e.worker == worker)
+               for e in idx.processed.of(ident))
