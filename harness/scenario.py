@@ -64,12 +64,10 @@ and crash points take a constant or a choice only.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -87,6 +85,19 @@ from harness.model import (
     TaskGroup,
     When,
     Workload,
+)
+from harness.yamlcheck import (
+    T_INT,
+    T_NULL,
+    T_STR,
+    NodeReader,
+    closest,
+    join_path,
+    line_of,
+    one_of,
+)
+from harness.yamlcheck import (
+    ScenarioError as ScenarioError,
 )
 
 # Limits.
@@ -124,173 +135,8 @@ _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _WORKER_RE: Final = re.compile(r"worker-([0-9]+)")
 _ENV_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-_T_STR: Final = "tag:yaml.org,2002:str"
-_T_INT: Final = "tag:yaml.org,2002:int"
-_T_FLOAT: Final = "tag:yaml.org,2002:float"
-_T_BOOL: Final = "tag:yaml.org,2002:bool"
-_T_NULL: Final = "tag:yaml.org,2002:null"
-_T_MERGE: Final = "tag:yaml.org,2002:merge"
-
-
-class ScenarioError(ValueError):
-    """A scenario file is unreadable or invalid; ``str()`` is one line."""
-
-    def __init__(self, file: str, line: int, field: str, message: str) -> None:
-        self.file = file
-        self.line = line
-        self.field = field
-        self.message = " ".join(message.split())  # one line, whatever went in
-        super().__init__(f"{file}:{line}: {field}: {self.message}")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _closest(word: str, known: Iterable[str]) -> str | None:
-    matches = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-def _one_of(word: str, known: Sequence[str], what: str) -> str:
-    """'unknown fault 'kil'; did you mean 'kill'?' or the list of known ones."""
-    hint = _closest(word, known)
-    if hint is not None:
-        return f"unknown {what} {word!r}; did you mean {hint!r}?"
-    return f"unknown {what} {word!r}; expected one of: {', '.join(known)}"
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-class _Loader:
-    """Walks the composed node tree; knows the file for error messages."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self._constructor = yaml.SafeLoader("")
-
-    def fail(self, node: Node | None, path: str, message: str) -> NoReturn:
-        raise ScenarioError(self.file, _line(node) if node is not None else 1, path, message)
-
-    # ---- values
-
-    def value(self, node: Node) -> Any:
-        """The Python value of a node (SafeLoader semantics)."""
-        try:
-            return self._constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.fail(node, "yaml", f"cannot read this value: {exc}".splitlines()[0])
-
-    def describe(self, node: Node) -> str:
-        if isinstance(node, MappingNode):
-            return "a mapping"
-        if isinstance(node, SequenceNode):
-            return "a list"
-        if node.tag == _T_NULL:
-            return "nothing (null)"
-        if node.tag == _T_BOOL:
-            return f"{node.value} (a boolean)"
-        if node.tag == _T_STR:
-            text = str(node.value)
-            return repr(text if len(text) <= 60 else text[:57] + "...")
-        return str(node.value)
-
-    def mapping(self, node: Node, path: str, known: Sequence[str],
-                required: Sequence[str] = ()) -> dict[str, tuple[Node, Node]]:
-        """Key -> (key node, value node); unknown, duplicate and missing keys fail."""
-        if not isinstance(node, MappingNode):
-            self.fail(node, path or "scenario",
-                      f"expected a mapping with keys among {', '.join(known)}, "
-                      f"got {self.describe(node)}")
-        out = self.raw_mapping(node, path)
-        for key, (knode, _) in out.items():
-            if key not in known:
-                hint = _closest(key, known)
-                if hint is not None:
-                    msg = f"unknown field {key!r}; did you mean {hint!r}?"
-                else:
-                    msg = f"unknown field {key!r}; known fields: {', '.join(known)}"
-                self.fail(knode, _join(path, key), msg)
-        for key in required:
-            if key not in out:
-                self.fail(node, _join(path, key), f"missing required field {key!r}")
-        return out
-
-    def raw_mapping(self, node: MappingNode, path: str) -> dict[str, tuple[Node, Node]]:
-        out: dict[str, tuple[Node, Node]] = {}
-        for knode, vnode in node.value:
-            if knode.tag == _T_MERGE:
-                self.fail(knode, path or "scenario",
-                          "YAML merge keys ('<<') are not supported; write the fields out")
-            if not isinstance(knode, ScalarNode) or knode.tag != _T_STR:
-                self.fail(knode, path or "scenario",
-                          f"keys must be strings, got {self.describe(knode)}")
-            key = str(knode.value)
-            if key in out:
-                self.fail(knode, _join(path, key),
-                          f"duplicate key {key!r} (first at line {_line(out[key][0])}); "
-                          "keep one")
-            out[key] = (knode, vnode)
-        return out
-
-    def sequence(self, node: Node, path: str, what: str, max_len: int) -> list[Node]:
-        if not isinstance(node, SequenceNode):
-            self.fail(node, path, f"expected a list of {what}, got {self.describe(node)}")
-        if len(node.value) > max_len:
-            self.fail(node, path, f"at most {max_len} {what} allowed, got {len(node.value)}")
-        return list(node.value)
-
-    def string(self, node: Node, path: str, *, allow_empty: bool = False) -> str:
-        if not isinstance(node, ScalarNode) or node.tag != _T_STR:
-            self.fail(node, path, f"expected a string, got {self.describe(node)}; "
-                                  "quote it if it looks like a number or boolean")
-        text = str(node.value)
-        if not allow_empty and not text.strip():
-            self.fail(node, path, "expected a non-empty string")
-        return text
-
-    def boolean(self, node: Node, path: str) -> bool:
-        if not isinstance(node, ScalarNode) or node.tag != _T_BOOL:
-            self.fail(node, path, f"expected true or false, got {self.describe(node)}")
-        return bool(self.value(node))
-
-    def integer(self, node: Node, path: str, lo: int, hi: int) -> int:
-        if not isinstance(node, ScalarNode) or node.tag != _T_INT:
-            kind = "a positive integer" if lo >= 1 else "an integer"
-            self.fail(node, path, f"expected {kind}, got {self.describe(node)}"
-                                  f"{self._exponent_hint(node)}")
-        value = int(self.value(node))
-        if not lo <= value <= hi:
-            self.fail(node, path, f"expected an integer in {lo}..{hi}, got {value}")
-        return value
-
-    def number(self, node: Node, path: str, lo: float, hi: float, *,
-               lo_open: bool = False) -> float:
-        if not isinstance(node, ScalarNode) or node.tag not in (_T_INT, _T_FLOAT):
-            self.fail(node, path, f"expected a number, got {self.describe(node)}"
-                                  f"{self._exponent_hint(node)}")
-        value = float(self.value(node))
-        too_low = value <= lo if lo_open else value < lo
-        if not math.isfinite(value) or too_low or value > hi:
-            rng = f"> {lo:g} and <= {hi:g}" if lo_open else f"in {lo:g}..{hi:g}"
-            self.fail(node, path, f"expected a number {rng}, got {node.value}")
-        return value
-
-    @staticmethod
-    def _exponent_hint(node: Node) -> str:
-        """YAML 1.1 reads ``1e9`` as a string; say so instead of puzzling the user."""
-        if isinstance(node, ScalarNode) and node.tag == _T_STR and node.style is None:
-            try:
-                float(str(node.value))
-            except ValueError:
-                return ""
-            return "; YAML reads this as text: write the number out, e.g. 1000000"
-        return ""
+class _Loader(NodeReader):
+    """The scenario format on the strict YAML reader."""
 
     def timeout(self, node: Node, path: str) -> float:
         return self.number(node, path, 0.0, MAX_TIMEOUT_S, lo_open=True)
@@ -299,7 +145,7 @@ class _Loader:
 
     def directives(self, node: Node, path: str) -> dict[str, Distribution]:
         entries = self.mapping(node, path, DIRECTIVES)
-        return {key: self.distribution(key, vnode, _join(path, key))
+        return {key: self.distribution(key, vnode, join_path(path, key))
                 for key, (_, vnode) in entries.items()}
 
     def distribution(self, name: str, node: Node, path: str) -> Distribution:
@@ -310,7 +156,7 @@ class _Loader:
                 self.fail(node, path, "expected exactly one of {uniform: [lo, hi]} or "
                                       "{choice: [...]}")
             kind, (_, vnode) = next(iter(entries.items()))
-            sub = _join(path, kind)
+            sub = join_path(path, kind)
             if kind == "uniform":
                 if name in ("fail_always", "crash"):
                     self.fail(vnode, sub, f"{name} takes a constant or {{choice: [...]}}, "
@@ -336,7 +182,7 @@ class _Loader:
     def _directive_check(self, name: str) -> Callable[[Node, str], Any]:
         def sleep_ms(n: Node, p: str) -> Any:
             v = self.number(n, p, 0, MAX_SLEEP_MS)
-            return int(v) if n.tag == _T_INT else v
+            return int(v) if n.tag == T_INT else v
 
         def fail_times(n: Node, p: str) -> Any:
             return self.integer(n, p, 0, MAX_FAIL_TIMES)
@@ -345,12 +191,12 @@ class _Loader:
             return self.boolean(n, p)
 
         def crash(n: Node, p: str) -> Any:
-            if not isinstance(n, ScalarNode) or n.tag != _T_STR:
+            if not isinstance(n, ScalarNode) or n.tag != T_STR:
                 self.fail(n, p, f"expected one of {', '.join(CRASH_POINTS)}, "
                                 f"got {self.describe(n)}")
             text = str(n.value)
             if text not in CRASH_POINTS:
-                self.fail(n, p, _one_of(text, CRASH_POINTS, "crash point"))
+                self.fail(n, p, one_of(text, CRASH_POINTS, "crash point"))
             return text
 
         return {"sleep_ms": sleep_ms, "fail_times": fail_times,
@@ -366,7 +212,7 @@ class _Loader:
         for i, item in enumerate(items):
             claim = self.string(item, f"claims[{i}]")
             if claim not in CLAIMS:
-                self.fail(item, f"claims[{i}]", _one_of(claim, CLAIMS, "claim"))
+                self.fail(item, f"claims[{i}]", one_of(claim, CLAIMS, "claim"))
             if claim in seen:
                 self.fail(item, f"claims[{i}]", f"claim {claim!r} is already listed at "
                                                 f"claims[{seen[claim]}]; list it once")
@@ -388,13 +234,13 @@ class _Loader:
             kw["queue"] = self.queue_name(e["queue"][1], "cluster.queue")
         if "dead_letter_queue" in e:
             vnode = e["dead_letter_queue"][1]
-            kw["dead_letter_queue"] = (None if vnode.tag == _T_NULL
+            kw["dead_letter_queue"] = (None if vnode.tag == T_NULL
                                        else self.queue_name(vnode, "cluster.dead_letter_queue"))
         for key, allowed in (("restart_policy", RESTART_POLICIES), ("queue_type", QUEUE_TYPES)):
             if key in e:
                 text = self.string(e[key][1], f"cluster.{key}")
                 if text not in allowed:
-                    self.fail(e[key][1], f"cluster.{key}", _one_of(text, allowed, key))
+                    self.fail(e[key][1], f"cluster.{key}", one_of(text, allowed, key))
                 kw[key] = text
         if "env" in e:
             kw["extra_env"] = self.env(e["env"][1])
@@ -424,7 +270,7 @@ class _Loader:
             if not _ENV_RE.fullmatch(key):
                 self.fail(knode, path, "environment names are letters, digits and '_', "
                                        "not starting with a digit")
-            if not isinstance(vnode, ScalarNode) or vnode.tag == _T_NULL:
+            if not isinstance(vnode, ScalarNode) or vnode.tag == T_NULL:
                 self.fail(vnode, path, f"expected a string, number or boolean, "
                                        f"got {self.describe(vnode)}")
             value = self.value(vnode)
@@ -438,7 +284,7 @@ class _Loader:
             kw["tasks"] = self.integer(e["tasks"][1], "workload.tasks", 1, MAX_TASKS)
         if "rate_per_s" in e:
             vnode = e["rate_per_s"][1]
-            kw["rate_per_s"] = (None if vnode.tag == _T_NULL else
+            kw["rate_per_s"] = (None if vnode.tag == T_NULL else
                                 self.number(vnode, "workload.rate_per_s", 0, 1_000_000,
                                             lo_open=True))
         for key in ("drain_timeout_s", "publish_timeout_s"):
@@ -479,7 +325,7 @@ class _Loader:
             fnode = e["fault"][1]
             fault = self.string(fnode, f"{path}.fault")
             if fault not in FAULTS:
-                self.fail(fnode, f"{path}.fault", _one_of(fault, FAULTS, "fault"))
+                self.fail(fnode, f"{path}.fault", one_of(fault, FAULTS, "fault"))
             target = "one"
             if "target" in e:
                 target = self.target(e["target"][1], f"{path}.target", max_workers)
@@ -502,7 +348,7 @@ class _Loader:
                 self.fail(item, f"{path}.count",
                           "the 'scale' fault needs count: the new number of workers")
             steps.append(Step(when=when, fault=fault, target=target, duration_s=duration,
-                              count=count, line=_line(item)))
+                              count=count, line=line_of(item)))
         return tuple(steps)
 
     def when(self, node: Node, path: str, cluster: ClusterSpec, workload: Workload) -> When:
@@ -545,7 +391,7 @@ class _Loader:
                 return text
             self.fail(node, path, f"{text!r} does not exist: workers are worker-1.."
                                   f"worker-{workers}")
-        hint = _closest(text, TARGET_WORDS)
+        hint = closest(text, TARGET_WORDS)
         hint_s = f"did you mean {hint!r}? " if hint else ""
         self.fail(node, path, f"unknown target {text!r}; {hint_s}expected one of "
                               f"{', '.join(TARGET_WORDS)} or worker-<n> with n in 1..{workers}")
@@ -558,11 +404,11 @@ class _Loader:
         for key, (knode, vnode) in self.raw_mapping(node, "params").items():
             path = f"params.{key}"
             if key not in CLAIMS:
-                self.fail(knode, path, _one_of(key, CLAIMS, "claim"))
+                self.fail(knode, path, one_of(key, CLAIMS, "claim"))
             if key not in claims:
                 self.fail(knode, path, f"claim {key!r} is not in claims; add it there or "
                                        "remove its params")
-            if vnode.tag == _T_NULL:
+            if vnode.tag == T_NULL:
                 out[key] = {}
                 continue
             if not isinstance(vnode, MappingNode):
