@@ -77,7 +77,6 @@ from harness.imagekit import (
     Printer,
     Quiet,
     base_inputs_hash,
-    broker_inputs_hash,
     build_lock,
     cache_dir,
     image_or_none,
@@ -86,7 +85,6 @@ from harness.imagekit import (
     pika_version,
     remove_if_dangling,
     source_files,
-    worker_inputs_hash,
 )
 from harness.imagekit import (
     BASE_IMAGE as BASE_IMAGE,
@@ -101,10 +99,16 @@ from harness.imagekit import (
     WORKER_IMAGE as WORKER_IMAGE,
 )
 from harness.imagekit import (
+    broker_inputs_hash as broker_inputs_hash,
+)
+from harness.imagekit import (
     docker_client as docker_client,
 )
 from harness.imagekit import (
     project_root as project_root,
+)
+from harness.imagekit import (
+    worker_inputs_hash as worker_inputs_hash,
 )
 
 # -- the offline base ----------------------------------------------------------------------

@@ -432,16 +432,6 @@ def test_pause_healed_by_heal_all(cluster: tuple[DockerCluster, Recorder]) -> No
         cl.remove_worker("pz", grace_s=1)
 
 
-def test_scale(cluster: tuple[DockerCluster, Recorder]) -> None:
-    cl, _ = cluster
-    base = len(cl.workers())
-    cl.start_worker("sc-0", fake_spec())
-    added = cl.scale(base + 3)
-    assert len(added) == 2 and len(cl.workers()) == base + 3
-    removed = cl.scale(base, grace_s=1)
-    assert len(removed) == 3 and len(cl.workers()) == base
-
-
 def test_restart_broker(cluster: tuple[DockerCluster, Recorder], client: Any) -> None:
     import pika
 
