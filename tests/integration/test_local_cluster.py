@@ -426,7 +426,7 @@ def test_node_that_cannot_start_fails_with_its_log(tmp_path: Path,
     """The AMQP port is taken (both tries): a one-line ClusterError with the log tail."""
     import socket
 
-    import harness.cluster.local as local_mod
+    import harness.cluster.local.node as local_mod
 
     busy = socket.socket()
     for port in range(20000, 30000, 7):  # below the ephemeral range, so it sorts first

@@ -1,36 +1,13 @@
-"""The ``local`` backend: a private RabbitMQ node and worker processes on this host.
-
-Broker
-    ``start_broker(None)`` starts a private node (``harness-<run_id>@localhost``)
-    on free ports (AMQP, distribution, management and its own epmd), with its
-    own data, log and cookie under ``<run_dir>/broker`` (or under
-    ``/tmp/rmq-harness/nodes/`` when the run directory is not reachable by the
-    ``rabbitmq`` user or its path is long). On stop the node's logs are copied to
-    ``<run_dir>/logs/broker/`` and its data (mnesia) is removed.
-    ``/usr/lib/rabbitmq/bin/rabbitmq-server``
-    is run directly as the ``rabbitmq`` user (not through the Debian wrapper,
-    which would ``su`` and share ``/var/lib/rabbitmq``'s cookie and logs).
-
-    ``start_broker(endpoint)`` uses an existing broker (``--broker-url``, parsed
-    by ``broker.parse_broker_url``; the runner narrows it to the run's scratch
-    vhost first, see ``harness.scratch``).
-
-Workers
-    Each worker leads its own process group (``kill``/``pause`` act on the group)
-    and gets SIGKILL if the harness dies (``PR_SET_PDEATHSIG``; all processes are
-    forked by one long-lived spawner thread, since the signal follows the thread
-    that forked). Its stdout/stderr go to ``<run_dir>/logs/<name>.log``; JSON event
-    lines (or regex matches) are recorded in the history.
-
-Nothing leaks: a state file per run lets ``procs.sweep_stale()`` (called by every
-new LocalCluster) kill what a dead harness left behind.
-"""
+"""The broker side of ``LocalCluster``: a private RabbitMQ node (its own ports,
+data, logs, cookie and epmd, run as the ``rabbitmq`` user, watched so it dies
+with the harness) or an external broker's endpoint, and the helpers a node
+needs (free ports, the plugin farm). A mixin: ``LocalCluster`` holds the state
+(declared here for the type checker) and the worker side."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import os
 import pwd
 import random
@@ -40,27 +17,19 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
-
-import psutil
+from typing import IO, Final, TypeVar
 
 import harness
 from harness import procs, vocab
 from harness.broker import BrokerAdmin, amqp_display
 from harness.cluster.base import (
     BrokerEndpoint,
-    Cluster,
     ClusterError,
-    WorkerSpec,
-    contract_env,
 )
-from harness.cluster.lines import LineReader
 from harness.history import Recorder
 
 RABBITMQ_SERVER: Final = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -69,14 +38,14 @@ NODE_START_TIMEOUT_S: Final = 60.0
 URL_READY_TIMEOUT_S: Final = 15.0
 NODE_STOP_TIMEOUT_S: Final = 30.0
 MAX_BASE_PATH_CHARS: Final = 100
-_NODE_DIR_ROOT: Final = Path("/tmp/rmq-harness/nodes")
+NODE_DIR_ROOT: Final = Path("/tmp/rmq-harness/nodes")
 # The plugins a private node runs (its enabled_plugins file, and plugin_farm's set).
 ENABLED_PLUGINS: Final = ("rabbitmq_management",)
-_PRUNE_SCRIPT: Final = Path(harness.__file__).resolve().parent / "build_contexts" / "rabbitmq" / \
+PRUNE_SCRIPT: Final = Path(harness.__file__).resolve().parent / "build_contexts" / "rabbitmq" / \
     "prune_plugins.py"
-_READER_JOIN_S: Final = 2.0
-_LOG_TAIL_LINES: Final = 40
-_MAX_LINE_BYTES: Final = 1 << 20  # a longer line is split (and not parsed as an event)
+READER_JOIN_S: Final = 2.0
+LOG_TAIL_LINES: Final = 40
+MAX_LINE_BYTES: Final = 1 << 20  # a longer line is split (and not parsed as an event)
 
 T = TypeVar("T")
 
@@ -109,7 +78,7 @@ def plugin_farm(farm: Path, server: str = RABBITMQ_SERVER,
 
     try:
         home = Path(os.path.realpath(server)).parent.parent  # .../rabbitmq_server-X.Y.Z
-        spec = importlib.util.spec_from_file_location("_prune_plugins", _PRUNE_SCRIPT)
+        spec = importlib.util.spec_from_file_location("_prune_plugins", PRUNE_SCRIPT)
         if spec is None or spec.loader is None or not (home / "plugins").is_dir():
             return None
         prune = importlib.util.module_from_spec(spec)
@@ -150,12 +119,12 @@ def free_port(exclude: set[int] | None = None) -> int:
     raise ClusterError("no free TCP port found on 127.0.0.1 after 200 tries; free some ports")
 
 
-def _sanitize(run_id: str) -> str:
+def sanitize(run_id: str) -> str:
     s = re.sub(r"[^A-Za-z0-9_-]", "-", run_id).strip("-")
     return (s or "run")[:60]
 
 
-def _tail(path: Path, lines: int) -> list[str]:
+def tail_lines(path: Path, lines: int) -> list[str]:
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
@@ -167,7 +136,7 @@ def _tail(path: Path, lines: int) -> list[str]:
     return [ln for ln in data.splitlines() if ln.strip()][-lines:]
 
 
-def _reachable_by(path: Path, uid: int) -> bool:
+def reachable_by(path: Path, uid: int) -> bool:
     """True if user ``uid`` can traverse every ancestor of ``path`` (as far as it exists)."""
     p = path.resolve()
     for d in [*reversed(p.parents)]:
@@ -180,7 +149,7 @@ def _reachable_by(path: Path, uid: int) -> bool:
     return True
 
 
-class _Spawner:
+class Spawner:
     """One long-lived thread that forks every child (PR_SET_PDEATHSIG follows it)."""
 
     def __init__(self) -> None:
@@ -202,22 +171,7 @@ class _Spawner:
             pool.shutdown(wait=False)
 
 
-class _Worker:
-    def __init__(self, name: str, spec: WorkerSpec, proc: subprocess.Popen[bytes],
-                 health_port: int, started: float | None) -> None:
-        self.name = name
-        self.spec = spec
-        self.proc = proc
-        self.pgid = proc.pid
-        self.health_port = health_port
-        self.started = started
-        self.requested = False  # the harness asked it to end (kill/terminate/stop)
-        self.paused = False
-        self.exited = threading.Event()
-        self.threads: list[threading.Thread] = []
-
-
-class _Node:
+class Node:
     """A private RabbitMQ node: where it lives and how it is reached."""
 
     def __init__(self, name: str, base: Path, temp: bool, amqp_port: int, dist_port: int,
@@ -238,27 +192,25 @@ class _Node:
         self.startup_s: float | None = None
 
 
-class LocalCluster(Cluster):
-    """Backend ``local``: see the module docstring."""
 
-    backend = "local"
 
-    def __init__(self, run_id: str, run_dir: Path, recorder: Recorder,
-                 state_dir: Path | None = None) -> None:
-        super().__init__(run_id, run_dir, recorder)
-        self.swept_pgids = procs.sweep_stale(state_dir)
-        self._lock = threading.RLock()
-        self._workers: dict[str, _Worker] = {}
-        self._spawner = _Spawner()
-        self._state = procs.StateFile(_sanitize(run_id) + f"-{os.getpid()}", state_dir)
-        self._node: _Node | None = None
-        self.endpoint: BrokerEndpoint | None = None
-        self.admin: BrokerAdmin | None = None
-        self._stopped = False
-        self.stop_errors: list[str] = []
-        self.logs_dir = run_dir / "logs"
+class NodeSide:
+    """See the module doc."""
 
-    # -- broker ----------------------------------------------------------------
+    # The state LocalCluster.__init__ sets (see there).
+    run_id: str
+    run_dir: Path
+    recorder: Recorder
+    logs_dir: Path
+    endpoint: BrokerEndpoint | None
+    admin: BrokerAdmin | None
+    stop_errors: list[str]
+    _lock: threading.RLock
+    _spawner: Spawner
+    _state: procs.StateFile
+    _node: Node | None
+    _stopped: bool
+
     def start_broker(self, external: BrokerEndpoint | None = None,
                      while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
         """The node must answer before workers start here (they would only spin in
@@ -311,7 +263,7 @@ class LocalCluster(Cluster):
         if node.temp:
             shutil.rmtree(node.base, ignore_errors=True)
 
-    def _prepare_node(self) -> _Node:
+    def _prepare_node(self) -> Node:
         if not os.path.exists(RABBITMQ_SERVER):
             raise ClusterError(f"{RABBITMQ_SERVER} not found; apt-get install -y rabbitmq-server "
                                "or pass --broker-url")
@@ -323,21 +275,21 @@ class LocalCluster(Cluster):
         if os.geteuid() not in (0, pw.pw_uid):
             raise ClusterError("a private RabbitMQ node needs root or the rabbitmq user "
                                "(the node runs as rabbitmq); run as root or pass --broker-url")
-        rid = _sanitize(self.run_id)
+        rid = sanitize(self.run_id)
         ports: set[int] = set()
         for _ in range(4):
             ports.add(free_port(ports))
         amqp_port, dist_port, mgmt_port, epmd_port = sorted(ports)
         name = f"harness-{rid}@localhost"
         base = (self.run_dir / "broker").resolve()
-        temp = len(str(base)) > MAX_BASE_PATH_CHARS or not _reachable_by(base, pw.pw_uid)
+        temp = len(str(base)) > MAX_BASE_PATH_CHARS or not reachable_by(base, pw.pw_uid)
         if temp:
-            _NODE_DIR_ROOT.mkdir(parents=True, exist_ok=True)
-            os.chmod(_NODE_DIR_ROOT.parent, 0o755)
-            os.chmod(_NODE_DIR_ROOT, 0o755)
-            base = _NODE_DIR_ROOT / f"{rid[:40]}-{secrets.token_hex(4)}"
+            NODE_DIR_ROOT.mkdir(parents=True, exist_ok=True)
+            os.chmod(NODE_DIR_ROOT.parent, 0o755)
+            os.chmod(NODE_DIR_ROOT, 0o755)
+            base = NODE_DIR_ROOT / f"{rid[:40]}-{secrets.token_hex(4)}"
             self._state.add_dir(base)
-        node = _Node(name, base, temp, amqp_port, dist_port, mgmt_port, epmd_port)
+        node = Node(name, base, temp, amqp_port, dist_port, mgmt_port, epmd_port)
         self._state.set_node(name)
         for sub in ("mnesia", "log", "home"):
             (base / sub).mkdir(parents=True, exist_ok=True)
@@ -366,7 +318,7 @@ class LocalCluster(Cluster):
         node.scripts_dir = plugin_farm(base / "rabbitmq-home")
         return node
 
-    def _node_env(self, node: _Node) -> dict[str, str]:
+    def _node_env(self, node: Node) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RABBITMQ_", "ERL_", "HARNESS_"))}
         env.update({
@@ -437,10 +389,10 @@ class LocalCluster(Cluster):
         self._stop_node(record=False)
         raise self._start_failure(node, reason, time.monotonic() - t0)
 
-    def _start_failure(self, node: _Node, reason: str, took_s: float) -> ClusterError:
+    def _start_failure(self, node: Node, reason: str, took_s: float) -> ClusterError:
         """A one-line error naming the node log's first errors; the tails attached."""
-        node_lines = _tail(node.node_log, 400)
-        out_lines = _tail(node.stdout_log, 400)
+        node_lines = tail_lines(node.node_log, 400)
+        out_lines = tail_lines(node.stdout_log, 400)
         errors = [ln for ln in node_lines
                   if "[error]" in ln and ("reason:" in ln or "Failed" in ln)]
         errors += [ln for ln in out_lines if "BOOT FAILED" in ln or "Error during startup" in ln]
@@ -452,12 +404,12 @@ class LocalCluster(Cluster):
         err = ClusterError(
             f"private RabbitMQ node {node.name} not ready after {took_s:.0f} s: {reason}; "
             f"see {self.logs_dir / 'broker'} (first errors: {shown or 'no log lines'})")
-        tail = [*errors[:20], "--- stdout ---", *out_lines[-_LOG_TAIL_LINES:],
-                "--- node log ---", *node_lines[-_LOG_TAIL_LINES:]]
+        tail = [*errors[:20], "--- stdout ---", *out_lines[-LOG_TAIL_LINES:],
+                "--- node log ---", *node_lines[-LOG_TAIL_LINES:]]
         err.log_tail = tail  # type: ignore[attr-defined]
         return err
 
-    def _start_watchdog(self, node: _Node) -> None:
+    def _start_watchdog(self, node: Node) -> None:
         """A tiny process that SIGKILLs the node's groups when the harness dies.
 
         Its stdin is a pipe held only by the harness: EOF means the harness is gone
@@ -477,7 +429,7 @@ class LocalCluster(Cluster):
         self._state.set_group("watchdog", node.watchdog.pid,
                               procs.start_time(node.watchdog.pid))
 
-    def _end_watchdog(self, node: _Node) -> None:
+    def _end_watchdog(self, node: Node) -> None:
         wd, node.watchdog = node.watchdog, None
         if wd is None:
             return
@@ -527,298 +479,3 @@ class LocalCluster(Cluster):
     def broker_startup_s(self) -> float | None:
         return self._node.startup_s if self._node else None
 
-    # -- workers ---------------------------------------------------------------
-    def _worker_env(self, name: str, spec: WorkerSpec, health_port: int) -> dict[str, str]:
-        ep = self.endpoint
-        if ep is None:
-            raise ClusterError("start_broker must come before start_worker")
-        u = urllib.parse.urlsplit(ep.amqp_url)
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        if not spec.command:
-            root = str(Path(harness.__file__).resolve().parent.parent)
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        env.update(spec.env)
-        env.update(contract_env(name, host=u.hostname or "127.0.0.1", port=u.port or 5672,
-                                user=ep.user, password=ep.password, vhost=ep.vhost,
-                                health_port=health_port))
-        env["RABBITMQ_URL"] = ep.amqp_url  # as given: an external URL may carry parameters
-        return env
-
-    def start_worker(self, name: str, spec: WorkerSpec) -> None:
-        with self._lock:
-            if self._stopped:
-                raise ClusterError("cluster already stopped; start a new run")
-            old = self._workers.get(name)
-            if old is not None and old.proc.poll() is None:
-                raise ClusterError(f"worker {name!r} is already running; pick another name")
-            self._spawn_worker(name, spec)
-
-    def _spawn_worker(self, name: str, spec: WorkerSpec) -> _Worker:
-        try:
-            matcher = spec.events_pattern()
-        except ValueError as e:
-            raise ValueError(f"worker {name}: {e}") from None
-        argv = list(spec.command) or [sys.executable, "-m", "worker"]
-        health_port = free_port()
-        env = self._worker_env(name, spec, health_port)
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-
-        def go() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True,
-                preexec_fn=procs.die_with_parent)
-        try:
-            proc = self._spawner.run(go)
-        except OSError as e:
-            raise ClusterError(f"cannot start worker {name} ({argv[0]}): {e.strerror or e}; "
-                               "fix the worker command") from None
-        w = _Worker(name, spec, proc, health_port, procs.start_time(proc.pid))
-        self._state.set_group(f"worker:{name}", w.pgid, w.started)
-        self._workers[name] = w
-        self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name, pid=proc.pid,
-                             health_port=health_port)
-        log_lock = threading.Lock()
-        log_path = self.logs_dir / f"{name}.log"
-        assert proc.stdout is not None and proc.stderr is not None
-        readers = [
-            threading.Thread(target=self._read, args=(w, proc.stdout, log_path, log_lock,
-                                                       "", LineReader(self.recorder, name,
-                                                                      matcher)),
-                             name=f"{name}-stdout", daemon=True),
-            threading.Thread(target=self._read, args=(w, proc.stderr, log_path, log_lock,
-                                                       "[stderr] ", None),
-                             name=f"{name}-stderr", daemon=True),
-        ]
-        waiter = threading.Thread(target=self._wait, args=(w, readers), name=f"{name}-waiter",
-                                  daemon=True)
-        w.threads = [*readers, waiter]
-        for t in w.threads:
-            t.start()
-        return w
-
-    def _read(self, w: _Worker, stream: IO[bytes], log_path: Path, log_lock: threading.Lock,
-              prefix: str, reader: LineReader | None) -> None:
-        """Copy one stream to the worker's log; stdout lines go to the line reader.
-        A line longer than _MAX_LINE_BYTES arrives in pieces: none of them is an event."""
-        overlong = False
-        try:
-            with log_path.open("a", encoding="utf-8") as log:
-                for raw in iter(lambda: stream.readline(_MAX_LINE_BYTES), b""):
-                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                    with log_lock:
-                        log.write(prefix + line + "\n")
-                        log.flush()
-                    # A piece without its newline is the cap at work, or the stream's end.
-                    complete = raw.endswith(b"\n") or len(raw) < _MAX_LINE_BYTES
-                    skip, overlong = overlong or not complete, not complete
-                    if reader is None or skip:
-                        continue
-                    try:
-                        reader.feed(line)
-                    except Exception as e:  # a failing listener must not stop the reader
-                        with log_lock:
-                            log.write(f"[harness] could not record line: {e}\n")
-        except (OSError, ValueError):
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                stream.close()
-
-    def _wait(self, w: _Worker, readers: list[threading.Thread]) -> None:
-        rc = w.proc.wait()
-        deadline = time.monotonic() + _READER_JOIN_S
-        for t in readers:  # the process's last lines come before its exit event
-            t.join(timeout=max(0.0, deadline - time.monotonic()))
-        code: int | None = rc if rc >= 0 else None
-        sig: str | None = None
-        if rc < 0:
-            try:
-                sig = signal.Signals(-rc).name
-            except ValueError:
-                sig = str(-rc)
-        with contextlib.suppress(Exception):  # a closed recorder: nothing to do
-            self.recorder.record(vocab.WORKER_EXITED, "cluster", worker=w.name, pid=w.proc.pid,
-                                 code=code, signal=sig, requested=w.requested)
-        self._state.drop_group(f"worker:{w.name}")
-        w.exited.set()
-
-    def _get(self, name: str) -> _Worker:
-        with self._lock:
-            w = self._workers.get(name)
-        if w is None:
-            raise ValueError(f"no worker named {name!r} (workers: {', '.join(self.workers())})")
-        return w
-
-    def workers(self) -> list[str]:
-        with self._lock:
-            return list(self._workers)
-
-    def is_running(self, name: str) -> bool:
-        with self._lock:
-            w = self._workers.get(name)
-        return w is not None and w.proc.poll() is None
-
-    def is_paused(self, name: str) -> bool:
-        with self._lock:
-            w = self._workers.get(name)
-        return w is not None and w.paused and w.proc.poll() is None
-
-    def pid(self, name: str) -> int | None:
-        w = self._get(name)
-        return w.proc.pid if w.proc.poll() is None else None
-
-    def health_url(self, name: str) -> str | None:
-        with self._lock:
-            w = self._workers.get(name)
-        return f"http://127.0.0.1:{w.health_port}/healthcheck" if w else None
-
-    def kill(self, name: str) -> None:
-        w = self._get(name)
-        if w.proc.poll() is not None:
-            return
-        w.requested = True
-        procs.signal_group(w.pgid, signal.SIGKILL)
-        procs.signal_group(w.pgid, signal.SIGCONT)
-        w.paused = False
-        w.exited.wait(timeout=5.0)
-
-    def terminate(self, name: str, grace_s: float) -> int | None:
-        w = self._get(name)
-        if w.proc.poll() is None:
-            w.requested = True
-            procs.signal_group(w.pgid, signal.SIGTERM)
-            if w.paused:  # a stopped process only sees SIGTERM once it runs again
-                procs.signal_group(w.pgid, signal.SIGCONT)
-                w.paused = False
-            try:
-                w.proc.wait(timeout=max(0.0, grace_s))
-            except subprocess.TimeoutExpired:
-                procs.signal_group(w.pgid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    w.proc.wait(timeout=5.0)
-        # Leftover children of the group go too (the worker's own helpers).
-        if procs.group_alive(w.pgid):
-            procs.kill_group(w.pgid, wait_s=2.0)
-        w.exited.wait(timeout=5.0)
-        return w.proc.returncode
-
-    def pause(self, name: str) -> None:
-        w = self._get(name)
-        if w.proc.poll() is None:
-            procs.signal_group(w.pgid, signal.SIGSTOP)
-            w.paused = True
-
-    def resume(self, name: str) -> None:
-        w = self._get(name)
-        if w.paused:
-            procs.signal_group(w.pgid, signal.SIGCONT)
-            w.paused = False
-
-    def restart(self, name: str, grace_s: float = 5.0) -> None:
-        """Start the worker again with its spec; a live one is terminated first."""
-        w = self._get(name)
-        if w.proc.poll() is None:
-            self.terminate(name, grace_s)
-        with self._lock:
-            if self._stopped:
-                raise ClusterError("cluster already stopped; start a new run")
-            self._spawn_worker(name, w.spec)
-
-    def remove_worker(self, name: str, grace_s: float = 5.0) -> int | None:
-        """Scale down: terminate the worker and forget it (it leaves ``workers()``)."""
-        code = self.terminate(name, grace_s)
-        with self._lock:
-            self._workers.pop(name, None)
-        return code
-
-    def heal_all(self) -> None:
-        for name in self.workers():
-            with contextlib.suppress(ValueError, OSError):
-                self.resume(name)
-
-    def busiest_by_connection(self) -> str | None:
-        """The worker whose AMQP connection holds most unacked deliveries (management API).
-
-        Matches a connection by its ``connection_name`` (the worker's name), else by
-        the peer's port belonging to the worker's process. None when nobody holds any.
-        """
-        if self.admin is None:
-            return None
-        conns = self.admin.connections()
-        names = set(self.workers())
-        port_owner: dict[int, str] = {}
-        for n in names:
-            w = self._workers.get(n)
-            if w is None or w.proc.poll() is not None:
-                continue
-            with contextlib.suppress(psutil.Error, OSError):
-                for pc in psutil.Process(w.proc.pid).net_connections(kind="tcp"):
-                    if pc.laddr:
-                        port_owner[pc.laddr.port] = n
-        best: tuple[int, str] | None = None
-        for c in conns:
-            owner = c.name if c.name in names else port_owner.get(c.peer_port)
-            if owner and c.unacked > 0 and (best is None or c.unacked > best[0]):
-                best = (c.unacked, owner)
-        return best[1] if best else None
-
-    # -- teardown ----------------------------------------------------------------
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            workers = list(self._workers.values())
-        self._guard("resume", lambda: [procs.signal_group(w.pgid, signal.SIGCONT)
-                                       for w in workers if w.paused])
-        live = [w for w in workers if w.proc.poll() is None]
-        for w in live:
-            w.requested = True
-            w.paused = False
-            self._guard("sigterm", functools.partial(procs.signal_group, w.pgid, signal.SIGTERM))
-        deadline = time.monotonic() + 3.0
-        for w in live:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for w in workers:
-            if procs.group_alive(w.pgid):
-                self._guard("kill", functools.partial(procs.kill_group, w.pgid, 3.0))
-        self._guard("stop broker", lambda: self._stop_node(record=True))
-        node = self._node
-        if node is not None and node.epmd is not None:
-            epmd = node.epmd
-            self._guard("epmd", lambda: procs.kill_group(epmd.pid, wait_s=3.0))
-            with contextlib.suppress(Exception):
-                epmd.wait(timeout=2)
-            self._state.drop_group("epmd")
-        for w in workers:
-            for t in w.threads:
-                t.join(timeout=_READER_JOIN_S)
-        if self.admin is not None:
-            self._guard("admin", self.admin.close)
-        if node is not None:
-            def keep_logs() -> None:
-                dest = self.logs_dir / "broker"
-                dest.mkdir(parents=True, exist_ok=True)
-                for f in (node.base / "log").glob("*.log"):
-                    shutil.copy2(f, dest / f.name)
-            self._guard("copy broker logs", keep_logs)
-            # The node's data can be large (every persistent message): not kept.
-            shutil.rmtree(node.base if node.temp else node.base / "mnesia", ignore_errors=True)
-        self._spawner.close()
-        self._state.remove()
-
-    def _guard(self, what: str, fn: Callable[[], Any]) -> None:
-        try:
-            fn()
-        except Exception as e:
-            self.stop_errors.append(f"{what}: {type(e).__name__}: {e}")
-
-    def __enter__(self) -> LocalCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
