@@ -1,6 +1,6 @@
 """Test-only helpers for the worker's integration tests: a private RabbitMQ node
 and a worker process wrapper. (The harness's real broker starter lives in
-``harness/cluster/local.py``; this one only serves ``test_worker_*.py``.)
+``harness/cluster/local/``; this one only serves ``test_worker_*.py``.)
 
 The node gets its own free ports (AMQP, distribution and epmd), its own node
 name and directories under /tmp owned by the ``rabbitmq`` user, no plugins
