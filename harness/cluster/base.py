@@ -17,9 +17,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 from harness.history import Recorder
+
+W = TypeVar("W")
 
 
 class ClusterError(Exception):
@@ -162,3 +165,12 @@ class Cluster(abc.ABC):
 
     def heal_all(self) -> None:  # noqa: B027 - optional hook: a backend may have nothing to heal
         """Undo every fault this backend can have applied (resume paused, etc.)."""
+
+
+def worker_entry(table: Mapping[str, W], name: str) -> W:
+    """The backend's record of worker ``name``; ClusterError (one line) naming the
+    workers there are when it has none (both backends, one message)."""
+    w = table.get(name)
+    if w is None:
+        raise ClusterError(f"no worker named {name!r} (workers: {', '.join(table) or 'none'})")
+    return w

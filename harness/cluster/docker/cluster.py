@@ -17,6 +17,7 @@ from harness.cluster.base import (
     ClusterError,
     WorkerSpec,
     contract_env,
+    worker_entry,
 )
 from harness.cluster.docker.brokerside import BrokerSide
 from harness.cluster.lines import LineReader
@@ -301,10 +302,7 @@ class DockerCluster(BrokerSide, Cluster):
 
     def _get(self, name: str) -> _Worker:
         with self._lock:
-            w = self._workers.get(name)
-        if w is None:
-            raise ClusterError(f"no worker named {name!r} (have: {', '.join(self.workers())})")
-        return w
+            return worker_entry(dict(self._workers), name)
 
     def _status(self, w: _Worker) -> str:
         try:

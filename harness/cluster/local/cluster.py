@@ -28,6 +28,7 @@ from harness.cluster.base import (
     ClusterError,
     WorkerSpec,
     contract_env,
+    worker_entry,
 )
 from harness.cluster.lines import LineReader
 from harness.cluster.local.node import (
@@ -198,10 +199,7 @@ class LocalCluster(NodeSide, Cluster):
 
     def _get(self, name: str) -> _Worker:
         with self._lock:
-            w = self._workers.get(name)
-        if w is None:
-            raise ValueError(f"no worker named {name!r} (workers: {', '.join(self.workers())})")
-        return w
+            return worker_entry(dict(self._workers), name)
 
     def workers(self) -> list[str]:
         with self._lock:
@@ -287,7 +285,7 @@ class LocalCluster(NodeSide, Cluster):
 
     def heal_all(self) -> None:
         for name in self.workers():
-            with contextlib.suppress(ValueError, OSError):
+            with contextlib.suppress(ClusterError, OSError):
                 self.resume(name)
 
     def busiest_by_connection(self) -> str | None:
