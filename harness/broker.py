@@ -242,6 +242,21 @@ class BrokerAdmin:
             ))
         return out
 
+    def close_connection(self, mgmt_name: str, reason: str) -> None:
+        """Have the broker close one client connection (its management API name)."""
+        q = urllib.parse.quote(mgmt_name, safe="")
+        url = self.endpoint.management_url.rstrip("/") + f"/api/connections/{q}"
+        req = urllib.request.Request(url, method="DELETE", headers={
+            "Authorization": self._auth_header, "X-Reason": reason})
+        try:
+            with urllib.request.urlopen(req, timeout=self.call_timeout_s):
+                pass
+        except urllib.error.HTTPError as e:
+            if e.code != 404:  # already gone: closed is closed
+                raise ClusterError(self._fail(f"closing connection {mgmt_name}", e)) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ClusterError(self._fail(f"closing connection {mgmt_name}", e)) from None
+
     # -- AMQP observations -----------------------------------------------------
     def passive_depth(self, name: str) -> int | None:
         """Ready messages of the queue (passive declare), or None if it does not exist."""

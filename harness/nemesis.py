@@ -87,6 +87,13 @@ class BrokerRestart(Fault):
         cluster.restart_broker()
 
 
+class CloseConnections(Fault):
+    name = "close-connections"
+
+    def invoke(self, cluster: Cluster, target: str) -> None:
+        cluster.close_connections(target)
+
+
 class _NetworkFault(Fault):
     """Network faults exist only where the backend has the method (docker)."""
 
@@ -130,6 +137,7 @@ def make_fault(name: str, grace_s: float) -> Fault:
         "resume": Resume,
         "restart": Restart,
         "broker-restart": BrokerRestart,
+        "close-connections": CloseConnections,
         "partition": Partition,
         "blackhole": Blackhole,
         "reset": Reset,

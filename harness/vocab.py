@@ -88,6 +88,8 @@ FAULT_KINDS: Final[dict[str, FaultKind]] = {f.name: f for f in (
     FaultKind("blackhole", "iptables DROP both ways", cuts_connection=True, lasting=True,
               backends=(DOCKER,)),
     FaultKind("reset", "TCP resets", cuts_connection=True, lasting=True, backends=(DOCKER,)),
+    FaultKind("close-connections", "the broker closes the worker's connections (management "
+              "API), as an operator or a node drain would", cuts_connection=True),
     FaultKind("heal", "heal every active fault"),
     FaultKind("scale", "add or remove workers (count)"),
 )}

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import abc
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import quote
 
 from harness.history import Recorder
 
 W = TypeVar("W")
+# How long close-connections waits for the broker to list a worker's connection.
+CONNECTIONS_LISTED_WAIT_S: Final = 6.0
+
+if TYPE_CHECKING:
+    from harness.broker import BrokerAdmin, ConnectionInfo
 
 
 class ClusterError(Exception):
@@ -162,6 +168,30 @@ class Cluster(abc.ABC):
 
     def restart_broker(self) -> None:
         raise ClusterError(f"the {self.backend} backend cannot restart the broker")
+
+    def worker_connections(self, name: str) -> tuple[BrokerAdmin, list[ConnectionInfo]]:
+        """The broker's admin and the AMQP connections it has open for worker
+        ``name``, matched by what the backend knows of the worker (its process's
+        local ports, its container's address), never by the worker's word."""
+        raise ClusterError(f"the {self.backend} backend cannot tell a worker's connections")
+
+    def close_connections(self, name: str) -> int:
+        """The broker closes every connection of worker ``name`` (management API
+        ``DELETE /api/connections/...``), as an operator or a node drain would: the
+        worker's unacked deliveries are requeued. Returns how many it closed."""
+        # The management API lists a new connection with its next statistics
+        # emission: a connection a few hundred ms old may not be listed yet.
+        deadline = time.monotonic() + CONNECTIONS_LISTED_WAIT_S
+        admin, conns = self.worker_connections(name)
+        while not conns and time.monotonic() < deadline:
+            time.sleep(0.25)
+            admin, conns = self.worker_connections(name)
+        if not conns:
+            raise ClusterError(f"the broker lists no connection of {name} "
+                               f"(waited {CONNECTIONS_LISTED_WAIT_S:g} s)")
+        for c in conns:
+            admin.close_connection(c.mgmt_name, "rmq-harness fault close-connections")
+        return len(conns)
 
     def heal_all(self) -> None:  # noqa: B027 - optional hook: a backend may have nothing to heal
         """Undo every fault this backend can have applied (resume paused, etc.)."""

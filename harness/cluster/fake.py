@@ -150,6 +150,11 @@ class FakeCluster(Cluster):
         self._call("reset", name)
         self._worker(name).cut_off = True
 
+    def close_connections(self, name: str) -> int:
+        self._call("close-connections", name)
+        self._worker(name)
+        return 1
+
     def heal_network(self, name: str) -> None:
         self._call("heal_network", name)
         w = self.table.get(name)

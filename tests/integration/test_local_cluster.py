@@ -22,6 +22,7 @@ from harness.broker import parse_broker_url
 from harness.cluster.base import ClusterError, WorkerSpec
 from harness.cluster.local import LocalCluster, free_port
 from harness.history import Event, Recorder
+from harness.nemesis import Nemesis
 
 pytestmark = pytest.mark.integration
 
@@ -229,6 +230,31 @@ def test_busiest_by_connection(cluster: LocalCluster) -> None:
     finally:
         cluster.kill("w-busy")
         cluster.kill("w-idle")
+
+
+def test_close_connections_is_the_brokers_doing(cluster: LocalCluster) -> None:
+    """The fault close-connections: the broker closes the holder's connection
+    (matched by its process's port, not by its word) and requeues what it held;
+    the reference worker reconnects. A worker without a connection: refused."""
+    assert cluster.endpoint is not None and cluster.admin is not None
+    queue = "cc.tasks"
+    cluster.start_worker("cc-1", WorkerSpec(env={"RABBITMQ_QUEUE": queue,
+                                                  "WORKER_RECONNECT_MAX_S": "1"}))
+    cluster.start_worker("cc-idle", trivial_spec())
+    rec = cluster.recorder
+    nemesis = Nemesis(cluster, rec, grace_s=5)
+    try:
+        assert wait_for(lambda: bool(events(rec, "ready", source="cc-1")), 30)
+        assert wait_for(lambda: bool(cluster.worker_connections("cc-1")[1]), 10)
+        assert nemesis.invoke("close-connections", "cc-1") is True
+        assert wait_for(lambda: bool(events(rec, "connection_lost", source="cc-1")), 15)
+        assert wait_for(lambda: len(events(rec, "ready", source="cc-1")) >= 2, 30)
+        assert nemesis.invoke("close-connections", "cc-idle") is False  # it has none
+        fault = [e for e in events(rec, "fault") if e.get("fault") == "close-connections"]
+        assert [f.get("ok") for f in fault] == [True, False]
+    finally:
+        cluster.kill("cc-1")
+        cluster.kill("cc-idle")
 
 
 def test_regex_events(cluster: LocalCluster) -> None:

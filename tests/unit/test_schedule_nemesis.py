@@ -156,7 +156,8 @@ def test_the_nemesis_is_the_only_writer_of_fault_events() -> None:
     assert sources == ["nemesis", "nemesis"]
 
 
-@pytest.mark.parametrize("fault", ["kill", "terminate", "pause", "restart", "partition"])
+@pytest.mark.parametrize("fault", ["kill", "terminate", "pause", "restart", "partition",
+                                   "close-connections"])
 def test_every_fault_reaches_its_primitive(fault: str) -> None:
     cluster, _, _, _, nemesis = setup(())
     assert nemesis.invoke(fault, W1) is True

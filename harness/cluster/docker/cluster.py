@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from harness import vocab
+from harness.broker import BrokerAdmin, ConnectionInfo
 from harness.cluster.base import (
     BrokerEndpoint,
     Cluster,
@@ -328,6 +329,20 @@ class DockerCluster(BrokerSide, Cluster):
         nets = w.container.attrs.get("NetworkSettings", {}).get("Networks") or {}
         ip = (nets.get(self.network_name) or {}).get("IPAddress")
         return str(ip) if ip else None
+
+    def worker_connections(self, name: str) -> tuple[BrokerAdmin, list[ConnectionInfo]]:
+        if self._endpoint is None:
+            raise ClusterError("worker_connections: no broker started")
+        ip = self.container_ip(name)
+        admin = BrokerAdmin(self._endpoint)
+        if ip is None:
+            return admin, []
+        # Through the relay (an external broker) every worker's peer is the host:
+        # its connections cannot be told apart by address.
+        if self._external is not None:
+            raise ClusterError("close-connections: through the external broker's relay the "
+                               "broker sees one peer for every worker")
+        return admin, [c for c in admin.connections() if c.peer_host == ip]
 
     def health_url(self, name: str) -> str | None:
         ip = self.container_ip(name)

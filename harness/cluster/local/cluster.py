@@ -21,7 +21,7 @@ import psutil
 
 import harness
 from harness import procs, vocab
-from harness.broker import BrokerAdmin
+from harness.broker import BrokerAdmin, ConnectionInfo
 from harness.cluster.base import (
     BrokerEndpoint,
     Cluster,
@@ -288,6 +288,27 @@ class LocalCluster(NodeSide, Cluster):
             with contextlib.suppress(ClusterError, OSError):
                 self.resume(name)
 
+    def _port_owners(self) -> dict[int, str]:
+        """Local TCP port -> worker, from the workers' own processes (psutil)."""
+        owners: dict[int, str] = {}
+        for n in self.workers():
+            w = self._workers.get(n)
+            if w is None or w.proc.poll() is not None:
+                continue
+            with contextlib.suppress(psutil.Error, OSError):
+                for pc in psutil.Process(w.proc.pid).net_connections(kind="tcp"):
+                    if pc.laddr:
+                        owners[pc.laddr.port] = n
+        return owners
+
+    def worker_connections(self, name: str) -> tuple[BrokerAdmin, list[ConnectionInfo]]:
+        if self.admin is None:
+            raise ClusterError("worker_connections: no broker started")
+        self._get(name)
+        owners = self._port_owners()
+        return self.admin, [c for c in self.admin.connections()
+                            if owners.get(c.peer_port) == name]
+
     def busiest_by_connection(self) -> str | None:
         """The worker whose AMQP connection holds most unacked deliveries (management API).
 
@@ -298,15 +319,7 @@ class LocalCluster(NodeSide, Cluster):
             return None
         conns = self.admin.connections()
         names = set(self.workers())
-        port_owner: dict[int, str] = {}
-        for n in names:
-            w = self._workers.get(n)
-            if w is None or w.proc.poll() is not None:
-                continue
-            with contextlib.suppress(psutil.Error, OSError):
-                for pc in psutil.Process(w.proc.pid).net_connections(kind="tcp"):
-                    if pc.laddr:
-                        port_owner[pc.laddr.port] = n
+        port_owner = self._port_owners()
         best: tuple[int, str] | None = None
         for c in conns:
             owner = c.name if c.name in names else port_owner.get(c.peer_port)
