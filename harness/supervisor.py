@@ -28,6 +28,11 @@ PARTIAL_READY_GRACE_S: Final = 15.0
 RECOVERY_WAIT_S: Final = 35.0
 
 
+# restart_policy always: a dead worker starts again after this (compose waits a
+# little too; an instant restart would race the exit's own bookkeeping).
+RESTART_DELAY_S: Final = 1.0
+
+
 def _all_ready(names: frozenset[str]) -> Callable[[LiveState], bool]:
     return lambda s: names <= s.ready
 
@@ -52,6 +57,7 @@ class Supervisor:
         self._stopping = threading.Event()
         self._killed: set[str] = set()  # killed, exit not seen yet
         self._exited: set[str] = set()  # exited on request, cause not seen yet
+        self.restart_delay_s = RESTART_DELAY_S
         recorder.add_listener(self.on_event)
 
     def stop_all(self) -> None:
@@ -122,7 +128,7 @@ class Supervisor:
         restart_name = name
 
         def later() -> None:
-            if self._stopping.wait(1.0):
+            if self._stopping.wait(self.restart_delay_s):
                 return
             with contextlib.suppress(ClusterError, OSError):
                 self.cluster.restart(restart_name)

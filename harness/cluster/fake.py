@@ -134,6 +134,13 @@ class FakeCluster(Cluster):
         w.incarnation += 1
         self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name, pid=w.incarnation)
 
+    def crash(self, name: str) -> None:
+        """The worker dies on its own (an exit nobody asked for)."""
+        w = self._worker(name)
+        w.state = "stopped"
+        self.recorder.record(vocab.WORKER_EXITED, "cluster", worker=name, code=1, signal=None,
+                             requested=False)
+
     def restart_broker(self) -> None:
         self._call("restart_broker")
         self.broker_restarts += 1
