@@ -35,7 +35,8 @@ if str(ROOT) not in sys.path:
 
 from harness.cluster.base import ClusterError  # noqa: E402
 from harness.history import Recorder  # noqa: E402
-from harness.workload import Publisher, Task  # noqa: E402
+from harness.tasks import Task  # noqa: E402
+from harness.workload import Publisher  # noqa: E402
 
 SERVER_BIN = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 START_TIMEOUT_S = 60.0

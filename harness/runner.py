@@ -48,8 +48,9 @@ from harness.schedule import Schedule
 from harness.scratch import DedicatedVhost, ScratchVhost, close_run_vhost, open_run_vhost
 from harness.signals import Interrupted, signals_ignored, signals_raise
 from harness.supervisor import Supervisor
+from harness.tasks import longest_task_s, make_tasks
 from harness.verdicts import judge_history
-from harness.workload import Publisher, longest_task_s, make_tasks
+from harness.workload import Publisher
 
 
 class Run:

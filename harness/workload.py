@@ -1,8 +1,7 @@
 """The Workload role: the harness as a client that publishes tasks.
 
-``make_tasks`` turns a scenario's ``Workload`` into a seeded list of ``Task``;
-``Publisher`` publishes them with publisher confirms and records one ``publish``
-event per task (outcome ``ok`` | ``fail`` | ``unknown``, see ``harness.history``).
+``Publisher`` publishes the run's tasks (``harness.tasks``) with publisher
+confirms and records one ``publish`` event per task (outcome ``ok`` | ``fail`` | ``unknown``, see ``harness.history``).
 
 Outcomes:
 - ``ok``      the broker confirmed the message (Basic.Ack, no Basic.Return before it);
@@ -18,8 +17,6 @@ up to ``window`` unconfirmed messages outstanding (pipelined confirms).
 from __future__ import annotations
 
 import contextlib
-import json
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -36,10 +33,9 @@ from pika.adapters.select_connection import SelectConnection
 from harness import vocab
 from harness.cluster.base import ClusterError
 from harness.history import Recorder
-from harness.model import Distribution, Workload
+from harness.tasks import Task
 
 SOURCE: Final = "workload"
-POISON_PREFIX: Final = b"\x00not-json {"
 MAX_RECONNECT_ATTEMPTS: Final = 5
 RECONNECT_BASE_DELAY_S: Final = 0.5
 RECONNECT_MAX_DELAY_S: Final = 8.0
@@ -49,89 +45,6 @@ CONNECT_TIMEOUT_S: Final = 10.0
 TICK_S: Final = 0.05  # how often the ioloop looks at ``stop`` and the deadline
 CLOSE_GRACE_S: Final = 1.0  # after the deadline, how long a clean close may take
 HEARTBEAT_S: Final = 10
-
-
-# --------------------------------------------------------------------------- tasks
-
-
-@dataclass(frozen=True)
-class Task:
-    id: str
-    body: bytes
-    directives: dict[str, Any]
-    poison: bool = False
-
-
-def sample(dist: Distribution, rng: random.Random) -> Any:
-    """Draw one value of a directive's distribution with ``rng``."""
-    if dist.kind == "const":
-        if len(dist.values) != 1:
-            raise ValueError(f"a const distribution needs one value, got {len(dist.values)}")
-        return dist.values[0]
-    if dist.kind == "uniform":
-        if len(dist.values) != 2:
-            raise ValueError(f"uniform needs [lo, hi], got {list(dist.values)!r}")
-        lo, hi = dist.values
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)):
-            raise ValueError(f"uniform needs numbers, got {list(dist.values)!r}")
-        if lo > hi:
-            raise ValueError(f"uniform needs lo <= hi, got {list(dist.values)!r}")
-        if isinstance(lo, int) and isinstance(hi, int):
-            return rng.randint(lo, hi)
-        return rng.uniform(float(lo), float(hi))
-    if dist.kind == "choice":
-        if not dist.values:
-            raise ValueError("choice needs at least one value")
-        return rng.choice(dist.values)
-    raise ValueError(f"unknown distribution kind {dist.kind!r} (const, uniform or choice)")
-
-
-def _draw(directives: dict[str, Distribution], rng: random.Random) -> dict[str, Any]:
-    return {name: sample(directives[name], rng) for name in sorted(directives)}
-
-
-def task_body(task_id: str, n: int, directives: dict[str, Any], poison: bool = False) -> bytes:
-    if poison:
-        return POISON_PREFIX + task_id.encode("utf-8")
-    obj = {"id": task_id, "task": "logger", "payload": {"n": n}, "directives": directives}
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
-def make_tasks(workload: Workload, rng: random.Random, id_prefix: str) -> list[Task]:
-    """The workload's tasks, identical for the same rng seed.
-
-    Group tasks take seeded random positions among the ``workload.tasks`` tasks; the
-    others use ``workload.directives``. Directive values are drawn per task.
-    """
-    n = workload.tasks
-    if n < 0:
-        raise ValueError(f"workload.tasks must be >= 0, got {n}")
-    for g in workload.groups:
-        if g.count < 0:
-            raise ValueError(f"a task group's count must be >= 0, got {g.count}")
-    grouped = sum(g.count for g in workload.groups)
-    if grouped > n:
-        raise ValueError(f"task groups hold {grouped} tasks but workload.tasks is only {n}")
-    positions = rng.sample(range(n), grouped)
-    group_at: dict[int, int] = {}
-    k = 0
-    for gi, g in enumerate(workload.groups):
-        for pos in positions[k : k + g.count]:
-            group_at[pos] = gi
-        k += g.count
-    tasks: list[Task] = []
-    for i in range(n):
-        task_id = f"{id_prefix}-{i:06d}"
-        which = group_at.get(i)
-        if which is None:
-            directives = _draw(workload.directives, rng)
-            poison = False
-        else:
-            group = workload.groups[which]
-            directives = _draw(group.directives, rng)
-            poison = group.poison
-        tasks.append(Task(task_id, task_body(task_id, i, directives, poison), directives, poison))
-    return tasks
 
 
 # --------------------------------------------------------------------------- publisher
@@ -541,10 +454,3 @@ def _describe(err: BaseException | None) -> str:
         return "unknown reason"
     text = str(err) or repr(err)
     return f"{type(err).__name__}: {text}"[:300]
-
-
-def longest_task_s(tasks: Sequence[Task]) -> float:
-    """The longest ``sleep_ms`` directive among ``tasks``, in seconds (0 without)."""
-    return max((float(v) for t in tasks
-                if isinstance(v := t.directives.get("sleep_ms"), int | float)),
-               default=0.0) / 1000.0

@@ -46,7 +46,7 @@ from locust.runners import WorkerRunner
 from harness import credentials
 from harness.broker import BrokerAdmin, QueueInfo, parse_broker_url
 from harness.cluster.base import ClusterError
-from harness.workload import task_body
+from harness.tasks import task_body
 
 REQUEST_TYPE = "publish"
 REQUEST_NAME = "confirmed"

@@ -17,7 +17,8 @@ from harness.broker import BrokerAdmin
 from harness.cluster.base import BrokerEndpoint, ClusterError
 from harness.history import Recorder
 from harness.model import Distribution, Workload
-from harness.workload import Publisher, make_tasks
+from harness.tasks import make_tasks
+from harness.workload import Publisher
 
 pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
 

@@ -36,7 +36,8 @@ from harness.cluster.docker import (
 from harness.history import Recorder
 from harness.model import Workload
 from harness.netfault import SIDECAR_IMAGE
-from harness.workload import Publisher, make_tasks
+from harness.tasks import make_tasks
+from harness.workload import Publisher
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.xdist_group("docker")]
 

@@ -29,7 +29,8 @@ import pytest
 
 from harness.history import Event, Recorder
 from harness.model import Distribution, TaskGroup, Workload
-from harness.workload import Publisher, Task, make_tasks
+from harness.tasks import Task, make_tasks
+from harness.workload import Publisher
 
 pytestmark = pytest.mark.integration
 

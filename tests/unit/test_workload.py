@@ -11,7 +11,8 @@ import pytest
 from harness.cluster.base import ClusterError
 from harness.history import Recorder
 from harness.model import Distribution, TaskGroup, Workload
-from harness.workload import POISON_PREFIX, Publisher, PublishStats, make_tasks, sample
+from harness.tasks import POISON_PREFIX, make_tasks, sample
+from harness.workload import Publisher, PublishStats
 
 
 def _wl(**kw: object) -> Workload:
