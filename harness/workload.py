@@ -1,7 +1,8 @@
 """The Workload role: the harness as a client that publishes tasks.
 
 ``Publisher`` publishes the run's tasks (``harness.tasks``) with publisher
-confirms and records one ``publish`` event per task (outcome ``ok`` | ``fail`` | ``unknown``, see ``harness.history``).
+confirms and records one ``publish`` event per task (outcome ``ok`` | ``fail`` |
+``unknown``, see ``harness.history``).
 
 Outcomes:
 - ``ok``      the broker confirmed the message (Basic.Ack, no Basic.Return before it);
