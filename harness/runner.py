@@ -50,7 +50,6 @@ from harness.signals import Interrupted, signals_ignored, signals_raise
 from harness.supervisor import Supervisor
 from harness.tasks import longest_task_s, make_tasks
 from harness.verdicts import judge_history
-from harness.workload import Publisher
 
 
 class Run:
@@ -110,7 +109,7 @@ class Run:
 
         self.endpoint = self.cluster.start_broker(self.external_broker(),
                                                   while_booting=start_workers)
-        self.admin = sup.admin = BrokerAdmin(self.endpoint)
+        self.admin = sup.admin = self.cluster.broker_admin(self.endpoint)
         self.nemesis = sup.nemesis = Nemesis(self.cluster, self.recorder, sc.cluster.grace_s)
         self.nemesis.setup()
         watch = BrokerWatch(self.admin, sc, self.recorder, self.live, self.problems,
@@ -131,8 +130,8 @@ class Run:
         try:
             self.recorder.record(vocab.PUBLISH_STARTED, "harness", tasks=len(tasks))
             self.schedule.start()
-            publisher = Publisher(self.endpoint.amqp_url, sc.cluster.queue, self.recorder,
-                                  timeout_s=wl.publish_timeout_s)
+            publisher = self.cluster.publisher(self.endpoint, sc.cluster.queue, self.recorder,
+                                               wl.publish_timeout_s)
             stats = publisher.publish(tasks, rate_per_s=wl.rate_per_s)
             self.recorder.record(vocab.PUBLISH_FINISHED, "harness", ok=stats.ok, fail=stats.fail,
                                  unknown=stats.unknown, elapsed_s=round(stats.elapsed_s, 3))

@@ -29,6 +29,7 @@ CONNECTIONS_LISTED_WAIT_S: Final = 6.0
 
 if TYPE_CHECKING:
     from harness.broker import BrokerAdmin, ConnectionInfo
+    from harness.workload import Publisher
 
 
 class ClusterError(Exception):
@@ -168,6 +169,20 @@ class Cluster(abc.ABC):
 
     def restart_broker(self) -> None:
         raise ClusterError(f"the {self.backend} backend cannot restart the broker")
+
+    # -- the harness's own broker clients (a fake backend brings fakes) ---------
+    def broker_admin(self, endpoint: BrokerEndpoint) -> BrokerAdmin:
+        """The harness's observer of the run's broker."""
+        from harness.broker import BrokerAdmin
+
+        return BrokerAdmin(endpoint)
+
+    def publisher(self, endpoint: BrokerEndpoint, queue: str, recorder: Recorder,
+                  timeout_s: float) -> Publisher:
+        """The harness's publisher of the run's tasks."""
+        from harness.workload import Publisher
+
+        return Publisher(endpoint.amqp_url, queue, recorder, timeout_s=timeout_s)
 
     def worker_connections(self, name: str) -> tuple[BrokerAdmin, list[ConnectionInfo]]:
         """The broker's admin and the AMQP connections it has open for worker

@@ -7,19 +7,140 @@ table and record what a real backend records (``worker_started``,
 history shapes. It has every fault of both real backends, network ones
 included; ``fail`` makes a named primitive raise ``ClusterError`` (a backend
 call that did not take effect), and ``calls`` lists every primitive called, in
-order. No broker: ``start_broker`` hands back an endpoint that nothing answers.
+order. Its broker is in memory too (``FakeBroker``, with an admin and a
+publisher that speak to it): a queue, deliveries held per worker and requeued
+when the worker's "connection" dies (a kill, a crash, a terminate), so the
+runner can be driven end to end in a unit test. Workers (``FakeWorker``, a
+thread each) take a task, report ``received``, ``processed``, ``acked`` the way
+a contract v1 worker's lines would be recorded; ``bug="ack-without-processing"``
+makes them lose work (a run that must FAIL).
 """
 
 from __future__ import annotations
 
+import collections
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import vocab
+from harness.broker import BrokerAdmin, ConnectionInfo, QueueInfo
 from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
 from harness.history import Recorder
+from harness.tasks import Task
+from harness.workload import Publisher, PublishStats
+
+FAKE_ENDPOINT = BrokerEndpoint(amqp_url="amqp://guest:guest@fake:5672/%2F",
+                               management_url="http://fake:15672")
+TASK_S = 0.002  # how long a fake worker "processes" a task
+POLL_S = 0.005
+
+
+class FakeBroker:
+    """One queue in memory: ready ids (with a redelivered flag) and, per worker,
+    the ids it holds unacked. Thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ready: collections.deque[tuple[str, bool]] = collections.deque()
+        self.held: dict[str, set[str]] = {}
+
+    def publish(self, ident: str) -> None:
+        with self.lock:
+            self.ready.append((ident, False))
+
+    def take(self, worker: str) -> tuple[str, bool] | None:
+        with self.lock:
+            if not self.ready:
+                return None
+            item = self.ready.popleft()
+            self.held.setdefault(worker, set()).add(item[0])
+            return item
+
+    def ack(self, worker: str, ident: str) -> None:
+        with self.lock:
+            self.held.get(worker, set()).discard(ident)
+
+    def connection_died(self, worker: str) -> None:
+        """What RabbitMQ does: requeue everything the connection held, redelivered."""
+        with self.lock:
+            for ident in sorted(self.held.pop(worker, set())):
+                self.ready.appendleft((ident, True))
+
+    def unacked(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self.held.values())
+
+
+class FakeAdmin(BrokerAdmin):
+    """The harness's observer of a ``FakeBroker`` (what ``BrokerAdmin`` asks the
+    management API and AMQP, answered from memory)."""
+
+    def __init__(self, broker: FakeBroker, cluster: FakeCluster) -> None:
+        super().__init__(FAKE_ENDPOINT)
+        self.broker = broker
+        self.cluster = cluster
+
+    def probe(self, timeout_s: float = 3.0) -> str | None:
+        return None
+
+    def queue_info(self, name: str) -> QueueInfo | None:
+        b = self.broker
+        if name != self.cluster.queue:
+            return None
+        with b.lock:
+            ready, unacked = len(b.ready), sum(len(v) for v in b.held.values())
+        consumers = sum(1 for w in self.cluster.workers() if self.cluster.is_running(w))
+        return QueueInfo(name, ready + unacked, ready, unacked, consumers)
+
+    def list_queues(self, prefix: str = "") -> list[QueueInfo]:
+        info = self.queue_info(self.cluster.queue)
+        return [info] if info is not None and info.name.startswith(prefix) else []
+
+    def connections(self) -> list[ConnectionInfo]:
+        with self.broker.lock:
+            held = {w: len(v) for w, v in self.broker.held.items()}
+        return [ConnectionInfo(w, "127.0.0.1", 1000 + i, held.get(w, 0), f"fake {w}")
+                for i, w in enumerate(self.cluster.workers()) if self.cluster.is_running(w)]
+
+    def passive_depth(self, name: str) -> int | None:
+        if name != self.cluster.queue:
+            return None
+        with self.broker.lock:
+            return len(self.broker.ready)
+
+    def drain_ids(self, queue: str, limit: int = 100_000, timeout_s: float = 60.0) -> list[str]:
+        if queue != self.cluster.queue:
+            return []
+        with self.broker.lock:
+            ids = [i for i, _ in list(self.broker.ready)[:limit]]
+            for _ in ids:
+                self.broker.ready.popleft()
+        return ids
+
+    def close(self) -> None:
+        pass
+
+
+class FakePublisher(Publisher):
+    """Publishes into a ``FakeBroker``; every task confirmed."""
+
+    def __init__(self, broker: FakeBroker, recorder: Recorder) -> None:
+        super().__init__(FAKE_ENDPOINT.amqp_url, "fake", recorder)
+        self.broker = broker
+        self.fake_recorder = recorder
+
+    def publish(self, tasks: Sequence[Task], rate_per_s: float | None = None,
+                stop: threading.Event | None = None) -> PublishStats:
+        t0 = time.monotonic()
+        for task in tasks:
+            self.fake_recorder.record(vocab.PUBLISH, "workload", id=task.id, outcome="ok",
+                                      directives=task.directives, poison=task.poison)
+            self.broker.publish(task.id)
+        took = max(time.monotonic() - t0, 1e-6)
+        return PublishStats(len(tasks), 0, 0, took, len(tasks) / took)
 
 
 @dataclass
@@ -29,6 +150,7 @@ class FakeWorker:
     state: str = "running"  # running | paused | stopped
     incarnation: int = 1
     cut_off: bool = False  # a network fault is active
+    thread: threading.Thread | None = None
 
 
 @dataclass
@@ -44,9 +166,48 @@ class FakeCluster(Cluster):
     table: dict[str, FakeWorker] = field(default_factory=dict)
     broker_restarts: int = 0
     stopped: bool = False
+    queue: str = "go.logger"
+    bug: str | None = None  # "ack-without-processing": the worker loses what it takes
+    broker: FakeBroker = field(default_factory=FakeBroker)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+
+    # -- the in-memory broker's clients -----------------------------------------------
+    def broker_admin(self, endpoint: BrokerEndpoint) -> BrokerAdmin:
+        return FakeAdmin(self.broker, self)
+
+    def publisher(self, endpoint: BrokerEndpoint, queue: str, recorder: Recorder,
+                  timeout_s: float) -> Publisher:
+        self.queue = queue
+        return FakePublisher(self.broker, recorder)
+
+    def _consume(self, w: FakeWorker, incarnation: int) -> None:
+        """A worker's loop: while it runs (and is not cut off), take, process, ack."""
+        rec, name = self.recorder, w.name
+        rec.record(vocab.READY, name, worker=name, queue=self.queue)
+        while w.state != "stopped" and w.incarnation == incarnation:
+            if w.state == "paused" or w.cut_off:
+                time.sleep(POLL_S)
+                continue
+            item = self.broker.take(name)
+            if item is None:
+                time.sleep(POLL_S)
+                continue
+            ident, redelivered = item
+            rec.record(vocab.RECEIVED, name, id=ident, worker=name, redelivered=redelivered,
+                       attempt=1)
+            time.sleep(TASK_S)
+            if w.state == "stopped" or w.incarnation != incarnation:
+                return  # died holding it: the broker requeues it
+            if self.bug != "ack-without-processing":
+                rec.record(vocab.PROCESSED, name, id=ident, worker=name, attempt=1)
+            self.broker.ack(name, ident)
+            rec.record(vocab.ACKED, name, id=ident, worker=name, reason="processed")
+
+    def _run(self, w: FakeWorker) -> None:
+        w.thread = threading.Thread(target=self._consume, args=(w, w.incarnation), daemon=True)
+        w.thread.start()
 
     # -- plumbing -------------------------------------------------------------------
     def _call(self, what: str, name: str = "") -> None:
@@ -63,6 +224,9 @@ class FakeCluster(Cluster):
 
     def _exit(self, w: FakeWorker, code: int, signal: int | None) -> None:
         w.state = "stopped"
+        if w.thread is not None:
+            w.thread.join(1.0)
+        self.broker.connection_died(w.name)
         self.recorder.record(vocab.WORKER_EXITED, "cluster", worker=w.name, code=code,
                              signal=signal, requested=True)
 
@@ -70,8 +234,7 @@ class FakeCluster(Cluster):
     def start_broker(self, external: BrokerEndpoint | None = None,
                      while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
         self._call("start_broker")
-        ep = external or BrokerEndpoint(amqp_url="amqp://guest:guest@fake:5672/%2F",
-                                        management_url="http://fake:15672")
+        ep = external or FAKE_ENDPOINT
         if while_booting is not None:
             while_booting()
         self.recorder.record(vocab.BROKER_STARTED, "cluster", owned=external is None,
@@ -85,6 +248,7 @@ class FakeCluster(Cluster):
                 raise ClusterError(f"worker {name!r} is already running")
             self.table[name] = FakeWorker(name, spec)
         self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name, pid=1)
+        self._run(self.table[name])
 
     def stop(self) -> None:
         self.stopped = True
@@ -133,11 +297,13 @@ class FakeCluster(Cluster):
         w.state = "running"
         w.incarnation += 1
         self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name, pid=w.incarnation)
+        self._run(w)
 
     def crash(self, name: str) -> None:
         """The worker dies on its own (an exit nobody asked for)."""
         w = self._worker(name)
         w.state = "stopped"
+        self.broker.connection_died(name)
         self.recorder.record(vocab.WORKER_EXITED, "cluster", worker=name, code=1, signal=None,
                              requested=False)
 
