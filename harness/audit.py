@@ -29,11 +29,18 @@ from rich.text import Text
 
 from harness import report, vocab
 from harness.checkers.base import ClaimResult, Valid, observable, worst
+from harness.junit import write_junit
 from harness.options import RunOptions, RunOutcome
 from harness.runner import run_scenario, suite_broker
 from harness.scenario import backends_for, load_scenario
 from harness.signals import Interrupted
-from harness.verdicts import CLAIMS, invariant_verdict, run_word, verdict_word
+from harness.verdicts import (
+    CLAIMS,
+    DEFAULT_GATE,
+    invariant_verdict,
+    run_word,
+    verdict_word,
+)
 
 SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -55,11 +62,6 @@ SUITE: Final = (
     "broker-restart-quorum.yaml",
 )
 
-# Invariants that gate the exit code by default (the list).
-DEFAULT_GATE: Final = frozenset({
-    "no-loss", "exactly-once-ack", "no-duplicate-processing", "dead-letter", "health-check",
-    "graceful-shutdown", "partition-recovery", "redelivery-after-crash",
-})
 
 VERDICT_STYLES: Final = {
     "holds": "bold green", "holds with a caveat": "green", "false as stated": "bold magenta",
@@ -156,7 +158,7 @@ def default_gate(rows: Sequence[ClaimRow]) -> tuple[frozenset[str], list[str]]:
 
 
 def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
-              only: Sequence[str] | None = None) -> int:
+              only: Sequence[str] | None = None, junit: Path | None = None) -> int:
     named = gate
     started = time.monotonic()
     outcomes: list[RunOutcome] = []
@@ -213,6 +215,9 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
                   "exit_code": o.exit_code, "rerun": o.rerun} for o in outcomes],
     })
     console.print(f"audit report: {path}")
+    if junit is not None:
+        write_junit(junit, outcomes, opts.backend, gate)
+        console.print(f"junit: {junit}")
     return code
 
 

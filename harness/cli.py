@@ -129,6 +129,8 @@ def _run_options(r: argparse.ArgumentParser) -> None:
                    help="set a checker parameter over the scenario's params, e.g. "
                    "retry-backoff.base_ms=500 or retry-backoff.jitter=full (repeatable)")
     r.add_argument("--no-progress", action="store_true", help="no live progress display")
+    r.add_argument("--junit", type=Path, metavar="FILE",
+                   help="also write a JUnit XML file: one test case per judged claim")
 
 
 def _reporting_option(r: argparse.ArgumentParser) -> None:
@@ -200,6 +202,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             return _err(f"{sc.path}: the scenario restarts the broker, and --broker-url's "
                         "broker is not the harness's; run it without --broker-url")
     worst = EXIT_OK
+    outcomes = []
     for sc in scenarios:
         try:
             outcome = run_scenario(sc, opts, console)
@@ -208,8 +211,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             return EXIT_UNDECIDED
         except ClusterError as exc:
             return _err(str(exc))
+        outcomes.append(outcome)
         worst = max(worst, outcome.exit_code, key=lambda c: (c == 1) * 2 + (c == 2))
         console.print()
+    if args.junit is not None:
+        from harness.junit import write_junit
+
+        write_junit(args.junit, outcomes, opts.backend, opts.gate)
+        console.print(f"junit: {args.junit}")
     return worst
 
 
@@ -267,7 +276,7 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     if isinstance(opts, int):
         return opts
     try:
-        return run_audit(opts, console, args.gate, args.only)
+        return run_audit(opts, console, args.gate, args.only, args.junit)
     except (ScenarioError, ClusterError) as exc:
         return _err(str(exc))
 

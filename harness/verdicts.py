@@ -124,6 +124,12 @@ def invariant_verdict(result: ClaimResult) -> Valid:
 
 
 ALWAYS_JUDGED: Final = ("no-loss", "exactly-once-ack", "no-duplicate-processing")
+# Invariants that gate the exit code by default (what a correct worker keeps).
+DEFAULT_GATE: Final = frozenset({
+    "no-loss", "exactly-once-ack", "no-duplicate-processing", "dead-letter", "health-check",
+    "graceful-shutdown", "partition-recovery", "redelivery-after-crash",
+})
+
 
 
 def judged_claims(claims: Sequence[str]) -> list[str]:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from harness.audit import (
-    DEFAULT_GATE,
     ClaimRow,
     default_gate,
     exit_code,
@@ -17,7 +16,7 @@ from harness.audit import (
 from harness.checkers.base import ClaimResult
 from harness.options import RunOutcome
 from harness.scenario import load_scenario
-from harness.verdicts import CLAIMS, reference_verdict, verdict_word
+from harness.verdicts import CLAIMS, DEFAULT_GATE, reference_verdict, verdict_word
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
