@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -29,6 +30,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
 
+import harness
 from harness import credentials, verdicts, vocab
 from harness.checkers.base import ClaimResult, Valid
 from harness.history import Event
@@ -304,11 +306,22 @@ class Progress:
         self.console.print(Text(self.line()), soft_wrap=True)
 
 
+# Bumped when a field of result.json changes meaning or goes away (adding one
+# does not bump it).
+RESULT_SCHEMA_VERSION: Final = 1
+
+
 def result_payload(scenario: Scenario, run_id: str, seed: int, backend: str,
                    results: list[ClaimResult], code: int, problems: list[str], rerun: str,
-                   gate: Iterable[str] | None) -> dict[str, Any]:
+                   gate: Iterable[str] | None, started_at: float | None = None,
+                   worker: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The content of a run's ``result.json``."""
     return {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "harness_version": harness.__version__,
+        "started_at": _iso(started_at) if started_at is not None else None,
+        "finished_at": _iso(time.time()),
+        "worker": dict(worker or {}),
         "scenario": scenario.name,
         "scenario_path": scenario.path,
         "run_id": run_id,
@@ -323,3 +336,7 @@ def result_payload(scenario: Scenario, run_id: str, seed: int, backend: str,
                    for r in results],
         "params": scenario.params,
     }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

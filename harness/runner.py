@@ -18,6 +18,7 @@ import io
 import os
 import random
 import re
+import time
 import traceback
 from collections.abc import Iterator
 from datetime import datetime
@@ -60,6 +61,7 @@ class Run:
         self.opts = opts
         self.console = console
         self.seed = opts.seed if opts.seed is not None else new_seed()
+        self.started_at = time.time()
         self.rng = random.Random(self.seed)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", scenario.name)
@@ -288,6 +290,9 @@ def _scrub(run: Run) -> None:
 
 
 def _write_result(run: Run, results: list[ClaimResult], code: int, rerun: str) -> None:
+    opts = run.opts
+    worker = ({"cmd": opts.worker_cmd} if opts.worker_cmd else {"image": opts.worker_image}
+              if opts.worker_image else {"reference": True, "reporting": opts.reporting})
     report.write_result_json(run.run_dir / "result.json", report.result_payload(
-        run.scenario, run.run_id, run.seed, run.opts.backend, results, code, run.problems,
-        rerun, run.opts.gate))
+        run.scenario, run.run_id, run.seed, opts.backend, results, code, run.problems,
+        rerun, opts.gate, run.started_at, worker))

@@ -81,6 +81,8 @@ def test_a_clean_run_passes_and_writes_its_result(fake: Fakes,
                           "no-duplicate-processing": True}
     data = json.loads((out.run_dir / "result.json").read_text())
     assert data["verdict"] == "PASS" and data["seed"] == 7 and data["problems"] == []
+    assert data["schema_version"] == 1 and data["harness_version"]
+    assert data["started_at"] <= data["finished_at"] and data["worker"]["reference"] is True
     assert fake[0].stopped
 
 
