@@ -21,8 +21,7 @@ unacked by idle consumers (``drain.held``, the broker's own counts), the tasks
 the final read then found in the main queue (requeued when the harness stopped
 the holders; the runner records ``held`` only when the retry queues were empty
 too) were delivered and never settled: false, naming the holders. This needs no
-worker event at all; where workers report receipts, only ids some worker
-received are named.
+worker event at all, and a worker's silence about a delivery excuses nothing.
 
 Which facts come from the worker, and why they are safe: ``acked`` and
 ``dead_lettered`` reports. A second settlement makes the claim false unless an
@@ -98,10 +97,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     held_raw = idx.drain.get("held") if idx.drain is not None else None
     held_by: list[Any] = list(held_raw) if isinstance(held_raw, list) else []
     held_ids = idx.final.ids["main"] if held_by else set()
-    if held_ids and idx.count("received"):
-        # What the stopped holders gave back: ids a worker had been handed. (The
-        # main queue was empty at the bound, so nothing else should be there.)
-        held_ids = {i for i in held_ids if idx.received.of(i)}
+    # Every id there: the main and retry queues were empty at the bound and
+    # nothing was published after, so only the stopped holders' requeued
+    # deliveries can be in the main queue (a worker's silence about one of them
+    # excuses nothing).
     if held_ids:
         holders = ", ".join(str(h.get("connection") if isinstance(h, dict) else h)
                             for h in held_by[:5])
@@ -113,6 +112,20 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             {"confirmed": n_confirmed, "acked_events": n_acked, "held": held_by[:20],
              "held_ids": first(held_ids), "never_settled": len(held_ids)})
     if n_acked == 0:
+        # Per-task acks are not visible, but the broker's final read still is: a
+        # task a worker processed that the DLQ also holds, and the harness did not
+        # ask to fail, was settled twice (processed, then dead-lettered).
+        dlq_ids = idx.final.ids["dlq"]
+        twice = ({i for i in dlq_ids if idx.has(i, ix.PROC)} - facts.asked_to_fail(idx, params)
+                 if dlq_ids else set())
+        if twice:
+            return ClaimResult(
+                CLAIM, False,
+                f"{len(twice)} processed task(s) also found in the DLQ that the harness did "
+                "not ask to fail: settled twice (the broker's final read; the worker "
+                "reports no acks)",
+                {"confirmed": n_confirmed, "acked_events": 0,
+                 "processed_and_dead_lettered": len(twice), "unexplained_ids": first(twice)})
         return unknown(CLAIM, "no acked event in the history: the worker does not report acks",
                        confirmed=n_confirmed, observable=False)
     if not n_confirmed:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from harness.checkers.index import ConnFault, Index, worker_of
 from harness.history import Event, History
@@ -27,9 +27,33 @@ def start_ts(idx: Index, ev: Event) -> float:
     st = as_float(ev.get("started_ts"))
     if st is not None:
         # The worker's word, kept inside what the harness saw: not before the
-        # receipt it processed, not after the report itself.
-        return min(max(st, best if best is not None else st), ev.ts)
+        # receipt it processed (without one: not before the longest processing
+        # the run asked for, plus the longest stall a fault put on that worker),
+        # not after the report itself.
+        lo = best if best is not None else ev.ts - (
+            idx.max_sleep_s + _longest_stall_s(idx, ev.worker) + START_SLACK_S)
+        return min(max(st, lo), ev.ts)
     return best if best is not None else ev.ts
+
+
+# Without a receipt, a reported start may lie this much before what the run's
+# longest task and longest fault on the worker allow (scheduling, prefetch).
+START_SLACK_S: Final = 5.0
+
+
+def _longest_stall_s(idx: Index, worker: str | None) -> float:
+    """The longest lasting fault (a pause, a partition) on ``worker``: invoke to heal."""
+    longest = 0.0
+    open_ts: dict[str, float] = {}
+    for f in idx.faults:
+        if worker is None or str(f.get("target")) != worker or not f.get("ok", False):
+            continue
+        name = str(f.get("fault"))
+        if f.get("phase", "invoke") == "invoke":
+            open_ts[name] = f.ts
+        elif name in open_ts:
+            longest = max(longest, f.ts - open_ts.pop(name))
+    return longest
 
 
 def events_by_worker(events: Iterable[Event]) -> dict[str, list[Event]]:
@@ -102,9 +126,14 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
     an earlier delivery d0 of the id (received before F, not acked by it before
     F) when d0 had been republished: a ``failed``, ``retry_scheduled`` or retry
     ack of d0's worker after its receipt and before F took effect, or a fresh
-    copy whose attempt is later than d0's. Anything else (a worker republishing
-    what it processed, a nack with requeue beside a republish) is the worker's
-    own doing, whatever faults happened around it."""
+    copy whose attempt is later than d0's. Only for a task the harness asked to
+    fail (``fail_times``, ``fail_always``, poison: the only ones a correct worker
+    republishes), and only when d0's worker had not processed it before F.
+    Anything else (a worker republishing what it processed, a nack with requeue
+    beside a republish) is the worker's own doing, whatever faults happened
+    around it."""
+    if ident not in idx.fail_directives and ident not in idx.poison:
+        return None
     for d0 in receipts:
         w0 = d0.worker
         if w0 is None or d0 is fresh or d0.ts >= fresh.ts:
@@ -115,7 +144,9 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
         effect = max(fault.ts, fault.end)
         acked = any(a.worker == w0 and d0.ts <= a.ts < fault.ts
                     for a in idx.acked_final.of(ident))
-        if acked:
+        processed = any(p.worker == w0 and d0.ts <= p.ts <= fault.ts
+                        for p in idx.processed.of(ident))
+        if acked or processed:
             continue
         failed = any(e.worker == w0 and d0.ts <= e.ts <= effect
                      for per in (idx.failed, idx.retry_scheduled, idx.acked_retry)

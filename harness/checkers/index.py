@@ -220,6 +220,12 @@ class Index:
     fail_directives: dict[str, dict[str, Any]] = field(default_factory=dict)
     # id -> its ``crash`` directive ("during", "after_process"): few ids.
     crash_directives: dict[str, str] = field(default_factory=dict)
+    # The ``sleep_ms`` directive of a crash task, in seconds (how long its
+    # processing runs before an ``after_process`` crash).
+    crash_sleep_s: dict[str, float] = field(default_factory=dict)
+    # The longest ``sleep_ms`` directive of the run, in seconds: how long one
+    # processing can take, faults aside.
+    max_sleep_s: float = 0.0
     _value_counts: dict[int, int] | None = None
 
     @property
@@ -439,8 +445,15 @@ def build(history: History) -> Index:
                 if data.get("poison"):
                     idx.poison.add(ident)
                 dirs = data.get("directives")
+                sleep_ms = dirs.get("sleep_ms") if isinstance(dirs, dict) else None
+                if isinstance(sleep_ms, int | float) and not isinstance(sleep_ms, bool) \
+                        and sleep_ms / 1000.0 > idx.max_sleep_s:
+                    idx.max_sleep_s = sleep_ms / 1000.0
                 if dirs and isinstance(dirs, dict) and dirs.get("crash"):
                     idx.crash_directives[ident] = str(dirs.get("crash"))
+                    sleep = dirs.get("sleep_ms")
+                    if isinstance(sleep, int | float) and not isinstance(sleep, bool):
+                        idx.crash_sleep_s[ident] = max(0.0, float(sleep) / 1000.0)
                 if dirs and isinstance(dirs, dict) and (
                         dirs.get("fail_times") or dirs.get("fail_always")):
                     idx.fail_directives[ident] = dirs
@@ -534,24 +547,36 @@ def build(history: History) -> Index:
             per_worker.setdefault(str(target), []).append(
                 ConnFault(ev.ts, f"fault:{name}", str(target), _end(ev)))
     crash_ids = {i for i, d in idx.crash_directives.items() if d}
-    crash_receipts: dict[str, list[float]] = {}
+    # worker -> [(from, until)]: when an exit of that worker is the crash the
+    # harness asked for. The directive fires on the task's first delivery only
+    # (before its ack), at most its processing time plus the exit's detection
+    # later; nothing else the worker did makes an exit injected.
+    crash_windows: dict[str, list[tuple[float, float]]] = {}
     if crash_ids:
         received = idx.received.events(crash_ids)
         acks = idx.acked_final.events(crash_ids)
+        processed = idx.processed.events(crash_ids)
         for ident in crash_ids:
-            for e in received.get(ident, ()):
-                # The directive fires on a first delivery only, before its ack.
-                if e.worker is None or e.get("redelivered", False) is not False:
+            recs = sorted(received.get(ident, ()), key=lambda e: e.ts)
+            span = idx.crash_sleep_s.get(ident, 0.0) + EFFECT_MAX_S
+            # The first delivery: reported as not redelivered; a worker that does
+            # not report the flag gets only its earliest receipt counted.
+            firsts = ([e for e in recs if e.get("redelivered") is False]
+                      or ([recs[0]] if recs and "redelivered" not in (recs[0].data or {})
+                          else []))
+            for e in firsts[:1]:
+                if e.worker is None or any(a.worker == e.worker and a.ts >= e.ts
+                                           for a in acks.get(ident, ())):
                     continue
-                if any(a.worker == e.worker and a.ts >= e.ts for a in acks.get(ident, ())):
-                    continue
-                crash_receipts.setdefault(e.worker, []).append(e.ts)
-        # A worker that reports no receipts: its ``processed`` of a crash task
-        # (``after_process``) shows it held one too.
-        for ident, lst in idx.processed.events(crash_ids).items():
-            for e in lst:
-                if e.worker is not None and not idx.received.of(ident):
-                    crash_receipts.setdefault(e.worker, []).append(e.ts)
+                crash_windows.setdefault(e.worker, []).append((e.ts, e.ts + span))
+            # A worker that reports no receipts: its first ``processed`` of an
+            # ``after_process`` crash task, right before it died.
+            procs = sorted(processed.get(ident, ()), key=lambda e: e.ts)
+            if (not recs and procs and procs[0].worker is not None
+                    and idx.crash_directives[ident] == "after_process"):
+                p0 = procs[0]
+                assert p0.worker is not None
+                crash_windows.setdefault(p0.worker, []).append((p0.ts, p0.ts + EFFECT_MAX_S))
     last_start: dict[str, list[float]] = {}
     for ev in idx.worker_started:
         sw = worker_of(ev)
@@ -567,7 +592,7 @@ def build(history: History) -> Index:
         # A crash the harness asked for: the worker received a crash-directive task
         # since it last started, before it died.
         since = max((t for t in last_start.get(w, ()) if t <= ev.ts), default=float("-inf"))
-        asked = any(since <= t <= ev.ts for t in crash_receipts.get(w, ()))
+        asked = any(since <= lo <= ev.ts <= hi for lo, hi in crash_windows.get(w, ()))
         per_worker.setdefault(w, []).append(
             ConnFault(ev.ts, "crash" if asked else "exit:unrequested", w, injected=asked))
     for ev in idx.connection_lost:

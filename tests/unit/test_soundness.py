@@ -246,11 +246,12 @@ def test_held_deliveries_are_the_workers_failure() -> None:
     assert "worker-1" in r.summary
 
 
-def test_held_names_only_ids_that_were_delivered() -> None:
-    h = start().publish("z")  # in the main queue at the end, never handed out
+def test_held_names_every_requeued_id_even_one_the_worker_never_reported() -> None:
+    """The worker swallowed ``z`` without a line: the broker's final read names it."""
+    h = start().publish("z")
     h.events += held_run(True, ["a", "z"]).events
     r = exactly_once_ack.check(h.build(), {})
-    assert r.valid is False and r.evidence["held_ids"] == ["a"], r.summary
+    assert r.valid is False and r.evidence["held_ids"] == ["a", "z"], r.summary
 
 
 def test_held_with_nothing_requeued_is_judged_as_usual() -> None:
@@ -523,3 +524,74 @@ def test_a_second_ack_of_a_republished_copy_needs_lineage() -> None:
 
     assert exactly_once_ack.check(run(True).build(), {}).valid is False
     assert exactly_once_ack.check(run(False).build(), {}).valid is True
+
+
+# -- from the skeptic's review: a worker's word must not excuse ----------------------
+
+def test_a_worker_republishing_what_it_processed_has_no_lineage() -> None:
+    """The task was not asked to fail; W1 processed it, a close-connections hit it
+    before the ack, and the worker republished it (attempt 2): the second message
+    is the worker's doing, in both reporting modes (false). A task the harness
+    asked to fail, republished by its failing attempts, is explained (true)."""
+    def worker_bug(acks: bool) -> H:
+        h = start().publish("a", ts=1001.0)
+        h.received("a", W1, attempt=1, ts=1001.1).processed("a", W1, ts=1001.5)
+        h.fault("close-connections", W1, ts=1001.6)
+        h.received("a", W2, redelivered=True, attempt=1, ts=1002.0).processed("a", W2)
+        if acks:
+            h.acked("a", W2)
+        h.received("a", W3, redelivered=False, attempt=2, ts=1003.0).processed("a", W3)
+        if acks:
+            h.acked("a", W3)
+        return h.finish()
+
+    for acks in (True, False):
+        r = no_duplicate.check(worker_bug(acks).build(), {})
+        assert invariant_verdict(r) is False, (acks, r.summary)
+
+    h = start().publish("a", directives={"fail_times": 1}, ts=1001.0)
+    h.received("a", W1, attempt=1, ts=1001.1).failed("a", W1, attempt=1, ts=1001.4)
+    h.fault("close-connections", W1, ts=1001.6)  # after the republish, before the ack
+    h.received("a", W2, redelivered=True, attempt=1, ts=1002.0).failed("a", W2)
+    h.acked("a", W2, reason="retry")
+    h.received("a", W3, attempt=2, ts=1003.0).processed("a", W3).acked("a", W3)
+    h.received("a", W2, attempt=2, ts=1003.5).processed("a", W2).acked("a", W2)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.valid is False and invariant_verdict(r) is True, r.summary
+
+
+def test_a_crash_long_after_a_crash_task_is_the_workers_own() -> None:
+    """A processed-only worker: W1 crashes right after processing the crash task
+    (injected); W2 dies on its own 17 s after processing its copy: not injected,
+    so the duplicate of ``x`` after it is unexplained."""
+    h = start().publish("c", directives={"crash": "after_process"}, ts=1001.0)
+    h.publish("x", ts=1001.0)
+    h.processed("c", W1, ts=1002.0).worker_exited(W1, requested=False, ts=1002.05)
+    h.processed("c", W2, ts=1003.0)
+    h.processed("x", W2, ts=1020.0).worker_exited(W2, requested=False, ts=1020.1)
+    h.processed("x", W3, ts=1022.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert invariant_verdict(r) is False, r.summary
+    # ...while c's own duplicate is explained by W1's asked-for crash.
+    assert "c" not in (r.evidence.get("unexplained_ids") or []), r.evidence
+
+
+def test_a_started_ts_far_before_anything_the_run_allows_is_clamped() -> None:
+    """No receipts: a start reported before an early fault does not let that
+    fault explain a duplicate 15 s later."""
+    h = start().publish("x", ts=1001.0).publish("y", ts=1001.0)
+    h.processed("y", W1, ts=1004.0).fault("close-connections", W1, ts=1005.0)
+    h.processed("x", W1, ts=1020.0, started_ts=0.0).processed("x", W2, ts=1022.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert invariant_verdict(r) is False, r.summary
+
+
+def test_without_acks_a_processed_task_in_the_dlq_is_settled_twice() -> None:
+    """Minimal reporter: the broker's final read finds a processed task in the DLQ
+    that nobody asked to fail: exactly-once-ack is false, not 'unobservable'."""
+    h = start().publish("a").publish("b")
+    h.received("a", W1).processed("a", W1).received("b", W1).processed("b", W1)
+    r = exactly_once_ack.check(h.finish(dlq=["a"]).build(), {})
+    assert r.valid is False and r.evidence["unexplained_ids"] == ["a"], r.summary
+    clean = start().publish("a").received("a", W1).processed("a", W1).finish()
+    assert exactly_once_ack.check(clean.build(), {}).evidence.get("observable") is False
