@@ -21,7 +21,9 @@ registered value (log-filter packages match patterns, not values).
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import threading
 import urllib.parse
 from pathlib import Path
@@ -39,12 +41,18 @@ _forms: tuple[str, ...] = ()
 
 
 def forms_of(secret: str, user: str | None = None) -> set[str]:
-    """The spellings of ``secret`` that an artefact could carry."""
+    """The spellings of ``secret`` that an artefact could carry: as given,
+    percent-encoded (the ways URLs do it), base64 (alone and as ``user:secret``,
+    an HTTP Basic header), and each of those as JSON writes it (a ``"``, a
+    backslash or a non-ASCII character is escaped in ``result.json``)."""
     out = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
-           urllib.parse.quote(secret)}
+           urllib.parse.quote(secret), urllib.parse.quote(secret, safe="!$&'()*+,;=")}
     out.add(base64.b64encode(secret.encode()).decode("ascii"))
     if user is not None:
         out.add(base64.b64encode(f"{user}:{secret}".encode()).decode("ascii"))
+    for form in list(out):
+        out.add(json.dumps(form)[1:-1])
+        out.add(json.dumps(form, ensure_ascii=False)[1:-1])
     return {f for f in out if len(f) >= MIN_SECRET_LEN}
 
 
@@ -69,11 +77,19 @@ def active() -> bool:
     return bool(_forms)
 
 
+# The userinfo of any AMQP URL, whatever encoder wrote it (a worker in another
+# language prints its URL its own way).
+_URL_USERINFO: Final = re.compile(r"(amqps?://[^:/@\s\"']*:)[^@\s\"']+@")
+_URL_USERINFO_B: Final = re.compile(_URL_USERINFO.pattern.encode())
+
+
 def redact(text: str) -> str:
     forms = _forms
     for f in forms:
         if f in text:
             text = text.replace(f, MASK)
+    if forms and "amqp" in text:
+        text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
     return text
 
 
@@ -96,6 +112,8 @@ def scrub_tree(root: Path) -> list[str]:
                 new = data
                 for f in forms:
                     new = new.replace(f, MASK.encode())
+                if b"amqp" in new:
+                    new = _URL_USERINFO_B.sub(lambda m: m.group(1) + MASK.encode() + b"@", new)
                 if new != data:
                     tmp = path.with_name(f".{name}.scrub")
                     tmp.write_bytes(new)

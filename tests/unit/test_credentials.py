@@ -88,3 +88,27 @@ def test_vhost_without_a_broker_url_is_refused(capsys: pytest.CaptureFixture[str
     code = main(["run", str(scenario), "--out", str(tmp_path), "--vhost", "ci"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--vhost needs --broker-url" in err[0]
+
+
+@pytest.mark.parametrize("secret", ['s3cr"et!', "pässwort1", "a\\b-xyz9"])
+def test_json_escaped_forms_are_redacted(secret: str, tmp_path: Path) -> None:
+    import json
+
+    credentials.register(secret, USER)
+    for ascii_only in (True, False):
+        text = json.dumps({"x": secret, "url": f"amqp://{USER}:{secret}@h/"},
+                          ensure_ascii=ascii_only)
+        out = credentials.redact(text)
+        assert json.dumps(secret)[1:-1] not in out and secret not in out, out
+        f = tmp_path / f"r{ascii_only}.json"
+        f.write_text(text, encoding="utf-8")
+    credentials.scrub_tree(tmp_path)
+    for f in tmp_path.iterdir():
+        data = f.read_text(encoding="utf-8")
+        assert secret not in data and json.dumps(secret)[1:-1] not in data, data
+
+
+def test_any_amqp_url_loses_its_password_once_a_secret_is_known() -> None:
+    credentials.register(SECRET, USER)
+    out = credentials.redact("worker: connecting to amqps://bob:Other%2Bpw@host:5671/v")
+    assert "Other" not in out and "amqps://bob:***@host:5671/v" in out
