@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import json
 import logging
 import threading
@@ -156,12 +157,31 @@ class BrokerAdmin:
                 f"({amqp_display(self.endpoint.amqp_url)}): {_exc_reason(exc)}")
 
     # -- readiness -------------------------------------------------------------
-    def probe(self, timeout_s: float = 3.0) -> str | None:
-        """One attempt: None when AMQP opens and the management API answers, else why not."""
+    def server_time(self) -> float | None:
+        """The broker host's clock (the management API's HTTP ``Date``), or None.
+        Leases are written and judged in it, so two CI hosts whose clocks differ
+        never see each other's lease as expired early."""
+        url = self.endpoint.management_url.rstrip("/") + "/api/overview"
+        req = urllib.request.Request(url, method="HEAD",
+                                     headers={"Authorization": self._auth_header})
         try:
-            conn = self._connect(timeout_s)
-            with contextlib.suppress(Exception):
-                conn.close()
+            with urllib.request.urlopen(req, timeout=self.call_timeout_s) as resp:
+                date = resp.headers.get("Date")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(date).timestamp() if date else None
+        except (TypeError, ValueError):
+            return None
+
+    def probe(self, timeout_s: float = 3.0, amqp: bool = True) -> str | None:
+        """One attempt: None when AMQP opens (unless ``amqp`` is False) and the
+        management API answers, else why not."""
+        try:
+            if amqp:
+                conn = self._connect(timeout_s)
+                with contextlib.suppress(Exception):
+                    conn.close()
         except Exception as e:
             return _exc_reason(e)
         try:
@@ -170,7 +190,8 @@ class BrokerAdmin:
             return _exc_reason(e)
         return None
 
-    def wait_ready(self, timeout_s: float = 15.0, hint: str | None = None) -> float:
+    def wait_ready(self, timeout_s: float = 15.0, hint: str | None = None,
+                   amqp: bool = True) -> float:
         """Wait until the broker answers on AMQP and HTTP; returns the seconds waited.
 
         Raises ClusterError after ``timeout_s`` (the last attempt is cut short so the
@@ -183,7 +204,7 @@ class BrokerAdmin:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            reason = self.probe(min(3.0, max(0.5, left))) or ""
+            reason = self.probe(min(3.0, max(0.5, left)), amqp=amqp) or ""
             if not reason:
                 return time.monotonic() - t0
             left = deadline - time.monotonic()

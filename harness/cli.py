@@ -238,6 +238,9 @@ def _options(args: argparse.Namespace) -> RunOptions | int:
         credentials.register(ep.password, ep.user)
     elif args.vhost:
         return _err("--vhost needs --broker-url: it names a vhost on a broker of yours")
+    if args.vhost == "/":
+        return _err("--vhost /: the default vhost is where a broker's own work lives; "
+                    "dedicate a vhost of its own to the harness")
     events = args.events
     try:
         WorkerSpec(events=events).events_pattern()

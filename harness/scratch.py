@@ -25,6 +25,7 @@ Written by hand: the management API calls are a handful of REST requests
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -110,9 +111,11 @@ def _cannot(what: str, exc: BaseException, ep: BrokerEndpoint) -> str:
 
 
 def sweep(admin: BrokerAdmin, now: float | None = None, limit: int = SWEEP_MAX) -> list[str]:
-    """Delete leftover scratch vhosts: a lease of the harness's that has expired,
+    """Delete leftover scratch vhosts: a lease of the harness's that expired more
+    than one more lease ago (in the broker's clock, ``BrokerAdmin.server_time``),
     and no connection open in the vhost. Returns the names removed."""
-    now = time.time() if now is None else now
+    if now is None:
+        now = admin.server_time() or time.time()
     try:
         vhosts = admin.request("GET", "/api/vhosts?columns=name,description,metadata")
     except (urllib.error.URLError, OSError, ValueError):
@@ -126,7 +129,9 @@ def sweep(admin: BrokerAdmin, now: float | None = None, limit: int = SWEEP_MAX) 
         name = str(v.get("name", ""))
         meta = v.get("metadata") if isinstance(v.get("metadata"), dict) else {}
         lease = parse_lease(v.get("description") or (meta or {}).get("description"))
-        if not name.startswith(VHOST_PREFIX) or lease is None or lease.lease_end >= now:
+        # A full lease more than its end: a renewal late by a few seconds, or a
+        # clock that differs, never costs a live run its vhost.
+        if not name.startswith(VHOST_PREFIX) or lease is None or lease.lease_end + LEASE_S >= now:
             continue
         try:
             conns = admin.request("GET", f"/api/vhosts/{_q(name)}/connections")
@@ -153,14 +158,25 @@ class ScratchVhost:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self.renew_errors = 0
+        self.lost = ""  # why the vhost can no longer be trusted, once it cannot
 
     def _lease(self) -> Lease:
+        now = self.admin.server_time() or time.time()
         return Lease(socket.gethostname(), os.getpid(), self.run_id, self.started,
-                     time.time() + LEASE_S)
+                     now + LEASE_S)
 
     def _put(self) -> None:
         self.admin.request("PUT", f"/api/vhosts/{_q(self.name)}",
                            {"description": self._lease().description(), "tags": LEASE_TAG})
+
+    def _exists(self) -> bool:
+        try:
+            self.admin.request("GET", f"/api/vhosts/{_q(self.name)}")
+            return True
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return False
+            raise
 
     def open(self) -> BrokerEndpoint:
         """Sweep expired leftovers, create the vhost with a lease, grant it to the
@@ -195,11 +211,21 @@ class ScratchVhost:
         return self.endpoint
 
     def _renew(self) -> None:
+        last_ok = time.monotonic()
         while not self._stop.wait(LEASE_RENEW_S):
             try:
+                # Renew only what is still there: a blind PUT would recreate an
+                # empty vhost someone deleted, and the run would judge nothing.
+                if not self._exists():
+                    self.lost = "deleted during the run by someone else"
+                    return
                 self._put()
+                last_ok = time.monotonic()
             except (urllib.error.URLError, OSError, ValueError):
                 self.renew_errors += 1  # the next renewal tries again; the lease has margin
+                if time.monotonic() - last_ok > LEASE_S / 2 and not self.lost:
+                    self.lost = (f"its lease could not be renewed for over {LEASE_S / 2:g} s "
+                                 "(another run may have removed it as a leftover)")
 
     def close(self) -> str | None:
         """Stop renewing and delete the vhost (and everything in it); bounded. Returns
@@ -208,14 +234,21 @@ class ScratchVhost:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(5)
+        with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
+            if not self.lost and not self._exists():
+                self.lost = "deleted during the run by someone else"
         last: BaseException | None = None
         for attempt in range(DELETE_ATTEMPTS):
             try:
                 self.admin.request("DELETE", f"/api/vhosts/{_q(self.name)}")
+                if self.lost:
+                    return (f"scratch vhost {self.name}: {self.lost}; what the run saw after "
+                            "that cannot be judged")
                 return None
             except urllib.error.HTTPError as e:
                 if e.code == 404:
-                    return None
+                    return (f"scratch vhost {self.name}: {self.lost}; what the run saw after "
+                            "that cannot be judged") if self.lost else None
                 last = e
             except (urllib.error.URLError, OSError, ValueError) as e:
                 last = e
@@ -229,16 +262,20 @@ class DedicatedVhost:
     created or deleted; only the scenario's own queues are touched."""
 
     def __init__(self, base: BrokerEndpoint, vhost: str) -> None:
+        if vhost == "/":
+            raise ClusterError("--vhost /: the default vhost is where a broker's own work "
+                               "lives; dedicate a vhost of its own to the harness")
         self.name = vhost
         self.endpoint = with_vhost(base, vhost)
         self.admin = BrokerAdmin(self.endpoint)
+        self.existing: set[str] = set()  # the scenario's queues there before the run
 
     def open(self, own: tuple[str, ...], own_prefix: str) -> BrokerEndpoint:
         """Refuse (ClusterError listing them) when the vhost holds a queue the
         scenario does not declare, or one of its queues with messages in it."""
         try:
             queues = self.admin.request(
-                "GET", f"/api/queues/{_q(self.name)}?columns=name,messages")
+                "GET", f"/api/queues/{_q(self.name)}?columns=name,messages,consumers")
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 raise ClusterError(f"--vhost {self.name}: no such vhost on "
@@ -254,6 +291,10 @@ class DedicatedVhost:
             if name in own or name.startswith(own_prefix):
                 if isinstance(q, dict) and int(q.get("messages") or 0) > 0:
                     busy.append(f"{name} ({q.get('messages')} messages)")
+                elif isinstance(q, dict) and int(q.get("consumers") or 0) > 0:
+                    busy.append(f"{name} ({q.get('consumers')} consumers: someone works there)")
+                else:
+                    self.existing.add(name)
             else:
                 foreign.append(name)
         if foreign or busy:
@@ -263,12 +304,13 @@ class DedicatedVhost:
         return self.endpoint
 
     def close(self, own: tuple[str, ...], own_prefix: str) -> str | None:
-        """Delete the scenario's queues (its main queue, DLQ, retry queues)."""
+        """Delete the scenario's queues (its main queue, DLQ, retry queues) that
+        this run created; those that were there before stay."""
         try:
             queues = self.admin.request("GET", f"/api/queues/{_q(self.name)}?columns=name")
             names = [str(q.get("name", "")) for q in queues if isinstance(q, dict)]
             for name in names:
-                if name in own or name.startswith(own_prefix):
+                if (name in own or name.startswith(own_prefix)) and name not in self.existing:
                     self.admin.request("DELETE", f"/api/queues/{_q(self.name)}/{_q(name)}")
         except (urllib.error.URLError, OSError, ValueError) as e:
             return f"could not delete the run's queues in vhost {self.name}: {e}"
@@ -288,7 +330,9 @@ def open_run_vhost(broker_url: str, vhost: str | None, scenario: Scenario, run_i
     except ValueError as e:
         raise ClusterError(f"{e}; fix --broker-url") from None
     credentials.register(base.password, base.user)
-    BrokerAdmin(base).wait_ready(EXTERNAL_READY_TIMEOUT_S)
+    # The management API only: the URL's own vhost (``/`` by default) may be one
+    # the user has no rights on; AMQP is checked inside the run's vhost.
+    BrokerAdmin(base).wait_ready(EXTERNAL_READY_TIMEOUT_S, amqp=False)
     c = scenario.cluster
     if vhost:
         dedicated = DedicatedVhost(base, vhost)

@@ -83,7 +83,7 @@ class FakeAdmin(BrokerAdmin):
         self.broker = broker
         self.cluster = cluster
 
-    def probe(self, timeout_s: float = 3.0) -> str | None:
+    def probe(self, timeout_s: float = 3.0, amqp: bool = True) -> str | None:
         return None
 
     def queue_info(self, name: str) -> QueueInfo | None:

@@ -112,3 +112,12 @@ def test_any_amqp_url_loses_its_password_once_a_secret_is_known() -> None:
     credentials.register(SECRET, USER)
     out = credentials.redact("worker: connecting to amqps://bob:Other%2Bpw@host:5671/v")
     assert "Other" not in out and "amqps://bob:***@host:5671/v" in out
+
+
+def test_the_default_vhost_is_never_the_harnesss(capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "no-duplicates.yaml"
+    code = main(["run", str(scenario), "--out", str(tmp_path), "--backend", "local",
+                 "--broker-url", "amqp://u:pw12345@h:5672/", "--vhost", "/"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--vhost /" in err[0]

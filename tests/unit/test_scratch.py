@@ -8,7 +8,15 @@ import json
 from typing import Any, cast
 
 from harness.broker import BrokerAdmin, parse_broker_url
-from harness.scratch import VHOST_PREFIX, Lease, parse_lease, sweep, vhost_name, with_vhost
+from harness.scratch import (
+    LEASE_S,
+    VHOST_PREFIX,
+    Lease,
+    parse_lease,
+    sweep,
+    vhost_name,
+    with_vhost,
+)
 
 NOW = 1_000_000.0
 
@@ -46,12 +54,14 @@ def test_a_lease_round_trips_and_foreign_descriptions_are_not_leases() -> None:
 
 def test_sweep_removes_only_expired_idle_leases_of_the_harness() -> None:
     p = VHOST_PREFIX
+    gone = NOW - LEASE_S - 1  # expired over one more lease ago
     admin = FakeAdmin([
-        vhost(f"{p}expired", NOW - 1),
+        vhost(f"{p}expired", gone),
+        vhost(f"{p}just-expired", NOW - 1),  # a late renewal or another clock: kept
         vhost(f"{p}live", NOW + 60),  # another job's run, lease current
-        vhost(f"{p}busy", NOW - 1),  # expired, but a connection is open in it
+        vhost(f"{p}busy", gone),  # expired, but a connection is open in it
         vhost(f"{p}nolease", None, "made by hand"),  # harness-like name, no lease
-        vhost("team", NOW - 1),  # a lease-like description, not the harness's name
+        vhost("team", gone),  # a lease-like description, not the harness's name
         vhost("/", None, "Default virtual host"),
     ], {f"{p}busy": [{"name": "c1"}]})
     removed = sweep(cast(BrokerAdmin, admin), now=NOW)
@@ -59,7 +69,7 @@ def test_sweep_removes_only_expired_idle_leases_of_the_harness() -> None:
 
 
 def test_sweep_is_bounded() -> None:
-    admin = FakeAdmin([vhost(f"{VHOST_PREFIX}{i}", NOW - 1) for i in range(50)], {})
+    admin = FakeAdmin([vhost(f"{VHOST_PREFIX}{i}", NOW - LEASE_S - 1) for i in range(50)], {})
     assert len(sweep(cast(BrokerAdmin, admin), now=NOW, limit=5)) == 5
 
 
