@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run_dir", type=Path)
     c.add_argument("--claims", type=_gate, help="claims to check (default: the run's)")
 
+    sh = sub.add_parser("show", help="a recorded run in the terminal: lanes, a task's story")
+    sh.add_argument("run_dir", type=Path)
+    sh.add_argument("--task", help="one task's whole story (publish to final read)")
+    sh.add_argument("--worker", help="one worker's events in order")
+
     i = sub.add_parser("images", help="container images")
     isub = i.add_subparsers(dest="images_command", required=True, parser_class=_Parser)
     b = isub.add_parser("build", help="build the broker and worker images (cached)")
@@ -310,6 +315,14 @@ def cmd_mutants(args: argparse.Namespace, console: Console) -> int:
         return _err(str(exc))
 
 
+def cmd_show(args: argparse.Namespace, console: Console) -> int:
+    from harness.show import show
+
+    if not (args.run_dir / "history.jsonl").is_file():
+        return _err(f"{args.run_dir}: no history.jsonl there (a run directory of harness run)")
+    return show(args.run_dir, console, args.task, args.worker)
+
+
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
     from harness import report
     from harness.history import History
@@ -374,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mutants(args, console)
         if args.command == "check":
             return cmd_check(args, console)
+        if args.command == "show":
+            return cmd_show(args, console)
         if args.command == "images":
             return cmd_images(args, console)
     except KeyboardInterrupt:
