@@ -175,7 +175,8 @@ def main() -> int:
     total = time.monotonic() - started
     print()
     print(f"{alarms} of {len(rounds)} rounds had a violation or an unknown on the correct "
-          f"worker (reporting {args.reporting}); wall time {total / 60:.1f} min "
+          f"worker ({'rejudged' if args.rejudge else f'reporting {args.reporting}'}); "
+          f"wall time {total / 60:.1f} min "
           f"({total / len(rounds):.0f} s a round)")
     if by_claim:
         print("by claim: " + ", ".join(f"{k}={v}" for k, v in by_claim.most_common()))
