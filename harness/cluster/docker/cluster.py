@@ -184,7 +184,7 @@ class DockerCluster(BrokerSide, Cluster):
             raise ValueError(f"worker name {name!r}: use letters, digits, '.', '_', '-'")
         if self._stopped:
             raise ClusterError("start_worker: the cluster is stopped")
-        if self._broker is None:
+        if self._broker is None and self._external is None:
             raise ClusterError("start_worker: start the broker first")
         with self._lock:
             if name in self._workers:
