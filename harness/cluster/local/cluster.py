@@ -22,14 +22,8 @@ import psutil
 import harness
 from harness import procs, vocab
 from harness.broker import BrokerAdmin, ConnectionInfo
-from harness.cluster.base import (
-    BrokerEndpoint,
-    Cluster,
-    ClusterError,
-    WorkerSpec,
-    contract_env,
-    worker_entry,
-)
+from harness.cluster import base
+from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
 from harness.cluster.lines import LineReader
 from harness.cluster.local.node import (
     MAX_LINE_BYTES,
@@ -92,7 +86,7 @@ class LocalCluster(NodeSide, Cluster):
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         env.update(spec.env)
-        env.update(contract_env(name, host=u.hostname or "127.0.0.1", port=u.port or 5672,
+        env.update(base.contract_env(name, host=u.hostname or "127.0.0.1", port=u.port or 5672,
                                 user=ep.user, password=ep.password, vhost=ep.vhost,
                                 health_port=health_port))
         env["RABBITMQ_URL"] = ep.amqp_url  # as given: an external URL may carry parameters
@@ -199,7 +193,7 @@ class LocalCluster(NodeSide, Cluster):
 
     def _get(self, name: str) -> _Worker:
         with self._lock:
-            return worker_entry(dict(self._workers), name)
+            return base.worker_entry(dict(self._workers), name)
 
     def workers(self) -> list[str]:
         with self._lock:
