@@ -87,16 +87,19 @@ def test_connection_closed_mid_task_gives_ack_failed_not_stale_ack(
     q = new_queue()
     w = start_ready(worker_env(broker, q), log_dir)
     try:
-        broker.publish(q, [("cut", task_body("cut", sleep_ms=2000))])
+        # Long enough that the close lands mid-task: rabbitmqctl boots an Erlang VM
+        # (seconds on a loaded machine; with a 2 s task the ack sometimes won).
+        broker.publish(q, [("cut", task_body("cut", sleep_ms=8000))])
         assert w.wait_event("received", 10, "cut")
         r = broker.ctl("close_all_connections", "test: cut the worker off")
         assert r.returncode == 0, r.stderr
         assert w.wait_event("connection_lost", 10)
+        assert not w.of("acked", "cut"), "the task finished before the close: no test"
         assert w.wait_event("ready", 10, count=2)
         # The old copy finishes: its tag belongs to the dead connection -> ack_failed.
-        assert w.wait_event("ack_failed", 10, "cut"), w.lines[-10:]
+        assert w.wait_event("ack_failed", 20, "cut"), w.lines[-10:]
         # The broker requeued it at the close; the new connection gets and acks it.
-        assert w.wait_event("acked", 10, "cut")
+        assert w.wait_event("acked", 20, "cut")
         rec = w.of("received", "cut")
         assert len(rec) == 2 and rec[1]["redelivered"] is True
         assert len(w.of("acked", "cut")) == 1
