@@ -104,6 +104,10 @@ def _declare(url: str, queue: str, arguments: dict[str, Any] | None = None) -> N
         conn.close()
 
 
+# How long a durable queue may take to come back after the node's hard restart.
+QUEUE_RECOVERY_MAX_S = 120.0
+
+
 def _delete(url: str, queue: str) -> None:
     with contextlib.suppress(Exception):
         conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -119,8 +123,10 @@ def _drain_ids(url: str, queue: str, timeout_s: float = 60.0) -> list[str]:
     ids: list[str] = []
     try:
         # Right after a hard restart the node answers before every durable queue is
-        # back (seen once: 404 for a queue that held confirmed messages): wait for it.
-        recover_deadline = time.monotonic() + 30.0
+        # back (a 404 for a queue that held confirmed messages: seen after 0 s, and
+        # once after 30 s on a loaded machine, recovering thousands of messages of a
+        # SIGKILLed classic queue): wait for it, bounded.
+        recover_deadline = time.monotonic() + QUEUE_RECOVERY_MAX_S
         while True:
             ch = conn.channel()
             try:
