@@ -38,7 +38,7 @@ from typing import Any, Final
 
 from harness import credentials, vocab
 from harness.broker import BrokerAdmin, amqp_display, parse_broker_url
-from harness.cluster.base import BrokerEndpoint, ClusterError
+from harness.cluster.base import EXTERNAL_READY_TIMEOUT_S, BrokerEndpoint, ClusterError
 from harness.history import Recorder
 from harness.model import Scenario
 
@@ -317,7 +317,6 @@ class DedicatedVhost:
         return None
 
 
-EXTERNAL_READY_TIMEOUT_S: Final = 15.0  # the given broker must answer within this
 
 
 def open_run_vhost(broker_url: str, vhost: str | None, scenario: Scenario, run_id: str,

@@ -24,6 +24,8 @@ from urllib.parse import quote
 from harness.history import Recorder
 
 W = TypeVar("W")
+# A broker the harness does not own (--broker-url) must answer within this.
+EXTERNAL_READY_TIMEOUT_S: Final = 15.0
 # How long close-connections waits for the broker to list a worker's connection.
 CONNECTIONS_LISTED_WAIT_S: Final = 6.0
 

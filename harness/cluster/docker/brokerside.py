@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from harness import vocab
 from harness.broker import BrokerAdmin, amqp_display
 from harness.cluster.base import (
+    EXTERNAL_READY_TIMEOUT_S,
     BrokerEndpoint,
     ClusterError,
 )
@@ -33,7 +34,6 @@ from harness.cluster.docker.engine import (
     AMQP_PORT,
     BROKER_ALIAS,
     BROKER_STOP_TIMEOUT_S,
-    EXTERNAL_READY_TIMEOUT_S,
     LABEL_ROLE,
     LOG_TAIL_LINES,
     MGMT_PORT,

@@ -24,8 +24,6 @@ MGMT_PORT: Final = 15672
 LABEL: Final = "rmq-harness"
 LABEL_RUN: Final = "rmq-harness.run"
 LABEL_PID: Final = "rmq-harness.pid"
-# A broker the harness does not own must answer within this.
-EXTERNAL_READY_TIMEOUT_S: Final = 15.0
 LABEL_PIDSTART: Final = "rmq-harness.pidstart"
 LABEL_HOST: Final = "rmq-harness.host"
 LABEL_ROLE: Final = "rmq-harness.role"

@@ -27,6 +27,7 @@ import harness
 from harness import procs, vocab
 from harness.broker import BrokerAdmin, amqp_display
 from harness.cluster.base import (
+    EXTERNAL_READY_TIMEOUT_S,
     BrokerEndpoint,
     ClusterError,
 )
@@ -35,7 +36,6 @@ from harness.history import Recorder
 RABBITMQ_SERVER: Final = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 RABBITMQ_USER: Final = "rabbitmq"
 NODE_START_TIMEOUT_S: Final = 60.0
-URL_READY_TIMEOUT_S: Final = 15.0
 NODE_STOP_TIMEOUT_S: Final = 30.0
 MAX_BASE_PATH_CHARS: Final = 100
 NODE_DIR_ROOT: Final = Path("/tmp/rmq-harness/nodes")
@@ -226,7 +226,7 @@ class NodeSide:
         if external is not None:
             ep = external
             admin = BrokerAdmin(ep)
-            waited = admin.wait_ready(URL_READY_TIMEOUT_S)
+            waited = admin.wait_ready(EXTERNAL_READY_TIMEOUT_S)
             self.endpoint, self.admin = ep, admin
             self.recorder.record(vocab.BROKER_STARTED, "cluster", owned=False,
                                  url=amqp_display(ep.amqp_url),
