@@ -32,7 +32,7 @@ from harness.checkers.base import ClaimResult, Valid, observable, worst
 from harness.junit import write_junit
 from harness.options import RunOptions, RunOutcome
 from harness.runner import run_scenario, suite_broker
-from harness.scenario import backends_for, load_scenario
+from harness.scenario import backends_for, load_scenario, scenarios_dir
 from harness.signals import Interrupted
 from harness.verdicts import (
     CLAIMS,
@@ -42,7 +42,7 @@ from harness.verdicts import (
     verdict_word,
 )
 
-SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS_DIR: Final = scenarios_dir()
 
 # The suite, in running order: (scenario file, backends it can run on).
 SUITE: Final = (

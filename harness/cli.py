@@ -41,23 +41,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _gate(value: str) -> frozenset[str]:
-    claims = frozenset(c.strip() for c in value.split(",") if c.strip())
-    unknown = sorted(claims - set(CLAIMS))
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown claim {unknown[0]!r}; known: {', '.join(CLAIMS)}")
-    return claims
+    from harness.options import OptionsError, parse_gate
+
+    try:
+        return parse_gate(value)
+    except OptionsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _capabilities(value: str) -> frozenset[str]:
-    if value.strip() == "none":
-        return frozenset()
-    caps = frozenset(c.strip() for c in value.split(",") if c.strip())
-    bad = sorted(caps - {"directives", "health"})
-    if bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown capability {bad[0]!r}; known: directives, health (or none)")
-    return caps
+    from harness.options import OptionsError, parse_capabilities
+
+    try:
+        return parse_capabilities(value)
+    except OptionsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(value: str) -> int:
@@ -229,43 +227,18 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 def _options(args: argparse.Namespace) -> RunOptions | int:
     """RunOptions from the shared flags, or an exit code after a one-line error."""
-    from harness.cluster.base import WorkerSpec
-    from harness.options import RunOptions, default_backend
+    from harness.options import OptionsError, build_options
 
-    backend = default_backend() if args.backend == "auto" else args.backend
-    if args.broker_url:
-        from harness.broker import parse_broker_url
-
-        try:
-            ep = parse_broker_url(args.broker_url)
-        except ValueError as exc:
-            return _err(f"{exc}; fix --broker-url (or $HARNESS_BROKER_URL)")
-        credentials.register(ep.password, ep.user)
-    elif args.vhost:
-        return _err("--vhost needs --broker-url: it names a vhost on a broker of yours")
-    if args.vhost == "/":
-        return _err("--vhost /: the default vhost is where a broker's own work lives; "
-                    "dedicate a vhost of its own to the harness")
-    events = args.events
     try:
-        WorkerSpec(events=events).events_pattern()
-    except ValueError as exc:
-        return _err(f"--{exc}, e.g. regex:done (?P<id>\\S+)")
-    if args.worker_image and backend != "docker":
-        return _err("--worker-image needs --backend docker (use --worker-cmd for local)")
-    if args.worker_cmd and backend != "local":
-        return _err("--worker-cmd needs --backend local (use --worker-image for docker)")
-    if (args.worker_cmd or args.worker_image) and getattr(args, "reporting", "full") == "minimal":
-        return _err("--reporting sets how the reference worker reports; a brought worker "
-                    "reports as it does (drop --reporting)")
-    return RunOptions(backend=backend, broker_url=args.broker_url, seed=args.seed,
-                      workers=getattr(args, "workers", None), out=args.out,
-                      vhost=args.vhost,
-                      worker_cmd=args.worker_cmd, worker_image=args.worker_image,
-                      events=events, gate=args.gate, progress=not args.no_progress,
-                      capabilities=args.capabilities, queue=args.queue, dlq=args.dlq,
-                      params=_params(args.param),
-                      reporting=getattr(args, "reporting", "full"))
+        return build_options(
+            backend=args.backend, broker_url=args.broker_url, vhost=args.vhost,
+            seed=args.seed, workers=getattr(args, "workers", None), out=args.out,
+            worker_cmd=args.worker_cmd, worker_image=args.worker_image, events=args.events,
+            gate=args.gate, progress=not args.no_progress, capabilities=args.capabilities,
+            queue=args.queue, dlq=args.dlq, params=_params(args.param),
+            reporting=getattr(args, "reporting", "full"))
+    except OptionsError as exc:
+        return _err(str(exc))
 
 
 def _params(items: list[tuple[str, str, object]]) -> dict[str, dict[str, object]]:

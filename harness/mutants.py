@@ -16,7 +16,6 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Console
@@ -29,11 +28,11 @@ from harness.history import History
 from harness.model import REPORTING_MODES, Scenario
 from harness.options import RunOptions
 from harness.runner import run_scenario, suite_broker
-from harness.scenario import load_scenario
+from harness.scenario import load_scenario, scenarios_dir
 from harness.signals import Interrupted
 from harness.verdicts import invariant_verdict
 
-SCENARIOS_DIR: Final = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS_DIR: Final = scenarios_dir()
 
 
 @dataclass(frozen=True)

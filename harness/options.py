@@ -23,6 +23,32 @@ SEED_MAX: Final = 2**32 - 1
 CAPABILITIES: Final = frozenset({"directives", "health"})
 
 
+class OptionsError(ValueError):
+    """A run option that does not fit: one line that says what to do."""
+
+
+def parse_gate(value: str) -> frozenset[str]:
+    """``a,b`` -> the claims; OptionsError naming an unknown one."""
+    from harness.model import CLAIMS
+
+    claims = frozenset(c.strip() for c in value.split(",") if c.strip())
+    unknown = sorted(claims - set(CLAIMS))
+    if unknown:
+        raise OptionsError(f"unknown claim {unknown[0]!r}; known: {', '.join(CLAIMS)}")
+    return claims
+
+
+def parse_capabilities(value: str) -> frozenset[str]:
+    """``directives,health`` or ``none`` -> the capabilities; OptionsError otherwise."""
+    if value.strip() == "none":
+        return frozenset()
+    caps = frozenset(c.strip() for c in value.split(",") if c.strip())
+    bad = sorted(caps - CAPABILITIES)
+    if bad:
+        raise OptionsError(f"unknown capability {bad[0]!r}; known: directives, health (or none)")
+    return caps
+
+
 @dataclass
 class RunOptions:
     backend: str = "local"
@@ -71,6 +97,55 @@ class RunOutcome:
     exit_code: int
     problems: list[str] = field(default_factory=list)
     rerun: str = ""
+
+
+def build_options(*, backend: str = "auto", broker_url: str | None = None,
+                  vhost: str | None = None, seed: int | None = None,
+                  workers: int | None = None, out: Path = Path("runs"),
+                  worker_cmd: str | None = None, worker_image: str | None = None,
+                  events: str = "json", gate: frozenset[str] | None = None,
+                  progress: bool = True, capabilities: frozenset[str] | None = None,
+                  queue: str | None = None, dlq: str | None = None,
+                  params: Mapping[str, Mapping[str, Any]] | None = None,
+                  reporting: str = "full") -> RunOptions:
+    """The options of a run, checked together (the CLI and the pytest plugin both
+    build them here); OptionsError with a one-line fix for any that do not fit.
+    ``backend`` ``auto`` is resolved (``default_backend``). A broker URL's password
+    is registered for redaction before anything can print it."""
+    from harness import credentials
+
+    if backend == "auto":
+        backend = default_backend()
+    if backend not in ("local", "docker"):
+        raise OptionsError(f"unknown backend {backend!r}: use auto, local or docker")
+    if broker_url:
+        from harness.broker import parse_broker_url
+
+        try:
+            ep = parse_broker_url(broker_url)
+        except ValueError as exc:
+            raise OptionsError(f"{exc}; fix --broker-url (or ${BROKER_URL_ENV})") from None
+        credentials.register(ep.password, ep.user)
+    elif vhost:
+        raise OptionsError("--vhost needs --broker-url: it names a vhost on a broker of yours")
+    if vhost == "/":
+        raise OptionsError("--vhost /: the default vhost is where a broker's own work lives; "
+                           "dedicate a vhost of its own to the harness")
+    try:
+        WorkerSpec(events=events).events_pattern()
+    except ValueError as exc:
+        raise OptionsError(f"--{exc}, e.g. regex:done (?P<id>\\S+)") from None
+    if worker_image and backend != "docker":
+        raise OptionsError("--worker-image needs --backend docker (use --worker-cmd for local)")
+    if worker_cmd and backend != "local":
+        raise OptionsError("--worker-cmd needs --backend local (use --worker-image for docker)")
+    if (worker_cmd or worker_image) and reporting == "minimal":
+        raise OptionsError("--reporting sets how the reference worker reports; a brought "
+                           "worker reports as it does (drop --reporting)")
+    return RunOptions(backend=backend, broker_url=broker_url, seed=seed, workers=workers,
+                      out=out, vhost=vhost, worker_cmd=worker_cmd, worker_image=worker_image,
+                      events=events, gate=gate, progress=progress, capabilities=capabilities,
+                      queue=queue, dlq=dlq, params=dict(params or {}), reporting=reporting)
 
 
 def new_seed() -> int:

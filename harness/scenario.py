@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -99,6 +99,16 @@ from harness.yamlcheck import (
 from harness.yamlcheck import (
     ScenarioError as ScenarioError,
 )
+
+
+def scenarios_dir() -> Path:
+    """The suite's scenario files: the checkout's top-level ``scenarios/`` (the
+    source of truth), else the copy packaged in the wheel (``harness/scenarios``,
+    a link to it in the checkout)."""
+    here = Path(__file__).resolve().parent
+    top = here.parent / "scenarios"
+    return top if (top / "crash-recovery.yaml").is_file() else here / "scenarios"
+
 
 # Limits.
 MAX_FILE_BYTES: Final = 1_000_000
@@ -477,6 +487,25 @@ def load_scenario(path: Path) -> Scenario:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ScenarioError(file, line, "file", "not UTF-8 text; save it as UTF-8") from None
+    return parse_scenario(text, file)
+
+
+def scenario_from_dict(data: Mapping[str, Any], file: str = "<dict>") -> Scenario:
+    """A scenario given as a mapping (the pytest plugin's ``harness_run``), checked
+    by the same loader as a file: the mapping is written as YAML first, so an error
+    names the field (and a line of that YAML)."""
+    if not isinstance(data, Mapping):
+        raise ScenarioError(file, 1, "scenario",
+                            f"expected a mapping (name, claims, ...), got {type(data).__name__}")
+    try:
+        text = yaml.safe_dump(dict(data), sort_keys=False)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(file, 1, "scenario", f"cannot be written as YAML: {exc}") from None
+    return parse_scenario(text, file)
+
+
+def parse_scenario(text: str, file: str) -> Scenario:
+    """Parse and validate a scenario's YAML text; ``file`` names it in errors."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:

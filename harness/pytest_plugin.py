@@ -1,0 +1,633 @@
+"""The pytest plugin (entry point ``pytest11``: active wherever the package is
+installed; ``-p no:harness`` turns it off). Documented in ``docs/pytest.md``.
+
+- **Scenarios as test items.** ``--harness-scenarios DIR|FILE|suite`` (or the
+  ini ``harness_scenarios``) collects scenario files; each becomes a collector
+  whose items are its claims plus the invariants every run judges
+  (``verdicts.judged_claims``), all sharing one run, made when the first of them
+  runs. An item fails when its gated invariant is false, errors (or skips, with
+  ``--harness-unknown skip``) when it is unknown, is skipped when the run's gate
+  leaves it out. Seed, rerun command, run directory and backend are the item's
+  ``user_properties`` (JUnit ``properties`` under every ``junit_family``).
+- **Fixtures**: ``harness_options`` (the session's ``RunOptions``),
+  ``harness_run`` (run a scenario, a file or a mapping, with overrides; returns a
+  ``HarnessResult``), ``harness_broker`` (a broker container of the harness's
+  image, ``harness.containers.HarnessBroker``).
+- **pytest-xdist**: one scenario's items always go to one xdist worker, whatever
+  ``--dist`` (``pytest_xdist_make_scheduler``); a timing-bound scenario (health,
+  zombie, scaling, balance) takes an exclusive lock that the other runs of the
+  session take shared, so it never shares the cores with another run. Each run
+  has its own broker or vhost: no two xdist workers share a queue.
+
+The verdicts are the harness's (``harness.verdicts``), not the plugin's: an item
+reads its claim's ``ClaimResult`` and the gate, nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TextIO, cast
+
+import pytest
+
+from harness import credentials, vocab
+from harness.checkers.base import ClaimResult, observable
+from harness.options import (
+    BROKER_URL_ENV,
+    OptionsError,
+    RunOptions,
+    RunOutcome,
+    build_options,
+    parse_capabilities,
+    parse_gate,
+)
+from harness.scenario import ScenarioError
+from harness.signals import Interrupted
+from harness.verdicts import invariant_verdict, judged_claims
+
+SUITE_WORD: Final = "suite"
+UNKNOWN_MODES: Final = ("error", "skip")
+EVIDENCE_MAX_CHARS: Final = 4000
+# A timing-bound run waits at most this long for the cores (others' runs are
+# bounded by their drain timeouts; an hour means something is stuck).
+LOCK_TIMEOUT_S: Final = 3600.0
+LOCK_POLL_S: Final = 0.2
+# Claims whose checkers bound time (outages, windows, rates): their runs get the
+# machine to themselves. Faults whose windows are judged likewise.
+TIMING_CLAIMS: Final = frozenset({"health-check", "exactly-one-consumer", "linear-scaling",
+                                  "even-distribution", "partition-recovery", "concurrency"})
+TIMING_FAULTS: Final = frozenset({"pause", "blackhole"})
+
+# (option, ini name, help, default)
+_OPTIONS: Final = (
+    ("backend", "auto, local or docker (default auto: docker when an engine answers "
+                "and the images exist)", "auto"),
+    ("worker-image", "image of a brought worker (docker backend)", None),
+    ("worker-cmd", "command of a brought worker (local backend)", None),
+    ("capabilities", "what the worker can do: directives, health, or none "
+                     "(default: both for the reference worker, none for a brought one)", None),
+    ("gate", "comma-separated claims whose invariant gates the items (default: every "
+             "judged claim the worker's events can show)", None),
+    ("out", "where run directories go (default runs)", "runs"),
+    ("events", "'json' (worker contract v1) or 'regex:PATTERN' with a group 'id'", "json"),
+    ("reporting", "the reference worker's reporting: full or minimal", "full"),
+    ("broker-url", f"a broker of yours (default ${BROKER_URL_ENV}); each run gets a "
+                   "scratch vhost there", None),
+    ("unknown", "what an undecided claim is: error (default) or skip", "error"),
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "chaos-verification harness (rmq-chaos-harness)")
+    group.addoption("--harness-scenarios", action="append", default=[], metavar="PATH",
+                    help="collect these scenario files (a directory, a file, or 'suite' "
+                         "for the packaged suite) as test items, one per claim (repeatable)")
+    parser.addini("harness_scenarios", type="paths", default=[],
+                  help="scenario directories or files, collected when pytest runs "
+                       "without path arguments (like testpaths)")
+    for name, help_text, _default in _OPTIONS:
+        group.addoption(f"--harness-{name}", dest=f"harness_{name.replace('-', '_')}",
+                        default=None, help=help_text)
+        parser.addini(f"harness_{name.replace('-', '_')}", help=help_text, default=None)
+    group.addoption("--harness-seed", dest="harness_seed", default=None, type=int,
+                    help="seed of every run (default: a new one per run, printed)")
+
+
+def _setting(config: pytest.Config, name: str) -> str | None:
+    """A setting from the command line, else the ini file, else its default."""
+    key = f"harness_{name.replace('-', '_')}"
+    value = config.getoption(key)
+    if value is None:
+        ini = config.getini(key)
+        value = ini if ini not in (None, "") else None
+    if value is None:
+        value = next(d for n, _h, d in _OPTIONS if n == name)
+    return None if value is None else str(value)
+
+
+# --------------------------------------------------------------------------- session
+
+
+@dataclass
+class _Session:
+    """The plugin's state in one pytest process (the controller, or one xdist
+    worker): the options, built once, and the shared broker of its docker runs."""
+
+    config: pytest.Config
+    scenario_paths: set[Path] = field(default_factory=set)
+    _opts: RunOptions | None = None
+    _suite: contextlib.ExitStack | None = None
+    _suite_opts: RunOptions | None = None
+
+    def options(self) -> RunOptions:
+        if self._opts is None:
+            self._opts = options_from(self.config)
+        return self._opts
+
+    def run_options(self) -> RunOptions:
+        """The options runs use: on docker with no broker of the user's, one broker
+        for this process's runs, a vhost each (``runner.suite_broker``)."""
+        if self._suite_opts is None:
+            from harness.runner import suite_broker
+
+            stack = contextlib.ExitStack()
+            self._suite_opts = stack.enter_context(suite_broker(self.options()))
+            self._suite = stack
+        return self._suite_opts
+
+    def close(self) -> None:
+        stack, self._suite = self._suite, None
+        self._suite_opts = None
+        if stack is not None:
+            stack.close()
+
+
+_SESSION: Final = pytest.StashKey[_Session]()
+
+
+def options_from(config: pytest.Config) -> RunOptions:
+    """The session's RunOptions; ``pytest.UsageError`` (one line) when one is wrong."""
+    try:
+        gate_text = _setting(config, "gate")
+        caps_text = _setting(config, "capabilities")
+        opts = build_options(
+            backend=_setting(config, "backend") or "auto",
+            broker_url=_setting(config, "broker-url") or os.environ.get(BROKER_URL_ENV) or None,
+            seed=config.getoption("harness_seed"),
+            out=Path(_setting(config, "out") or "runs"),
+            worker_cmd=_setting(config, "worker-cmd"),
+            worker_image=_setting(config, "worker-image"),
+            events=_setting(config, "events") or "json",
+            gate=parse_gate(gate_text) if gate_text else None,
+            capabilities=parse_capabilities(caps_text) if caps_text else None,
+            progress=False,
+            reporting=_setting(config, "reporting") or "full",
+        )
+    except OptionsError as exc:
+        raise pytest.UsageError(f"harness: {credentials.redact(str(exc))}") from None
+    if opts.reporting not in vocab.REPORTING_MODES:
+        raise pytest.UsageError(f"harness: --harness-reporting {opts.reporting!r}: use "
+                                f"{' or '.join(vocab.REPORTING_MODES)}")
+    return opts
+
+
+def _unknown_mode(config: pytest.Config) -> str:
+    mode = _setting(config, "unknown") or "error"
+    if mode not in UNKNOWN_MODES:
+        raise pytest.UsageError(f"harness: --harness-unknown {mode!r}: use error or skip")
+    return mode
+
+
+def _suite_files() -> list[Path]:
+    from harness.audit import SCENARIOS_DIR, SUITE
+
+    return [SCENARIOS_DIR / name for name in SUITE]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "harness_scenario(path): a scenario run's claim items")
+    session = _Session(config)
+    config.stash[_SESSION] = session
+    config.add_cleanup(session.close)
+    _unknown_mode(config)
+    named: list[Path] = []
+    for value in config.getoption("harness_scenarios"):
+        if value == SUITE_WORD:
+            named.extend(_suite_files())
+        else:
+            path = Path(value)
+            if not path.exists():
+                raise pytest.UsageError(f"harness: --harness-scenarios {value}: no such file "
+                                        "or directory (or 'suite' for the packaged suite)")
+            named.append(path)
+    from_ini = [Path(p) for p in config.getini("harness_scenarios")]
+    session.scenario_paths = {p.resolve() for p in (*named, *from_ini)}
+    if session.scenario_paths:
+        session.options()  # a wrong option is a usage error now, not 50 errors later
+    # Named paths are collected like path arguments; the ini's only when pytest runs
+    # without path arguments (so `pytest tests/test_x.py` runs just that file).
+    extra = list(named)
+    if from_ini and config.args_source != pytest.Config.ArgsSource.ARGS:
+        extra.extend(from_ini)
+    for p in extra:
+        if str(p) not in config.args:
+            config.args.append(str(p))
+
+
+def _is_scenario(session: _Session, path: Path) -> bool:
+    if path.suffix not in (".yaml", ".yml"):
+        return False
+    resolved = path.resolve()
+    return resolved in session.scenario_paths or resolved.parent in session.scenario_paths
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    session = parent.config.stash.get(_SESSION, None)
+    if session is None or not _is_scenario(session, file_path):
+        return None
+    return ScenarioFile.from_parent(parent, path=file_path,
+                                    nodeid=_nodeid(parent.config, file_path))
+
+
+def _nodeid(config: pytest.Config, path: Path) -> str:
+    """The file's node id: relative to the rootdir as pytest's own, else the packaged
+    suite's ``harness/scenarios/NAME`` or the absolute path (pytest would give a
+    file outside the rootdir an empty id, and every claim item the same)."""
+    from harness.scenario import scenarios_dir
+
+    resolved = path.resolve()
+    with contextlib.suppress(ValueError):
+        return resolved.relative_to(config.rootpath.resolve()).as_posix()
+    if resolved.parent == scenarios_dir().resolve():
+        return f"harness/scenarios/{resolved.name}"
+    return resolved.as_posix()
+
+
+# --------------------------------------------------------------------------- items
+
+
+class HarnessRunError(Exception):
+    """The run could not be made (bad options, no engine, a harness failure)."""
+
+
+class ClaimUndecided(Exception):
+    """The claim's invariant is unknown: the evidence to decide is missing."""
+
+
+class ClaimViolated(AssertionError):
+    """The claim's invariant is false: the worker broke it."""
+
+
+class ScenarioFile(pytest.File):
+    """One scenario file: its items are its claims, sharing one run."""
+
+    _outcome: RunOutcome | None = None
+    _error: str | None = None
+    _log: str = ""
+    _skip: str | None = None
+
+    def collect(self) -> Iterator[ClaimItem]:
+        from harness.scenario import load_scenario
+
+        self.scenario = load_scenario(self.path)
+        for claim in judged_claims(self.scenario.claims):
+            item = ClaimItem.from_parent(self, name=claim, claim=claim)
+            item.add_marker(pytest.mark.harness_scenario(str(self.path)))
+            yield item
+
+    def repr_failure(  # type: ignore[override]
+            self, excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+        if isinstance(excinfo.value, ScenarioError):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    @property
+    def timing_bound(self) -> bool:
+        sc = self.scenario
+        return bool(TIMING_CLAIMS & set(sc.claims)) or any(
+            s.fault in TIMING_FAULTS for s in sc.schedule)
+
+    def outcome(self) -> RunOutcome:
+        """The run, made once for all the file's items."""
+        if self._outcome is None and self._error is None and self._skip is None:
+            self._run()
+        if self._skip is not None:
+            pytest.skip(self._skip)
+        if self._error is not None:
+            raise HarnessRunError(self._error)
+        assert self._outcome is not None
+        return self._outcome
+
+    def _run(self) -> None:
+        from harness.cluster.base import ClusterError
+        from harness.runner import run_scenario
+        from harness.scenario import backends_for, check_backend
+
+        session = self.config.stash[_SESSION]
+        opts = session.options()
+        sc = self.scenario
+        if opts.backend not in backends_for(sc):
+            self._skip = f"{sc.name} needs --harness-backend {' or '.join(backends_for(sc))}"
+            return
+        if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
+            self._skip = (f"{sc.name} restarts the broker: it needs a broker of its own "
+                          "(no --harness-broker-url)")
+            return
+        buffer = io.StringIO()
+        console = _console(buffer)
+        try:
+            check_backend(sc, opts.backend)
+            with _cores(self.config, exclusive=self.timing_bound):
+                self._outcome = run_scenario(sc, session.run_options(), console)
+        except (ScenarioError, ClusterError, OSError) as exc:
+            self._error = f"{sc.name}: {credentials.redact(str(exc))}"
+        except Interrupted:
+            # Ctrl-C (or SIGTERM): the run cleaned up; stop the session, as pytest would.
+            raise KeyboardInterrupt from None
+        finally:
+            self._log = buffer.getvalue()
+
+
+class ClaimItem(pytest.Item):
+    """One claim of a scenario's run: pass, fail (invariant false), error or skip
+    (unknown), skip (not gated)."""
+
+    def __init__(self, *, claim: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.claim = claim
+
+    @property
+    def scenario_file(self) -> ScenarioFile:
+        return cast(ScenarioFile, self.parent)
+
+    def setup(self) -> None:
+        outcome = self.scenario_file.outcome()
+        for name, value in (("seed", outcome.seed), ("rerun", outcome.rerun),
+                            ("run_dir", str(outcome.run_dir)),
+                            ("backend", self.config.stash[_SESSION].options().backend)):
+            self.user_properties.append((name, value))
+        result = self._result(outcome)
+        if result is None:
+            pytest.skip(f"{self.claim}: not judged (not observable with this worker's "
+                        "events)")
+        inv = invariant_verdict(result)
+        self.user_properties.append(("invariant", vocab.word(inv)))
+        self.user_properties.append(("guide_claim", vocab.word(result.valid)))
+        gate = self.config.stash[_SESSION].options().gate
+        gated = (self.claim in gate) if gate is not None else observable(result)
+        if not gated:
+            why = ("not in --harness-gate" if gate is not None
+                   else "not observable with this worker's events")
+            pytest.skip(f"not gated ({why}); invariant {vocab.word(inv)}: {result.summary}")
+        if inv is None:
+            text = _failure_text(result, outcome)
+            if _unknown_mode(self.config) == "skip":
+                pytest.skip(f"unknown: {result.summary}")
+            self._attach_log()
+            raise ClaimUndecided(text)
+
+    def runtest(self) -> None:
+        outcome = self.scenario_file.outcome()
+        result = self._result(outcome)
+        assert result is not None  # setup skipped otherwise
+        if invariant_verdict(result) is False:
+            self._attach_log()
+            raise ClaimViolated(_failure_text(result, outcome))
+
+    def _result(self, outcome: RunOutcome) -> ClaimResult | None:
+        return next((r for r in outcome.results if r.claim == self.claim), None)
+
+    def _attach_log(self) -> None:
+        log = self.scenario_file._log
+        if log:
+            self.add_report_section("call", "harness run", log)
+
+    def repr_failure(
+            self, excinfo: pytest.ExceptionInfo[BaseException],
+            style: Any = None) -> str:
+        if isinstance(excinfo.value, ClaimViolated | ClaimUndecided | HarnessRunError):
+            kind = {ClaimViolated: "VIOLATED", ClaimUndecided: "unknown",
+                    HarnessRunError: "run error"}[type(excinfo.value)]
+            return f"{self.claim}: {kind}\n{excinfo.value}"
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.scenario_file.scenario.name}::{self.claim}"
+
+
+def _failure_text(result: ClaimResult, outcome: RunOutcome) -> str:
+    evidence = json.dumps(result.evidence, default=str, sort_keys=True)[:EVIDENCE_MAX_CHARS]
+    lines = [result.summary, f"evidence: {evidence}"]
+    lines += [f"run problem: {p}" for p in outcome.problems]
+    lines += [f"seed: {outcome.seed}", f"rerun: {outcome.rerun}",
+              f"run dir: {outcome.run_dir}"]
+    return credentials.redact("\n".join(lines))
+
+
+def _console(buffer: io.StringIO) -> Any:
+    from rich.console import Console
+
+    return Console(file=cast(TextIO, credentials.RedactingStream(buffer)), width=120,
+                   highlight=False, force_terminal=False, color_system=None)
+
+
+# --------------------------------------------------------------------------- the cores
+
+
+@contextlib.contextmanager
+def _cores(config: pytest.Config, *, exclusive: bool) -> Iterator[None]:
+    """Hold the session's run lock: shared by ordinary runs, exclusive for a
+    timing-bound one. One pair of files per test session (``PYTEST_XDIST_TESTRUNUID``
+    is the same in every xdist worker); without xdist, runs are serial anyway.
+
+    A turnstile first (taken and released by shared takers, held by an exclusive
+    one while it waits), so that a stream of ordinary runs cannot starve a
+    timing-bound one: once it waits, no new run starts before it."""
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if uid is None:
+        yield
+        return
+    base = Path(tempfile.gettempdir()) / f"rmq-harness-pytest-{uid}"
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    with open(f"{base}.turnstile", "a") as turn, open(f"{base}.lock", "a") as main:
+        _flock(turn, fcntl.LOCK_EX, deadline)
+        try:
+            _flock(main, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
+        finally:
+            fcntl.flock(turn, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(main, fcntl.LOCK_UN)
+
+
+def _flock(f: TextIO, mode: int, deadline: float) -> None:
+    while True:
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise OSError(f"waited {LOCK_TIMEOUT_S:.0f} s for the other runs of the "
+                              "session to leave the cores") from None
+            time.sleep(LOCK_POLL_S)
+
+
+# --------------------------------------------------------------------------- xdist
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Keep one scenario's items on one xdist worker whatever ``--dist`` is: under
+    ``load`` and ``worksteal`` they would be scattered (and each worker would make
+    the run again). ``each`` is left alone (every worker runs everything)."""
+    dist = config.getvalue("dist")
+    if dist not in ("load", "worksteal", "loadgroup", "loadscope", "loadfile"):
+        return None
+    if not config.stash[_SESSION].scenario_paths:
+        return None  # nothing of ours collected: the user's scheduler, untouched
+    from xdist.scheduler import (  # type: ignore[import-untyped]
+        LoadFileScheduling,
+        LoadGroupScheduling,
+        LoadScopeScheduling,
+    )
+
+    base: type[Any] = {"loadscope": LoadScopeScheduling,
+                       "loadfile": LoadFileScheduling}.get(dist, LoadGroupScheduling)
+
+    class ScenarioScheduling(base):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            file_part = nodeid.split("::", 1)[0]
+            if file_part.endswith((".yaml", ".yml")):
+                return file_part
+            return str(super()._split_scope(nodeid))
+
+    return ScenarioScheduling(config, log)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@dataclass(frozen=True)
+class HarnessResult:
+    """What ``harness_run`` gives back: the claims' results, the run's exit code
+    (0 every gated invariant holds, 1 one violated, 2 undecided) and where it is."""
+
+    outcome: RunOutcome
+    claims: Mapping[str, ClaimResult]
+
+    @property
+    def exit_code(self) -> int:
+        return self.outcome.exit_code
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome.exit_code == 0
+
+    @property
+    def run_dir(self) -> Path:
+        return self.outcome.run_dir
+
+    @property
+    def history_path(self) -> Path:
+        return self.outcome.run_dir / "history.jsonl"
+
+    @property
+    def seed(self) -> int:
+        return self.outcome.seed
+
+    @property
+    def rerun(self) -> str:
+        return self.outcome.rerun
+
+    @property
+    def problems(self) -> list[str]:
+        return self.outcome.problems
+
+    def invariant(self, claim: str) -> str:
+        """``true``, ``false`` or ``unknown``; KeyError for a claim not judged."""
+        return vocab.word(invariant_verdict(self.claims[claim]))
+
+    def evidence(self, claim: str) -> dict[str, Any]:
+        return dict(self.claims[claim].evidence)
+
+
+@pytest.fixture(scope="session")
+def harness_options(pytestconfig: pytest.Config) -> RunOptions:
+    """The session's run options (``--harness-*`` and the ini)."""
+    return pytestconfig.stash[_SESSION].options()
+
+
+@pytest.fixture
+def harness_run(request: pytest.FixtureRequest,
+                harness_options: RunOptions) -> Callable[..., HarnessResult]:
+    """``harness_run(scenario, *, workers=None, seed=None, params=None, gate=None,
+    broker_url=None, reporting=None, capabilities=None)``: run a scenario (a path,
+    or a mapping as in a scenario file) with the session's options and these
+    overrides, and return a ``HarnessResult``. The run's seed, rerun command and
+    directory become the test's ``user_properties``."""
+
+    def run(scenario: str | Path | Mapping[str, Any], *, workers: int | None = None,
+            seed: int | None = None, params: Mapping[str, Mapping[str, Any]] | None = None,
+            gate: str | frozenset[str] | None = None, broker_url: str | None = None,
+            reporting: str | None = None,
+            capabilities: str | frozenset[str] | None = None) -> HarnessResult:
+        from harness.runner import run_scenario
+        from harness.scenario import (
+            apply_overrides,
+            check_backend,
+            load_scenario,
+            scenario_from_dict,
+        )
+
+        sc = (scenario_from_dict(scenario) if isinstance(scenario, Mapping)
+              else load_scenario(Path(scenario)))
+        sc = apply_overrides(sc, workers)
+        try:
+            opts = build_options(
+                **{**_fields(harness_options),
+                   "seed": seed if seed is not None else harness_options.seed,
+                   "gate": parse_gate(gate) if isinstance(gate, str) else
+                   (gate if gate is not None else harness_options.gate),
+                   "broker_url": broker_url or harness_options.broker_url,
+                   "reporting": reporting or harness_options.reporting,
+                   "capabilities": parse_capabilities(capabilities)
+                   if isinstance(capabilities, str) else
+                   (capabilities if capabilities is not None
+                    else harness_options.capabilities),
+                   "params": params or {}})
+        except OptionsError as exc:
+            raise pytest.UsageError(f"harness_run: {credentials.redact(str(exc))}") from None
+        check_backend(sc, opts.backend)
+        buffer = io.StringIO()
+        outcome = run_scenario(sc, opts, _console(buffer))
+        request.node.add_report_section("call", f"harness run {sc.name}", buffer.getvalue())
+        for name, value in (("seed", outcome.seed), ("rerun", outcome.rerun),
+                            ("run_dir", str(outcome.run_dir))):
+            request.node.user_properties.append((name, value))
+        return HarnessResult(outcome, {r.claim: r for r in outcome.results})
+
+    return run
+
+
+def _fields(opts: RunOptions) -> dict[str, Any]:
+    """``build_options`` keywords from built options (a harness_run override's base)."""
+    keep = ("backend", "broker_url", "vhost", "seed", "workers", "out", "worker_cmd",
+            "worker_image", "events", "gate", "progress", "capabilities", "queue", "dlq",
+            "params", "reporting")
+    values = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+    return {k: values[k] for k in keep}
+
+
+@pytest.fixture(scope="session")
+def harness_broker(pytestconfig: pytest.Config) -> Iterator[Any]:
+    """A RabbitMQ container of the harness's image for the session (a
+    ``harness.containers.HarnessBroker``: ``.url`` is a ``--broker-url``). Needs
+    a Docker engine and ``harness images build``; testcontainers' reaper is off,
+    the harness's sweep removes a dead session's container."""
+    from harness.containers import BrokerStartError, HarnessBroker
+
+    out = Path(_setting(pytestconfig, "out") or "runs")
+    broker = HarnessBroker().with_log_dir(out)
+    try:
+        broker.start()
+    except BrokerStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    except Exception as exc:  # noqa: BLE001 - no engine: say which and how to fix it
+        pytest.fail(f"harness_broker needs a Docker engine ({type(exc).__name__}: {exc}); "
+                    "start dockerd (scripts/setup.sh does) and build the images with "
+                    "`harness images build --offline`", pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
