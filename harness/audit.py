@@ -206,15 +206,22 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
                   f"in {elapsed:.0f} s")
     opts.out.mkdir(parents=True, exist_ok=True)
     path = opts.out / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    report.write_result_json(path, {
+    payload = {
         "verdict": word, "exit_code": code, "elapsed_s": round(elapsed, 1),
         "backend": opts.backend, "gate": sorted(gate), "not_gated": unseen,
         "reporting": opts.reporting,
         "claims": [r.to_dict() for r in rows],
         "runs": [{"scenario": o.scenario.name, "run_dir": str(o.run_dir), "seed": o.seed,
                   "exit_code": o.exit_code, "rerun": o.rerun} for o in outcomes],
-    })
+    }
+    report.write_result_json(path, payload)
     console.print(f"audit report: {path}")
+    try:
+        from harness.htmlreport import write_audit_report
+
+        console.print(f"audit page: {write_audit_report(path.with_suffix('.html'), payload)}")
+    except Exception as exc:  # noqa: BLE001 - the verdict stands without its pictures
+        console.print(f"[yellow]audit page not written: {type(exc).__name__}: {exc}[/yellow]")
     if junit is not None:
         write_junit(junit, outcomes, opts.backend, gate)
         console.print(f"junit: {junit}")

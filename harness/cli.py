@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--task", help="one task's whole story (publish to final read)")
     sh.add_argument("--worker", help="one worker's events in order")
 
+    rp = sub.add_parser("report", help="(re)build report.html of a recorded run or audit")
+    rp.add_argument("path", type=Path, metavar="RUN_DIR|AUDIT_JSON")
+
     i = sub.add_parser("images", help="container images")
     isub = i.add_subparsers(dest="images_command", required=True, parser_class=_Parser)
     b = isub.add_parser("build", help="build the broker and worker images (cached)")
@@ -296,6 +299,27 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     return show(args.run_dir, console, args.task, args.worker)
 
 
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from harness.htmlreport import write_audit_report, write_run_report
+
+    path: Path = args.path
+    try:
+        if path.is_dir():
+            if not (path / "result.json").is_file():
+                return _err(f"{path}: no result.json there (a run directory of harness run)")
+            console.print(f"report: {write_run_report(path)}")
+            return EXIT_OK
+        if path.suffix == ".json" and path.is_file():
+            audit = json.loads(path.read_text())
+            if not isinstance(audit, dict) or "runs" not in audit:
+                return _err(f"{path}: not an audit report (audit-*.json of harness audit)")
+            console.print(f"audit page: {write_audit_report(path.with_suffix('.html'), audit)}")
+            return EXIT_OK
+    except (OSError, ValueError) as exc:
+        return _err(f"{path}: cannot read it: {exc}")
+    return _err(f"{path}: give a run directory or an audit-*.json")
+
+
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
     from harness import report
     from harness.history import History
@@ -362,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check(args, console)
         if args.command == "show":
             return cmd_show(args, console)
+        if args.command == "report":
+            return cmd_report(args, console)
         if args.command == "images":
             return cmd_images(args, console)
     except KeyboardInterrupt:

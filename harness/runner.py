@@ -276,10 +276,25 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
     for p in run.problems:
         console.print(f"[yellow]run problem:[/yellow] {p}")
     _write_result(run, results, code, rerun)
+    _html_report(run)
     _scrub(run)
     console.print(f"seed={run.seed}  history={run.run_dir / 'history.jsonl'}")
     console.print(f"rerun: {rerun}")
     return RunOutcome(scenario, run.run_dir, run.seed, results, code, run.problems, rerun)
+
+
+def _html_report(run: Run) -> None:
+    """``report.html`` beside ``result.json``: a presentation, so a failure to
+    draw it is said and changes no verdict."""
+    from harness.htmlreport import write_run_report
+
+    try:
+        path = write_run_report(run.run_dir)
+    except Exception as exc:  # noqa: BLE001 - the verdict stands without its pictures
+        run.console.print(f"[yellow]report.html not written: {type(exc).__name__}: "
+                          f"{exc}[/yellow]")
+        return
+    run.console.print(f"report: {path}")
 
 
 def _scrub(run: Run) -> None:

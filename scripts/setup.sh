@@ -11,6 +11,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-venv python3-pip)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v rabbitmq-server >/dev/null || need_apt+=(rabbitmq-server)
 command -v curl >/dev/null || need_apt+=(curl)
+# Debian's Chromium, headless: the tests open report.html in a real browser.
+command -v chromium >/dev/null || need_apt+=(chromium fonts-liberation)
 if [ "${HARNESS_NO_DOCKER:-0}" != 1 ]; then
   command -v dockerd >/dev/null || need_apt+=(docker.io)
   command -v iptables >/dev/null || need_apt+=(iptables)
