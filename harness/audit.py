@@ -27,10 +27,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+import harness
 from harness import report, vocab
 from harness.checkers.base import ClaimResult, Valid, observable, worst
 from harness.junit import write_junit
-from harness.options import RunOptions, RunOutcome
+from harness.options import RunOptions, RunOutcome, worker_identity
 from harness.runner import run_scenario, suite_broker
 from harness.scenario import backends_for, load_scenario, scenarios_dir
 from harness.signals import Interrupted
@@ -161,6 +162,7 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
               only: Sequence[str] | None = None, junit: Path | None = None) -> int:
     named = gate
     started = time.monotonic()
+    started_at = time.time()
     outcomes: list[RunOutcome] = []
     skipped: dict[str, str] = {}
     try:
@@ -207,6 +209,11 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
     opts.out.mkdir(parents=True, exist_ok=True)
     path = opts.out / f"audit-{time.strftime('%Y%m%d-%H%M%S')}.json"
     payload = {
+        "schema_version": report.RESULT_SCHEMA_VERSION,
+        "harness_version": harness.__version__,
+        "started_at": report.iso(started_at), "finished_at": report.iso(time.time()),
+        "worker": worker_identity(opts),
+        "broker": next((o.broker for o in outcomes if o.broker), None),
         "verdict": word, "exit_code": code, "elapsed_s": round(elapsed, 1),
         "backend": opts.backend, "gate": sorted(gate), "not_gated": unseen,
         "reporting": opts.reporting,

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -218,6 +219,28 @@ class BrokerAdmin:
         )
 
     # -- management API observations ------------------------------------------
+    def semantics(self, queues: Sequence[str]) -> dict[str, Any]:
+        """The broker's semantics as observed through the management API: what a
+        rerun elsewhere must match to test the same broker. Versions from
+        ``/api/overview``; per queue its type, arguments, policy, operator policy
+        and effective policy, and what follows from them: the delivery limit,
+        the dead-letter strategy and the consumer timeout (a queue argument or a
+        policy key; else the broker's default, which the API does not show).
+        Read-only; a queue that does not exist is ``null``. ClusterError when the
+        API does not answer."""
+        overview = self._http_or_none("/api/overview") or {}
+        out: dict[str, Any] = {
+            "rabbitmq_version": overview.get("rabbitmq_version"),
+            "erlang_version": overview.get("erlang_version"),
+            "product": overview.get("product_name"),
+            "queues": {},
+        }
+        for name in queues:
+            q = urllib.parse.quote(name, safe="")
+            obj = self._http_or_none(f"/api/queues/{self._vhost_q}/{q}")
+            out["queues"][name] = _queue_semantics(obj) if isinstance(obj, dict) else None
+        return out
+
     def queue_info(self, name: str) -> QueueInfo | None:
         """Counts of one queue, or None if it does not exist."""
         q = urllib.parse.quote(name, safe="")
@@ -437,3 +460,32 @@ def parse_broker_url(url: str, management_url: str | None = None) -> BrokerEndpo
     mgmt = (management_url or f"http://{host_in_url}:{mport}").rstrip("/")
     return BrokerEndpoint(amqp_url=amqp_url, management_url=mgmt, user=user,
                           password=password, vhost=vhost)
+
+
+def _queue_semantics(obj: Mapping[str, Any]) -> dict[str, Any]:
+    raw_args = obj.get("arguments")
+    args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
+    effective = obj.get("effective_policy_definition")
+    policy = effective if isinstance(effective, dict) else {}
+
+    def setting(arg: str, key: str, default: Any) -> Any:
+        if arg in args:
+            return args[arg]
+        return policy.get(key, default)
+
+    qtype = obj.get("type")
+    return {
+        "type": qtype,
+        "durable": obj.get("durable"),
+        "arguments": args,
+        "policy": obj.get("policy"),
+        "operator_policy": obj.get("operator_policy"),
+        "effective_policy_definition": policy,
+        "delivery_limit": setting("x-delivery-limit", "delivery-limit", None),
+        # Classic queues, and quorum queues by default, dead-letter at most once.
+        "dead_letter_strategy": setting("x-dead-letter-strategy", "dead-letter-strategy",
+                                        "at-most-once"),
+        "dead_letter_exchange": setting("x-dead-letter-exchange", "dead-letter-exchange", None),
+        "consumer_timeout_ms": setting("x-consumer-timeout", "consumer-timeout",
+                                       "broker default"),
+    }

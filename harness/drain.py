@@ -53,6 +53,8 @@ class BrokerWatch:
         # The brokers the harness starts have a 0.5 s statistics interval; a broker
         # it was given has RabbitMQ's default, 5 s.
         self.owned_broker = owned_broker
+        # The broker's semantics, read by capture_final_state (result.json's "broker").
+        self.semantics: dict[str, Any] | None = None
 
     def wait_drained(self, timeout_s: float, longest_task_s: float = 0.0) -> bool:
         """Until the broker says the work is done (bounded by ``timeout_s``).
@@ -173,13 +175,20 @@ class BrokerWatch:
                                  f"{n} task(s) in the main queue")
 
     def capture_final_state(self) -> None:
-        """Record what is left in every queue the scenario names (destructive read)."""
+        """Record the broker's semantics, then what is left in every queue the
+        scenario names (destructive read)."""
         c = self.scenario.cluster
         queues: list[tuple[str, str]] = [(c.queue, "main"), (c.dlq, "dlq")]
         try:
             queues += [(q.name, "retry") for q in self.admin.list_queues(f"{c.queue}.retry.")]
         except (ClusterError, OSError) as exc:
             self.problems.append(f"could not list the retry queues: {exc}")
+        try:
+            self.semantics = self.admin.semantics([name for name, _ in queues])
+        except (ClusterError, OSError) as exc:
+            # What the broker is does not decide a verdict: said, not a run problem.
+            self.semantics = {"error": str(exc)}
+        self.recorder.record(vocab.BROKER_SEMANTICS, "harness", **self.semantics)
         for name, role in queues:
             try:
                 before = self.admin.passive_depth(name)

@@ -97,6 +97,8 @@ class RunOutcome:
     exit_code: int
     problems: list[str] = field(default_factory=list)
     rerun: str = ""
+    # The broker's semantics as observed (result.json's "broker"), when read.
+    broker: dict[str, Any] | None = None
 
 
 def build_options(*, backend: str = "auto", broker_url: str | None = None,
@@ -146,6 +148,37 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
                       out=out, vhost=vhost, worker_cmd=worker_cmd, worker_image=worker_image,
                       events=events, gate=gate, progress=progress, capabilities=capabilities,
                       queue=queue, dlq=dlq, params=dict(params or {}), reporting=reporting)
+
+
+def worker_identity(opts: RunOptions) -> dict[str, Any]:
+    """The worker under test, as result.json names it: the reference worker and
+    its reporting mode, a command, or an image with its id (docker; ``None`` when
+    the engine does not answer)."""
+    if opts.worker_cmd:
+        return {"cmd": opts.worker_cmd}
+    if opts.backend == "docker":
+        from harness.cluster.docker.engine import WORKER_IMAGE
+
+        image = opts.worker_image or WORKER_IMAGE
+        out: dict[str, Any] = ({"image": image} if opts.worker_image
+                               else {"reference": True, "reporting": opts.reporting,
+                                     "image": image})
+        out["image_id"] = _image_id(image)
+        return out
+    return {"reference": True, "reporting": opts.reporting}
+
+
+def _image_id(image: str) -> str | None:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        try:
+            return str(client.images.get(image).id)
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - an id we cannot read is null, not a failed run
+        return None
 
 
 def new_seed() -> int:

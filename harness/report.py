@@ -314,13 +314,16 @@ RESULT_SCHEMA_VERSION: Final = 1
 def result_payload(scenario: Scenario, run_id: str, seed: int, backend: str,
                    results: list[ClaimResult], code: int, problems: list[str], rerun: str,
                    gate: Iterable[str] | None, started_at: float | None = None,
-                   worker: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The content of a run's ``result.json``."""
+                   worker: Mapping[str, Any] | None = None,
+                   broker: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The content of a run's ``result.json`` (``harness/schemas/result.schema.json``).
+    ``broker``: the broker's semantics as observed (``BrokerAdmin.semantics``),
+    None when the run ended before it could be read."""
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
         "harness_version": harness.__version__,
-        "started_at": _iso(started_at) if started_at is not None else None,
-        "finished_at": _iso(time.time()),
+        "started_at": iso(started_at) if started_at is not None else None,
+        "finished_at": iso(time.time()),
         "worker": dict(worker or {}),
         "scenario": scenario.name,
         "scenario_path": scenario.path,
@@ -335,8 +338,9 @@ def result_payload(scenario: Scenario, run_id: str, seed: int, backend: str,
         "claims": [{**r.to_dict(), "invariant": vocab.word(invariant_verdict(r))}
                    for r in results],
         "params": scenario.params,
+        "broker": dict(broker) if broker is not None else None,
     }
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from rich.console import Console
 
@@ -42,6 +43,7 @@ from harness.options import (
     new_seed,
     rerun_command,
     run_started,
+    worker_identity,
     worker_spec,
 )
 from harness.prober import HealthProber
@@ -76,6 +78,7 @@ class Run:
         self.live = LiveState()
         self.recorder.add_listener(self.live.on_event)
         self.problems: list[str] = []
+        self.broker_semantics: dict[str, Any] | None = None
         self.vhost: ScratchVhost | DedicatedVhost | None = None
         self.cluster: Cluster | None = None
         self.supervisor: Supervisor | None = None
@@ -163,6 +166,7 @@ class Run:
             self.prober.stop()
         sup.stop_all()
         watch.capture_final_state()
+        self.broker_semantics = watch.semantics
         if drained:
             watch.check_contradiction()
         elif not (held and watch.main_queue_ids()):
@@ -280,7 +284,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
     _scrub(run)
     console.print(f"seed={run.seed}  history={run.run_dir / 'history.jsonl'}")
     console.print(f"rerun: {rerun}")
-    return RunOutcome(scenario, run.run_dir, run.seed, results, code, run.problems, rerun)
+    return RunOutcome(scenario, run.run_dir, run.seed, results, code, run.problems, rerun,
+                      run.broker_semantics)
 
 
 def _html_report(run: Run) -> None:
@@ -306,8 +311,7 @@ def _scrub(run: Run) -> None:
 
 def _write_result(run: Run, results: list[ClaimResult], code: int, rerun: str) -> None:
     opts = run.opts
-    worker = ({"cmd": opts.worker_cmd} if opts.worker_cmd else {"image": opts.worker_image}
-              if opts.worker_image else {"reference": True, "reporting": opts.reporting})
+    worker = worker_identity(opts)
     report.write_result_json(run.run_dir / "result.json", report.result_payload(
         run.scenario, run.run_id, run.seed, opts.backend, results, code, run.problems,
-        rerun, opts.gate, run.started_at, worker))
+        rerun, opts.gate, run.started_at, worker, run.broker_semantics))

@@ -53,6 +53,7 @@ DRAIN_CONTRADICTION: Final = "drain_contradiction"
 WINDOW_WAIT: Final = "window_wait"
 WINDOWS_CLOSED: Final = "windows_closed"
 VHOST: Final = "vhost"
+BROKER_SEMANTICS: Final = "broker_semantics"
 
 # -- faults --------------------------------------------------------------------------
 

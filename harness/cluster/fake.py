@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness import vocab
 from harness.broker import BrokerAdmin, ConnectionInfo, QueueInfo
@@ -104,6 +105,16 @@ class FakeAdmin(BrokerAdmin):
             held = {w: len(v) for w, v in self.broker.held.items()}
         return [ConnectionInfo(w, "127.0.0.1", 1000 + i, held.get(w, 0), f"fake {w}")
                 for i, w in enumerate(self.cluster.workers()) if self.cluster.is_running(w)]
+
+    def semantics(self, queues: Sequence[str]) -> dict[str, Any]:
+        return {"rabbitmq_version": "fake", "erlang_version": "fake", "product": "FakeBroker",
+                "queues": {q: ({"type": "classic", "durable": True, "arguments": {},
+                                "policy": None, "operator_policy": None,
+                                "effective_policy_definition": {}, "delivery_limit": None,
+                                "dead_letter_strategy": "at-most-once",
+                                "dead_letter_exchange": None,
+                                "consumer_timeout_ms": "broker default"}
+                               if q == self.cluster.queue else None) for q in queues}}
 
     def passive_depth(self, name: str) -> int | None:
         if name != self.cluster.queue:
