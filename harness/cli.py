@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--offline", action="store_true",
                    help="make the base from a debootstrap root filesystem (no registry)")
     b.add_argument("--force", action="store_true", help="rebuild even when inputs are unchanged")
+    b.add_argument("--broker-base", metavar="IMAGE",
+                   help="the public RabbitMQ base to build the broker on (default pinned: "
+                        "rabbitmq:3.10.8-management, Debian 12's version; or "
+                        "$HARNESS_BROKER_BASE)")
     isub.add_parser("status", help="which images exist and whether they are up to date")
     return p
 
@@ -365,6 +369,8 @@ def cmd_images(args: argparse.Namespace, console: Console) -> int:
     argv = [args.images_command]
     if args.images_command == "build":
         argv += (["--offline"] if args.offline else []) + (["--force"] if args.force else [])
+        if args.broker_base:
+            argv += ["--broker-base", args.broker_base]
     return int(images_main(argv))
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,8 +22,17 @@ from harness.cluster.base import ClusterError
 BASE_IMAGE = "rmq-harness/base:bookworm"
 BROKER_IMAGE = "rmq-harness/rabbitmq:latest"
 WORKER_IMAGE = "rmq-harness/worker:latest"
-PUBLIC_BROKER_BASE = "rabbitmq:3-management"
-PUBLIC_WORKER_BASE = "python:3.12-slim"
+SIDECAR_IMAGE = "rmq-harness/netfault:latest"
+# The public bases, pinned on purpose: the broker to the RabbitMQ the offline base
+# runs (Debian 12's 3.10.8), so that a build with a registry tests the same broker
+# as one without; a floating tag (rabbitmq:3-management) would test whatever 3.x is
+# newest that day. Choose another with HARNESS_BROKER_BASE (e.g.
+# rabbitmq:3.13-management) or `harness images build --broker-base IMAGE`; the
+# version a run ran on is in its result.json ("broker").
+PUBLIC_BROKER_BASE = "rabbitmq:3.10.8-management"
+PUBLIC_WORKER_BASE = "python:3.11-slim-bookworm"
+PUBLIC_SIDECAR_BASE = "debian:bookworm-slim"
+BROKER_BASE_ENV = "HARNESS_BROKER_BASE"
 
 INPUTS_LABEL = "io.rmq-harness.inputs"
 BASE_LABEL = "io.rmq-harness.base"
@@ -71,6 +81,34 @@ _SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BROKER_CONTEXT = PACKAGE_DIR / "build_contexts" / "rabbitmq"
+SIDECAR_CONTEXT = PACKAGE_DIR / "build_contexts" / "netfault"
+
+
+@dataclass(frozen=True)
+class ImageStep:
+    """One image of a build plan: what it is built from (a context) and on what."""
+
+    image: str
+    context: str  # "debootstrap", "broker", "worker" or "sidecar"
+    base: str
+
+
+def public_broker_base() -> str:
+    return os.environ.get(BROKER_BASE_ENV, "").strip() or PUBLIC_BROKER_BASE
+
+
+def build_plan(offline: bool, broker_base: str | None = None) -> tuple[ImageStep, ...]:
+    """Every image the suite needs, in build order, on the offline base or on the
+    public ones. The network-fault sidecar is in both: without it, a blackhole or
+    reset scenario cannot take effect and a correct worker's audit is undecided."""
+    if offline:
+        return (ImageStep(BASE_IMAGE, "debootstrap", f"debian:{DEBIAN_SUITE}"),
+                ImageStep(BROKER_IMAGE, "broker", BASE_IMAGE),
+                ImageStep(WORKER_IMAGE, "worker", BASE_IMAGE),
+                ImageStep(SIDECAR_IMAGE, "sidecar", BASE_IMAGE))
+    return (ImageStep(BROKER_IMAGE, "broker", broker_base or public_broker_base()),
+            ImageStep(WORKER_IMAGE, "worker", PUBLIC_WORKER_BASE),
+            ImageStep(SIDECAR_IMAGE, "sidecar", PUBLIC_SIDECAR_BASE))
 
 
 class Console(Protocol):
@@ -220,6 +258,14 @@ def base_inputs_hash() -> str:
         },
         None,
         [],
+    )
+
+
+def sidecar_inputs_hash(base_id: str) -> str:
+    return _digest(
+        {"recipe": RECIPE_VERSION, "image": SIDECAR_IMAGE, "base_id": base_id},
+        SIDECAR_CONTEXT,
+        _tree_files(SIDECAR_CONTEXT),
     )
 
 

@@ -11,10 +11,15 @@ Images (names are fixed; the docker backend uses them):
 - ``rmq-harness/worker:latest``: ``worker/Dockerfile``, with a build context made
   here: the rmq-chaos-harness wheel built from the source tree and pika's wheel
   (containers cannot reach PyPI).
+- ``rmq-harness/netfault:latest``: the network-fault sidecar (iptables, iproute2),
+  ``harness/build_contexts/netfault/Dockerfile``.
 
-Each Dockerfile takes its base as ``ARG BASE`` with a public default
-(``python:3.12-slim``, ``rabbitmq:3-management``); offline the base is
-``rmq-harness/base:bookworm``.
+What is built on what is ``imagekit.build_plan``: every image the suite needs on
+both paths. Each Dockerfile takes its base as ``ARG BASE`` with a public default;
+the public bases are pinned (``imagekit.PUBLIC_BROKER_BASE``: the RabbitMQ
+version the offline base runs, so both paths test the same broker;
+``--broker-base`` or ``$HARNESS_BROKER_BASE`` picks another); offline the base
+is ``rmq-harness/base:bookworm``.
 
 Offline or not (``offline=None``): the environment variable
 ``RMQ_HARNESS_OFFLINE`` (1/0) decides if set; otherwise images built before keep
@@ -60,6 +65,7 @@ from harness.cluster.base import ClusterError
 from harness.imagekit import (
     BASE_CHANGES,
     BASE_LABEL,
+    BROKER_BASE_ENV,
     BROKER_CONTEXT,
     BUILD_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -70,20 +76,23 @@ from harness.imagekit import (
     IMPORT_TIMEOUT_S,
     PIP_TIMEOUT_S,
     PUBLIC_BROKER_BASE,
-    PUBLIC_WORKER_BASE,
     PULL_TIMEOUT_S,
     ROOTFS_PRUNE,
+    SIDECAR_CONTEXT,
+    SIDECAR_IMAGE,
     Console,
     Printer,
     Quiet,
     base_inputs_hash,
     build_lock,
+    build_plan,
     cache_dir,
     image_or_none,
     labels_of,
     one_line,
     pika_version,
     remove_if_dangling,
+    sidecar_inputs_hash,
     source_files,
 )
 from harness.imagekit import (
@@ -265,10 +274,13 @@ def _pull(client: Any, ref: str, deadline: float) -> bool:
         return False
 
 
+def public_bases() -> tuple[str, ...]:
+    return tuple(step.base for step in build_plan(offline=False))
+
+
 def public_bases_available(client: Any, pull: bool = True) -> bool:
     """The public bases are here, or (``pull``) could be pulled within PULL_TIMEOUT_S."""
-    missing = [ref for ref in (PUBLIC_BROKER_BASE, PUBLIC_WORKER_BASE)
-               if image_or_none(client, ref) is None]
+    missing = [ref for ref in public_bases() if image_or_none(client, ref) is None]
     if not missing:
         return True
     if not pull:
@@ -292,7 +304,7 @@ def resolve_offline(client: Any, offline: bool | None, console: Console) -> bool
             base = labels_of(image).get(BASE_LABEL)
             if base == BASE_IMAGE:
                 return True
-            if base in (PUBLIC_BROKER_BASE, PUBLIC_WORKER_BASE) and public_bases_available(
+            if base in public_bases() and public_bases_available(
                 client, pull=False
             ):
                 return False
@@ -429,6 +441,24 @@ def build_broker_image(
     return image_id
 
 
+def build_sidecar_image(
+    client: Any, base: str, base_id: str, console: Console, force: bool = False
+) -> str:
+    """The network-fault sidecar (iptables, iproute2) on ``base``."""
+    wanted = sidecar_inputs_hash(base_id)
+    existing = image_or_none(client, SIDECAR_IMAGE)
+    if existing is not None and not force and labels_of(existing).get(INPUTS_LABEL) == wanted:
+        console.print(f"{SIDECAR_IMAGE}: up to date ({existing.short_id})")
+        return str(existing.id)
+    started = time.monotonic()
+    console.print(f"{SIDECAR_IMAGE}: building on {base}")
+    image_id = _docker_build(client, SIDECAR_CONTEXT, SIDECAR_IMAGE, {"BASE": base},
+                             {INPUTS_LABEL: wanted, BASE_LABEL: base}, force, console)
+    console.print(f"{SIDECAR_IMAGE}: built {image_id[7:19]} in {time.monotonic() - started:.0f} s")
+    remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
+    return image_id
+
+
 def build_worker_image(
     client: Any, base: str, base_id: str, console: Console, force: bool = False
 ) -> str:
@@ -475,26 +505,20 @@ def build_images(
         with build_lock():
             use_offline = resolve_offline(client, offline, out)
             result: dict[str, str] = {}
-            if use_offline:
-                base_id = build_base_image(client, out, force=force)
-                result[BASE_IMAGE] = base_id
-                broker_base = worker_base = BASE_IMAGE
-                broker_base_id = worker_base_id = base_id
-            else:
-                if not public_bases_available(client, pull=True):
-                    raise ClusterError(
-                        f"public bases {PUBLIC_BROKER_BASE} and {PUBLIC_WORKER_BASE} cannot be "
-                        "pulled: build offline with `harness images build --offline`"
-                    )
-                broker_base, worker_base = PUBLIC_BROKER_BASE, PUBLIC_WORKER_BASE
-                broker_base_id = str(client.images.get(broker_base).id)
-                worker_base_id = str(client.images.get(worker_base).id)
-            result[BROKER_IMAGE] = build_broker_image(
-                client, broker_base, broker_base_id, out, force=force
-            )
-            result[WORKER_IMAGE] = build_worker_image(
-                client, worker_base, worker_base_id, out, force=force
-            )
+            builders = {"broker": build_broker_image, "worker": build_worker_image,
+                        "sidecar": build_sidecar_image}
+            if not use_offline and not public_bases_available(client, pull=True):
+                raise ClusterError(
+                    f"public bases {', '.join(public_bases())} cannot be pulled: build "
+                    "offline with `harness images build --offline`"
+                )
+            for step in build_plan(use_offline):
+                if step.context == "debootstrap":
+                    result[step.image] = build_base_image(client, out, force=force)
+                    continue
+                base_id = result.get(step.base) or str(client.images.get(step.base).id)
+                result[step.image] = builders[step.context](
+                    client, step.base, base_id, out, force=force)
             return result
     finally:
         with contextlib.suppress(Exception):
@@ -516,7 +540,7 @@ def image_status() -> list[dict[str, Any]]:
     client = docker_client(timeout_s=CONNECT_TIMEOUT_S * 3)
     rows: list[dict[str, Any]] = []
     try:
-        for name in (BASE_IMAGE, BROKER_IMAGE, WORKER_IMAGE):
+        for name in (BASE_IMAGE, BROKER_IMAGE, WORKER_IMAGE, SIDECAR_IMAGE):
             image = image_or_none(client, name)
             rows.append(
                 {
@@ -552,8 +576,17 @@ def images_main(argv: Sequence[str] | None = None) -> int:
         "--online", action="store_true", help="build on the public bases (pulls them)"
     )
     build.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
+    build.add_argument("--broker-base", metavar="IMAGE",
+                       help=f"the public RabbitMQ base (default {PUBLIC_BROKER_BASE}, or "
+                            f"${BROKER_BASE_ENV})")
     sub.add_parser("status", help="show the harness images")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.command == "build" and args.broker_base:
+        if args.offline:
+            print("harness images: --broker-base picks a public base; the offline base runs "
+                  "Debian's RabbitMQ (drop --offline, or --broker-base)", file=sys.stderr)
+            return 2
+        os.environ[BROKER_BASE_ENV] = args.broker_base
     try:
         if args.command == "status":
             for row in image_status():

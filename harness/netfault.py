@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from harness.cluster.base import ClusterError
+from harness.imagekit import SIDECAR_IMAGE as SIDECAR_IMAGE
 
-SIDECAR_IMAGE: Final = "rmq-harness/base:bookworm"
 # The sidecar only lives while a fault is active; it exits by itself after this.
 SIDECAR_MAX_LIFE_S: Final = 6 * 3600
 _EXEC_TIMEOUT_S: Final = 15.0
