@@ -235,6 +235,32 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
     return code
 
 
+def markdown_summary(audit: dict[str, Any]) -> str:
+    """The audit as Markdown (a CI job summary): the verdict, one row per claim,
+    and each run's seed and rerun command."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    gate = set(audit.get("gate") or [])
+    lines = [f"## harness audit: {cell(audit.get('verdict'))} "
+             f"(exit {cell(audit.get('exit_code'))}, backend {cell(audit.get('backend'))})",
+             "", "| claim | the guide says | verdict | invariant | gates | evidence |",
+             "|---|---|---|---|---|---|"]
+    for r in audit.get("claims", []):
+        lines.append(f"| {cell(r.get('claim'))} | {cell(r.get('guide'))} | "
+                     f"**{cell(r.get('verdict'))}** | {cell(r.get('invariant'))} | "
+                     f"{'yes' if r.get('claim') in gate else ''} | "
+                     f"{cell(r.get('evidence'))[:300]} |")
+    for claim in audit.get("not_gated") or []:
+        lines.append(f"\nnot gated: {cell(claim)} (not observable with this worker's events)")
+    lines += ["", "| run | exit | seed | rerun |", "|---|---|---|---|"]
+    for run in audit.get("runs", []):
+        lines.append(f"| {cell(run.get('scenario'))} | {cell(run.get('exit_code'))} | "
+                     f"{cell(run.get('seed'))} | `{cell(run.get('rerun'))}` |")
+    return "\n".join(lines) + "\n"
+
+
 def load_audit(path: Path) -> dict[str, Any]:
     with open(path) as f:
         data: dict[str, Any] = json.load(f)

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="(re)build report.html of a recorded run or audit")
     rp.add_argument("path", type=Path, metavar="RUN_DIR|AUDIT_JSON")
 
+    sm = sub.add_parser("summary", help="an audit report as Markdown (a CI job summary)")
+    sm.add_argument("audit_json", type=Path, metavar="AUDIT_JSON")
+
     i = sub.add_parser("images", help="container images")
     isub = i.add_subparsers(dest="images_command", required=True, parser_class=_Parser)
     b = isub.add_parser("build", help="build the broker and worker images (cached)")
@@ -324,6 +327,19 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     return _err(f"{path}: give a run directory or an audit-*.json")
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from harness.audit import markdown_summary
+
+    try:
+        audit = json.loads(args.audit_json.read_text())
+    except (OSError, ValueError) as exc:
+        return _err(f"{args.audit_json}: cannot read it: {exc}")
+    if not isinstance(audit, dict) or "claims" not in audit:
+        return _err(f"{args.audit_json}: not an audit report (audit-*.json of harness audit)")
+    sys.stdout.write(credentials.redact(markdown_summary(audit)))
+    return EXIT_OK
+
+
 def cmd_check(args: argparse.Namespace, console: Console) -> int:
     from harness import report
     from harness.history import History
@@ -394,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_show(args, console)
         if args.command == "report":
             return cmd_report(args, console)
+        if args.command == "summary":
+            return cmd_summary(args)
         if args.command == "images":
             return cmd_images(args, console)
     except KeyboardInterrupt:
