@@ -132,13 +132,35 @@ class Quiet:
 
 def project_root() -> Path:
     """The source tree (where pyproject.toml is); the worker image is built from it."""
-    root = PACKAGE_DIR.parent
-    if not (root / "pyproject.toml").is_file() or not (root / "worker" / "Dockerfile").is_file():
+    root = source_tree()
+    if root is None:
         raise ClusterError(
             f"no source tree beside {PACKAGE_DIR} (pyproject.toml, worker/Dockerfile): "
             "build the images from a checkout of the project"
         )
     return root
+
+
+def source_tree() -> Path | None:
+    """The checkout the package runs from, or None for an installed package."""
+    root = PACKAGE_DIR.parent
+    if (root / "pyproject.toml").is_file() and (root / "worker" / "Dockerfile").is_file():
+        return root
+    return None
+
+
+def worker_inputs() -> tuple[Path, list[Path]]:
+    """What the worker image is made of: the source tree's files, or, for an
+    installed package, the installed ``harness`` and ``worker`` packages (their
+    ``worker/Dockerfile`` is package data)."""
+    root = source_tree()
+    if root is not None:
+        return root, source_files(root)
+    site = PACKAGE_DIR.parent
+    if not (site / "worker" / "Dockerfile").is_file():
+        raise ClusterError(f"no worker/Dockerfile beside {PACKAGE_DIR}: reinstall the package "
+                           "(its wheel ships it) or build from a checkout")
+    return site, _tree_files(site / "harness") + _tree_files(site / "worker")
 
 
 def cache_dir() -> Path:
@@ -284,7 +306,7 @@ def pika_version() -> str | None:
         return None
 
 
-def worker_inputs_hash(base_id: str, root: Path) -> str:
+def worker_inputs_hash(base_id: str, root: Path, files: Sequence[Path] | None = None) -> str:
     return _digest(
         {
             "recipe": RECIPE_VERSION,
@@ -293,7 +315,7 @@ def worker_inputs_hash(base_id: str, root: Path) -> str:
             "pika": pika_version() or "any",
         },
         root,
-        source_files(root),
+        source_files(root) if files is None else files,
     )
 
 

@@ -94,6 +94,8 @@ from harness.imagekit import (
     remove_if_dangling,
     sidecar_inputs_hash,
     source_files,
+    source_tree,
+    worker_inputs,
 )
 from harness.imagekit import (
     BASE_IMAGE as BASE_IMAGE,
@@ -417,6 +419,39 @@ def _project_wheel(root: Path, out: Path, console: Console) -> None:
         )
 
 
+def installed_wheel(out: Path) -> Path:
+    """A wheel of the installed rmq-chaos-harness (no checkout to build one from):
+    its installed files, as its RECORD lists them, zipped again with a fresh
+    RECORD. Written by hand: pip and build make wheels from sources only, and the
+    worker image needs the very package that runs here."""
+    import base64
+    import hashlib
+    import zipfile
+    from importlib import metadata
+
+    dist = metadata.distribution("rmq-chaos-harness")
+    files = [f for f in (dist.files or []) if f.parts and not f.parts[0].startswith("..")
+             and "__pycache__" not in f.parts and f.suffix != ".pyc"]
+    info = next((f.parts[0] for f in files if f.parts[0].endswith(".dist-info")), None)
+    if info is None or not any(f.parts[0] == "worker" for f in files):
+        raise ClusterError("the installed rmq-chaos-harness lists no files of its own (an "
+                           "editable install?): build the images from its checkout")
+    skip = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+    path = out / f"rmq_chaos_harness-{dist.version}-py3-none-any.whl"
+    rows: list[str] = []
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            if f.parts[0] == info and f.name in skip:
+                continue
+            data = Path(str(f.locate())).read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            zf.writestr(f.as_posix(), data)
+            rows.append(f"{f.as_posix()},sha256={digest.decode()},{len(data)}")
+        rows.append(f"{info}/RECORD,,")
+        zf.writestr(f"{info}/RECORD", "\n".join(rows) + "\n")
+    return path
+
+
 def build_broker_image(
     client: Any, base: str, base_id: str, console: Console, force: bool = False
 ) -> str:
@@ -462,8 +497,8 @@ def build_sidecar_image(
 def build_worker_image(
     client: Any, base: str, base_id: str, console: Console, force: bool = False
 ) -> str:
-    root = project_root()
-    wanted = worker_inputs_hash(base_id, root)
+    root, files = worker_inputs()
+    wanted = worker_inputs_hash(base_id, root, files)
     existing = image_or_none(client, WORKER_IMAGE)
     if existing is not None and not force and labels_of(existing).get(INPUTS_LABEL) == wanted:
         console.print(f"{WORKER_IMAGE}: up to date ({existing.short_id})")
@@ -475,7 +510,11 @@ def build_worker_image(
         wheels = ctx / "wheels"
         wheels.mkdir()
         shutil.copy2(root / "worker" / "Dockerfile", ctx / "Dockerfile")
-        _project_wheel(root, wheels, console)
+        if source_tree() is not None:
+            _project_wheel(root, wheels, console)
+        else:
+            console.print("  wheels: rmq-chaos-harness (repacked from the installed package)")
+            installed_wheel(wheels)
         shutil.copy2(_pika_wheel(console), wheels)
         image_id = _docker_build(
             client,
