@@ -109,3 +109,37 @@ def test_a_planted_bug_fails_the_item_of_its_claim(tmp_path: Path) -> None:
     assert failure is not None, out
     assert "no-loss: VIOLATED" in out and "rerun: harness run" in out
     assert "Traceback" not in out
+
+
+BROKER_TEST = '''
+def test_runs_on_the_session_broker(harness_broker, harness_run):
+    assert harness_broker.url.startswith("amqp://guest:guest@")
+    result = harness_run({"name": "on-broker", "claims": ["no-loss"],
+                          "cluster": {"workers": 1, "queue": "plugin.broker"},
+                          "workload": {"tasks": 5}}, broker_url=harness_broker.url)
+    assert result.passed, result.problems
+'''
+
+
+@pytest.mark.docker
+def test_the_broker_fixture_is_a_container_of_the_harness_image(tmp_path: Path) -> None:
+    import docker
+
+    def fixture_brokers() -> set[str]:
+        # HarnessBroker's containers: the harness's labels, role broker, no run id.
+        found = client.containers.list(all=True, filters={"label": ["rmq-harness=1",
+                                                                     "rmq-harness.role=broker"]})
+        return {c.id for c in found if "rmq-harness.run" not in (c.labels or {})}
+
+    client = docker.from_env(timeout=10)
+    try:
+        before = fixture_brokers()
+        (tmp_path / "test_broker.py").write_text(BROKER_TEST)
+        r = pytest_in(tmp_path, "-q", "test_broker.py")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        # Removed at the end of the session (testcontainers' reaper is off; the
+        # harness's labels let its sweep find one a killed session left).
+        assert fixture_brokers() <= before
+    finally:
+        client.close()
+    assert (tmp_path / "runs" / "harness-broker.log").is_file()
