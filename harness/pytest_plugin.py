@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import io
 import json
 import os
-import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +48,8 @@ from harness.options import (
     parse_capabilities,
     parse_gate,
 )
+from harness.pytest_xdist import cores
+from harness.pytest_xdist import pytest_xdist_make_scheduler as pytest_xdist_make_scheduler
 from harness.scenario import ScenarioError
 from harness.signals import Interrupted
 from harness.verdicts import invariant_verdict, judged_claims
@@ -58,10 +57,6 @@ from harness.verdicts import invariant_verdict, judged_claims
 SUITE_WORD: Final = "suite"
 UNKNOWN_MODES: Final = ("error", "skip")
 EVIDENCE_MAX_CHARS: Final = 4000
-# A timing-bound run waits at most this long for the cores (others' runs are
-# bounded by their drain timeouts; an hour means something is stuck).
-LOCK_TIMEOUT_S: Final = 3600.0
-LOCK_POLL_S: Final = 0.2
 # Claims whose checkers bound time (outages, windows, rates): their runs get the
 # machine to themselves. Faults whose windows are judged likewise.
 TIMING_CLAIMS: Final = frozenset({"health-check", "exactly-one-consumer", "linear-scaling",
@@ -327,7 +322,7 @@ class ScenarioFile(pytest.File):
         console = _console(buffer)
         try:
             check_backend(sc, opts.backend)
-            with _cores(self.config, exclusive=self.timing_bound):
+            with cores(exclusive=self.timing_bound):
                 self._outcome = run_scenario(sc, session.run_options(), console)
         except (ScenarioError, ClusterError, OSError) as exc:
             self._error = f"{sc.name}: {credentials.redact(str(exc))}"
@@ -419,80 +414,6 @@ def _console(buffer: io.StringIO) -> Any:
 
     return Console(file=cast(TextIO, credentials.RedactingStream(buffer)), width=120,
                    highlight=False, force_terminal=False, color_system=None)
-
-
-# --------------------------------------------------------------------------- the cores
-
-
-@contextlib.contextmanager
-def _cores(config: pytest.Config, *, exclusive: bool) -> Iterator[None]:
-    """Hold the session's run lock: shared by ordinary runs, exclusive for a
-    timing-bound one. One pair of files per test session (``PYTEST_XDIST_TESTRUNUID``
-    is the same in every xdist worker); without xdist, runs are serial anyway.
-
-    A turnstile first (taken and released by shared takers, held by an exclusive
-    one while it waits), so that a stream of ordinary runs cannot starve a
-    timing-bound one: once it waits, no new run starts before it."""
-    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if uid is None:
-        yield
-        return
-    base = Path(tempfile.gettempdir()) / f"rmq-harness-pytest-{uid}"
-    deadline = time.monotonic() + LOCK_TIMEOUT_S
-    with open(f"{base}.turnstile", "a") as turn, open(f"{base}.lock", "a") as main:
-        _flock(turn, fcntl.LOCK_EX, deadline)
-        try:
-            _flock(main, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
-        finally:
-            fcntl.flock(turn, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(main, fcntl.LOCK_UN)
-
-
-def _flock(f: TextIO, mode: int, deadline: float) -> None:
-    while True:
-        try:
-            fcntl.flock(f, mode | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise OSError(f"waited {LOCK_TIMEOUT_S:.0f} s for the other runs of the "
-                              "session to leave the cores") from None
-            time.sleep(LOCK_POLL_S)
-
-
-# --------------------------------------------------------------------------- xdist
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Keep one scenario's items on one xdist worker whatever ``--dist`` is: under
-    ``load`` and ``worksteal`` they would be scattered (and each worker would make
-    the run again). ``each`` is left alone (every worker runs everything)."""
-    dist = config.getvalue("dist")
-    if dist not in ("load", "worksteal", "loadgroup", "loadscope", "loadfile"):
-        return None
-    if not config.stash[_SESSION].scenario_paths:
-        return None  # nothing of ours collected: the user's scheduler, untouched
-    from xdist.scheduler import (  # type: ignore[import-untyped]
-        LoadFileScheduling,
-        LoadGroupScheduling,
-        LoadScopeScheduling,
-    )
-
-    base: type[Any] = {"loadscope": LoadScopeScheduling,
-                       "loadfile": LoadFileScheduling}.get(dist, LoadGroupScheduling)
-
-    class ScenarioScheduling(base):  # type: ignore[misc]
-        def _split_scope(self, nodeid: str) -> str:
-            file_part = nodeid.split("::", 1)[0]
-            if file_part.endswith((".yaml", ".yml")):
-                return file_part
-            return str(super()._split_scope(nodeid))
-
-    return ScenarioScheduling(config, log)
 
 
 # --------------------------------------------------------------------------- fixtures

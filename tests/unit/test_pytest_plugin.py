@@ -217,15 +217,15 @@ def test_a_waiting_timing_bound_run_is_not_starved(monkeypatch: pytest.MonkeyPat
     import threading
     import time
 
-    from harness import pytest_plugin
+    from harness import pytest_xdist
 
     monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", f"t{os.getpid()}{time.monotonic_ns()}")
-    monkeypatch.setattr(pytest_plugin, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(pytest_xdist, "LOCK_POLL_S", 0.01)
     order: list[str] = []
     release_a = threading.Event()
 
     def run(name: str, exclusive: bool, hold: threading.Event | None = None) -> None:
-        with pytest_plugin._cores(None, exclusive=exclusive):  # type: ignore[arg-type]
+        with pytest_xdist.cores(exclusive=exclusive):
             order.append(f"{name}+")
             if hold is not None:
                 hold.wait(5)
