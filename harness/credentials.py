@@ -27,7 +27,7 @@ import re
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 MASK: Final = "***"
 MIN_SECRET_LEN: Final = 4
@@ -145,3 +145,10 @@ class RedactingStream:
     @property
     def encoding(self) -> str:
         return getattr(self._inner, "encoding", "utf-8")
+
+
+def scrub_run_dir(run_dir: Path, console: Any) -> None:
+    """The safety net after a run: no file of its directory keeps the broker's
+    password (a worker may print its own configuration); what was scrubbed is said."""
+    for problem in scrub_tree(run_dir):
+        console.print(f"[yellow]{problem}[/yellow]")

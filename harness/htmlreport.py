@@ -318,6 +318,17 @@ def write_run_report(run_dir: Path) -> Path:
     return page.write(run_dir / REPORT_NAME)
 
 
+def write_run_report_or_say(run_dir: Path, console: Any) -> None:
+    """``report.html`` of a run just judged: a presentation, so a failure to draw
+    it is said and changes no verdict."""
+    try:
+        path = write_run_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - the verdict stands without its pictures
+        console.print(f"[yellow]report.html not written: {type(exc).__name__}: {exc}[/yellow]")
+        return
+    console.print(f"report: {path}")
+
+
 def _merged(histories: Iterable[tuple[str, History, Mapping[str, Any]]],
             want: str) -> tuple[History, Mapping[str, Any]] | None:
     for _name, history, result in histories:

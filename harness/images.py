@@ -369,46 +369,36 @@ def _docker_build(
     return str(image.id)
 
 
+def _build_context_image(client: Any, image: str, context: Path, wanted: str, base: str,
+                         console: Console, force: bool) -> str:
+    """Build ``image`` from a build context of the package on ``base``, unless an
+    image with the same inputs hash (``wanted``) exists."""
+    existing = image_or_none(client, image)
+    if existing is not None and not force and labels_of(existing).get(INPUTS_LABEL) == wanted:
+        console.print(f"{image}: up to date ({existing.short_id})")
+        return str(existing.id)
+    started = time.monotonic()
+    console.print(f"{image}: building on {base}")
+    image_id = _docker_build(client, context, image, {"BASE": base},
+                             {INPUTS_LABEL: wanted, BASE_LABEL: base}, force, console)
+    console.print(f"{image}: built {image_id[7:19]} in {time.monotonic() - started:.0f} s")
+    remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
+    return image_id
+
+
 def build_broker_image(
     client: Any, base: str, base_id: str, console: Console, force: bool = False
 ) -> str:
-    wanted = broker_inputs_hash(base_id)
-    existing = image_or_none(client, BROKER_IMAGE)
-    if existing is not None and not force and labels_of(existing).get(INPUTS_LABEL) == wanted:
-        console.print(f"{BROKER_IMAGE}: up to date ({existing.short_id})")
-        return str(existing.id)
-    started = time.monotonic()
-    console.print(f"{BROKER_IMAGE}: building on {base}")
-    image_id = _docker_build(
-        client,
-        BROKER_CONTEXT,
-        BROKER_IMAGE,
-        {"BASE": base},
-        {INPUTS_LABEL: wanted, BASE_LABEL: base},
-        force,
-        console,
-    )
-    console.print(f"{BROKER_IMAGE}: built {image_id[7:19]} in {time.monotonic() - started:.0f} s")
-    remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
-    return image_id
+    return _build_context_image(client, BROKER_IMAGE, BROKER_CONTEXT,
+                                broker_inputs_hash(base_id), base, console, force)
 
 
 def build_sidecar_image(
     client: Any, base: str, base_id: str, console: Console, force: bool = False
 ) -> str:
     """The network-fault sidecar (iptables, iproute2) on ``base``."""
-    wanted = sidecar_inputs_hash(base_id)
-    existing = image_or_none(client, SIDECAR_IMAGE)
-    if existing is not None and not force and labels_of(existing).get(INPUTS_LABEL) == wanted:
-        console.print(f"{SIDECAR_IMAGE}: up to date ({existing.short_id})")
-        return str(existing.id)
-    started = time.monotonic()
-    console.print(f"{SIDECAR_IMAGE}: building on {base}")
-    image_id = _docker_build(client, SIDECAR_CONTEXT, SIDECAR_IMAGE, {"BASE": base},
-                             {INPUTS_LABEL: wanted, BASE_LABEL: base}, force, console)
-    console.print(f"{SIDECAR_IMAGE}: built {image_id[7:19]} in {time.monotonic() - started:.0f} s")
-    remove_if_dangling(client, None if existing is None else str(existing.id), image_id)
-    return image_id
+    return _build_context_image(client, SIDECAR_IMAGE, SIDECAR_CONTEXT,
+                                sidecar_inputs_hash(base_id), base, console, force)
 
 
 def build_worker_image(

@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from harness import credentials, report, verdicts, vocab
+from harness import credentials, htmlreport, report, verdicts, vocab
 from harness.broker import BrokerAdmin
 from harness.checkers.base import ClaimResult
 from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError
@@ -266,7 +266,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
         console.print("[yellow]interrupted: cleaning up[/yellow]")
         run.cleanup()
         _write_result(run, results, 2, rerun)
-        _scrub(run)
+        credentials.scrub_run_dir(run.run_dir, run.console)
         raise Interrupted(str(exc)) from None
     finally:
         run.cleanup()
@@ -280,33 +280,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
     for p in run.problems:
         console.print(f"[yellow]run problem:[/yellow] {p}")
     _write_result(run, results, code, rerun)
-    _html_report(run)
-    _scrub(run)
+    htmlreport.write_run_report_or_say(run.run_dir, console)
+    credentials.scrub_run_dir(run.run_dir, run.console)
     console.print(f"seed={run.seed}  history={run.run_dir / 'history.jsonl'}")
     console.print(f"rerun: {rerun}")
     return RunOutcome(scenario, run.run_dir, run.seed, results, code, run.problems, rerun,
                       run.broker_semantics)
-
-
-def _html_report(run: Run) -> None:
-    """``report.html`` beside ``result.json``: a presentation, so a failure to
-    draw it is said and changes no verdict."""
-    from harness.htmlreport import write_run_report
-
-    try:
-        path = write_run_report(run.run_dir)
-    except Exception as exc:  # noqa: BLE001 - the verdict stands without its pictures
-        run.console.print(f"[yellow]report.html not written: {type(exc).__name__}: "
-                          f"{exc}[/yellow]")
-        return
-    run.console.print(f"report: {path}")
-
-
-def _scrub(run: Run) -> None:
-    """The safety net of ``harness.credentials``: no file of the run directory
-    keeps the broker's password (a worker may print its own configuration)."""
-    for problem in credentials.scrub_tree(run.run_dir):
-        run.console.print(f"[yellow]{problem}[/yellow]")
 
 
 def _write_result(run: Run, results: list[ClaimResult], code: int, rerun: str) -> None:

@@ -131,27 +131,23 @@ def test_verdicts_become_pass_fail_error_skip_with_one_run(tmp_path: Path) -> No
     assert "Traceback" not in out
 
 
-def test_unknown_can_be_a_skip(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("option", "results", "claim", "reason"), [
+    # --harness-unknown skip: an undecided claim is a skip that says so.
+    (("--harness-unknown", "skip"), "no-loss=true,redelivery-after-crash=unknown",
+     "redelivery-after-crash", "unknown"),
+    # A named gate: a claim outside it is skipped, even when false.
+    (("--harness-gate", "no-loss"), "no-loss=true,redelivery-after-crash=false",
+     "redelivery-after-crash", "not gated"),
+])
+def test_what_does_not_gate_is_a_skip_with_its_reason(
+        tmp_path: Path, option: tuple[str, str], results: str, claim: str,
+        reason: str) -> None:
     p = project(tmp_path)
-    r = pytest_in(p, "--harness-scenarios", "scenarios", "--harness-unknown", "skip",
-                  "--junitxml", "j.xml",
-                  results="no-loss=true,redelivery-after-crash=unknown,"
-                          "exactly-once-ack=true,no-duplicate-processing=true")
+    r = pytest_in(p, "--harness-scenarios", "scenarios", *option, "--junitxml", "j.xml",
+                  results=results + ",exactly-once-ack=true,no-duplicate-processing=true")
     assert r.returncode == 0, r.stdout + r.stderr
-    cases = junit_cases(p / "j.xml")
-    skipped = cases["redelivery-after-crash"].find("skipped")
-    assert skipped is not None and "unknown" in (skipped.get("message") or "")
-
-
-def test_a_named_gate_skips_the_others(tmp_path: Path) -> None:
-    p = project(tmp_path)
-    r = pytest_in(p, "--harness-scenarios", "scenarios", "--harness-gate", "no-loss",
-                  "--junitxml", "j.xml",
-                  results="no-loss=true,redelivery-after-crash=false,"
-                          "exactly-once-ack=true,no-duplicate-processing=true")
-    assert r.returncode == 0, r.stdout + r.stderr
-    skipped = junit_cases(p / "j.xml")["redelivery-after-crash"].find("skipped")
-    assert skipped is not None and "not gated" in (skipped.get("message") or "")
+    skipped = junit_cases(p / "j.xml")[claim].find("skipped")
+    assert skipped is not None and reason in (skipped.get("message") or "")
 
 
 def test_ini_settings_are_read(tmp_path: Path) -> None:
