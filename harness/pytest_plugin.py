@@ -351,14 +351,25 @@ class ClaimItem(pytest.Item):
                             ("run_dir", str(outcome.run_dir)),
                             ("backend", self.config.stash[_SESSION].options().backend)):
             self.user_properties.append((name, value))
+        if not outcome.results:
+            # A run that judged nothing never passes (nor skips): its problems say why.
+            self._attach_log()
+            raise HarnessRunError("no claim was judged: " + ("; ".join(outcome.problems)
+                                                               or "the run gave no result"))
         result = self._result(outcome)
+        gate = self.config.stash[_SESSION].options().gate
         if result is None:
+            if self.claim in self.scenario_file.scenario.claims or (
+                    gate is not None and self.claim in gate):
+                # Asked for (by the scenario or the gate) and not judged: undecided.
+                self._attach_log()
+                raise ClaimUndecided(f"{self.claim} was not judged; run problems: "
+                                     f"{'; '.join(outcome.problems) or 'none'}")
             pytest.skip(f"{self.claim}: not judged (not observable with this worker's "
                         "events)")
         inv = invariant_verdict(result)
         self.user_properties.append(("invariant", vocab.word(inv)))
         self.user_properties.append(("guide_claim", vocab.word(result.valid)))
-        gate = self.config.stash[_SESSION].options().gate
         gated = (self.claim in gate) if gate is not None else observable(result)
         if not gated:
             why = ("not in --harness-gate" if gate is not None

@@ -244,3 +244,28 @@ def test_a_waiting_timing_bound_run_is_not_starved(monkeypatch: pytest.MonkeyPat
     for t in (a, b, c):
         t.join(10)
     assert order == ["A+", "A-", "B+", "B-", "C+", "C-"]
+
+
+def test_a_run_that_judged_nothing_never_passes(tmp_path: Path) -> None:
+    """No result at all (a harness failure inside the run): every item errors,
+    the session fails; nothing is skipped into a green build."""
+    p = project(tmp_path)
+    r = pytest_in(p, "--harness-scenarios", "scenarios", "--junitxml", "j.xml", results="")
+    assert r.returncode == 1, r.stdout + r.stderr
+    cases = junit_cases(p / "j.xml")
+    assert all(c.find("error") is not None for c in cases.values()), r.stdout
+    assert "no claim was judged" in r.stdout
+
+
+def test_a_claim_the_scenario_or_gate_asks_for_and_did_not_get_is_an_error(
+        tmp_path: Path) -> None:
+    p = project(tmp_path)
+    # redelivery-after-crash is the scenario's; exactly-once-ack is named in the gate.
+    r = pytest_in(p, "--harness-scenarios", "scenarios", "--junitxml", "j.xml",
+                  "--harness-gate", "no-loss,exactly-once-ack,redelivery-after-crash",
+                  results="no-loss=true,no-duplicate-processing=true")
+    assert r.returncode == 1, r.stdout + r.stderr
+    cases = junit_cases(p / "j.xml")
+    assert cases["redelivery-after-crash"].find("error") is not None
+    assert cases["exactly-once-ack"].find("error") is not None
+    assert cases["no-loss"].find("error") is None
