@@ -228,7 +228,9 @@ class BrokerAdmin:
         policy key; else the broker's default, which the API does not show).
         Read-only; a queue that does not exist is ``null``. ClusterError when the
         API does not answer."""
-        overview = self._http_or_none("/api/overview") or {}
+        overview = self._http_or_none("/api/overview")
+        if not isinstance(overview, dict):
+            raise ClusterError("the management API gave no /api/overview")
         out: dict[str, Any] = {
             "rabbitmq_version": overview.get("rabbitmq_version"),
             "erlang_version": overview.get("erlang_version"),

@@ -32,6 +32,9 @@ def parse_gate(value: str) -> frozenset[str]:
     from harness.model import CLAIMS
 
     claims = frozenset(c.strip() for c in value.split(",") if c.strip())
+    if not claims:
+        raise OptionsError(f"empty gate {value!r}: name at least one claim, or leave the "
+                           "gate out for the default")
     unknown = sorted(claims - set(CLAIMS))
     if unknown:
         raise OptionsError(f"unknown claim {unknown[0]!r}; known: {', '.join(CLAIMS)}")
@@ -52,7 +55,8 @@ def parse_capabilities(value: str) -> frozenset[str]:
 @dataclass
 class RunOptions:
     backend: str = "local"
-    broker_url: str | None = None
+    # Holds a password: never in a repr (a traceback with --showlocals prints one).
+    broker_url: str | None = field(default=None, repr=False)
     # With broker_url: a vhost dedicated to the harness (else a scratch vhost per run).
     vhost: str | None = None
     seed: int | None = None
@@ -141,6 +145,21 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
         raise OptionsError("--worker-image needs --backend docker (use --worker-cmd for local)")
     if worker_cmd and backend != "local":
         raise OptionsError("--worker-cmd needs --backend local (use --worker-image for docker)")
+    if seed is not None and (isinstance(seed, bool) or not 0 <= seed <= SEED_MAX):
+        raise OptionsError(f"seed {seed!r}: give an integer in 0 .. {SEED_MAX}")
+    from harness.model import CLAIMS, REPORTING_MODES
+
+    if reporting not in REPORTING_MODES:
+        raise OptionsError(f"reporting {reporting!r}: use {' or '.join(REPORTING_MODES)}")
+    for claim, over in (params or {}).items():
+        if claim not in CLAIMS:
+            raise OptionsError(f"params: unknown claim {claim!r}; known: {', '.join(CLAIMS)}")
+        if not isinstance(over, Mapping) or any(
+                isinstance(v, dict | list) for v in over.values()):
+            raise OptionsError(f"params[{claim!r}]: give KEY: value pairs of numbers, words "
+                               "or true/false (e.g. {'base_ms': 500})")
+    if gate is not None and not gate:
+        raise OptionsError("an empty gate: name at least one claim, or leave it out")
     if (worker_cmd or worker_image) and reporting == "minimal":
         raise OptionsError("--reporting sets how the reference worker reports; a brought "
                            "worker reports as it does (drop --reporting)")

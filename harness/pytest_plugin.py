@@ -30,6 +30,7 @@ import dataclasses
 import io
 import json
 import os
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ import pytest
 
 from harness import credentials, vocab
 from harness.checkers.base import ClaimResult, observable
+from harness.model import Scenario
 from harness.options import (
     BROKER_URL_ENV,
     OptionsError,
@@ -60,8 +62,16 @@ EVIDENCE_MAX_CHARS: Final = 4000
 # Claims whose checkers bound time (outages, windows, rates): their runs get the
 # machine to themselves. Faults whose windows are judged likewise.
 TIMING_CLAIMS: Final = frozenset({"health-check", "exactly-one-consumer", "linear-scaling",
-                                  "even-distribution", "partition-recovery", "concurrency"})
-TIMING_FAULTS: Final = frozenset({"pause", "blackhole"})
+                                  "even-distribution", "partition-recovery", "concurrency",
+                                  "retry-backoff", "graceful-shutdown"})
+TIMING_FAULTS: Final = frozenset({"pause", "blackhole", "partition", "reset"})
+RUN_ITEM: Final = "run"  # the item that carries the run's own exit code
+
+
+def timing_bound(sc: Scenario) -> bool:
+    """Does the scenario judge a time bound (so its run needs the cores)?"""
+    return bool(TIMING_CLAIMS & set(sc.claims)) or any(
+        s.fault in TIMING_FAULTS for s in sc.schedule)
 
 # (option, ini name, help, default)
 _OPTIONS: Final = (
@@ -123,6 +133,7 @@ class _Session:
     _opts: RunOptions | None = None
     _suite: contextlib.ExitStack | None = None
     _suite_opts: RunOptions | None = None
+    _suite_error: str | None = None
 
     def options(self) -> RunOptions:
         if self._opts is None:
@@ -132,11 +143,19 @@ class _Session:
     def run_options(self) -> RunOptions:
         """The options runs use: on docker with no broker of the user's, one broker
         for this process's runs, a vhost each (``runner.suite_broker``)."""
+        from harness.cluster.base import ClusterError
+
+        if self._suite_error is not None:
+            raise ClusterError(self._suite_error)  # once is enough: no second 2-min wait
         if self._suite_opts is None:
             from harness.runner import suite_broker
 
             stack = contextlib.ExitStack()
-            self._suite_opts = stack.enter_context(suite_broker(self.options()))
+            try:
+                self._suite_opts = stack.enter_context(suite_broker(self.options()))
+            except ClusterError as exc:
+                self._suite_error = f"the session's broker did not start: {exc}"
+                raise ClusterError(self._suite_error) from None
             self._suite = stack
         return self._suite_opts
 
@@ -208,7 +227,11 @@ def pytest_configure(config: pytest.Config) -> None:
     from_ini = [Path(p) for p in config.getini("harness_scenarios")]
     session.scenario_paths = {p.resolve() for p in (*named, *from_ini)}
     if session.scenario_paths:
-        session.options()  # a wrong option is a usage error now, not 50 errors later
+        opts = session.options()  # a wrong option is a usage error now, not 50 errors later
+        if not hasattr(config, "workerinput"):
+            # Resolved once, here: xdist hands the controller's options to its workers,
+            # so no worker falls back to another backend on a slow engine ping.
+            config.option.harness_backend = opts.backend
     # Named paths are collected like path arguments; the ini's only when pytest runs
     # without path arguments (so `pytest tests/test_x.py` runs just that file).
     extra = list(named)
@@ -223,7 +246,7 @@ def _is_scenario(session: _Session, path: Path) -> bool:
     if path.suffix not in (".yaml", ".yml"):
         return False
     resolved = path.resolve()
-    return resolved in session.scenario_paths or resolved.parent in session.scenario_paths
+    return any(resolved == p or resolved.is_relative_to(p) for p in session.scenario_paths)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -275,7 +298,9 @@ class ScenarioFile(pytest.File):
         from harness.scenario import load_scenario
 
         self.scenario = load_scenario(self.path)
-        for claim in judged_claims(self.scenario.claims):
+        # The claims, then the run itself: its exit code is harness run's (0, 1 or
+        # 2 with the same gate), so the items can never say less than the run.
+        for claim in (*judged_claims(self.scenario.claims), RUN_ITEM):
             item = ClaimItem.from_parent(self, name=claim, claim=claim)
             item.add_marker(pytest.mark.harness_scenario(str(self.path)))
             yield item
@@ -286,11 +311,6 @@ class ScenarioFile(pytest.File):
             return str(excinfo.value)
         return str(super().repr_failure(excinfo))
 
-    @property
-    def timing_bound(self) -> bool:
-        sc = self.scenario
-        return bool(TIMING_CLAIMS & set(sc.claims)) or any(
-            s.fault in TIMING_FAULTS for s in sc.schedule)
 
     def outcome(self) -> RunOutcome:
         """The run, made once for all the file's items."""
@@ -311,21 +331,28 @@ class ScenarioFile(pytest.File):
         session = self.config.stash[_SESSION]
         opts = session.options()
         sc = self.scenario
+        # Not run is not passed (the audit exits 2 for such a claim): an error that
+        # says what to do, never a skip that lets the session go green.
         if opts.backend not in backends_for(sc):
-            self._skip = f"{sc.name} needs --harness-backend {' or '.join(backends_for(sc))}"
+            self._error = (f"{sc.name} cannot run on --harness-backend {opts.backend}: it "
+                           f"needs {' or '.join(backends_for(sc))} (or deselect it)")
             return
         if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
-            self._skip = (f"{sc.name} restarts the broker: it needs a broker of its own "
-                          "(no --harness-broker-url)")
+            self._error = (f"{sc.name} restarts the broker: it needs a broker of its own "
+                           "(drop --harness-broker-url, or deselect it)")
             return
         buffer = io.StringIO()
         console = _console(buffer)
         try:
             check_backend(sc, opts.backend)
-            with cores(exclusive=self.timing_bound):
+            with cores(exclusive=timing_bound(sc)):
                 self._outcome = run_scenario(sc, session.run_options(), console)
         except (ScenarioError, ClusterError, OSError) as exc:
             self._error = f"{sc.name}: {credentials.redact(str(exc))}"
+        except Exception as exc:  # noqa: BLE001 - a harness bug: every item errors, once
+            self._error = credentials.redact(
+                f"{sc.name}: internal error: {type(exc).__name__}: {exc}\n"
+                f"{traceback.format_exc(limit=8)}")
         except Interrupted:
             # Ctrl-C (or SIGTERM): the run cleaned up; stop the session, as pytest would.
             raise KeyboardInterrupt from None
@@ -351,11 +378,24 @@ class ClaimItem(pytest.Item):
                             ("run_dir", str(outcome.run_dir)),
                             ("backend", self.config.stash[_SESSION].options().backend)):
             self.user_properties.append((name, value))
+        if self.claim == RUN_ITEM:
+            self.user_properties.append(("exit_code", outcome.exit_code))
+            if outcome.exit_code == 2 and not (
+                    outcome.problems == [] and _unknown_mode(self.config) == "skip"):
+                self._attach_log()
+                raise ClaimUndecided(credentials.redact(
+                    f"the run is undecided (exit 2): {'; '.join(outcome.problems) or ''}"
+                    f"{'' if outcome.problems else 'a gated claim is unknown or not judged'}"
+                    f"\nrerun: {outcome.rerun}"))
+            if outcome.exit_code == 2:
+                pytest.skip("the run is undecided (exit 2), --harness-unknown skip")
+            return
         if not outcome.results:
             # A run that judged nothing never passes (nor skips): its problems say why.
             self._attach_log()
-            raise HarnessRunError("no claim was judged: " + ("; ".join(outcome.problems)
-                                                               or "the run gave no result"))
+            raise HarnessRunError(credentials.redact(
+                "no claim was judged: " + ("; ".join(outcome.problems)
+                                           or "the run gave no result")))
         result = self._result(outcome)
         gate = self.config.stash[_SESSION].options().gate
         if result is None:
@@ -363,8 +403,9 @@ class ClaimItem(pytest.Item):
                     gate is not None and self.claim in gate):
                 # Asked for (by the scenario or the gate) and not judged: undecided.
                 self._attach_log()
-                raise ClaimUndecided(f"{self.claim} was not judged; run problems: "
-                                     f"{'; '.join(outcome.problems) or 'none'}")
+                raise ClaimUndecided(credentials.redact(
+                    f"{self.claim} was not judged; run problems: "
+                    f"{'; '.join(outcome.problems) or 'none'}"))
             pytest.skip(f"{self.claim}: not judged (not observable with this worker's "
                         "events)")
         inv = invariant_verdict(result)
@@ -374,16 +415,27 @@ class ClaimItem(pytest.Item):
         if not gated:
             why = ("not in --harness-gate" if gate is not None
                    else "not observable with this worker's events")
-            pytest.skip(f"not gated ({why}); invariant {vocab.word(inv)}: {result.summary}")
+            pytest.skip(credentials.redact(
+                f"not gated ({why}); invariant {vocab.word(inv)}: {result.summary}"))
         if inv is None:
             text = _failure_text(result, outcome)
-            if _unknown_mode(self.config) == "skip":
-                pytest.skip(f"unknown: {result.summary}")
+            # A skip for an unknown is the user's choice, but never for a run with
+            # problems (a run that failed to observe is not "undecided by design").
+            if _unknown_mode(self.config) == "skip" and not outcome.problems:
+                pytest.skip(credentials.redact(f"unknown: {result.summary}"))
             self._attach_log()
             raise ClaimUndecided(text)
 
     def runtest(self) -> None:
         outcome = self.scenario_file.outcome()
+        if self.claim == RUN_ITEM:
+            if outcome.exit_code == 1:
+                self._attach_log()
+                violated = [r.claim for r in outcome.results if invariant_verdict(r) is False]
+                raise ClaimViolated(credentials.redact(
+                    f"the run failed (exit 1): {', '.join(violated) or 'a gated invariant'} "
+                    f"violated\nseed: {outcome.seed}\nrerun: {outcome.rerun}"))
+            return
         result = self._result(outcome)
         assert result is not None  # setup skipped otherwise
         if invariant_verdict(result) is False:
@@ -521,8 +573,12 @@ def harness_run(request: pytest.FixtureRequest,
         except OptionsError as exc:
             raise pytest.UsageError(f"harness_run: {credentials.redact(str(exc))}") from None
         check_backend(sc, opts.backend)
+        if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
+            raise pytest.UsageError(f"harness_run: {sc.name} restarts the broker; it needs a "
+                                    "broker of its own (no broker_url)")
         buffer = io.StringIO()
-        outcome = run_scenario(sc, opts, _console(buffer))
+        with cores(exclusive=timing_bound(sc)):
+            outcome = run_scenario(sc, opts, _console(buffer))
         request.node.add_report_section("call", f"harness run {sc.name}", buffer.getvalue())
         for name, value in (("seed", outcome.seed), ("rerun", outcome.rerun),
                             ("run_dir", str(outcome.run_dir))):
@@ -550,7 +606,8 @@ def harness_broker(pytestconfig: pytest.Config) -> Iterator[Any]:
     from harness.containers import BrokerStartError, HarnessBroker
 
     out = Path(_setting(pytestconfig, "out") or "runs")
-    broker = HarnessBroker().with_log_dir(out)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # one log per xdist worker
+    broker = HarnessBroker().with_log_dir(out / worker if worker else out)
     try:
         broker.start()
     except BrokerStartError as exc:

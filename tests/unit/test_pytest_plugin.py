@@ -34,6 +34,7 @@ from pathlib import Path
 import harness.runner
 from harness.checkers.base import ClaimResult
 from harness.options import RunOutcome
+from harness.verdicts import overall_exit_code
 
 WORDS = {"true": True, "false": False, "unknown": None}
 
@@ -52,7 +53,11 @@ def fake_run(scenario, opts, console):
     marker = Path(os.environ["RUN_MARKER"])
     with open(marker, "a") as f:
         f.write(scenario.name + "\\n")
-    return RunOutcome(scenario, Path("runs/fake"), 1234, results, 0, [],
+    problems = [p for p in os.environ.get("FAKE_PROBLEMS", "").split(",") if p]
+    # The exit code as the runner computes it, from these results and the gate.
+    code = overall_exit_code(results, set(opts.gate) if opts.gate else None) \\
+        if results else 2
+    return RunOutcome(scenario, Path("runs/fake"), 1234, results, code, problems,
                       "harness run x.yaml --seed 1234 --backend local")
 
 
@@ -67,8 +72,10 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def pytest_in(path: Path, *args: str, results: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FAKE_RESULTS": results, "RUN_MARKER": str(path / "runs.txt"),
+def pytest_in(path: Path, *args: str, results: str = "",
+              problems: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FAKE_RESULTS": results, "FAKE_PROBLEMS": problems,
+           "RUN_MARKER": str(path / "runs.txt"),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("PYTEST_XDIST_TESTRUNUID", None)
     env.pop("PYTEST_XDIST_WORKER", None)
@@ -89,7 +96,8 @@ def test_items_are_the_claims_and_the_invariants(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     ids = [line for line in r.stdout.splitlines() if "::" in line]
     assert ids == [f"scenarios/tiny.yaml::{c}" for c in (
-        "no-loss", "redelivery-after-crash", "exactly-once-ack", "no-duplicate-processing")]
+        "no-loss", "redelivery-after-crash", "exactly-once-ack", "no-duplicate-processing",
+        "run")]
 
 
 def test_packaged_suite_collects_every_suite_scenario_with_distinct_ids(tmp_path: Path) -> None:
@@ -114,7 +122,8 @@ def test_verdicts_become_pass_fail_error_skip_with_one_run(tmp_path: Path) -> No
     assert (p / "runs.txt").read_text().splitlines() == ["tiny"]  # one run for 4 items
     cases = junit_cases(p / "j.xml")
     assert set(cases) == {"no-loss", "redelivery-after-crash", "exactly-once-ack",
-                          "no-duplicate-processing"}
+                          "no-duplicate-processing", "run"}
+    assert cases["run"].find("failure") is not None  # exit 1, as harness run would give
     failure = cases["no-loss"].find("failure")
     assert failure is not None
     assert "no-loss was false" in (failure.text or failure.get("message") or "")
@@ -165,6 +174,8 @@ def test_ini_settings_are_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (("--harness-backend", "cloud"), "unknown backend 'cloud'"),
     (("--harness-gate", "no-loss,nope"), "unknown claim 'nope'"),
+    (("--harness-gate", ","), "empty gate"),
+    (("--harness-seed", "-1"), "seed -1"),
     (("--harness-capabilities", "telepathy"), "unknown capability 'telepathy'"),
     (("--harness-unknown", "ignore"), "--harness-unknown 'ignore'"),
     (("--harness-worker-image", "me/worker"), "--worker-image needs --backend docker"),
@@ -269,3 +280,57 @@ def test_a_claim_the_scenario_or_gate_asks_for_and_did_not_get_is_an_error(
     assert cases["redelivery-after-crash"].find("error") is not None
     assert cases["exactly-once-ack"].find("error") is not None
     assert cases["no-loss"].find("error") is None
+
+
+def test_a_scenario_the_backend_cannot_run_is_an_error_not_a_skip(tmp_path: Path) -> None:
+    """Network faults on the local backend: the audit's row would be unknown
+    (exit 2), so the items error with what to do; the session is not green."""
+    p = project(tmp_path)
+    (p / "scenarios" / "tiny.yaml").write_text(SCENARIO + textwrap.dedent("""\
+        schedule:
+          - when: {after_s: 1}
+            fault: partition
+            target: worker-1
+            duration_s: 2
+        """))
+    r = pytest_in(p, "--harness-scenarios", "scenarios", "--junitxml", "j.xml",
+                  results="no-loss=true")
+    assert r.returncode == 1, r.stdout + r.stderr
+    cases = junit_cases(p / "j.xml")
+    assert all(c.find("error") is not None for c in cases.values())
+    assert "cannot run on --harness-backend local" in r.stdout
+    assert not (p / "runs.txt").exists()  # nothing ran
+
+
+def test_skip_mode_never_skips_a_run_with_problems(tmp_path: Path) -> None:
+    p = project(tmp_path)
+    r = pytest_in(p, "--harness-scenarios", "scenarios", "--harness-unknown", "skip",
+                  "--junitxml", "j.xml", problems="no task was processed",
+                  results="no-loss=unknown,redelivery-after-crash=unknown,"
+                          "exactly-once-ack=unknown,no-duplicate-processing=unknown")
+    assert r.returncode == 1, r.stdout + r.stderr
+    cases = junit_cases(p / "j.xml")
+    assert cases["no-loss"].find("error") is not None
+    assert cases["run"].find("error") is not None
+    assert "no task was processed" in r.stdout
+
+
+def test_the_run_item_errors_when_a_named_gate_claim_is_not_the_scenarios(
+        tmp_path: Path) -> None:
+    """--harness-gate health-check on a scenario that does not judge it: harness run
+    exits 2; so does the plugin (through the run item), not a green skip."""
+    p = project(tmp_path)
+    r = pytest_in(p, "--harness-scenarios", "scenarios", "--harness-gate", "health-check",
+                  "--junitxml", "j.xml",
+                  results="no-loss=true,redelivery-after-crash=true,"
+                          "exactly-once-ack=true,no-duplicate-processing=true")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert junit_cases(p / "j.xml")["run"].find("error") is not None
+
+
+def test_scenarios_in_subdirectories_are_collected(tmp_path: Path) -> None:
+    p = project(tmp_path)
+    (p / "scenarios" / "net").mkdir()
+    (p / "scenarios" / "net" / "deep.yaml").write_text(SCENARIO.replace("tiny", "deep"))
+    r = pytest_in(p, "--collect-only", "-q", "--harness-scenarios", "scenarios")
+    assert "scenarios/net/deep.yaml::no-loss" in r.stdout
