@@ -1,0 +1,176 @@
+"""``harness_events``: contract v1 events from Celery's signals and from a
+Dramatiq middleware, written by the frameworks themselves (Celery eager and a
+real solo worker on kombu's in-memory transport; Dramatiq's own StubBroker and
+Worker), read back through the harness's one line reader as contract events.
+The RabbitMQ runs of these integrations are issue 13's integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from harness.cluster.lines import LineReader
+from harness.history import Recorder
+from harness_events import LINE_MAX_BYTES, Emitter
+
+
+class Pipe:
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+
+    def lines(self) -> list[dict[str, Any]]:
+        os.close(self.w)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self.r, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        os.close(self.r)
+        return [json.loads(line) for line in data.decode().splitlines()]
+
+
+@pytest.fixture
+def pipe() -> Iterator[Pipe]:
+    yield Pipe()
+
+
+def kinds(lines: list[dict[str, Any]], ident: str) -> list[str]:
+    return [e["event"] for e in lines if e.get("id") == ident]
+
+
+def test_celery_eager_success_failure_and_retry(pipe: Pipe) -> None:
+    from celery import Celery, signals
+
+    from harness_events.celery import install
+
+    app = Celery("t", broker="memory://")
+    app.conf.task_always_eager = True
+    receivers = {s: list(s.receivers or []) for s in (
+        signals.task_success, signals.task_failure, signals.task_retry, signals.task_prerun,
+        signals.task_received, signals.worker_ready, signals.worker_shutting_down)}
+    install(app, Emitter(fd=pipe.w, worker="worker-1"))
+
+    @app.task(bind=True, max_retries=1,  # type: ignore[untyped-decorator]
+              name="harness_events_test.job")
+    def job(self: Any, x: str) -> str:
+        if x == "fail":
+            raise ValueError("boom")
+        if x == "retry" and self.request.retries == 0:
+            raise self.retry(countdown=0.01)
+        return x
+
+    try:
+        job.apply(args=("a",), task_id="t-ok")
+        job.apply(args=("fail",), task_id="t-fail")
+        job.apply(args=("retry",), task_id="t-retry")
+    finally:
+        for sig, before in receivers.items():  # leave Celery's global signals as found
+            sig.receivers = before
+    lines = pipe.lines()
+    assert kinds(lines, "t-ok") == ["processed"]
+    ok = next(e for e in lines if e["id"] == "t-ok")
+    assert ok["attempt"] == 1 and ok["started_ts"] <= ok["ts"] and ok["worker"] == "worker-1"
+    assert kinds(lines, "t-fail") == ["failed"]
+    assert next(e for e in lines if e["id"] == "t-fail")["permanent"] is True
+    assert kinds(lines, "t-retry") == ["retry_scheduled", "processed"]
+    retry = next(e for e in lines if e["id"] == "t-retry")
+    assert retry["attempt"] == 2 and retry["delay_ms"] == 10
+    assert not any(e["event"] == "acked" for e in lines)  # Celery has no ack signal
+
+
+def test_celery_worker_writes_received_with_the_delivery_flag(pipe: Pipe) -> None:
+    from celery import Celery, signals
+    from celery.contrib.testing.worker import start_worker
+
+    from harness_events.celery import install
+
+    app = Celery("t2", broker="memory://", backend="cache+memory://")
+    before = {s: list(s.receivers or []) for s in (
+        signals.task_success, signals.task_failure, signals.task_retry, signals.task_prerun,
+        signals.task_received, signals.worker_ready, signals.worker_shutting_down)}
+    install(app, Emitter(fd=pipe.w, worker="worker-2"))
+
+    @app.task(name="harness_events_test.echo")  # type: ignore[untyped-decorator]
+    def job(x: str) -> str:
+        return x
+
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            job.apply_async(args=("a",), task_id="t-real").get(timeout=20)
+    finally:
+        for sig, receivers in before.items():
+            sig.receivers = receivers
+    lines = pipe.lines()
+    assert kinds(lines, "t-real") == ["received", "processed"]
+    received = next(e for e in lines if e["event"] == "received")
+    assert received["redelivered"] is False and received["attempt"] == 1
+
+
+def test_dramatiq_middleware_on_its_stub_broker(pipe: Pipe) -> None:
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    from harness_events.dramatiq import HarnessEvents
+
+    broker = StubBroker()
+    broker.add_middleware(HarnessEvents(Emitter(fd=pipe.w, worker="worker-1")))
+
+    @dramatiq.actor(max_retries=1, min_backoff=10, max_backoff=20, broker=broker)
+    def job(x: str) -> str:
+        if x == "fail":
+            raise ValueError("boom")
+        return x
+
+    ok, bad = job.send("ok"), job.send("fail")
+    worker = dramatiq.Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join(job.queue_name, fail_fast=False, timeout=20_000)
+        worker.join()
+    finally:
+        worker.stop()
+    lines = pipe.lines()
+    assert kinds(lines, ok.message_id) == ["received", "processed", "acked"]
+    assert next(e for e in lines if e.get("id") == ok.message_id
+                and e["event"] == "acked")["reason"] == "processed"
+    # Attempt 1 fails, a delayed retry is scheduled and the delivery acked as a retry;
+    # attempt 2 fails and, retries exhausted, is rejected to the dead-letter queue.
+    # The delay queue's own ack (moving the retry to the work queue) is no settlement.
+    assert kinds(lines, bad.message_id) == [
+        "received", "failed", "retry_scheduled", "acked", "received", "failed",
+        "dead_lettered"]
+    failed = [e for e in lines if e.get("id") == bad.message_id and e["event"] == "failed"]
+    assert [e["attempt"] for e in failed] == [1, 2]
+    assert {"ready", "shutdown"} <= {e["event"] for e in lines}
+
+
+def test_the_lines_are_contract_events_for_the_harness(pipe: Pipe) -> None:
+    out = Emitter(fd=pipe.w, worker="worker-1")
+    out.emit("received", id="t1", redelivered=False, attempt=1)
+    out.emit("processed", id="t1", attempt=1, started_ts=1.0)
+    out.emit("acked", id="t1", reason="processed")
+    recorder = Recorder(None)
+    seen: list[Any] = []
+    recorder.add_listener(seen.append)
+    reader = LineReader(recorder, "worker-1", None)
+    for line in pipe.lines():
+        reader.feed(json.dumps(line))
+    assert [e.type for e in seen] == ["received", "processed", "acked"]
+    assert reader.foreign == 0 and reader.mismatched_worker == 0
+
+
+def test_a_line_stays_whole_and_a_closed_stdout_fails_nothing(pipe: Pipe) -> None:
+    out = Emitter(fd=pipe.w, worker="w")
+    out.emit("failed", id="x" * 10_000, attempt=1)
+    line = pipe.lines()[0]
+    assert len(json.dumps(line)) < LINE_MAX_BYTES and line["id"].startswith("xxx")
+    Emitter(fd=pipe.w, worker="w").emit("ready")  # the fd is closed now: no exception
