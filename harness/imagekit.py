@@ -160,7 +160,8 @@ def worker_inputs() -> tuple[Path, list[Path]]:
     if not (site / "worker" / "Dockerfile").is_file():
         raise ClusterError(f"no worker/Dockerfile beside {PACKAGE_DIR}: reinstall the package "
                            "(its wheel ships it) or build from a checkout")
-    return site, _tree_files(site / "harness") + _tree_files(site / "worker")
+    return site, [f for p in ("harness", "harness_events", "worker")
+                  for f in _tree_files(site / p)]
 
 
 def cache_dir() -> Path:
@@ -255,7 +256,7 @@ def source_files(root: Path) -> list[Path]:
     for extra in ("README.md", "LICENSE"):
         if (root / extra).is_file():
             files.append(root / extra)
-    for package in ("harness", "worker"):
+    for package in ("harness", "harness_events", "worker"):
         files.extend(_tree_files(root / package))
     return files
 
