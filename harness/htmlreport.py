@@ -298,11 +298,14 @@ def _plots(page: _Page, history: History, result: Mapping[str, Any]) -> None:
               "no redelivered receipt after a fault in this run")
 
 
-def write_run_report(run_dir: Path) -> Path:
-    """Write ``RUN_DIR/report.html`` from its ``result.json`` and history."""
+def write_run_report(run_dir: Path, history: History | None = None) -> Path:
+    """Write ``RUN_DIR/report.html`` from its ``result.json`` and its history
+    (``history``, when the caller has it in memory: a run of a million tasks
+    need not be read back from disk)."""
     result = json.loads((run_dir / "result.json").read_text())
     history_path = run_dir / "history.jsonl"
-    history = History.load(history_path) if history_path.is_file() else History()
+    if history is None:
+        history = History.load(history_path) if history_path.is_file() else History()
     page = _Page(f"{result.get('scenario', run_dir.name)}: {result.get('verdict', '?')}")
     page.add(f"<p>seed <code>{html.escape(str(result.get('seed')))}</code>, backend "
              f"<code>{html.escape(str(result.get('backend')))}</code>, exit code "
@@ -318,11 +321,12 @@ def write_run_report(run_dir: Path) -> Path:
     return page.write(run_dir / REPORT_NAME)
 
 
-def write_run_report_or_say(run_dir: Path, console: Any) -> None:
+def write_run_report_or_say(run_dir: Path, console: Any,
+                            history: History | None = None) -> None:
     """``report.html`` of a run just judged: a presentation, so a failure to draw
     it is said and changes no verdict."""
     try:
-        path = write_run_report(run_dir)
+        path = write_run_report(run_dir, history)
     except Exception as exc:  # noqa: BLE001 - the verdict stands without its pictures
         console.print(f"[yellow]report.html not written: {type(exc).__name__}: {exc}[/yellow]")
         return

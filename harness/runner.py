@@ -280,7 +280,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
     for p in run.problems:
         console.print(f"[yellow]run problem:[/yellow] {p}")
     _write_result(run, results, code, rerun)
-    htmlreport.write_run_report_or_say(run.run_dir, console)
+    htmlreport.write_run_report_or_say(run.run_dir, console, run.recorder.snapshot())
     credentials.scrub_run_dir(run.run_dir, run.console)
     console.print(f"seed={run.seed}  history={run.run_dir / 'history.jsonl'}")
     console.print(f"rerun: {rerun}")
