@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from _child import run_child
 
 from harness.audit import rows_from
 from harness.checkers.base import OBSERVABLE, observable
@@ -46,6 +47,8 @@ from harness.options import RunOutcome
 from harness.scenario import load_scenario
 from harness.verdicts import invariant_verdict, judge_history, reference_verdict
 from harness.vocab import word
+
+AUDIT_TIMEOUT_S = 3600  # a round takes 5-8 min here; an hour means it is stuck
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "scenarios"
@@ -162,8 +165,7 @@ def main() -> int:
                    "--out", str(out), "--no-progress", "--reporting", args.reporting]
             for o in args.only or []:
                 cmd += ["--only", o]
-            code = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                  check=False).returncode
+            code = run_child(cmd, ROOT, AUDIT_TIMEOUT_S).returncode
         bad = alarms_of(out, since, args.rejudge is not None, by_claim)
         status = "ok" if not bad and code == 0 else "ALARM"
         alarms += status != "ok"

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from _child import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 3600
@@ -33,9 +34,8 @@ def worst(words: list[str]) -> str:
 
 def audit_verdicts(out: Path, backend: str) -> tuple[dict[str, str], float]:
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "harness", "audit", "--backend", backend, "--out",
-                    str(out), "--no-progress"], cwd=ROOT, timeout=TIMEOUT_S, check=False,
-                   stdout=subprocess.DEVNULL)
+    run_child([sys.executable, "-m", "harness", "audit", "--backend", backend, "--out",
+               str(out), "--no-progress"], ROOT, TIMEOUT_S, capture=False)
     took = time.monotonic() - t0
     report = json.loads(next(out.glob("audit-*.json")).read_text())
     return {r["claim"]: r["invariant"] for r in report["claims"] if r["scenarios"]}, took
@@ -43,10 +43,10 @@ def audit_verdicts(out: Path, backend: str) -> tuple[dict[str, str], float]:
 
 def plugin_verdicts(project: Path, backend: str) -> tuple[dict[str, str], float]:
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider",
-                    "--harness-scenarios", "suite", "--harness-backend", backend,
-                    "--harness-out", str(project / "runs"), "--junitxml", "j.xml", "-q"],
-                   cwd=project, timeout=TIMEOUT_S, check=False, stdout=subprocess.DEVNULL)
+    run_child([sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider",
+               "--harness-scenarios", "suite", "--harness-backend", backend,
+               "--harness-out", str(project / "runs"), "--junitxml", "j.xml", "-q"],
+              project, TIMEOUT_S, capture=False)
     took = time.monotonic() - t0
     by_claim: dict[str, list[str]] = {}
     for case in ET.parse(project / "j.xml").getroot().iter("testcase"):

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _child import run_child
+
 from harness.model import REPORTING_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +50,7 @@ def run_case(kind: str, name: str, backend: str, reporting: str) -> tuple[bool, 
         cmd += ["--backend", backend, "--out", str(out), "--no-progress",
                 "--reporting", reporting]
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                  timeout=RUN_TIMEOUT_S, check=False)
+            proc = run_child(cmd, ROOT, RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             return False, f"timed out after {RUN_TIMEOUT_S} s"
         if proc.returncode == 0:
