@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-ruff check harness harness_events worker tests benchmarks locustfiles scripts
+ruff check harness harness_events worker examples tests benchmarks locustfiles scripts
 mypy  # the packages (pyproject.toml)
 # Tests and benchmarks too, a folder at a time: two conftest.py would clash as one module.
-for d in tests/conftest.py tests/unit tests/integration tests/quality benchmarks locustfiles scripts/readme_mutants.py; do mypy --strict "$d"; done
+for d in tests/conftest.py tests/unit tests/integration tests/quality benchmarks locustfiles examples scripts/readme_mutants.py; do mypy --strict "$d"; done
 exec pytest -n 2 --dist loadgroup --durations=15 "$@"
