@@ -2,7 +2,7 @@
 subprocess as a user's CI would: collection, options, and how a run's verdicts
 become items. The run itself is a stand-in here (the project's conftest replaces
 ``harness.runner.run_scenario`` with one that returns chosen results); the real
-runs are in tests/integration/test_pytest_plugin.py."""
+runs are in tests/integration/test_plugin_runs.py."""
 
 from __future__ import annotations
 

@@ -21,6 +21,9 @@ from harness.options import RunOptions, rerun_command, worker_spec
 
 # The benchmark is a script, not a package module: load it by path.
 _BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "false_alarms.py"
+# As when run as a script: its own folder first on the path (its helper _child.py).
+if str(_BENCH.parent) not in sys.path:
+    sys.path.insert(0, str(_BENCH.parent))
 _spec = importlib.util.spec_from_file_location("false_alarms", _BENCH)
 assert _spec is not None and _spec.loader is not None
 false_alarms = importlib.util.module_from_spec(_spec)
