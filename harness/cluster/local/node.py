@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Final, TypeVar
 
@@ -56,6 +56,10 @@ T = TypeVar("T")
 LISTEN_PORT_MIN: Final = 20000
 LISTEN_PORT_MAX: Final = 32000
 _port_rng = random.Random()
+# A port handed out is kept from every other harness process this long: a node
+# or a worker binds its ports within seconds of the pick.
+PORT_HOLD_S: Final = 600.0
+PORT_LEDGER_NAME: Final = "rmq-harness-ports.json"
 
 
 def plugin_farm(farm: Path, server: str = RABBITMQ_SERVER,
@@ -104,19 +108,63 @@ def plugin_farm(farm: Path, server: str = RABBITMQ_SERVER,
 
 def free_port(exclude: set[int] | None = None) -> int:
     """A TCP port free on 127.0.0.1 right now, outside the ephemeral range
-    (never 5672/15672/25672/4369)."""
+    (never 5672/15672/25672/4369), and not handed out by this function to any
+    process of this host in the last PORT_HOLD_S.
+
+    A port found free is only free until someone binds it: two processes that
+    pick the same random port (two xdist workers, two runs) would race for it
+    (seen once in a fresh-clone CI run: a worker's health port taken between the
+    pick and the bind). So every pick is recorded, under a lock, in a file all
+    harness processes share, and a recent pick is never handed out again."""
     banned = {4369, 5672, 15672, 25672} | (exclude or set())
-    for _ in range(200):
-        port = _port_rng.randint(LISTEN_PORT_MIN, LISTEN_PORT_MAX)
-        if port in banned:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
+    with _port_ledger() as recent:
+        for _ in range(200):
+            port = _port_rng.randint(LISTEN_PORT_MIN, LISTEN_PORT_MAX)
+            if port in banned or port in recent:
                 continue
-        return port
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            recent[port] = time.time()
+            return port
     raise ClusterError("no free TCP port found on 127.0.0.1 after 200 tries; free some ports")
+
+
+@contextlib.contextmanager
+def _port_ledger() -> Iterator[dict[int, float]]:
+    """The ports handed out lately (port -> when), read and written back under
+    an exclusive lock; entries older than PORT_HOLD_S are dropped. A ledger that
+    cannot be read or written costs the guarantee, never the port."""
+    import fcntl
+    import json
+
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / PORT_LEDGER_NAME
+    try:
+        f = open(path, "a+")  # noqa: SIM115 - held open across the lock's lifetime
+    except OSError:
+        yield {}
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0)
+            try:
+                raw = json.loads(f.read() or "{}")
+            except ValueError:
+                raw = {}
+            now = time.time()
+            recent = {int(p): float(t) for p, t in raw.items()
+                      if isinstance(t, int | float) and now - t < PORT_HOLD_S}
+            yield recent
+            with contextlib.suppress(OSError):
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps({str(p): t for p, t in recent.items()}))
+                f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def sanitize(run_id: str) -> str:
