@@ -9,13 +9,13 @@ The harness publishes ``send_task("harness.task", kwargs={"id": ..., "directives
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Final
 
 from celery import Celery, signals
 
 import harness_events.celery
-from worker.tasks import PermanentError, kill_self, parse_directives
+from examples.directives import obey
+from worker.tasks import kill_self, parse_directives
 
 TASK: Final = "harness.task"
 
@@ -53,16 +53,10 @@ def harness_task(self: Any, id: str, directives: Any = None, payload: Any = None
     attempt = int(self.request.retries or 0) + 1
     info = self.request.delivery_info or {}
     first = attempt == 1 and not info.get("redelivered")
-    if d.crash == "during" and first:
-        time.sleep(d.sleep_ms / 2000)
-        kill_self()
-    if d.sleep_ms:
-        time.sleep(d.sleep_ms / 1000)
-    if d.fail_always:
-        raise PermanentError("fail_always")
-    if attempt <= d.fail_times:
+    step = obey(d, attempt, first)
+    if step == "retry":
         raise self.retry(countdown=RETRY_BASE_S * 2 ** (attempt - 1))
-    if d.crash == "after_process" and first:
+    if step == "crash-after":
         _crash_after.add(self.request.id)
     return id
 

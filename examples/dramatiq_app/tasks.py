@@ -10,14 +10,14 @@ Dramatiq's StubBroker (the unit tests).
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Final
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
+from examples.directives import obey
 from harness_events.dramatiq import HarnessEvents
-from worker.tasks import PermanentError, TransientError, kill_self, parse_directives
+from worker.tasks import TransientError, kill_self, parse_directives
 
 QUEUE: Final = os.environ.get("RABBITMQ_QUEUE", "go.logger")
 RETRY_BASE_MS: Final = int(os.environ.get("WORKER_RETRY_BASE_MS", "500"))
@@ -68,15 +68,9 @@ def harness_task(id: str, directives: Any = None, payload: Any = None) -> Any:
     retries = int((current.options if current is not None else {}).get("retries", 0) or 0)
     redelivered = bool(getattr(current, "redelivered", False))
     first = retries == 0 and not redelivered
-    if d.crash == "during" and first:
-        time.sleep(d.sleep_ms / 2000)
-        kill_self()
-    if d.sleep_ms:
-        time.sleep(d.sleep_ms / 1000)
-    if d.fail_always:
-        raise PermanentError("fail_always")
-    if retries + 1 <= d.fail_times:
+    step = obey(d, retries + 1, first)
+    if step == "retry":
         raise TransientError(f"attempt {retries + 1} of {d.fail_times} failing")
-    if d.crash == "after_process" and first and current is not None:
+    if step == "crash-after" and current is not None:
         return ("crash-after", current.message_id)
     return id
