@@ -33,7 +33,7 @@ from harness.checkers.base import ClaimResult, Valid, observable, worst
 from harness.junit import write_junit
 from harness.options import RunOptions, RunOutcome, worker_identity
 from harness.runner import run_scenario, suite_broker
-from harness.scenario import backends_for, load_scenario, scenarios_dir
+from harness.scenario import backends_for, load_scenario, restarts_broker, scenarios_dir
 from harness.signals import Interrupted
 from harness.verdicts import (
     CLAIMS,
@@ -179,7 +179,7 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
                     console.print(f"[dim]skipping {sc.name}: needs --backend "
                                   f"{'/'.join(backends)}[/dim]")
                     continue
-                if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
+                if opts.broker_url and restarts_broker(sc):
                     for c in sc.claims:
                         skipped.setdefault(c, f"{sc.name} restarts the broker: it needs a "
                                            "broker of its own (no --broker-url)")

@@ -195,7 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from harness.cluster.base import ClusterError
     from harness.runner import run_scenario
-    from harness.scenario import ScenarioError, apply_overrides, check_backend, load_scenario
+    from harness.scenario import (
+        ScenarioError,
+        apply_overrides,
+        check_backend,
+        load_scenario,
+        restarts_broker,
+    )
     from harness.signals import Interrupted
 
     try:
@@ -211,7 +217,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             check_backend(sc, opts.backend)
         except ScenarioError as exc:
             return _err(str(exc))
-        if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
+        if opts.broker_url and restarts_broker(sc):
             return _err(f"{sc.path}: the scenario restarts the broker, and --broker-url's "
                         "broker is not the harness's; run it without --broker-url")
     worst = EXIT_OK

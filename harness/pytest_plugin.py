@@ -292,7 +292,6 @@ class ScenarioFile(pytest.File):
     _outcome: RunOutcome | None = None
     _error: str | None = None
     _log: str = ""
-    _skip: str | None = None
 
     def collect(self) -> Iterator[ClaimItem]:
         from harness.scenario import load_scenario
@@ -311,13 +310,10 @@ class ScenarioFile(pytest.File):
             return str(excinfo.value)
         return str(super().repr_failure(excinfo))
 
-
     def outcome(self) -> RunOutcome:
         """The run, made once for all the file's items."""
-        if self._outcome is None and self._error is None and self._skip is None:
+        if self._outcome is None and self._error is None:
             self._run()
-        if self._skip is not None:
-            pytest.skip(self._skip)
         if self._error is not None:
             raise HarnessRunError(self._error)
         assert self._outcome is not None
@@ -326,7 +322,7 @@ class ScenarioFile(pytest.File):
     def _run(self) -> None:
         from harness.cluster.base import ClusterError
         from harness.runner import run_scenario
-        from harness.scenario import backends_for, check_backend
+        from harness.scenario import backends_for, restarts_broker
 
         session = self.config.stash[_SESSION]
         opts = session.options()
@@ -337,14 +333,13 @@ class ScenarioFile(pytest.File):
             self._error = (f"{sc.name} cannot run on --harness-backend {opts.backend}: it "
                            f"needs {' or '.join(backends_for(sc))} (or deselect it)")
             return
-        if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
+        if opts.broker_url and restarts_broker(sc):
             self._error = (f"{sc.name} restarts the broker: it needs a broker of its own "
                            "(drop --harness-broker-url, or deselect it)")
             return
         buffer = io.StringIO()
         console = _console(buffer)
         try:
-            check_backend(sc, opts.backend)
             with cores(exclusive=timing_bound(sc)):
                 self._outcome = run_scenario(sc, session.run_options(), console)
         except (ScenarioError, ClusterError, OSError) as exc:
@@ -380,16 +375,14 @@ class ClaimItem(pytest.Item):
             self.user_properties.append((name, value))
         if self.claim == RUN_ITEM:
             self.user_properties.append(("exit_code", outcome.exit_code))
-            if outcome.exit_code == 2 and not (
-                    outcome.problems == [] and _unknown_mode(self.config) == "skip"):
-                self._attach_log()
-                raise ClaimUndecided(credentials.redact(
-                    f"the run is undecided (exit 2): {'; '.join(outcome.problems) or ''}"
-                    f"{'' if outcome.problems else 'a gated claim is unknown or not judged'}"
-                    f"\nrerun: {outcome.rerun}"))
-            if outcome.exit_code == 2:
+            if outcome.exit_code != 2:
+                return  # 0 passes; 1 fails in runtest
+            if not outcome.problems and _unknown_mode(self.config) == "skip":
                 pytest.skip("the run is undecided (exit 2), --harness-unknown skip")
-            return
+            why = "; ".join(outcome.problems) or "a gated claim is unknown or not judged"
+            self._attach_log()
+            raise ClaimUndecided(credentials.redact(
+                f"the run is undecided (exit 2): {why}\nrerun: {outcome.rerun}"))
         if not outcome.results:
             # A run that judged nothing never passes (nor skips): its problems say why.
             self._attach_log()
@@ -551,6 +544,7 @@ def harness_run(request: pytest.FixtureRequest,
             apply_overrides,
             check_backend,
             load_scenario,
+            restarts_broker,
             scenario_from_dict,
         )
 
@@ -573,7 +567,7 @@ def harness_run(request: pytest.FixtureRequest,
         except OptionsError as exc:
             raise pytest.UsageError(f"harness_run: {credentials.redact(str(exc))}") from None
         check_backend(sc, opts.backend)
-        if opts.broker_url and any(s.fault == "broker-restart" for s in sc.schedule):
+        if opts.broker_url and restarts_broker(sc):
             raise pytest.UsageError(f"harness_run: {sc.name} restarts the broker; it needs a "
                                     "broker of its own (no broker_url)")
         buffer = io.StringIO()
@@ -589,12 +583,10 @@ def harness_run(request: pytest.FixtureRequest,
 
 
 def _fields(opts: RunOptions) -> dict[str, Any]:
-    """``build_options`` keywords from built options (a harness_run override's base)."""
-    keep = ("backend", "broker_url", "vhost", "seed", "workers", "out", "worker_cmd",
-            "worker_image", "events", "gate", "progress", "capabilities", "queue", "dlq",
-            "params", "reporting")
-    values = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
-    return {k: values[k] for k in keep}
+    """``build_options`` keywords from built options (a harness_run override's base):
+    every field but the suite's shared broker, which ``build_options`` never takes."""
+    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)
+            if f.name != "shared_broker"}
 
 
 @pytest.fixture(scope="session")

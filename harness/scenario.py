@@ -540,6 +540,12 @@ def apply_overrides(scenario: Scenario, workers: int | None = None) -> Scenario:
     return dataclasses.replace(scenario, cluster=cluster)
 
 
+def restarts_broker(scenario: Scenario) -> bool:
+    """Does the schedule restart the broker (so it needs a broker of its own, never
+    one given with --broker-url)?"""
+    return any(s.fault == "broker-restart" for s in scenario.schedule)
+
+
 def backends_for(scenario: Scenario) -> tuple[str, ...]:
     """The backends that can run every fault of the scenario's schedule."""
     return tuple(b for b in vocab.BACKENDS
