@@ -2,216 +2,39 @@
 
     python3 benchmarks/bench_publish.py [--tasks 20000] [--broker-url amqp://...]
 
-Without --broker-url it starts a private RabbitMQ node on free ports (and always
-stops it). Both measurements run in the same run against the same broker, each to
-a fresh durable queue with persistent ~100-byte messages; the queues are deleted
+Without --broker-url it starts a private RabbitMQ node on free ports (the tests'
+``tests/helpers/private_broker.py``, the local backend's starter; always
+stopped). Both measurements run in the same run against the same broker, each to a
+fresh durable queue with persistent ~100-byte messages; the queues are deleted
 afterwards. Prints both rates and their ratio (the target is >= 0.5).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import pwd
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
 import pika
 import pika.exceptions
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tests" / "helpers"):  # the tests' private broker
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from private_broker import PrivateBroker  # noqa: E402
 
 from harness.cluster.base import ClusterError  # noqa: E402
 from harness.history import Recorder  # noqa: E402
 from harness.tasks import Task  # noqa: E402
 from harness.workload import Publisher  # noqa: E402
 
-SERVER_BIN = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 20.0
 MAX_TASKS = 1_000_000
 BODY_SIZE = 100
-
-
-def free_port() -> int:
-    # Below the ephemeral range, so an outgoing connection cannot take it first.
-    from harness.cluster.local import free_port as pick
-
-    return pick()
-
-
-class PrivateBroker:
-    """A throw-away RabbitMQ node on free loopback ports (Debian's rabbitmq-server).
-
-    Runs as the ``rabbitmq`` user in its own process group under a temporary
-    directory; ``stop`` ends it (SIGTERM, then SIGKILL of the group) and removes
-    the directory. The shared ``epmd`` daemon, if the node starts one, is left.
-    """
-
-    def __init__(
-        self,
-        management: bool = False,
-        name_prefix: str = "bench",
-        extra_conf: tuple[str, ...] = (),
-    ) -> None:
-        self.management = management
-        self.extra_conf = extra_conf
-        self.name = f"{name_prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.node = f"{self.name}@localhost"
-        self.port = 0
-        self.mgmt_port = 0
-        self.dir: Path | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def amqp_url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
-
-    @property
-    def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.mgmt_port}"
-
-    def start(self) -> PrivateBroker:
-        if not os.path.exists(SERVER_BIN):
-            raise ClusterError(
-                f"{SERVER_BIN} not found; install it with: apt-get install -y rabbitmq-server"
-            )
-        try:
-            user = pwd.getpwnam("rabbitmq")
-        except KeyError:
-            raise ClusterError("no 'rabbitmq' user; install rabbitmq-server") from None
-        self.port, dist_port = free_port(), free_port()
-        self.mgmt_port = free_port() if self.management else 0
-        self.dir = Path(tempfile.mkdtemp(prefix=f"rmq-{self.name}-"))
-        os.chmod(self.dir, 0o755)
-        for sub in ("mnesia", "log"):
-            (self.dir / sub).mkdir()
-        conf = [f"listeners.tcp.default = {self.port}", "loopback_users = none"]
-        if self.management:
-            conf.append(f"management.tcp.port = {self.mgmt_port}")
-            conf.append("management.tcp.ip = 127.0.0.1")
-        conf.extend(self.extra_conf)
-        (self.dir / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
-        plugins = "[rabbitmq_management]." if self.management else "[]."
-        (self.dir / "enabled_plugins").write_text(plugins + "\n")
-        for p in [self.dir, *self.dir.rglob("*")]:
-            os.chown(p, user.pw_uid, user.pw_gid)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "HOME": user.pw_dir,
-            "LANG": "C.UTF-8",
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_DIST_PORT": str(dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
-            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
-            "RABBITMQ_PID_FILE": str(self.dir / "node.pid"),
-        }
-        log = (self.dir / "log" / "stdout.log").open("wb")
-        try:
-            self.proc = subprocess.Popen(
-                [SERVER_BIN],
-                cwd=str(self.dir),
-                env=env,
-                user=user.pw_uid,
-                group=user.pw_gid,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self._log_tail()
-                self.stop()
-                raise ClusterError(f"private RabbitMQ node exited at start-up: {tail}")
-            if self._answers():
-                return self
-            time.sleep(0.5)
-        self.stop()
-        raise ClusterError(
-            f"private RabbitMQ node did not answer on port {self.port} "
-            f"within {START_TIMEOUT_S:.0f} s"
-        )
-
-    def _answers(self) -> bool:
-        try:
-            params = pika.URLParameters(self.amqp_url)
-            params.socket_timeout = 2
-            params.connection_attempts = 1
-            conn = pika.BlockingConnection(params)
-        except pika.exceptions.AMQPError:
-            return False
-        except OSError:
-            return False
-        with contextlib.suppress(Exception):
-            conn.close()
-        if self.management:
-            import urllib.request
-
-            try:
-                with urllib.request.urlopen(f"{self.management_url}/api/overview", timeout=2):
-                    pass
-            except OSError as e:
-                # 401 means it answers (HTTPError is an OSError with a code)
-                return getattr(e, "code", None) == 401
-        return True
-
-    def _log_tail(self) -> str:
-        if self.dir is None:
-            return ""
-        p = self.dir / "log" / "stdout.log"
-        try:
-            lines = p.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "(no log)"
-        return " | ".join(lines[-3:])[:400]
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=STOP_TIMEOUT_S)
-        if proc is not None:
-            # The group may hold helpers (erl_child_setup, inet_gethost).
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> PrivateBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        et: type[BaseException] | None,
-        ev: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def make_bench_tasks(n: int) -> list[Task]:
@@ -291,26 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tasks = make_bench_tasks(args.tasks)
     broker: PrivateBroker | None = None
-    cluster: Any = None
     try:
         if args.broker_url:
             url = args.broker_url
         else:
-            local: Any
-            try:
-                import harness.cluster.local as local
-            except ImportError:
-                local = None
-            if local is not None:
-                run_dir = Path(tempfile.mkdtemp(prefix="bench-publish-"))
-                cluster = local.LocalCluster(f"benchpub-{uuid.uuid4().hex[:6]}", run_dir,
-                                       Recorder(None))
-                url = cluster.start_broker().amqp_url
-                print(f"private broker (harness.cluster.local) at {url}")
-            else:
-                broker = PrivateBroker(name_prefix="benchpub").start()
-                url = broker.amqp_url
-                print(f"private broker {broker.node} on port {broker.port}")
+            broker = PrivateBroker("benchpub").start()
+            url = broker.url
+            print(f"private broker (harness.cluster.local) on port {broker.port}")
         raw = bench_raw(url, tasks)
         confirmed = bench_publisher(url, tasks, args.window)
         ratio = confirmed / raw if raw else 0.0
@@ -325,10 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if broker is not None:
             broker.stop()
-        if cluster is not None:
-            cluster.stop()
-            shutil.rmtree(cluster.run_dir, ignore_errors=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())

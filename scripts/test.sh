@@ -7,5 +7,5 @@ bash scripts/setup.sh
 ruff check harness harness_events worker examples tests benchmarks locustfiles scripts
 mypy  # the packages (pyproject.toml)
 # Tests and benchmarks too, a folder at a time: two conftest.py would clash as one module.
-for d in tests/conftest.py tests/unit tests/integration tests/quality benchmarks locustfiles examples scripts/readme_mutants.py; do mypy --strict "$d"; done
+for d in tests/conftest.py tests/helpers tests/unit tests/worker tests/integration tests/quality benchmarks locustfiles examples scripts/readme_mutants.py; do mypy --strict "$d"; done
 exec pytest -n 2 --dist loadgroup --durations=15 "$@"

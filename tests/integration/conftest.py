@@ -1,36 +1,17 @@
 """Fixtures shared by the integration tests.
 
-``broker``: a private RabbitMQ node (no Docker) for one test module. Modules that
-need another broker (the docker tests, the publisher's tests) define their own
-``broker`` fixture, which takes precedence over this one.
 ``cluster``: the local backend with its broker started, for one test module.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from conftest_worker import PrivateBroker
-
 from harness.cluster.local import LocalCluster
 from harness.history import Recorder
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[PrivateBroker]:
-    b = PrivateBroker()
-    try:
-        b.start()
-        yield b
-    finally:
-        b.stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_until
 
 from harness.broker import parse_broker_url
 from harness.cluster.base import ClusterError, WorkerSpec
@@ -90,13 +91,8 @@ def fake_spec(script: str = FAKE_WORKER, events: str = "json") -> WorkerSpec:
     )
 
 
-def wait_for(pred: Callable[[], bool], timeout_s: float = 20.0, step_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step_s)
-    return pred()
+def wait_for(pred: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+    return wait_until(pred, timeout_s, 0.1)
 
 
 def events(rec: Recorder, type: str, source: str | None = None,

@@ -20,6 +20,7 @@ from typing import Any
 
 import pika
 import pytest
+from waiting import wait_until
 
 from harness.broker import BrokerAdmin, parse_broker_url
 from harness.cluster.base import BrokerEndpoint, ClusterError, WorkerSpec
@@ -60,13 +61,8 @@ def worker_spec() -> WorkerSpec:
     })
 
 
-def wait_for(pred: Callable[[], bool], timeout_s: float = 30.0, step_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step_s)
-    return pred()
+def wait_for(pred: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    return wait_until(pred, timeout_s, 0.2)
 
 
 def ids_of(rec: Recorder, type: str) -> set[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pika
 import psutil
 import pytest
+from waiting import wait_until
 
 from harness import procs
 from harness.broker import parse_broker_url
@@ -57,12 +58,7 @@ def trivial_spec(**kw: object) -> WorkerSpec:
 
 
 def wait_for(pred: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(pred, timeout_s, 0.05)
 
 
 def events(rec: Recorder, type: str, **match: object) -> list[Event]:

@@ -1,15 +1,13 @@
 """Integration tests of harness.workload.Publisher against a private RabbitMQ node.
 
-The node is started by ``harness.cluster.local.LocalCluster`` (free ports, unique
-node name) or, where that backend is missing, by the small starter in
-``benchmarks/bench_publish.py``; it is always stopped at the end.
+The node is the tests' private broker (``tests/helpers/private_broker.py``, the
+local backend's own starter); it is always stopped at the end.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import json
 import random
 import socket
@@ -26,6 +24,7 @@ from typing import Any
 
 import pika
 import pytest
+from private_broker import PrivateBroker
 
 from harness.history import Event, Recorder
 from harness.model import Distribution, TaskGroup, Workload
@@ -44,53 +43,10 @@ class Broker:
     restart_hard: Callable[[], None] | None  # SIGKILL the node and start it again
 
 
-def _bench_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bench_publish", ROOT / "benchmarks" / "bench_publish.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    try:
-        from harness.cluster.local import LocalCluster
-    except ImportError:
-        pb = _bench_module().PrivateBroker(
-            management=True, name_prefix="wltest",
-            extra_conf=("collect_statistics_interval = 500",),
-        )
-        pb.start()
-        try:
-            yield Broker(pb.amqp_url, pb.management_url, None)
-        finally:
-            pb.stop()
-        return
-    from harness.cluster.base import ClusterError
-
-    # A free port can be taken by another process between its choice and the
-    # node's bind (other nodes run on this machine): try again with new ports.
-    for attempt in range(3):
-        run_dir = tmp_path_factory.mktemp("wlrun")
-        cluster = LocalCluster(f"wltest-{uuid.uuid4().hex[:6]}", run_dir, Recorder(None))
-        try:
-            ep = cluster.start_broker()
-        except ClusterError:
-            cluster.stop()
-            if attempt == 2:
-                raise
-            continue
-        def restart_hard(c: LocalCluster = cluster) -> None:
-            c.restart_broker(hard=True)
-
-        try:
-            yield Broker(ep.amqp_url, ep.management_url, restart_hard)
-        finally:
-            cluster.stop()
-        return
+def broker() -> Iterator[Broker]:
+    with PrivateBroker("wltest") as pb:
+        yield Broker(pb.url, pb.management_url, pb.restart_hard)
 
 
 # -- helpers ---------------------------------------------------------------------

@@ -523,6 +523,19 @@ class NodeSide:
         self._stop_node(record=True, hard=hard)
         self._start_node()
 
+    def stop_broker(self, hard: bool = False) -> None:
+        """Stop the private node and leave it down until ``start_stopped_broker``: an
+        outage longer than a restart (the worker's own tests use it)."""
+        if self._node is None:
+            raise ClusterError("the local backend stops only its own broker")
+        self._stop_node(record=True, hard=hard)
+
+    def start_stopped_broker(self) -> None:
+        """Start the node ``stop_broker`` stopped: same ports, same data."""
+        if self._node is None:
+            raise ClusterError("the local backend starts only its own broker")
+        self._start_node()
+
     @property
     def broker_startup_s(self) -> float | None:
         return self._node.startup_s if self._node else None

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from conftest_worker import (
-    PrivateBroker,
+from private_broker import PrivateBroker
+from waiting import wait_until
+from worker_proc import (
     WorkerProc,
     free_port,
     health,
     running_worker,
     start_ready,
     task_body,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -191,7 +187,7 @@ def test_health_always_ok_and_no_reconnect_through_broker_outage(tmp_path: Path)
             time.sleep(1.5)  # the broker is down, the buggy probe still says yes
             assert health(ports["always-ok"]) == 200
             assert len(no_reconnect.of("connection_lost")) == 1  # no reconnect attempts
-            b.start()
+            b.start_node()
             assert ok.wait_event("ready", 30, count=2), ok.lines[-5:]
             assert always_ok.wait_event("ready", 10, count=2)
             time.sleep(3.0)  # WORKER_RECONNECT_MAX_S=1: a reconnecting worker is back by now

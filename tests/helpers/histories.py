@@ -2,13 +2,16 @@
 
 ``H()`` is a fluent builder: every call appends one event with the next
 timestamp (or the ``ts`` given) and returns the builder; ``build()`` gives the
-:class:`History`. ``clean(n, workers)`` is the history of a fault-free run.
+:class:`History`. ``clean(n, workers)`` is the history of a fault-free run;
+``start``/``start_ready`` the usual beginnings of the checker tests' runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from harness.checkers.base import ClaimResult
 from harness.history import Event, History
 
 
@@ -145,3 +148,56 @@ def clean(n: int = 10, workers: int = 2) -> H:
     for i, t in enumerate(tasks):
         h.task(t, names[i % workers])
     return h
+
+
+# -- the checker tests' common starts -------------------------------------------------------
+
+W1, W2, W3 = "worker-1", "worker-2", "worker-3"
+CAPS: dict[str, Any] = {"directives": True, "health": True, "events": "json"}
+CLUSTER: dict[str, Any] = {"workers": 2, "concurrency": 10, "queue": "q", "dlq": "q.dlq",
+                           "retry_base_ms": 200, "max_attempts": 4, "heartbeat_s": 2,
+                           "grace_s": 10, "queue_type": "classic"}
+
+
+def start(caps: dict[str, Any] | None = None, **over: Any) -> H:
+    """A run of W1..W3 started (not yet ready), with ``CLUSTER`` changed by ``over``."""
+    h = H().run_started({**CLUSTER, **over}, CAPS if caps is None else caps)
+    for w in (W1, W2, W3):
+        h.worker_started(w, ts=1000.0)
+    return h
+
+
+def start_ready(**over: Any) -> H:
+    """Three workers started and ready, five attempts before the DLQ."""
+    h = H().run_started({**CLUSTER, "workers": 3, "max_attempts": 5, **over}, CAPS)
+    for w in (W1, W2, W3):
+        h.worker_started(w, ts=1000.0)
+        h.ready(w, ts=1000.0)
+    return h
+
+
+def kill_run(new_holder: Callable[[H, str], None], ids: tuple[str, ...] = ("a", "b"),
+             dlq: tuple[str, ...] = (), poison: tuple[str, ...] = ()) -> H:
+    """W1 holds ``ids`` and is killed; ``new_holder`` says what W2 does with each."""
+    h = start_ready()
+    for i in ids:
+        h.publish(i, poison=i in poison)
+    for i in ids:
+        h.received(i, W1)
+    h.fault("kill", W1, ts=1001.0).worker_exited(W1, requested=True, ts=1001.05)
+    for i in ids:
+        h.received(i, W2, redelivered=True, ts=1001.5)
+        new_holder(h, i)
+    return h.finish(dlq=list(dlq))
+
+
+def dead_letter_it(h: H, i: str) -> None:
+    h.failed(i, W2, permanent=True).dead_lettered(i, W2, reason="poison")
+
+
+def process_it(h: H, i: str) -> None:
+    h.processed(i, W2).acked(i, W2)
+
+
+def claim_names(results: Iterable[ClaimResult]) -> list[str]:
+    return [r.claim for r in results]

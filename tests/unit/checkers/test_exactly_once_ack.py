@@ -1,0 +1,210 @@
+"""exactly-once-ack: every delivery settled once (acks seen in events or on the broker).
+
+Hand-built histories (``tests/helpers/histories.py``), each claim with a case
+that must be false, one true and one unknown."""
+
+from __future__ import annotations
+
+import pytest
+from histories import (
+    W1,
+    W2,
+    W3,
+    H,
+    claim_names,
+    clean,
+    start_ready,
+)
+
+from harness.checkers import (
+    check_all,
+    exactly_once_ack,
+)
+from harness.history import History
+from harness.verdicts import judge_history
+
+# -- exactly-once-ack -----------------------------------------------------------
+
+def test_ack_true() -> None:
+    r = exactly_once_ack.check(clean(10).finish().build(), {})
+    assert r.valid is True, r.summary
+    assert r.evidence["settled_once"] == 10
+
+
+def test_ack_true_with_dead_letters_and_queued() -> None:
+    h = clean(3).publish("dl").publish("poison").publish("queued")
+    h.received("dl", W1).failed("dl", W1, permanent=True).dead_lettered("dl", W1)
+    h.received("poison", W2).failed("poison", W2, permanent=True)  # broker dead-letters it
+    r = exactly_once_ack.check(h.finish(main=["queued"], dlq=["dl", "poison"]).build(), {})
+    assert r.valid is True, r.summary
+    assert r.evidence["settled_once"] == 5
+
+
+def test_ack_second_settlement_explained_by_kill() -> None:
+    h = clean(3)
+    h.publish("x").received("x", W1).processed("x", W1).acked("x", W1)
+    h.fault("kill", W1).worker_exited(W1, requested=True)
+    h.received("x", W2, redelivered=True).processed("x", W2).acked("x", W2)
+    r = exactly_once_ack.check(h.finish().build(), {})
+    assert r.valid is True, r.summary
+    assert r.explained["count"] == 1 and r.explained["ids"] == ["x"]
+    assert r.explained["by"]["x"]["explained_by"]["fault"] == "fault:kill"
+
+
+def test_ack_kill_recorded_just_before_the_ack_is_within_slack() -> None:
+    h = clean(2).publish("x").received("x", W1, ts=1010.0).processed("x", W1, ts=1010.2)
+    h.fault("kill", W1, ts=1010.25).acked("x", W1, ts=1010.3)
+    h.received("x", W2, redelivered=True, ts=1011.0).processed("x", W2).acked("x", W2)
+    assert exactly_once_ack.check(h.finish().build(), {}).valid is True
+
+
+def test_ack_false_unexplained_double_ack() -> None:
+    h = clean(3).publish("x").received("x", W1).processed("x", W1).acked("x", W1)
+    h.acked("x", W1)
+    r = exactly_once_ack.check(h.finish().build(), {})
+    assert r.valid is False
+    assert r.evidence["unexplained"] == 1 and r.evidence["unexplained_ids"] == ["x"]
+
+
+def test_ack_false_fault_of_another_worker_does_not_explain() -> None:
+    h = clean(3).publish("x").received("x", W1).processed("x", W1).acked("x", W1)
+    h.fault("kill", W3)
+    h.received("x", W2, redelivered=True).processed("x", W2).acked("x", W2)
+    assert exactly_once_ack.check(h.finish().build(), {}).valid is False
+
+
+def test_ack_false_never_settled() -> None:
+    h = clean(3).publish("x").received("x", W1).processed("x", W1)
+    r = exactly_once_ack.check(h.finish().build(), {})
+    assert r.valid is False
+    assert r.evidence["never_settled"] == 1
+
+
+@pytest.mark.parametrize("case", ["no_acks", "nothing_confirmed", "never_settled_no_final"])
+def test_ack_unknown(case: str) -> None:
+    if case == "no_acks":
+        h = H().publish("a").received("a", W1).processed("a", W1).finish()
+    elif case == "nothing_confirmed":
+        h = H().publish("a", outcome="unknown").task("a", W1).finish()
+    else:
+        h = clean(3).publish("x").received("x", W1)
+    r = exactly_once_ack.check(h.build(), {})
+    assert r.valid is None, r.summary
+
+
+def test_ack_then_broker_dead_lettering_is_two_settlements() -> None:
+    h = clean(2).publish("x").received("x", W1).processed("x", W1).acked("x", W1)
+    r = exactly_once_ack.check(h.finish(dlq=["x"]).build(), {})
+    assert r.valid is False and r.evidence["settled_more_than_once"] == 1
+
+
+# -- an ack the dying worker could not report --------------------------------------------------
+
+def _killed_after_ack(redelivered_b: bool = True) -> History:
+    """W1 processes "a" and acks it, but SIGKILL lands before it writes "acked";
+    "b" was only received: the broker redelivers it to W2."""
+    h = clean(30, workers=2).publish("a").publish("b")
+    h.received("a", W1).received("b", W1).processed("a", W1)
+    h.fault("kill", W1).worker_exited(W1, requested=True)
+    if redelivered_b:
+        h.received("b", W2, redelivered=True).processed("b", W2).acked("b", W2)
+    return h.finish().build()
+
+
+def test_unobserved_ack_of_a_killed_worker_counts_once() -> None:
+    [r] = check_all(_killed_after_ack(), ["exactly-once-ack"])
+    assert r.valid is True, r.summary
+    assert r.evidence["acked_unobserved"] == 1 and r.evidence["never_settled"] == 0
+
+
+def test_unobserved_ack_is_not_in_flight_but_the_rest_must_come_back() -> None:
+    [r] = check_all(_killed_after_ack(), ["redelivery-after-crash"])
+    assert r.valid is True, r.summary
+    assert (r.evidence["in_flight"], r.evidence["acked_unobserved"]) == (1, 1)
+    [bad] = check_all(_killed_after_ack(redelivered_b=False), ["redelivery-after-crash"])
+    assert bad.valid is False  # "b" was never processed and never came back
+
+
+def test_a_task_never_processed_is_never_an_unobserved_ack() -> None:
+    h = clean(30, workers=2).publish("a").received("a", W1)
+    h.fault("kill", W1).worker_exited(W1, requested=True)
+    [r] = check_all(h.finish().build(), ["exactly-once-ack"])
+    assert r.valid is False and r.evidence["never_settled"] == 1
+
+
+# -- the broker decides when the run is over --------------------------------------------
+
+def held_run(held: bool, main: list[str]) -> H:
+    h = start_ready().publish("a").publish("b").received("a", W1).received("b", W1)
+    h.processed("b", W1).acked("b", W1)
+    h.add("drain", "harness", complete=not held, waited_s=30.0,
+          held=[{"connection": "worker-1", "unacked": 1, "peer": "127.0.0.1:1"}] if held
+          else [])
+    return h.final_queue("main", main).final_queue("dlq").final_queue("retry")
+
+
+def test_held_deliveries_are_the_workers_failure() -> None:
+    r = exactly_once_ack.check(held_run(True, ["a"]).build(), {})
+    assert r.valid is False and r.evidence["held_ids"] == ["a"]
+    assert "worker-1" in r.summary
+
+
+def test_held_names_every_requeued_id_even_one_the_worker_never_reported() -> None:
+    """The worker swallowed ``z`` without a line: the broker's final read names it."""
+    h = start_ready().publish("z")
+    h.events += held_run(True, ["a", "z"]).events
+    r = exactly_once_ack.check(h.build(), {})
+    assert r.valid is False and r.evidence["held_ids"] == ["a", "z"], r.summary
+
+
+def test_held_with_nothing_requeued_is_judged_as_usual() -> None:
+    h = held_run(False, [])
+    h.processed("a", W1).acked("a", W1)
+    assert exactly_once_ack.check(h.build(), {}).valid is True
+
+
+def test_no_acks_and_nothing_held_is_unknown_and_not_observable() -> None:
+    h = start_ready().publish("a").received("a", W1).processed("a", W1).finish()
+    r = exactly_once_ack.check(h.build(), {})
+    assert r.valid is None and r.evidence["observable"] is False
+    # ...so an unlisted invariant is left out rather than shown as unknown.
+    assert "exactly-once-ack" not in claim_names(judge_history(h.build(), ["no-loss"], {}, []))
+
+
+def test_an_ack_and_an_unreported_dlq_entry_are_never_explained() -> None:
+    h = start_ready().publish("a").received("a", W1).processed("a", W1).acked("a", W1)
+    h.fault("kill", W1)
+    assert exactly_once_ack.check(h.finish(dlq=["a"]).build(), {}).valid is False
+
+
+def test_second_ack_after_own_connection_lost_is_unexplained() -> None:
+    h = start_ready().publish("a").received("a", W1).processed("a", W1).acked("a", W1)
+    h.connection_lost(W1).received("a", W2, redelivered=True).processed("a", W2)
+    h.acked("a", W2)
+    assert exactly_once_ack.check(h.finish().build(), {}).valid is False
+
+
+def test_a_second_ack_of_a_republished_copy_needs_lineage() -> None:
+    """exactly-once-ack: W1 acks ``a`` and publishes it again; a kill right after
+    does not explain the second ack of the new message (false). The same second
+    ack on a redelivery (the broker's copy) is explained by the kill (true)."""
+    def run(republished: bool) -> H:
+        h = start_ready().publish("a").received("a", W1, ts=1000.5).processed("a", W1)
+        h.acked("a", W1, ts=1000.6).fault("kill", W1, ts=1000.62)
+        h.worker_exited(W1, requested=True, ts=1000.65)
+        h.received("a", W2, redelivered=not republished, ts=1001.0).processed("a", W2)
+        return h.acked("a", W2).finish()
+
+    assert exactly_once_ack.check(run(True).build(), {}).valid is False
+    assert exactly_once_ack.check(run(False).build(), {}).valid is True
+
+
+def test_without_acks_a_processed_task_in_the_dlq_is_settled_twice() -> None:
+    """Minimal reporter: the broker's final read finds a processed task in the DLQ
+    that nobody asked to fail: exactly-once-ack is false, not 'unobservable'."""
+    h = start_ready().publish("a").publish("b")
+    h.received("a", W1).processed("a", W1).received("b", W1).processed("b", W1)
+    r = exactly_once_ack.check(h.finish(dlq=["a"]).build(), {})
+    assert r.valid is False and r.evidence["unexplained_ids"] == ["a"], r.summary
+    clean = start_ready().publish("a").received("a", W1).processed("a", W1).finish()
+    assert exactly_once_ack.check(clean.build(), {}).evidence.get("observable") is False

@@ -1,0 +1,324 @@
+"""no-duplicate-processing: a second processing only where an injected fault explains it.
+
+Hand-built histories (``tests/helpers/histories.py``), each claim with a case
+that must be false, one true and one unknown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from histories import (
+    W1,
+    W2,
+    W3,
+    H,
+    clean,
+    start_ready,
+)
+
+from harness.checkers import (
+    check_all,
+    no_duplicate,
+)
+from harness.history import History
+from harness.verdicts import invariant_verdict
+
+# -- no-duplicate-processing ------------------------------------------------------
+
+def test_dup_true() -> None:
+    r = no_duplicate.check(clean(10).finish().build(), {})
+    assert r.valid is True
+    assert r.evidence["invariant_holds"] is True and r.evidence["unexplained"] == 0
+
+
+def test_dup_false_but_explained_by_kill_after_process() -> None:
+    h = clean(4).publish("x").received("x", W1).processed("x", W1)
+    h.fault("kill", W1).worker_exited(W1, requested=True)
+    h.received("x", W2, redelivered=True).processed("x", W2).acked("x", W2)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.valid is False
+    assert r.evidence["invariant_holds"] is True
+    assert r.evidence["unexplained"] == 0 and r.evidence["explained"] == 1
+    assert r.explained["ids"] == ["x"]
+    assert r.explained["by"]["x"][0]["explained_by"]["fault"] == "fault:kill"
+
+
+def test_dup_explained_by_broker_restart_and_by_crash() -> None:
+    h = clean(2).publish("x").publish("y", directives={"crash": "after_process"})
+    h.received("x", W1).processed("x", W1).fault("broker-restart", "broker")
+    h.received("x", W1, redelivered=True).processed("x", W1).acked("x", W1)
+    h.received("y", W2).processed("y", W2).worker_exited(W2, requested=False)
+    h.received("y", W1, redelivered=True).processed("y", W1).acked("y", W1)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["explained"] == 2 and r.evidence["invariant_holds"] is True
+
+
+def test_dup_zombie_ordered_by_start() -> None:
+    # worker-1 is paused mid-task; the broker redelivers to worker-2, which finishes
+    # first; worker-1 resumes and finishes later: still explained by the pause.
+    h = clean(2).publish("x").received("x", W1, ts=1010.0).fault("pause", W1, ts=1010.1)
+    h.received("x", W2, redelivered=True, ts=1040.0).processed("x", W2, ts=1040.1)
+    h.fault("pause", W1, phase="heal", ts=1050.0).processed("x", W1, ts=1050.1)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is True, r.evidence
+
+
+def stale_copy(ack_failed: bool = True, reconnected_before_receipt: bool = False) -> H:
+    """Seen on docker (zombie-pause): x reaches W2's socket as W2 is paused; the
+    broker requeues it to W1, which processes and acks it; W2 resumes, reads the
+    stale delivery from its buffer, processes it and its ack fails."""
+    h = clean(2).ready(W2, ts=1005.0).fault("pause", W2, ts=1011.70).publish("x", ts=1011.74)
+    h.received("x", W1, redelivered=True, ts=1018.8).processed("x", W1, ts=1022.2)
+    h.acked("x", W1, ts=1022.2).fault("pause", W2, phase="heal", ts=1023.75)
+    if reconnected_before_receipt:
+        h.ready(W2, ts=1023.77)
+    h.received("x", W2, ts=1023.78).processed("x", W2, ts=1027.2)
+    if ack_failed:
+        h.ack_failed("x", W2, ts=1027.2)
+    return h.connection_lost(W2, ts=1023.8)
+
+
+def test_dup_stale_copy_read_after_a_pause_is_explained() -> None:
+    r = no_duplicate.check(stale_copy().finish().build(), {})
+    assert r.valid is False  # processed twice: the guide's words are false
+    assert r.evidence["invariant_holds"] is True, r.evidence
+    assert r.explained["by"]["x"][0]["explained_by"]["fault"] == "fault:pause"
+
+
+@pytest.mark.parametrize("case", ["ack_succeeded", "received_on_a_new_connection"])
+def test_dup_stale_copy_needs_a_failed_ack_on_the_faulted_connection(case: str) -> None:
+    h = stale_copy(ack_failed=case != "ack_succeeded",
+                   reconnected_before_receipt=case == "received_on_a_new_connection")
+    if case == "ack_succeeded":
+        h.acked("x", W2, ts=1027.3)  # the broker took the ack: it had not requeued x
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False and r.evidence["unexplained_ids"] == ["x"]
+
+
+def test_dup_stale_copy_does_not_excuse_a_copy_that_came_before_the_fault() -> None:
+    # W1 processes x and requeues it (a bug) before W2 is paused: the duplicate is
+    # W1's doing, even though W2's later copy is stale and its ack fails.
+    h = clean(2).ready(W2, ts=1001.0).publish("x", ts=1002.0)
+    h.received("x", W1, ts=1005.0).processed("x", W1, ts=1006.0)
+    h.fault("pause", W2, ts=1007.0).fault("pause", W2, phase="heal", ts=1020.0)
+    h.received("x", W2, ts=1020.1).processed("x", W2, ts=1021.0).ack_failed("x", W2, ts=1021.0)
+    h.received("x", W3, redelivered=True, ts=1022.0).processed("x", W3, ts=1023.0)
+    h.acked("x", W3, ts=1023.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False and r.evidence["unexplained_ids"] == ["x"]
+
+
+def test_dup_stale_copy_needs_the_workers_connection_record() -> None:
+    # No ``ready`` from W2 (optional in contract v1): the connection's start is
+    # unknown, so an old broker restart must not explain the duplicate.
+    h = clean(2).fault("broker-restart", "broker", ts=1001.0).publish("x", ts=1030.0)
+    h.received("x", W1, ts=1031.0).processed("x", W1, ts=1032.0).acked("x", W1, ts=1032.0)
+    h.received("x", W2, ts=1033.0).processed("x", W2, ts=1034.0).ack_failed("x", W2, ts=1034.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False
+
+
+def test_dup_false_unexplained() -> None:
+    h = clean(4).task("t0001", W2, redelivered=True).finish()
+    r = no_duplicate.check(h.build(), {})
+    assert r.valid is False
+    assert r.evidence["unexplained"] == 1 and r.evidence["invariant_holds"] is False
+    assert r.evidence["unexplained_ids"] == ["t0001"]
+
+
+def test_dup_fault_before_the_first_processing_does_not_explain() -> None:
+    h = clean(2).fault("kill", W1).publish("x").task("x", W1).task("x", W2).finish()
+    assert no_duplicate.check(h.build(), {}).evidence["unexplained"] == 1
+
+
+def test_dup_unknown_nothing_processed() -> None:
+    h = H().publish("a").received("a", W1).finish(main=["a"])
+    assert no_duplicate.check(h.build(), {}).valid is None
+
+
+# -- zombies and fault effect windows (seen on the docker backend) ---------------------------
+
+def _zombie_history(pause_explains: bool, completed_delay_s: float = 0.05) -> History:
+    """W1 receives x as a pause is issued (the freeze takes effect ~40 ms later),
+    the broker redelivers x to W2, which finishes first; W1, resumed, starts
+    its stale copy only after that."""
+    h = clean(40, workers=2).publish("x")
+    if pause_explains:
+        h.fault("pause", W1, ts=1100.0, completed_ts=1100.0 + completed_delay_s)
+    h.received("x", W1, ts=1100.02)
+    h.received("x", W2, redelivered=True, ts=1106.0)
+    h.processed("x", W2, ts=1109.0, started_ts=1106.0).acked("x", W2, ts=1109.01)
+    h.processed("x", W1, ts=1115.0, started_ts=1112.0)
+    h.ack_failed("x", W1, ts=1115.01)
+    return h.finish().build()
+
+
+def test_zombie_that_starts_late_is_explained_by_its_pause() -> None:
+    [r] = check_all(_zombie_history(pause_explains=True), ["no-duplicate-processing"])
+    assert r.valid is False  # the guide's "No duplicates!" is false as worded
+    assert r.evidence["unexplained"] == 0 and r.evidence["invariant_holds"] is True
+    assert r.explained["count"] == 1
+
+
+def test_same_zombie_without_a_fault_is_unexplained() -> None:
+    [r] = check_all(_zombie_history(pause_explains=False), ["no-duplicate-processing"])
+    assert r.valid is False
+    assert r.evidence["unexplained"] == 1 and r.evidence["invariant_holds"] is False
+
+
+# -- only injected faults explain -------------------------------------------------------
+
+def dup_after(cause: Callable[[H], None], crash_directive: bool = False) -> H:
+    directives = {"crash": "after_process"} if crash_directive else None
+    h = start_ready().publish("a", directives=directives)
+    h.received("a", W1).processed("a", W1)
+    cause(h)
+    return h.received("a", W2, redelivered=True).processed("a", W2).acked("a", W2).finish()
+
+
+@pytest.mark.parametrize("cause", [
+    lambda h: h.connection_lost(W1),  # the worker's own word (e.g. a 406 after a double ack)
+    lambda h: h.worker_exited(W1, requested=False),  # an exit nobody asked for
+])
+def test_a_workers_own_loss_explains_no_duplicate(cause: Callable[[H], None]) -> None:
+    r = no_duplicate.check(dup_after(cause).build(), {})
+    assert invariant_verdict(r) is False, r.summary
+
+
+@pytest.mark.parametrize("cause,directive", [
+    (lambda h: h.fault("kill", W1), False),
+    (lambda h: h.worker_exited(W1, requested=False), True),  # the crash directive did it
+])
+def test_an_injected_fault_explains_a_duplicate(cause: Callable[[H], None],
+                                                directive: bool) -> None:
+    r = no_duplicate.check(dup_after(cause, directive).build(), {})
+    assert r.valid is False and invariant_verdict(r) is True, r.summary
+
+
+def test_a_crash_after_a_redelivered_crash_task_is_not_injected() -> None:
+    """The directive fires on a first delivery only: a worker that crashes after a
+    redelivered copy of a crash task crashed on its own."""
+    h = start_ready().publish("x", directives={"crash": "after_process"}).publish("a")
+    h.received("x", W2, redelivered=True).processed("x", W2).acked("x", W2)
+    h.received("a", W2).processed("a", W2).worker_exited(W2, requested=False)
+    h.received("a", W3, redelivered=True).processed("a", W3).acked("a", W3)
+    assert invariant_verdict(no_duplicate.check(h.finish().build(), {})) is False
+
+
+def test_nothing_processed_is_unknown_for_duplicates() -> None:
+    r = no_duplicate.check(start_ready().publish("a").finish().build(), {})
+    assert r.valid is None and invariant_verdict(r) is None
+
+
+def test_a_processed_only_worker_crashing_on_a_crash_task_is_injected() -> None:
+    """No receipts reported: W1's ``processed`` of the crash task, then its exit,
+    show the crash the harness asked for, so W2's second processing is explained;
+    without the directive the same exit explains nothing; nothing processed twice
+    and nothing lost is simply true."""
+    def run(directive: bool) -> H:
+        h = start_ready().publish("a", directives={"crash": "after_process"} if directive else None)
+        h.processed("a", W1, ts=1000.5).worker_exited(W1, requested=False, ts=1000.6)
+        h.processed("a", W2, ts=1001.0)
+        return h.finish()
+
+    explained = no_duplicate.check(run(True).build(), {})
+    assert explained.valid is False and invariant_verdict(explained) is True, explained.summary
+    unexplained = no_duplicate.check(run(False).build(), {})
+    assert invariant_verdict(unexplained) is False, unexplained.summary
+    once = start_ready().publish("a").processed("a", W1, ts=1000.5).finish()
+    assert no_duplicate.check(once.build(), {}).valid is True
+
+
+# -- a second message is explained by lineage, not by a fault alone ----------------------
+
+def test_a_retry_republish_caught_by_a_kill_is_explained_by_lineage() -> None:
+    """The guide's retry pattern (republish, then ack) with a kill between the two:
+    the requeued original and the republished copy both run. Explained."""
+    h = start_ready().publish("a", directives={"fail_times": 1})
+    h.received("a", W1, attempt=1, ts=1000.5).failed("a", W1, attempt=1)
+    h.retry_scheduled("a", W1, attempt=2).fault("kill", W1, ts=1000.7)
+    h.worker_exited(W1, requested=True, ts=1000.75)
+    h.received("a", W2, redelivered=True, attempt=1, ts=1001.0).failed("a", W2, attempt=1)
+    h.retry_scheduled("a", W2, attempt=2).acked("a", W2, reason="retry")
+    h.received("a", W3, attempt=2, ts=1001.5).processed("a", W3, attempt=2).acked("a", W3)
+    h.received("a", W2, attempt=2, ts=1001.8).processed("a", W2, attempt=2).acked("a", W2)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.valid is False and invariant_verdict(r) is True, r.summary
+
+
+def test_a_republish_after_success_is_not_explained_by_a_nearby_kill() -> None:
+    """A worker that acks and then publishes the task again (a second message,
+    ``redelivered`` false): a kill right after does not explain the second run."""
+    def run(republished: bool) -> H:
+        h = start_ready().publish("a").received("a", W1, ts=1000.5).processed("a", W1)
+        h.acked("a", W1).fault("kill", W1, ts=1000.7).worker_exited(W1, requested=True,
+                                                                    ts=1000.75)
+        h.received("a", W2, redelivered=not republished, ts=1001.0).processed("a", W2)
+        return h.acked("a", W2).finish()
+
+    r = no_duplicate.check(run(True).build(), {})
+    assert invariant_verdict(r) is False, r.summary
+    # The same pair as a redelivery (redelivered true) is the broker's doing and
+    # the kill's: explained, as before.
+    assert invariant_verdict(no_duplicate.check(run(False).build(), {})) is True
+
+
+# -- from the skeptic's review: a worker's word must not excuse ----------------------
+
+def test_a_worker_republishing_what_it_processed_has_no_lineage() -> None:
+    """The task was not asked to fail; W1 processed it, a close-connections hit it
+    before the ack, and the worker republished it (attempt 2): the second message
+    is the worker's doing, in both reporting modes (false). A task the harness
+    asked to fail, republished by its failing attempts, is explained (true)."""
+    def worker_bug(acks: bool) -> H:
+        h = start_ready().publish("a", ts=1001.0)
+        h.received("a", W1, attempt=1, ts=1001.1).processed("a", W1, ts=1001.5)
+        h.fault("close-connections", W1, ts=1001.6)
+        h.received("a", W2, redelivered=True, attempt=1, ts=1002.0).processed("a", W2)
+        if acks:
+            h.acked("a", W2)
+        h.received("a", W3, redelivered=False, attempt=2, ts=1003.0).processed("a", W3)
+        if acks:
+            h.acked("a", W3)
+        return h.finish()
+
+    for acks in (True, False):
+        r = no_duplicate.check(worker_bug(acks).build(), {})
+        assert invariant_verdict(r) is False, (acks, r.summary)
+
+    h = start_ready().publish("a", directives={"fail_times": 1}, ts=1001.0)
+    h.received("a", W1, attempt=1, ts=1001.1).failed("a", W1, attempt=1, ts=1001.4)
+    h.fault("close-connections", W1, ts=1001.6)  # after the republish, before the ack
+    h.received("a", W2, redelivered=True, attempt=1, ts=1002.0).failed("a", W2)
+    h.acked("a", W2, reason="retry")
+    h.received("a", W3, attempt=2, ts=1003.0).processed("a", W3).acked("a", W3)
+    h.received("a", W2, attempt=2, ts=1003.5).processed("a", W2).acked("a", W2)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.valid is False and invariant_verdict(r) is True, r.summary
+
+
+def test_a_crash_long_after_a_crash_task_is_the_workers_own() -> None:
+    """A processed-only worker: W1 crashes right after processing the crash task
+    (injected); W2 dies on its own 17 s after processing its copy: not injected,
+    so the duplicate of ``x`` after it is unexplained."""
+    h = start_ready().publish("c", directives={"crash": "after_process"}, ts=1001.0)
+    h.publish("x", ts=1001.0)
+    h.processed("c", W1, ts=1002.0).worker_exited(W1, requested=False, ts=1002.05)
+    h.processed("c", W2, ts=1003.0)
+    h.processed("x", W2, ts=1020.0).worker_exited(W2, requested=False, ts=1020.1)
+    h.processed("x", W3, ts=1022.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert invariant_verdict(r) is False, r.summary
+    # ...while c's own duplicate is explained by W1's asked-for crash.
+    assert "c" not in (r.evidence.get("unexplained_ids") or []), r.evidence
+
+
+def test_a_started_ts_far_before_anything_the_run_allows_is_clamped() -> None:
+    """No receipts: a start reported before an early fault does not let that
+    fault explain a duplicate 15 s later."""
+    h = start_ready().publish("x", ts=1001.0).publish("y", ts=1001.0)
+    h.processed("y", W1, ts=1004.0).fault("close-connections", W1, ts=1005.0)
+    h.processed("x", W1, ts=1020.0, started_ts=0.0).processed("x", W2, ts=1022.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert invariant_verdict(r) is False, r.summary

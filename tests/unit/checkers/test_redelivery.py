@@ -1,0 +1,153 @@
+"""redelivery-after-crash: what a killed worker held comes back and is completed by its new holder.
+
+Hand-built histories (``tests/helpers/histories.py``), each claim with a case
+that must be false, one true and one unknown."""
+
+from __future__ import annotations
+
+import pytest
+from histories import (
+    W1,
+    W2,
+    W3,
+    H,
+    clean,
+    dead_letter_it,
+    kill_run,
+    process_it,
+    start_ready,
+)
+
+from harness.checkers import (
+    redelivery,
+)
+
+# -- redelivery-after-crash -------------------------------------------------------
+
+def _kill_run(complete_t1: bool = True, redeliver_t1: bool = True) -> H:
+    h = clean(4).publish("a").publish("b").publish("c")
+    h.received("a", W1).received("b", W1).received("c", W1).processed("c", W1).acked("c", W1)
+    h.fault("kill", W1).worker_exited(W1, requested=True)
+    h.received("a", W2, redelivered=True).processed("a", W2).acked("a", W2)
+    if redeliver_t1:
+        h.received("b", W2, redelivered=True)
+        if complete_t1:
+            h.processed("b", W2).acked("b", W2)
+    return h
+
+
+def test_redelivery_true() -> None:
+    r = redelivery.check(_kill_run().finish().build(), {})
+    assert r.valid is True, r.summary
+    e = r.evidence
+    assert (e["kills"], e["in_flight"], e["redelivered"]) == (1, 2, 2)
+    assert e["latency_max_s"] > 0 and e["per_kill"][0]["worker"] == W1
+
+
+def test_redelivery_crash_counts_and_merges_with_kill() -> None:
+    h = clean(2).publish("a").received("a", W1).worker_exited(W1, requested=False)
+    h.fault("kill", W1)  # a kill reported right after the crash: the same death
+    h.received("a", W2, redelivered=True).processed("a", W2).acked("a", W2)
+    r = redelivery.check(h.finish().build(), {})
+    assert r.valid is True and r.evidence["kills"] == 1
+
+
+def test_redelivery_to_restarted_worker_counts() -> None:
+    h = clean(2).publish("a").received("a", W1).fault("kill", W1).worker_started(W1)
+    h.received("a", W1, redelivered=True).processed("a", W1).acked("a", W1)
+    assert redelivery.check(h.finish().build(), {}).valid is True
+
+
+def test_redelivery_false_not_redelivered() -> None:
+    r = redelivery.check(_kill_run(redeliver_t1=False).finish().build(), {})
+    assert r.valid is False
+    assert r.evidence["not_redelivered_ids"] == ["b"]
+
+
+def test_redelivery_false_not_completed() -> None:
+    r = redelivery.check(_kill_run(complete_t1=False).finish().build(), {})
+    assert r.valid is False
+    assert r.evidence["not_completed_ids"] == ["b"]
+
+
+@pytest.mark.parametrize("case", ["no_kill", "nothing_in_flight", "no_received",
+                                  "queued_after_incomplete_drain"])
+def test_redelivery_unknown(case: str) -> None:
+    if case == "no_kill":
+        h = clean(5).finish()
+    elif case == "nothing_in_flight":
+        h = clean(5).fault("kill", W1).finish()
+    elif case == "no_received":
+        h = H().publish("a").processed("a", W1).acked("a", W1).fault("kill", W1).finish()
+    else:
+        h = _kill_run(complete_t1=False).finish(main=["b"], complete=False)
+    r = redelivery.check(h.build(), {})
+    assert r.valid is None, r.summary
+
+
+def test_fault_target_falls_back_to_the_event_worker() -> None:
+    h = clean(2).publish("a").received("a", W1)
+    h.add("fault", "nemesis", worker=W1, fault="kill", phase="invoke", ok=True)
+    h.received("a", W2, redelivered=True).processed("a", W2).acked("a", W2)
+    assert redelivery.check(h.finish().build(), {}).valid is True
+
+
+def test_failed_fault_invocation_is_not_a_kill() -> None:
+    h = clean(2).publish("a").received("a", W1).fault("kill", W1, ok=False)
+    h.received("a", W2, redelivered=True).processed("a", W2).acked("a", W2)
+    assert redelivery.check(h.finish().build(), {}).valid is None
+
+
+def test_redelivery_deliveries_before_an_earlier_connection_loss_are_not_in_flight() -> None:
+    h = clean(2).publish("a").publish("b").received("a", W1).connection_lost(W1)
+    h.received("a", W2, redelivered=True).processed("a", W2).acked("a", W2)
+    h.received("b", W1).fault("kill", W1)
+    h.received("b", W2, redelivered=True).processed("b", W2).acked("b", W2)
+    r = redelivery.check(h.finish().build(), {})
+    assert r.valid is True and r.evidence["in_flight"] == 1
+
+
+def test_redelivery_ack_that_got_out_just_after_the_kill_was_not_in_flight() -> None:
+    h = clean(2).publish("a").publish("b").received("a", W1).received("b", W1)
+    h.fault("kill", W1).acked("a", W1)  # the kill lands a few ms later
+    h.received("b", W2, redelivered=True).processed("b", W2).acked("b", W2)
+    r = redelivery.check(h.finish().build(), {})
+    assert r.valid is True and r.evidence["in_flight"] == 1
+
+
+def test_redelivery_complete_only_when_the_new_holder_processed() -> None:
+    bad = redelivery.check(kill_run(dead_letter_it, dlq=("a", "b")).build(), {})
+    assert bad.valid is False and bad.evidence["not_completed"] == 2
+    good = redelivery.check(kill_run(process_it).build(), {})
+    assert good.valid is True, good.summary
+    # Asked to fail: the DLQ is where it belongs, after the redelivery.
+    asked = redelivery.check(kill_run(dead_letter_it, dlq=("a", "b"),
+                                      poison=("a", "b")).build(), {})
+    assert asked.valid is True, asked.summary
+
+
+def test_redelivery_unknown_without_receipts() -> None:
+    h = start_ready().publish("a").processed("a", W1).fault("kill", W1).finish()
+    assert redelivery.check(h.build(), {}).valid is None
+
+
+def test_a_delivery_handed_out_again_before_the_kill_was_not_in_flight() -> None:
+    """A real connection loss requeued ``a``; W2 completed it before W1's kill:
+    W1 no longer held it (the broker's next delivery says so), so nothing of W1's
+    was in flight (unknown), and a kill that caught ``b`` still counts (true)."""
+    def run(with_b: bool) -> H:
+        h = start_ready().publish("a").publish("b").received("a", W1, ts=1000.2)
+        h.connection_lost(W1, ts=1000.3)
+        h.received("a", W2, redelivered=True, ts=1000.4).processed("a", W2).acked("a", W2)
+        if with_b:
+            h.received("b", W1, ts=1000.6)
+        h.fault("kill", W1, ts=1001.0).worker_exited(W1, requested=True, ts=1001.05)
+        if with_b:
+            h.received("b", W3, redelivered=True, ts=1001.5).processed("b", W3)
+            h.acked("b", W3)
+        return h.finish()
+
+    nothing = redelivery.check(run(False).build(), {})
+    assert nothing.valid is None and nothing.evidence["in_flight"] == 0, nothing.summary
+    caught = redelivery.check(run(True).build(), {})
+    assert caught.valid is True and caught.evidence["in_flight"] == 1, caught.summary
