@@ -31,7 +31,7 @@ import harness
 from harness import report, vocab
 from harness.checkers.base import ClaimResult, Valid, observable, worst
 from harness.junit import write_junit
-from harness.options import RunOptions, RunOutcome, worker_identity
+from harness.options import OptionsError, RunOptions, RunOutcome, check_format, worker_identity
 from harness.runner import run_scenario, suite_broker
 from harness.scenario import backends_for, load_scenario, restarts_broker, scenarios_dir
 from harness.signals import Interrupted
@@ -185,6 +185,14 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
                                            "broker of its own (no --broker-url)")
                     console.print(f"[dim]skipping {sc.name}: it restarts the broker, and "
                                   "--broker-url's broker is not the harness's[/dim]")
+                    continue
+                try:
+                    check_format(sc, opts)
+                except OptionsError as exc:
+                    for c in sc.claims:
+                        skipped.setdefault(c, f"{sc.name}: not with --format "
+                                           f"{opts.task_format} (poison bodies)")
+                    console.print(f"[dim]skipping {sc.name}: {exc}[/dim]")
                     continue
                 outcomes.append(run_scenario(sc, run_opts, console))
                 console.print()

@@ -403,15 +403,23 @@ def _queue_info(o: dict[str, Any]) -> QueueInfo:
 
 
 def _message_id(props: Any, body: bytes | None) -> str:
+    """A message's task id, whatever its format (``harness.formats``): the
+    ``message_id`` property; else Celery's ``id`` header (protocol 2); else the
+    ``id`` of a JSON object body (contract v1), or its ``message_id`` (Dramatiq)."""
     mid = getattr(props, "message_id", None)
     if mid:
         return str(mid)
+    headers = getattr(props, "headers", None)
+    if isinstance(headers, dict) and headers.get("id") and headers.get("task"):
+        return str(headers["id"])
     try:
         obj = json.loads(body or b"")
     except (ValueError, UnicodeDecodeError):
         return UNPARSEABLE
-    if isinstance(obj, dict) and obj.get("id") is not None:
-        return str(obj["id"])
+    if isinstance(obj, dict):
+        for key in ("id", "message_id"):
+            if obj.get(key) is not None:
+                return str(obj[key])
     return UNPARSEABLE
 
 

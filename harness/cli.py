@@ -119,7 +119,13 @@ def _run_options(r: argparse.ArgumentParser) -> None:
                    "task bodies), 'health' (serves /healthcheck), comma-separated, or 'none'. "
                    "Default: both for the reference worker, none for a brought one")
     r.add_argument("--queue", help="the worker's queue (overrides the scenario)")
-    r.add_argument("--dlq", help="the worker's dead-letter queue (default <queue>.dlq)")
+    r.add_argument("--dlq", help="the worker's dead-letter queue (default <queue>.dlq; "
+                   "<queue>.XQ with --format dramatiq)")
+    r.add_argument("--format", dest="task_format", choices=vocab.TASK_FORMATS,
+                   default=vocab.FORMAT_CONTRACT_V1,
+                   help="the tasks' wire format, published by the framework's own client: "
+                   "contract-v1 (the default), celery (send_task), dramatiq (enqueue); a "
+                   "framework format needs a brought worker (docs/frameworks.md)")
     r.add_argument("--gate", type=_gate, help="comma-separated claims whose invariant gates "
                    "the exit code (default: every claim of the scenario; for audit, the "
                    "release invariants)")
@@ -194,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from harness.cluster.base import ClusterError
+    from harness.options import OptionsError, check_format
     from harness.runner import run_scenario
     from harness.scenario import (
         ScenarioError,
@@ -215,7 +222,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     for sc in scenarios:
         try:
             check_backend(sc, opts.backend)
-        except ScenarioError as exc:
+            check_format(sc, opts)
+        except (ScenarioError, OptionsError) as exc:
             return _err(str(exc))
         if opts.broker_url and restarts_broker(sc):
             return _err(f"{sc.path}: the scenario restarts the broker, and --broker-url's "
@@ -252,7 +260,8 @@ def _options(args: argparse.Namespace) -> RunOptions | int:
             worker_cmd=args.worker_cmd, worker_image=args.worker_image, events=args.events,
             gate=args.gate, progress=not args.no_progress, capabilities=args.capabilities,
             queue=args.queue, dlq=args.dlq, params=_params(args.param),
-            reporting=getattr(args, "reporting", "full"))
+            reporting=getattr(args, "reporting", "full"),
+            task_format=getattr(args, "task_format", vocab.FORMAT_CONTRACT_V1))
     except OptionsError as exc:
         return _err(str(exc))
 

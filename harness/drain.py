@@ -10,7 +10,7 @@ import time
 from typing import Any, Final
 
 from harness import vocab
-from harness.broker import BrokerAdmin
+from harness.broker import BrokerAdmin, QueueInfo
 from harness.cluster.base import ClusterError
 from harness.history import Recorder
 from harness.live import LiveState
@@ -86,7 +86,7 @@ class BrokerWatch:
                 # Retry queues by name from the management API, their depth over AMQP:
                 # the API's counts lag (seen: 0 for a TTL queue holding 30 messages).
                 retry = sum(max(q.messages, self.admin.passive_depth(q.name) or 0)
-                            for q in self.admin.list_queues(f"{queue}.retry."))
+                            for q in self.retry_queues())
                 info = self.admin.queue_info(queue)
                 unacked = info.unacked if info is not None else 0
             except (ClusterError, OSError) as exc:
@@ -120,6 +120,11 @@ class BrokerWatch:
         self.recorder.record(vocab.DRAIN, "harness", complete=False, waited_s=timeout_s,
                              reason=reason, held=held, unacked=unacked)
         return False
+
+    def retry_queues(self) -> list[QueueInfo]:
+        """The queues that hold delayed retries (``ClusterSpec.retry_prefix``)."""
+        prefix = self.scenario.cluster.retry_prefix
+        return [] if prefix is None else self.admin.list_queues(prefix)
 
     def wait_windows(self) -> None:
         """Until no judged claim is undecided only because the record ends too soon
@@ -180,7 +185,7 @@ class BrokerWatch:
         c = self.scenario.cluster
         queues: list[tuple[str, str]] = [(c.queue, "main"), (c.dlq, "dlq")]
         try:
-            queues += [(q.name, "retry") for q in self.admin.list_queues(f"{c.queue}.retry.")]
+            queues += [(q.name, "retry") for q in self.retry_queues()]
         except (ClusterError, OSError) as exc:
             self.problems.append(f"could not list the retry queues: {exc}")
         try:

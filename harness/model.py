@@ -64,10 +64,31 @@ class ClusterSpec:
     restart_policy: str = "never"  # "never" | "always" (like compose's restart: always)
     queue_type: str = "classic"  # "classic" | "quorum"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The tasks' wire format (``vocab.TASK_FORMATS``, ``harness.formats``): it names
+    # the queues the checkers observe unless the scenario or a flag names them.
+    task_format: str = vocab.FORMAT_CONTRACT_V1
 
     @property
     def dlq(self) -> str:
-        return self.dead_letter_queue or f"{self.queue}.dlq"
+        """The dead-letter queue: the scenario's, else the format's (Dramatiq's
+        ``<queue>.XQ``; ``<queue>.dlq`` for contract v1, and for Celery, which has
+        none of its own: a queue that does not exist reads as empty)."""
+        if self.dead_letter_queue:
+            return self.dead_letter_queue
+        if self.task_format == vocab.FORMAT_DRAMATIQ:
+            return f"{self.queue}.XQ"
+        return f"{self.queue}.dlq"
+
+    @property
+    def retry_prefix(self) -> str | None:
+        """Queues whose names start so hold delayed retries (their depth is work not
+        yet done): contract v1's ``<queue>.retry.*``, Dramatiq's ``<queue>.DQ``;
+        Celery has none (a countdown retry goes back to the work queue)."""
+        if self.task_format == vocab.FORMAT_CONTRACT_V1:
+            return f"{self.queue}.retry."
+        if self.task_format == vocab.FORMAT_DRAMATIQ:
+            return f"{self.queue}.DQ"
+        return None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from harness import vocab
 from harness.checkers.base import ClaimResult
 from harness.cluster.base import Cluster, ClusterError, WorkerSpec
 from harness.history import Recorder
@@ -81,6 +82,8 @@ class RunOptions:
     # The reference worker's reporting mode (``model.REPORTING_MODES``); a brought
     # worker reports as it does.
     reporting: str = "full"
+    # The tasks' wire format and publisher (``vocab.TASK_FORMATS``, ``harness.formats``).
+    task_format: str = vocab.FORMAT_CONTRACT_V1
 
     @property
     def brought_worker(self) -> bool:
@@ -113,7 +116,8 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
                   progress: bool = True, capabilities: frozenset[str] | None = None,
                   queue: str | None = None, dlq: str | None = None,
                   params: Mapping[str, Mapping[str, Any]] | None = None,
-                  reporting: str = "full") -> RunOptions:
+                  reporting: str = "full",
+                  task_format: str = vocab.FORMAT_CONTRACT_V1) -> RunOptions:
     """The options of a run, checked together (the CLI and the pytest plugin both
     build them here); OptionsError with a one-line fix for any that do not fit.
     ``backend`` ``auto`` is resolved (``default_backend``). A broker URL's password
@@ -163,10 +167,30 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
     if (worker_cmd or worker_image) and reporting == "minimal":
         raise OptionsError("--reporting sets how the reference worker reports; a brought "
                            "worker reports as it does (drop --reporting)")
+    if task_format not in vocab.TASK_FORMATS:
+        raise OptionsError(f"format {task_format!r}: use {', '.join(vocab.TASK_FORMATS)}")
+    if task_format != vocab.FORMAT_CONTRACT_V1 and not (worker_cmd or worker_image):
+        raise OptionsError(f"--format {task_format}: the reference worker reads contract v1 "
+                           f"only; bring your {task_format} worker with --worker-cmd or "
+                           "--worker-image")
     return RunOptions(backend=backend, broker_url=broker_url, seed=seed, workers=workers,
                       out=out, vhost=vhost, worker_cmd=worker_cmd, worker_image=worker_image,
                       events=events, gate=gate, progress=progress, capabilities=capabilities,
-                      queue=queue, dlq=dlq, params=dict(params or {}), reporting=reporting)
+                      queue=queue, dlq=dlq, params=dict(params or {}), reporting=reporting,
+                      task_format=task_format)
+
+
+def check_format(scenario: Scenario, opts: RunOptions) -> None:
+    """OptionsError (file and field) when the scenario asks for what the task format
+    cannot carry: a poison body has no framework form."""
+    if opts.task_format == vocab.FORMAT_CONTRACT_V1:
+        return
+    for i, group in enumerate(scenario.workload.groups):
+        if group.poison:
+            raise OptionsError(f"{scenario.path}: workload.groups[{i}].poison: a poison body "
+                               f"has no {opts.task_format} form (the framework's decoder "
+                               "rejects it before any task code); drop the group or use "
+                               "--format contract-v1")
 
 
 def worker_identity(opts: RunOptions) -> dict[str, Any]:
@@ -271,6 +295,8 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
         parts += ["--queue", opts.queue]
     if opts.dlq:
         parts += ["--dlq", opts.dlq]
+    if opts.task_format != vocab.FORMAT_CONTRACT_V1:
+        parts += ["--format", opts.task_format]
     for claim, over in sorted(opts.params.items()):
         for key, value in sorted(over.items()):
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
@@ -298,10 +324,11 @@ def worker_spec(scenario: Scenario, opts: RunOptions, run_id: str) -> WorkerSpec
 
 def apply_options(scenario: Scenario, opts: RunOptions) -> Scenario:
     """The scenario with the command line's queue names and checker parameters."""
-    if opts.queue or opts.dlq:
+    if opts.queue or opts.dlq or opts.task_format != scenario.cluster.task_format:
         scenario = dataclasses.replace(scenario, cluster=dataclasses.replace(
             scenario.cluster, queue=opts.queue or scenario.cluster.queue,
-            dead_letter_queue=opts.dlq or scenario.cluster.dead_letter_queue))
+            dead_letter_queue=opts.dlq or scenario.cluster.dead_letter_queue,
+            task_format=opts.task_format))
     if opts.params:
         merged = {c: dict(p) for c, p in scenario.params.items()}
         for claim, over in opts.params.items():
@@ -322,7 +349,7 @@ def run_started(scenario: Scenario, opts: RunOptions, seed: int, run_id: str,
                  "dlq": c.dlq, "retry_base_ms": c.retry_base_ms,
                  "max_attempts": c.max_attempts, "heartbeat_s": c.heartbeat_s,
                  "grace_s": c.grace_s, "queue_type": c.queue_type,
-                 "restart_policy": c.restart_policy},
+                 "restart_policy": c.restart_policy, "task_format": c.task_format},
         capabilities={"directives": "directives" in caps, "health": "health" in caps,
                       "events": "regex" if opts.events.startswith("regex:") else "json"},
         worker_under_test={"cmd": opts.worker_cmd, "image": opts.worker_image,

@@ -136,7 +136,7 @@ class Run:
             self.recorder.record(vocab.PUBLISH_STARTED, "harness", tasks=len(tasks))
             self.schedule.start()
             publisher = self.cluster.publisher(self.endpoint, sc.cluster.queue, self.recorder,
-                                               wl.publish_timeout_s)
+                                               wl.publish_timeout_s, sc.cluster.task_format)
             stats = publisher.publish(tasks, rate_per_s=wl.rate_per_s)
             self.recorder.record(vocab.PUBLISH_FINISHED, "harness", ok=stats.ok, fail=stats.fail,
                                  unknown=stats.unknown, elapsed_s=round(stats.elapsed_s, 3))

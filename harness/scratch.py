@@ -270,7 +270,7 @@ class DedicatedVhost:
         self.admin = BrokerAdmin(self.endpoint)
         self.existing: set[str] = set()  # the scenario's queues there before the run
 
-    def open(self, own: tuple[str, ...], own_prefix: str) -> BrokerEndpoint:
+    def open(self, own: tuple[str, ...], own_prefix: str | None) -> BrokerEndpoint:
         """Refuse (ClusterError listing them) when the vhost holds a queue the
         scenario does not declare, or one of its queues with messages in it."""
         try:
@@ -288,7 +288,7 @@ class DedicatedVhost:
         foreign, busy = [], []
         for q in queues if isinstance(queues, list) else []:
             name = str(q.get("name", "")) if isinstance(q, dict) else ""
-            if name in own or name.startswith(own_prefix):
+            if _owned(name, own, own_prefix):
                 if isinstance(q, dict) and int(q.get("messages") or 0) > 0:
                     busy.append(f"{name} ({q.get('messages')} messages)")
                 elif isinstance(q, dict) and int(q.get("consumers") or 0) > 0:
@@ -303,14 +303,14 @@ class DedicatedVhost:
                                f"{listed}; give the harness an empty vhost of its own")
         return self.endpoint
 
-    def close(self, own: tuple[str, ...], own_prefix: str) -> str | None:
+    def close(self, own: tuple[str, ...], own_prefix: str | None) -> str | None:
         """Delete the scenario's queues (its main queue, DLQ, retry queues) that
         this run created; those that were there before stay."""
         try:
             queues = self.admin.request("GET", f"/api/queues/{_q(self.name)}?columns=name")
             names = [str(q.get("name", "")) for q in queues if isinstance(q, dict)]
             for name in names:
-                if (name in own or name.startswith(own_prefix)) and name not in self.existing:
+                if _owned(name, own, own_prefix) and name not in self.existing:
                     self.admin.request("DELETE", f"/api/queues/{_q(self.name)}/{_q(name)}")
         except (urllib.error.URLError, OSError, ValueError) as e:
             return f"could not delete the run's queues in vhost {self.name}: {e}"
@@ -335,7 +335,7 @@ def open_run_vhost(broker_url: str, vhost: str | None, scenario: Scenario, run_i
     c = scenario.cluster
     if vhost:
         dedicated = DedicatedVhost(base, vhost)
-        ep = dedicated.open((c.queue, c.dlq), f"{c.queue}.retry.")
+        ep = dedicated.open((c.queue, c.dlq), c.retry_prefix)
         recorder.record(vocab.VHOST, "harness", name=dedicated.name, scratch=False)
         return dedicated, ep
     scratch = ScratchVhost(base, run_id)
@@ -350,4 +350,9 @@ def close_run_vhost(vhost: ScratchVhost | DedicatedVhost, scenario: Scenario) ->
     c = scenario.cluster
     if isinstance(vhost, ScratchVhost):
         return vhost.close()
-    return vhost.close((c.queue, c.dlq), f"{c.queue}.retry.")
+    return vhost.close((c.queue, c.dlq), c.retry_prefix)
+
+
+def _owned(name: str, own: tuple[str, ...], prefix: str | None) -> bool:
+    """Is ``name`` one of the scenario's queues (by name, or a retry queue's prefix)?"""
+    return name in own or (prefix is not None and name.startswith(prefix))

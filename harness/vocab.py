@@ -138,6 +138,12 @@ CLAIMS: Final = (
 # a worker a user brings. The harness must judge both soundly.
 REPORTING_MODES: Final = ("full", "minimal")
 
+# Task formats (``harness.formats``): the wire format of a task and who publishes it.
+FORMAT_CONTRACT_V1: Final = "contract-v1"
+FORMAT_CELERY: Final = "celery"
+FORMAT_DRAMATIQ: Final = "dramatiq"
+TASK_FORMATS: Final = (FORMAT_CONTRACT_V1, FORMAT_CELERY, FORMAT_DRAMATIQ)
+
 # -- verdict words ------------------------------------------------------------------
 
 TRUE: Final = "true"

@@ -39,6 +39,9 @@ app.conf.update(
     worker_prefetch_multiplier=int(os.environ.get("CELERY_PREFETCH_MULTIPLIER", "4")),
     task_acks_on_failure_or_timeout=_flag("CELERY_ACKS_ON_FAILURE_OR_TIMEOUT", True),
     worker_concurrency=int(os.environ.get("WORKER_CONCURRENCY", "1")),
+    # No remote control: its reply queue is exclusive per node name, and the workers
+    # of a run share one host name (celery@host), so a second worker could not start.
+    worker_enable_remote_control=False,
 )
 harness_events.celery.install(app)
 

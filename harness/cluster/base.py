@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import quote
 
+from harness import vocab
 from harness.history import Recorder
 
 W = TypeVar("W")
@@ -31,6 +32,7 @@ CONNECTIONS_LISTED_WAIT_S: Final = 6.0
 
 if TYPE_CHECKING:
     from harness.broker import BrokerAdmin, ConnectionInfo
+    from harness.formats import FrameworkPublisher
     from harness.workload import Publisher
 
 
@@ -180,8 +182,22 @@ class Cluster(abc.ABC):
         return BrokerAdmin(endpoint)
 
     def publisher(self, endpoint: BrokerEndpoint, queue: str, recorder: Recorder,
-                  timeout_s: float) -> Publisher:
-        """The harness's publisher of the run's tasks."""
+                  timeout_s: float, task_format: str = vocab.FORMAT_CONTRACT_V1
+                  ) -> Publisher | FrameworkPublisher:
+        """The harness's publisher of the run's tasks: its own for contract v1, the
+        framework's client for a framework format (``harness.formats``)."""
+        if task_format != vocab.FORMAT_CONTRACT_V1:
+            from harness.formats import publisher_for
+
+            def queue_exists(name: str) -> bool:
+                admin = self.broker_admin(endpoint)
+                try:
+                    return admin.passive_depth(name) is not None
+                finally:
+                    admin.close()
+
+            return publisher_for(task_format, endpoint.amqp_url, queue, recorder, timeout_s,
+                                 queue_exists=queue_exists)
         from harness.workload import Publisher
 
         return Publisher(endpoint.amqp_url, queue, recorder, timeout_s=timeout_s)

@@ -189,7 +189,7 @@ class FakeCluster(Cluster):
         return FakeAdmin(self.broker, self)
 
     def publisher(self, endpoint: BrokerEndpoint, queue: str, recorder: Recorder,
-                  timeout_s: float) -> Publisher:
+                  timeout_s: float, task_format: str = vocab.FORMAT_CONTRACT_V1) -> Publisher:
         self.queue = queue
         return FakePublisher(self.broker, recorder)
 

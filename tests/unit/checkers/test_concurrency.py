@@ -1,7 +1,4 @@
-"""concurrency: the worker runs its configured number of tasks at once, no more.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""concurrency: the worker runs its configured number of tasks at once, no more."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""dead-letter: what was asked to fail reaches the DLQ once, nothing else does.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""dead-letter: what was asked to fail reaches the DLQ once, nothing else does."""
 
 from __future__ import annotations
 

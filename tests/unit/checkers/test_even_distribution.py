@@ -1,7 +1,4 @@
-"""even-distribution: every consuming worker compared, an idle one with 0.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""even-distribution: every consuming worker compared, an idle one with 0."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""exactly-once-ack: every delivery settled once (acks seen in events or on the broker).
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""exactly-once-ack: every delivery settled once (acks seen in events or on the broker)."""
 
 from __future__ import annotations
 

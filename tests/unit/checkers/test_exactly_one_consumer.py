@@ -1,7 +1,4 @@
-"""exactly-one-consumer: no task held by two workers at once without a fault.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""exactly-one-consumer: no task held by two workers at once without a fault."""
 
 from __future__ import annotations
 

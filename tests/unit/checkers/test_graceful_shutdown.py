@@ -1,7 +1,4 @@
-"""graceful-shutdown: a SIGTERMed worker finishes what it holds and exits in time.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""graceful-shutdown: a SIGTERMed worker finishes what it holds and exits in time."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""health-check: the probe turns unhealthy in an outage and healthy again after it.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""health-check: the probe turns unhealthy in an outage and healthy again after it."""
 
 from __future__ import annotations
 

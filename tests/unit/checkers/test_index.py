@@ -1,7 +1,4 @@
-"""The checker registry, the history index and the facts every checker reads.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""The checker registry, the history index and the facts every checker reads."""
 
 from __future__ import annotations
 

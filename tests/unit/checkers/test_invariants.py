@@ -1,7 +1,4 @@
-"""The invariants: always judged, and a run problem turns a true invariant unknown.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""The invariants: always judged, and a run problem turns a true invariant unknown."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""linear-scaling: throughput per phase grows with the number of workers.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""linear-scaling: throughput per phase grows with the number of workers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""no-duplicate-processing: a second processing only where an injected fault explains it.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""no-duplicate-processing: a second processing only where an injected fault explains it."""
 
 from __future__ import annotations
 

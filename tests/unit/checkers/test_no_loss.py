@@ -1,7 +1,4 @@
-"""no-loss: every confirmed task processed, or accounted for by the broker.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""no-loss: every confirmed task processed, or accounted for by the broker."""
 
 from __future__ import annotations
 

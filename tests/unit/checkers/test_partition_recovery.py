@@ -1,7 +1,4 @@
-"""partition-recovery: a worker cut off from the broker works again after the heal.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""partition-recovery: a worker cut off from the broker works again after the heal."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""redelivery-after-crash: what a killed worker held comes back and is completed by its new holder.
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""redelivery-after-crash: what a killed worker held comes back, completed by its new holder."""
 
 from __future__ import annotations
 

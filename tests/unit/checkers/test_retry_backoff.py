@@ -1,7 +1,4 @@
-"""retry-backoff: per-task gaps that grow exponentially (jitter modes too).
-
-Hand-built histories (``tests/helpers/histories.py``), each claim with a case
-that must be false, one true and one unknown."""
+"""retry-backoff: per-task gaps that grow exponentially (jitter modes too)."""
 
 from __future__ import annotations
 

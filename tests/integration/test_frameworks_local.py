@@ -1,0 +1,71 @@
+"""Celery and Dramatiq workers nobody here wrote, under the harness (local backend):
+the example apps (examples/), tasks published by each framework's own client
+(``--format``), events from harness_events. The kill in crash-recovery.yaml tells
+Celery's default (acknowledge on receipt) from ``task_acks_late``, and Dramatiq
+(acknowledge after the actor) passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-runs")]
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def celery_worker(*env: str) -> str:
+    celery = shutil.which("celery", path=str(BIN)) or "celery"
+    # The scenario's concurrency reaches the app as WORKER_CONCURRENCY (no -c here).
+    return " ".join(["env", *env, celery, "-A", "examples.celery_app.tasks", "worker",
+                     "-Q", "go.logger", "--pool", "threads", "--without-gossip",
+                     "--without-mingle", "--without-heartbeat", "-l", "warning"])
+
+
+DRAMATIQ_WORKER = (f"{sys.executable} -m dramatiq examples.dramatiq_app.tasks --processes 1 "
+                   f"--threads 4 --queues go.logger --path {ROOT}")
+
+
+def run(fmt: str, worker_cmd: str, out: Path,
+        scenario: str = "crash-recovery.yaml") -> tuple[int, dict[str, dict[str, object]]]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / scenario),
+         "--backend", "local", "--format", fmt, "--worker-cmd", worker_cmd,
+         "--capabilities", "directives", "--out", str(out), "--no-progress"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    results = sorted(out.glob("*/result.json"))
+    assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
+    data = json.loads(results[-1].read_text())
+    return proc.returncode, {c["claim"]: c for c in data["claims"]}
+
+
+def test_celery_default_acks_early_loses_what_a_kill_interrupts(tmp_path: Path) -> None:
+    code, claims = run("celery", celery_worker(), tmp_path)
+    assert code == 1, claims
+    assert claims["no-loss"]["valid"] == "false", claims["no-loss"]
+    assert claims["redelivery-after-crash"]["valid"] == "false"
+    # Celery's signals do not show acks: never true, and it is said.
+    assert claims["exactly-once-ack"]["valid"] == "unknown"
+
+
+def test_celery_acks_late_keeps_every_task_through_a_kill(tmp_path: Path) -> None:
+    code, claims = run("celery", celery_worker("CELERY_ACKS_LATE=true"), tmp_path)
+    assert code == 0, claims
+    for claim in ("no-loss", "redelivery-after-crash", "no-duplicate-processing"):
+        assert claims[claim]["valid"] == "true", claims[claim]
+
+
+def test_dramatiq_keeps_every_task_through_a_kill(tmp_path: Path) -> None:
+    code, claims = run("dramatiq", DRAMATIQ_WORKER, tmp_path)
+    assert code == 0, claims
+    for claim in ("no-loss", "exactly-once-ack", "redelivery-after-crash",
+                  "no-duplicate-processing"):
+        assert claims[claim]["valid"] == "true", claims[claim]
