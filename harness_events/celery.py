@@ -3,11 +3,23 @@
 | contract event | Celery signal | fields |
 |---|---|---|
 | ``ready`` | ``worker_ready`` | |
-| ``received`` | ``task_received`` (the consumer got it) | ``redelivered``, ``attempt`` |
+| ``received`` | ``task_received`` (ETA: ``task_prerun``) | ``redelivered``, ``attempt`` |
 | ``processed`` | ``task_success`` | ``attempt``, ``started_ts`` (``task_prerun``) |
+| ``failed`` (``permanent: false``) | ``before_task_publish`` of a retry | ``attempt`` |
 | ``retry_scheduled`` | ``task_retry`` | ``attempt`` (the next), ``delay_ms`` when the retry says |
 | ``failed`` | ``task_failure`` (no retry follows) | ``attempt``, ``permanent: true`` |
 | ``shutdown`` | ``worker_shutting_down`` | |
+
+A retried attempt ends when the task asks for the retry: Celery republishes the
+task then, and the ``failed`` of that attempt is written just before the
+republish (``before_task_publish``, in the process running the task), so the
+retry's gap does not lose the publish's time (``task_retry`` comes after it).
+
+A task with an ETA, which is what a countdown retry is, reaches the worker at
+once and waits in the worker until it is due: its receipt is written when it
+starts, so the gap before a retry is the time the task really waited (and a
+worker killed while it holds such a task is not said to hold it: less evidence,
+never more).
 
 No ``acked``: Celery acknowledges in its consumer, with no signal (early by
 default, after the task with ``acks_late``), so exactly-once-ack is not
@@ -42,17 +54,35 @@ def install(app: Any = None, emitter: Emitter | None = None) -> Emitter:
     def on_ready(**_: Any) -> None:
         out.emit("ready")
 
-    def on_received(request: Any = None, **_: Any) -> None:
-        if request is None:
-            return
+    def received(request: Any) -> None:
         info = getattr(request, "delivery_info", None) or {}
         redelivered = info.get("redelivered") if isinstance(info, dict) else None
         out.emit("received", id=request.id, redelivered=redelivered,
                  attempt=_retries(request) + 1)
 
-    def on_prerun(task_id: str | None = None, **_: Any) -> None:
-        if task_id is not None:
-            _started[task_id] = time.time()
+    def on_received(request: Any = None, **_: Any) -> None:
+        if request is None or getattr(request, "eta", None):
+            return  # an ETA task: written when it starts (on_prerun)
+        received(request)
+
+    def on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        if task_id is None:
+            return
+        _started[task_id] = time.time()
+        # The task's request here is the one that runs, in the process that runs it
+        # (a prefork child too): its eta says it waited in the worker.
+        request = getattr(task, "request", None)
+        if getattr(request, "eta", None) and getattr(request, "id", None) == task_id:
+            received(request)
+
+    def on_before_publish(headers: Any = None, **_: Any) -> None:
+        # A publish of a task that runs in this process, with a retry count: its own
+        # retry (Celery's Task.retry republishes it before raising Retry).
+        if not isinstance(headers, dict):
+            return
+        task_id, retries = headers.get("id"), headers.get("retries")
+        if task_id in _started and isinstance(retries, int) and retries >= 1:
+            out.emit("failed", id=task_id, attempt=retries, permanent=False)
 
     def on_success(sender: Any = None, **_: Any) -> None:
         request = getattr(sender, "request", None)
@@ -85,6 +115,7 @@ def install(app: Any = None, emitter: Emitter | None = None) -> Emitter:
     signals.worker_ready.connect(on_ready, weak=False)
     signals.task_received.connect(on_received, weak=False)
     signals.task_prerun.connect(on_prerun, weak=False)
+    signals.before_task_publish.connect(on_before_publish, weak=False)
     signals.task_success.connect(on_success, weak=False)
     signals.task_retry.connect(on_retry, weak=False)
     signals.task_failure.connect(on_failure, weak=False)

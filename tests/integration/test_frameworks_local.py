@@ -69,3 +69,14 @@ def test_dramatiq_keeps_every_task_through_a_kill(tmp_path: Path) -> None:
     for claim in ("no-loss", "exactly-once-ack", "redelivery-after-crash",
                   "no-duplicate-processing"):
         assert claims[claim]["valid"] == "true", claims[claim]
+
+
+def test_celery_countdown_retries_back_off_and_retries_at_once_do_not(tmp_path: Path) -> None:
+    code, claims = run("celery", celery_worker(), tmp_path / "backoff", "retry-backoff.yaml")
+    assert claims["retry-backoff"]["valid"] == "true", claims["retry-backoff"]
+    assert code == 0
+    # The same app with a zero countdown (WORKER_RETRY_BASE_MS=0): no backoff at all.
+    code, claims = run("celery", celery_worker("WORKER_RETRY_BASE_MS=0"), tmp_path / "none",
+                       "retry-backoff.yaml")
+    assert claims["retry-backoff"]["valid"] == "false", claims["retry-backoff"]
+    assert code == 1

@@ -56,7 +56,8 @@ def test_celery_eager_success_failure_and_retry(pipe: Pipe) -> None:
     app.conf.task_always_eager = True
     receivers = {s: list(s.receivers or []) for s in (
         signals.task_success, signals.task_failure, signals.task_retry, signals.task_prerun,
-        signals.task_received, signals.worker_ready, signals.worker_shutting_down)}
+        signals.task_received, signals.worker_ready, signals.worker_shutting_down,
+        signals.before_task_publish)}
     install(app, Emitter(fd=pipe.w, worker="worker-1"))
 
     @app.task(bind=True, max_retries=1,  # type: ignore[untyped-decorator]
@@ -96,7 +97,8 @@ def test_celery_worker_writes_received_with_the_delivery_flag(pipe: Pipe) -> Non
     app = Celery("t2", broker="memory://", backend="cache+memory://")
     before = {s: list(s.receivers or []) for s in (
         signals.task_success, signals.task_failure, signals.task_retry, signals.task_prerun,
-        signals.task_received, signals.worker_ready, signals.worker_shutting_down)}
+        signals.task_received, signals.worker_ready, signals.worker_shutting_down,
+        signals.before_task_publish)}
     install(app, Emitter(fd=pipe.w, worker="worker-2"))
 
     @app.task(name="harness_events_test.echo")  # type: ignore[untyped-decorator]
@@ -174,3 +176,41 @@ def test_a_line_stays_whole_and_a_closed_stdout_fails_nothing(pipe: Pipe) -> Non
     line = pipe.lines()[0]
     assert len(json.dumps(line)) < LINE_MAX_BYTES and line["id"].startswith("xxx")
     Emitter(fd=pipe.w, worker="w").emit("ready")  # the fd is closed now: no exception
+
+
+def test_celery_countdown_retry_is_received_when_it_starts(pipe: Pipe) -> None:
+    """A countdown retry reaches the worker at once and waits there: its receipt is
+    written when it runs, so the retry's gap is the real wait (a real solo worker)."""
+    from celery import Celery, signals
+    from celery.contrib.testing.worker import start_worker
+
+    from harness_events.celery import install
+
+    app = Celery("t3", broker="memory://", backend="cache+memory://")
+    before = {s: list(s.receivers or []) for s in (
+        signals.task_success, signals.task_failure, signals.task_retry, signals.task_prerun,
+        signals.task_received, signals.worker_ready, signals.worker_shutting_down,
+        signals.before_task_publish)}
+    install(app, Emitter(fd=pipe.w, worker="worker-3"))
+
+    @app.task(bind=True, max_retries=1,  # type: ignore[untyped-decorator]
+              name="harness_events_test.later")
+    def job(self: Any) -> str:
+        if self.request.retries == 0:
+            raise self.retry(countdown=1.0)
+        return "ok"
+
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+            job.apply_async(task_id="t-later").get(timeout=30)
+    finally:
+        for sig, receivers in before.items():
+            sig.receivers = receivers
+    lines = pipe.lines()
+    assert kinds(lines, "t-later") == ["received", "failed", "retry_scheduled", "received",
+                                       "processed"]
+    failed = next(e for e in lines if e["event"] == "failed")
+    assert (failed["attempt"], failed["permanent"]) == (1, False)  # before the republish
+    second = [e for e in lines if e["event"] == "received"][1]
+    assert second["attempt"] == 2
+    assert second["ts"] - failed["ts"] >= 0.9  # the countdown, not the republish
