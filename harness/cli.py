@@ -113,7 +113,8 @@ def _run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--worker-cmd", help="command of a brought worker (local backend)")
     r.add_argument("--worker-image", help="image of a brought worker (docker backend)")
     r.add_argument("--events", default="json",
-                   help="'json' (worker contract v1) or 'regex:PATTERN' with a group 'id'")
+                   help="'json' (worker contract v1), 'regex:PATTERN' with a group 'id', or "
+                   "a framework's log preset: 'celery' (docs/frameworks.md)")
     r.add_argument("--capabilities", type=_capabilities,
                    help="what the worker can do: 'directives' (honours the test hooks in "
                    "task bodies), 'health' (serves /healthcheck), comma-separated, or 'none'. "

@@ -21,8 +21,10 @@ loop that turns each send into one ``publish`` event with its outcome.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -36,8 +38,10 @@ from harness.workload import SOURCE, PublishStats
 # (examples/celery_app, examples/dramatiq_app); a user's app can be told another.
 CELERY_TASK: Final = "harness.task"
 DRAMATIQ_ACTOR: Final = "harness_task"
-# One send may wait this long for its confirm before it is ``unknown``.
+# One send may wait this long for its confirm before it is ``unknown`` (Celery's
+# confirm_timeout; Dramatiq's connection heartbeat and blocked-connection timeout).
 CONFIRM_TIMEOUT_S: Final = 10.0
+SEND_BOUND_S: Final = 10.0
 # Consecutive sends that raised before the publisher gives up on the rest (``fail``,
 # "not sent"): a broker that went away must not cost one timeout per task.
 MAX_CONSECUTIVE_ERRORS: Final = 5
@@ -108,6 +112,8 @@ class FrameworkPublisher:
         try:
             for i, task in enumerate(tasks):
                 why = self._why_not(stop, deadline, errors)
+                if not why and errors:
+                    why = self._reopen()
                 if why:
                     for rest in tasks[i:]:
                         self._record(rest, "fail", f"not sent: {why}")
@@ -121,9 +127,23 @@ class FrameworkPublisher:
                 counts[outcome] += 1
         finally:
             self._close()
+            self._done()
         elapsed = max(time.monotonic() - t0, 1e-9)
         return PublishStats(ok=counts["ok"], fail=counts["fail"], unknown=counts["unknown"],
                             elapsed_s=elapsed, rate=counts["ok"] / elapsed, connections=1)
+
+    def _reopen(self) -> str:
+        """A new connection after a send that was not confirmed (see the subclasses);
+        the reason to stop when none can be opened."""
+        self._close()
+        try:
+            self._open()
+        except ClusterError as e:
+            return str(e)
+        return ""
+
+    def _done(self) -> None:
+        """After the last send and ``_close`` (a client to drop, if any)."""
 
     @staticmethod
     def _why_not(stop: threading.Event | None, deadline: float, errors: int) -> str:
@@ -146,11 +166,15 @@ class FrameworkPublisher:
 
 
 class CeleryPublisher(FrameworkPublisher):
-    """``send_task`` through a Celery app of its own (``confirm_publish``, no publish
-    retries: a retried publish could enqueue a task twice). It declares nothing: the
-    queue is the user's (Celery's worker declares it with the user's arguments), and a
-    queue that does not exist is refused before the first send, because a publish to
-    a missing queue through the default exchange is confirmed and dropped."""
+    """``send_task`` through a Celery app of its own on a connection of its own
+    (``confirm_publish``; not kombu's process-wide pool, whose connections would
+    outlive the run's vhost), no publish retries (a retried publish could enqueue a
+    task twice). It declares nothing: the queue is the user's (Celery's worker
+    declares it with the user's arguments), and a queue that does not exist is
+    refused before the first send, because a publish to a missing queue through the
+    default exchange is confirmed and dropped. After any send that was not
+    confirmed the connection is replaced: py-amqp matches a confirm to no delivery
+    tag, so a late confirm would otherwise be taken for the next task's."""
 
     def __init__(self, amqp_url: str, queue: str, recorder: Recorder,
                  timeout_s: float = 60.0, task_name: str = CELERY_TASK,
@@ -159,6 +183,8 @@ class CeleryPublisher(FrameworkPublisher):
         self.task_name = task_name
         self.queue_exists = queue_exists
         self._app: Any = None
+        self._conn: Any = None
+        self._producer: Any = None
 
     def _open(self) -> None:
         if self.queue_exists is not None and not self.queue_exists(self.queue):
@@ -166,10 +192,20 @@ class CeleryPublisher(FrameworkPublisher):
                                "it when it starts; start the workers first")
         from celery import Celery
 
-        app = Celery("rmq-harness-publisher", broker=self.amqp_url, set_as_current=False)
-        app.conf.update(broker_transport_options={"confirm_publish": True},
-                        broker_connection_retry=False, task_publish_retry=False)
-        self._app = app
+        if self._app is None:
+            app = Celery("rmq-harness-publisher", broker=self.amqp_url, set_as_current=False)
+            app.conf.update(broker_transport_options={"confirm_publish": True},
+                            broker_connection_retry=False, task_publish_retry=False)
+            self._app = app
+        conn = self._app.connection_for_write()
+        try:
+            conn.ensure_connection(max_retries=1)
+        except Exception as e:  # noqa: BLE001 - kombu raises the transport's own kinds
+            conn.release()
+            raise ClusterError(f"cannot open an AMQP connection for Celery's client: "
+                               f"{type(e).__name__}; check that the broker runs") from None
+        self._conn = conn
+        self._producer = self._app.amqp.Producer(conn, auto_declare=False)
 
     def _send(self, task: Task) -> None:
         from amqp.exceptions import MessageNacked
@@ -177,44 +213,66 @@ class CeleryPublisher(FrameworkPublisher):
         try:
             self._app.send_task(self.task_name, kwargs=task_kwargs(task), task_id=task.id,
                                 queue=self.queue, routing_key=self.queue, exchange="",
-                                declare=[], retry=False, confirm_timeout=CONFIRM_TIMEOUT_S)
+                                declare=[], retry=False, confirm_timeout=CONFIRM_TIMEOUT_S,
+                                producer=self._producer)
         except MessageNacked as e:
             raise _Refused(f"nacked: {e}") from None
 
     def _close(self) -> None:
+        conn, self._conn, self._producer = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.release()
+
+    def _done(self) -> None:
         app, self._app = self._app, None
         if app is not None:
             app.close()
 
 
+class _ResendRefused(Exception):
+    """Dramatiq tried a task's send again: refused, so no task is enqueued twice."""
+
+
 class DramatiqPublisher(FrameworkPublisher):
     """``RabbitmqBroker.enqueue`` with ``confirm_delivery`` and ``message_id`` = the
     task id. Dramatiq declares the queue and its ``.DQ`` and ``.XQ`` as its worker
-    does. It retries a send on a connection error (up to its own limit), so a send
-    that was enqueued before the error may be enqueued twice: every attempt is
-    counted (its ``before_enqueue`` hook) and a task sent more than once says so in
-    its ``publish`` event (``attempts``)."""
+    does. Its ``enqueue`` sends again after a connection error, a nack or a return,
+    so a message enqueued before the error could be enqueued twice: a second
+    attempt for the same id is refused in its ``before_enqueue`` hook, and that
+    send is ``unknown`` (it may have arrived once), as the harness's own publisher
+    would say. The connection carries a heartbeat and a blocked-connection timeout
+    (pika's URL parameters), so one send cannot wait for ever on a broker that
+    stopped answering or blocks publishers."""
 
     def __init__(self, amqp_url: str, queue: str, recorder: Recorder,
                  timeout_s: float = 60.0, actor_name: str = DRAMATIQ_ACTOR) -> None:
         super().__init__(amqp_url, queue, recorder, timeout_s)
         self.actor_name = actor_name
         self._broker: Any = None
-        self._attempts: dict[str, int] = {}
 
     def _open(self) -> None:
         import dramatiq
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-        attempts = self._attempts
+        sent: set[str] = set()
 
-        class CountAttempts(dramatiq.Middleware):
+        class OnceOnly(dramatiq.Middleware):
             def before_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
-                attempts[message.message_id] = attempts.get(message.message_id, 0) + 1
+                if message.message_id in sent:
+                    raise _ResendRefused(f"dramatiq tried {message.message_id} again")
+                sent.add(message.message_id)
 
         # No default middleware: the publisher runs no actors.
-        self._broker = RabbitmqBroker(url=self.amqp_url, confirm_delivery=True,
-                                      middleware=[CountAttempts()])
+        broker = RabbitmqBroker(url=bounded_url(self.amqp_url), confirm_delivery=True,
+                                middleware=[OnceOnly()])
+        try:
+            broker.channel  # noqa: B018 - connects now: an unreachable broker is one error
+        except Exception as e:  # noqa: BLE001 - pika raises many kinds
+            broker.close()
+            raise ClusterError(f"cannot open an AMQP connection for Dramatiq's client: "
+                               f"{type(e).__name__}; check that the broker runs") from None
+        self._broker = broker
 
     def _send(self, task: Task) -> None:
         import pika.exceptions
@@ -222,7 +280,7 @@ class DramatiqPublisher(FrameworkPublisher):
         from dramatiq.errors import ConnectionClosed
 
         msg: Any = Message(queue_name=self.queue, actor_name=self.actor_name, args=(),
-                      kwargs=task_kwargs(task), options={}, message_id=task.id)
+                           kwargs=task_kwargs(task), options={}, message_id=task.id)
         try:
             self._broker.enqueue(msg)
         except ConnectionClosed as e:
@@ -231,14 +289,21 @@ class DramatiqPublisher(FrameworkPublisher):
                 raise _Refused(f"{type(cause).__name__}") from None
             raise
 
-    def _extra(self, task: Task) -> dict[str, Any]:
-        n = self._attempts.get(task.id, 0)
-        return {"attempts": n} if n > 1 else {}
-
     def _close(self) -> None:
         broker, self._broker = self._broker, None
         if broker is not None:
-            broker.close()
+            with contextlib.suppress(Exception):
+                broker.close()
+
+
+def bounded_url(url: str) -> str:
+    """``url`` with pika's ``heartbeat`` and ``blocked_connection_timeout`` set where
+    it does not set them (``SEND_BOUND_S``)."""
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    query.setdefault("heartbeat", str(int(SEND_BOUND_S)))
+    query.setdefault("blocked_connection_timeout", str(int(SEND_BOUND_S)))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
 def publisher_for(fmt: str, amqp_url: str, queue: str, recorder: Recorder,

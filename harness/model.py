@@ -80,6 +80,12 @@ class ClusterSpec:
         return f"{self.queue}.dlq"
 
     @property
+    def retry_held_by_workers(self) -> bool:
+        """Do the workers hold delayed retries unacked until due (Dramatiq's .DQ), rather
+        than the broker holding them (a TTL queue)?"""
+        return self.task_format == vocab.FORMAT_DRAMATIQ
+
+    @property
     def retry_prefix(self) -> str | None:
         """Queues whose names start so hold delayed retries (their depth is work not
         yet done): contract v1's ``<queue>.retry.*``, Dramatiq's ``<queue>.DQ``;

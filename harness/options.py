@@ -337,11 +337,21 @@ def apply_options(scenario: Scenario, opts: RunOptions) -> Scenario:
     return scenario
 
 
+def events_kind(events: str) -> str:
+    """How the worker's events are read: ``json``, ``regex``, or ``preset:NAME``."""
+    if events.startswith("regex:"):
+        return "regex"
+    return "json" if events == "json" else f"preset:{events}"
+
+
 def run_started(scenario: Scenario, opts: RunOptions, seed: int, run_id: str,
                 caps: frozenset[str]) -> dict[str, Any]:
     """The fields of the run's ``run_started`` event: what the checkers read of the
     run's set-up (cluster settings, capabilities, the worker under test)."""
+    from harness.presets import preset as find_preset
+
     c = scenario.cluster
+    preset = find_preset(opts.events)
     return dict(
         seed=seed, scenario=scenario.name, backend=opts.backend, run_id=run_id,
         path=scenario.path, claims=list(scenario.claims),
@@ -351,6 +361,7 @@ def run_started(scenario: Scenario, opts: RunOptions, seed: int, run_id: str,
                  "grace_s": c.grace_s, "queue_type": c.queue_type,
                  "restart_policy": c.restart_policy, "task_format": c.task_format},
         capabilities={"directives": "directives" in caps, "health": "health" in caps,
-                      "events": "regex" if opts.events.startswith("regex:") else "json"},
+                      "events": events_kind(opts.events),
+                      "unobservable": dict(preset.unobservable) if preset else {}},
         worker_under_test={"cmd": opts.worker_cmd, "image": opts.worker_image,
                            "reference": not opts.brought_worker})

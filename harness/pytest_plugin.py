@@ -47,6 +47,7 @@ from harness.options import (
     RunOptions,
     RunOutcome,
     build_options,
+    check_format,
     parse_capabilities,
     parse_gate,
 )
@@ -564,6 +565,7 @@ def harness_run(request: pytest.FixtureRequest,
                    (capabilities if capabilities is not None
                     else harness_options.capabilities),
                    "params": params or {}})
+            check_format(sc, opts)
         except OptionsError as exc:
             raise pytest.UsageError(f"harness_run: {credentials.redact(str(exc))}") from None
         check_backend(sc, opts.backend)

@@ -43,7 +43,10 @@ app.conf.update(
     # of a run share one host name (celery@host), so a second worker could not start.
     worker_enable_remote_control=False,
 )
-harness_events.celery.install(app)
+# HARNESS_EVENTS=off: the app as it is without the integration, read from its log
+# lines instead (``harness run --events celery``, with ``-l info``).
+if os.environ.get("HARNESS_EVENTS", "on") != "off":
+    harness_events.celery.install(app)
 
 # Task ids whose process must die once its side effect is reported (crash
 # "after_process"): after harness_events' own task_success handler, before the ack.

@@ -78,8 +78,13 @@ class WorkerSpec:
         """
         if self.events == "json":
             return None
+        from harness.presets import PRESETS
+
+        if self.events in PRESETS:
+            return PRESETS[self.events].compiled()
         if not self.events.startswith("regex:"):
-            raise ValueError(f"events {self.events!r}: use 'json' or 'regex:PATTERN'")
+            raise ValueError(f"events {self.events!r}: use 'json', 'regex:PATTERN' or a "
+                             f"preset ({', '.join(PRESETS)})")
         try:
             pattern = re.compile(self.events[len("regex:"):])
         except re.error as exc:
@@ -87,6 +92,13 @@ class WorkerSpec:
         if "id" not in pattern.groupindex:
             raise ValueError(f"events regex {self.events!r} needs a named group (?P<id>...)")
         return pattern
+
+    def event_words(self) -> Mapping[str, str] | None:
+        """A preset's map from its ``event`` group's text to contract event types."""
+        from harness.presets import preset
+
+        found = preset(self.events)
+        return found.words if found is not None else None
 
 
 def contract_env(name: str, *, host: str, port: int, user: str, password: str, vhost: str,

@@ -34,7 +34,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from harness import vocab
@@ -53,10 +53,14 @@ class LineReader:
     """Reads one worker's lines (thread-safe: stdout and stderr threads share it)."""
 
     def __init__(self, recorder: Recorder, name: str, pattern: re.Pattern[str] | None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 words: Mapping[str, str] | None = None) -> None:
         self.recorder = recorder
         self.name = name
         self.pattern = pattern
+        # A preset's (``harness.presets``) map from the ``event`` group's text to a
+        # contract event type; text it does not map stays as it is (so: foreign).
+        self.words = words or {}
         self.clock = clock
         self._lock = threading.Lock()
         self.foreign = 0
@@ -90,8 +94,9 @@ class LineReader:
         ident = groups.get("id")
         if not ident:
             return
-        self._record(groups.get("event") or vocab.PROCESSED, ident, groups.get("worker"), None,
-                     {}, seen)
+        said = groups.get("event")
+        name = self.words.get(said, said) if said else vocab.PROCESSED
+        self._record(name, ident, groups.get("worker"), None, {}, seen)
 
     def _record(self, name: str, ident: Any, claimed: Any, ts: Any, data: dict[str, Any],
                 seen: float) -> None:

@@ -21,25 +21,26 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def celery_worker(*env: str) -> str:
+def celery_worker(*env: str, level: str = "warning") -> str:
     celery = shutil.which("celery", path=str(BIN)) or "celery"
     # The scenario's concurrency reaches the app as WORKER_CONCURRENCY (no -c here).
     return " ".join(["env", *env, celery, "-A", "examples.celery_app.tasks", "worker",
                      "-Q", "go.logger", "--pool", "threads", "--without-gossip",
-                     "--without-mingle", "--without-heartbeat", "-l", "warning"])
+                     "--without-mingle", "--without-heartbeat", "-l", level])
 
 
 DRAMATIQ_WORKER = (f"{sys.executable} -m dramatiq examples.dramatiq_app.tasks --processes 1 "
                    f"--threads 4 --queues go.logger --path {ROOT}")
 
 
-def run(fmt: str, worker_cmd: str, out: Path,
-        scenario: str = "crash-recovery.yaml") -> tuple[int, dict[str, dict[str, object]]]:
+def run(fmt: str, worker_cmd: str, out: Path, scenario: str = "crash-recovery.yaml",
+        events: str = "json") -> tuple[int, dict[str, dict[str, object]]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / scenario),
          "--backend", "local", "--format", fmt, "--worker-cmd", worker_cmd,
-         "--capabilities", "directives", "--out", str(out), "--no-progress"],
+         "--events", events, "--capabilities", "directives", "--out", str(out),
+         "--no-progress"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     results = sorted(out.glob("*/result.json"))
     assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -80,3 +81,12 @@ def test_celery_countdown_retries_back_off_and_retries_at_once_do_not(tmp_path: 
                        "retry-backoff.yaml")
     assert claims["retry-backoff"]["valid"] == "false", claims["retry-backoff"]
     assert code == 1
+
+
+def test_celery_app_without_the_integration_read_from_its_log_lines(tmp_path: Path) -> None:
+    """``--events celery``: the app as it is (HARNESS_EVENTS=off), its own INFO lines
+    read through the preset; the loss of its default acknowledgement is still caught."""
+    code, claims = run("celery", celery_worker("HARNESS_EVENTS=off", level="info"), tmp_path,
+                       events="celery")
+    assert code == 1, claims
+    assert claims["no-loss"]["valid"] == "false", claims["no-loss"]

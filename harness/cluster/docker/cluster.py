@@ -194,7 +194,7 @@ class DockerCluster(BrokerSide, Cluster):
         w = _Worker(
             name=name, spec=spec, container=container,
             log_path=self.run_dir / "logs" / f"{name}.log",
-            reader=LineReader(self.recorder, name, regex),
+            reader=LineReader(self.recorder, name, regex, words=spec.event_words()),
         )
         with self._lock:
             self._workers[name] = w

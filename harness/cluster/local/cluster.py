@@ -129,13 +129,16 @@ class LocalCluster(NodeSide, Cluster):
         log_lock = threading.Lock()
         log_path = self.logs_dir / f"{name}.log"
         assert proc.stdout is not None and proc.stderr is not None
+        words = spec.event_words()
+        reader = LineReader(self.recorder, name, matcher, words=words)
         readers = [
             threading.Thread(target=self._read, args=(w, proc.stdout, log_path, log_lock,
-                                                       "", LineReader(self.recorder, name,
-                                                                      matcher)),
+                                                       "", reader),
                              name=f"{name}-stdout", daemon=True),
+            # A framework's log lines (a preset) go to stderr; contract events to stdout.
             threading.Thread(target=self._read, args=(w, proc.stderr, log_path, log_lock,
-                                                       "[stderr] ", None),
+                                                       "[stderr] ",
+                                                       reader if words is not None else None),
                              name=f"{name}-stderr", daemon=True),
         ]
         waiter = threading.Thread(target=self._wait, args=(w, readers), name=f"{name}-waiter",
