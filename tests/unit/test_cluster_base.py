@@ -28,7 +28,7 @@ def test_events_json_has_no_pattern_and_regex_needs_an_id_group() -> None:
 @pytest.mark.parametrize("events, message", [
     ("regex:done (\\S+)", "needs a named group (?P<id>...)"),
     ("regex:(?P<id>", "events regex"),
-    ("yaml", "use 'json' or 'regex:PATTERN'"),
+    ("yaml", "use 'json', 'regex:PATTERN' or a preset"),
 ])
 def test_bad_events_say_what_to_fix(events: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery_signals import signals_kept
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,13 +36,14 @@ def events(lines: list[dict[str, Any]], ident: str) -> list[str]:
 
 
 def test_celery_example_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    with signals_kept():
+        run_celery_example(monkeypatch)
+
+
+def run_celery_example(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT))
     monkeypatch.setenv("WORKER_RETRY_BASE_MS", "10")
-    from celery import signals
 
-    saved = {s: list(s.receivers or []) for s in (
-        signals.task_success, signals.task_failure, signals.task_retry, signals.task_prerun,
-        signals.task_received, signals.worker_ready, signals.worker_shutting_down)}
     r, w = os.pipe()
     try:
         import harness_events
@@ -56,8 +58,6 @@ def test_celery_example_task(monkeypatch: pytest.MonkeyPatch) -> None:
                   task_id="c-fail")
         job.apply(kwargs={"id": "c-bad", "directives": {"sleep_ms": -1}}, task_id="c-bad")
     finally:
-        for sig, receivers in saved.items():
-            sig.receivers = receivers
         os.close(w)
     lines = read_all(r)
     os.close(r)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery_signals import signals_kept
 
 from harness.cluster.lines import LineReader
 from harness.history import Recorder
@@ -43,21 +44,23 @@ def pipe() -> Iterator[Pipe]:
     yield Pipe()
 
 
+@pytest.fixture
+def celery_signals() -> Iterator[None]:
+    with signals_kept():
+        yield
+
+
 def kinds(lines: list[dict[str, Any]], ident: str) -> list[str]:
     return [e["event"] for e in lines if e.get("id") == ident]
 
 
-def test_celery_eager_success_failure_and_retry(pipe: Pipe) -> None:
-    from celery import Celery, signals
+def test_celery_eager_success_failure_and_retry(pipe: Pipe, celery_signals: None) -> None:
+    from celery import Celery
 
     from harness_events.celery import install
 
     app = Celery("t", broker="memory://")
     app.conf.task_always_eager = True
-    receivers = {s: list(s.receivers or []) for s in (
-        signals.task_success, signals.task_failure, signals.task_retry, signals.task_prerun,
-        signals.task_received, signals.worker_ready, signals.worker_shutting_down,
-        signals.before_task_publish)}
     install(app, Emitter(fd=pipe.w, worker="worker-1"))
 
     @app.task(bind=True, max_retries=1,  # type: ignore[untyped-decorator]
@@ -69,13 +72,9 @@ def test_celery_eager_success_failure_and_retry(pipe: Pipe) -> None:
             raise self.retry(countdown=0.01)
         return x
 
-    try:
-        job.apply(args=("a",), task_id="t-ok")
-        job.apply(args=("fail",), task_id="t-fail")
-        job.apply(args=("retry",), task_id="t-retry")
-    finally:
-        for sig, before in receivers.items():  # leave Celery's global signals as found
-            sig.receivers = before
+    job.apply(args=("a",), task_id="t-ok")
+    job.apply(args=("fail",), task_id="t-fail")
+    job.apply(args=("retry",), task_id="t-retry")
     lines = pipe.lines()
     assert kinds(lines, "t-ok") == ["processed"]
     ok = next(e for e in lines if e["id"] == "t-ok")
@@ -88,29 +87,22 @@ def test_celery_eager_success_failure_and_retry(pipe: Pipe) -> None:
     assert not any(e["event"] == "acked" for e in lines)  # Celery has no ack signal
 
 
-def test_celery_worker_writes_received_with_the_delivery_flag(pipe: Pipe) -> None:
-    from celery import Celery, signals
+def test_celery_worker_writes_received_with_the_delivery_flag(pipe: Pipe,
+                                                             celery_signals: None) -> None:
+    from celery import Celery
     from celery.contrib.testing.worker import start_worker
 
     from harness_events.celery import install
 
     app = Celery("t2", broker="memory://", backend="cache+memory://")
-    before = {s: list(s.receivers or []) for s in (
-        signals.task_success, signals.task_failure, signals.task_retry, signals.task_prerun,
-        signals.task_received, signals.worker_ready, signals.worker_shutting_down,
-        signals.before_task_publish)}
     install(app, Emitter(fd=pipe.w, worker="worker-2"))
 
     @app.task(name="harness_events_test.echo")  # type: ignore[untyped-decorator]
     def job(x: str) -> str:
         return x
 
-    try:
-        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-            job.apply_async(args=("a",), task_id="t-real").get(timeout=20)
-    finally:
-        for sig, receivers in before.items():
-            sig.receivers = receivers
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        job.apply_async(args=("a",), task_id="t-real").get(timeout=20)
     lines = pipe.lines()
     assert kinds(lines, "t-real") == ["received", "processed"]
     received = next(e for e in lines if e["event"] == "received")
@@ -178,19 +170,16 @@ def test_a_line_stays_whole_and_a_closed_stdout_fails_nothing(pipe: Pipe) -> Non
     Emitter(fd=pipe.w, worker="w").emit("ready")  # the fd is closed now: no exception
 
 
-def test_celery_countdown_retry_is_received_when_it_starts(pipe: Pipe) -> None:
+def test_celery_countdown_retry_is_received_when_it_starts(pipe: Pipe,
+                                                          celery_signals: None) -> None:
     """A countdown retry reaches the worker at once and waits there: its receipt is
     written when it runs, so the retry's gap is the real wait (a real solo worker)."""
-    from celery import Celery, signals
+    from celery import Celery
     from celery.contrib.testing.worker import start_worker
 
     from harness_events.celery import install
 
     app = Celery("t3", broker="memory://", backend="cache+memory://")
-    before = {s: list(s.receivers or []) for s in (
-        signals.task_success, signals.task_failure, signals.task_retry, signals.task_prerun,
-        signals.task_received, signals.worker_ready, signals.worker_shutting_down,
-        signals.before_task_publish)}
     install(app, Emitter(fd=pipe.w, worker="worker-3"))
 
     @app.task(bind=True, max_retries=1,  # type: ignore[untyped-decorator]
@@ -200,12 +189,8 @@ def test_celery_countdown_retry_is_received_when_it_starts(pipe: Pipe) -> None:
             raise self.retry(countdown=1.0)
         return "ok"
 
-    try:
-        with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-            job.apply_async(task_id="t-later").get(timeout=30)
-    finally:
-        for sig, receivers in before.items():
-            sig.receivers = receivers
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        job.apply_async(task_id="t-later").get(timeout=30)
     lines = pipe.lines()
     assert kinds(lines, "t-later") == ["received", "failed", "retry_scheduled", "received",
                                        "processed"]
