@@ -42,7 +42,6 @@ from harness import credentials, vocab
 from harness.checkers.base import ClaimResult, observable
 from harness.model import Scenario
 from harness.options import (
-    BROKER_URL_ENV,
     OptionsError,
     RunOptions,
     RunOutcome,
@@ -51,6 +50,8 @@ from harness.options import (
     parse_capabilities,
     parse_gate,
 )
+from harness.pytest_options import options_from, setting, unknown_mode
+from harness.pytest_options import pytest_addoption as pytest_addoption
 from harness.pytest_xdist import cores
 from harness.pytest_xdist import pytest_xdist_make_scheduler as pytest_xdist_make_scheduler
 from harness.scenario import ScenarioError
@@ -58,7 +59,6 @@ from harness.signals import Interrupted
 from harness.verdicts import invariant_verdict, judged_claims
 
 SUITE_WORD: Final = "suite"
-UNKNOWN_MODES: Final = ("error", "skip")
 EVIDENCE_MAX_CHARS: Final = 4000
 # Claims whose checkers bound time (outages, windows, rates): their runs get the
 # machine to themselves. Faults whose windows are judged likewise.
@@ -73,56 +73,6 @@ def timing_bound(sc: Scenario) -> bool:
     """Does the scenario judge a time bound (so its run needs the cores)?"""
     return bool(TIMING_CLAIMS & set(sc.claims)) or any(
         s.fault in TIMING_FAULTS for s in sc.schedule)
-
-# (option, ini name, help, default)
-_OPTIONS: Final = (
-    ("backend", "auto, local or docker (default auto: docker when an engine answers "
-                "and the images exist)", "auto"),
-    ("worker-image", "image of a brought worker (docker backend)", None),
-    ("worker-cmd", "command of a brought worker (local backend)", None),
-    ("capabilities", "what the worker can do: directives, health, or none "
-                     "(default: both for the reference worker, none for a brought one)", None),
-    ("gate", "comma-separated claims whose invariant gates the items (default: every "
-             "judged claim the worker's events can show)", None),
-    ("out", "where run directories go (default runs)", "runs"),
-    ("events", "'json' (worker contract v1) or 'regex:PATTERN' with a group 'id'", "json"),
-    ("reporting", "the reference worker's reporting: full or minimal", "full"),
-    ("broker-url", f"a broker of yours (default ${BROKER_URL_ENV}); each run gets a "
-                   "scratch vhost there", None),
-    ("unknown", "what an undecided claim is: error (default) or skip", "error"),
-)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("harness", "chaos-verification harness (rmq-chaos-harness)")
-    group.addoption("--harness-scenarios", action="append", default=[], metavar="PATH",
-                    help="collect these scenario files (a directory, a file, or 'suite' "
-                         "for the packaged suite) as test items, one per claim (repeatable)")
-    parser.addini("harness_scenarios", type="paths", default=[],
-                  help="scenario directories or files, collected when pytest runs "
-                       "without path arguments (like testpaths)")
-    for name, help_text, _default in _OPTIONS:
-        group.addoption(f"--harness-{name}", dest=f"harness_{name.replace('-', '_')}",
-                        default=None, help=help_text)
-        parser.addini(f"harness_{name.replace('-', '_')}", help=help_text, default=None)
-    group.addoption("--harness-seed", dest="harness_seed", default=None, type=int,
-                    help="seed of every run (default: a new one per run, printed)")
-
-
-def _setting(config: pytest.Config, name: str) -> str | None:
-    """A setting from the command line, else the ini file, else its default."""
-    key = f"harness_{name.replace('-', '_')}"
-    value = config.getoption(key)
-    if value is None:
-        ini = config.getini(key)
-        value = ini if ini not in (None, "") else None
-    if value is None:
-        value = next(d for n, _h, d in _OPTIONS if n == name)
-    return None if value is None else str(value)
-
-
-# --------------------------------------------------------------------------- session
-
 
 @dataclass
 class _Session:
@@ -170,39 +120,6 @@ class _Session:
 _SESSION: Final = pytest.StashKey[_Session]()
 
 
-def options_from(config: pytest.Config) -> RunOptions:
-    """The session's RunOptions; ``pytest.UsageError`` (one line) when one is wrong."""
-    try:
-        gate_text = _setting(config, "gate")
-        caps_text = _setting(config, "capabilities")
-        opts = build_options(
-            backend=_setting(config, "backend") or "auto",
-            broker_url=_setting(config, "broker-url") or os.environ.get(BROKER_URL_ENV) or None,
-            seed=config.getoption("harness_seed"),
-            out=Path(_setting(config, "out") or "runs"),
-            worker_cmd=_setting(config, "worker-cmd"),
-            worker_image=_setting(config, "worker-image"),
-            events=_setting(config, "events") or "json",
-            gate=parse_gate(gate_text) if gate_text else None,
-            capabilities=parse_capabilities(caps_text) if caps_text else None,
-            progress=False,
-            reporting=_setting(config, "reporting") or "full",
-        )
-    except OptionsError as exc:
-        raise pytest.UsageError(f"harness: {credentials.redact(str(exc))}") from None
-    if opts.reporting not in vocab.REPORTING_MODES:
-        raise pytest.UsageError(f"harness: --harness-reporting {opts.reporting!r}: use "
-                                f"{' or '.join(vocab.REPORTING_MODES)}")
-    return opts
-
-
-def _unknown_mode(config: pytest.Config) -> str:
-    mode = _setting(config, "unknown") or "error"
-    if mode not in UNKNOWN_MODES:
-        raise pytest.UsageError(f"harness: --harness-unknown {mode!r}: use error or skip")
-    return mode
-
-
 def _suite_files() -> list[Path]:
     from harness.audit import SCENARIOS_DIR, SUITE
 
@@ -214,7 +131,7 @@ def pytest_configure(config: pytest.Config) -> None:
     session = _Session(config)
     config.stash[_SESSION] = session
     config.add_cleanup(session.close)
-    _unknown_mode(config)
+    unknown_mode(config)
     named: list[Path] = []
     for value in config.getoption("harness_scenarios"):
         if value == SUITE_WORD:
@@ -338,6 +255,11 @@ class ScenarioFile(pytest.File):
             self._error = (f"{sc.name} restarts the broker: it needs a broker of its own "
                            "(drop --harness-broker-url, or deselect it)")
             return
+        try:
+            check_format(sc, opts)
+        except OptionsError as exc:
+            self._error = f"{exc} (or deselect it)"
+            return
         buffer = io.StringIO()
         console = _console(buffer)
         try:
@@ -378,7 +300,7 @@ class ClaimItem(pytest.Item):
             self.user_properties.append(("exit_code", outcome.exit_code))
             if outcome.exit_code != 2:
                 return  # 0 passes; 1 fails in runtest
-            if not outcome.problems and _unknown_mode(self.config) == "skip":
+            if not outcome.problems and unknown_mode(self.config) == "skip":
                 pytest.skip("the run is undecided (exit 2), --harness-unknown skip")
             why = "; ".join(outcome.problems) or "a gated claim is unknown or not judged"
             self._attach_log()
@@ -415,7 +337,7 @@ class ClaimItem(pytest.Item):
             text = _failure_text(result, outcome)
             # A skip for an unknown is the user's choice, but never for a run with
             # problems (a run that failed to observe is not "undecided by design").
-            if _unknown_mode(self.config) == "skip" and not outcome.problems:
+            if unknown_mode(self.config) == "skip" and not outcome.problems:
                 pytest.skip(credentials.redact(f"unknown: {result.summary}"))
             self._attach_log()
             raise ClaimUndecided(text)
@@ -599,7 +521,7 @@ def harness_broker(pytestconfig: pytest.Config) -> Iterator[Any]:
     the harness's sweep removes a dead session's container."""
     from harness.containers import BrokerStartError, HarnessBroker
 
-    out = Path(_setting(pytestconfig, "out") or "runs")
+    out = Path(setting(pytestconfig, "out") or "runs")
     worker = os.environ.get("PYTEST_XDIST_WORKER")  # one log per xdist worker
     broker = HarnessBroker().with_log_dir(out / worker if worker else out)
     try:
