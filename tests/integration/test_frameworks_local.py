@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-runs")]
+# Their own xdist group: local runs, not timing-bound, beside the other groups.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("frameworks")]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -48,15 +49,6 @@ def run(fmt: str, worker_cmd: str, out: Path, scenario: str = "crash-recovery.ya
     return proc.returncode, {c["claim"]: c for c in data["claims"]}
 
 
-def test_celery_default_acks_early_loses_what_a_kill_interrupts(tmp_path: Path) -> None:
-    code, claims = run("celery", celery_worker(), tmp_path)
-    assert code == 1, claims
-    assert claims["no-loss"]["valid"] == "false", claims["no-loss"]
-    assert claims["redelivery-after-crash"]["valid"] == "false"
-    # Celery's signals do not show acks: never true, and it is said.
-    assert claims["exactly-once-ack"]["valid"] == "unknown"
-
-
 def test_celery_acks_late_keeps_every_task_through_a_kill(tmp_path: Path) -> None:
     code, claims = run("celery", celery_worker("CELERY_ACKS_LATE=true"), tmp_path)
     assert code == 0, claims
@@ -85,8 +77,30 @@ def test_celery_countdown_retries_back_off_and_retries_at_once_do_not(tmp_path: 
 
 def test_celery_app_without_the_integration_read_from_its_log_lines(tmp_path: Path) -> None:
     """``--events celery``: the app as it is (HARNESS_EVENTS=off), its own INFO lines
-    read through the preset; the loss of its default acknowledgement is still caught."""
+    read through the preset; the loss of its default acknowledgement (on receipt: the
+    tasks running at the kill are gone) is caught from them alone."""
     code, claims = run("celery", celery_worker("HARNESS_EVENTS=off", level="info"), tmp_path,
                        events="celery")
     assert code == 1, claims
     assert claims["no-loss"]["valid"] == "false", claims["no-loss"]
+    assert claims["redelivery-after-crash"]["valid"] == "false"
+    assert claims["exactly-once-ack"]["valid"] == "unknown"  # Celery logs no ack
+
+
+def celery_prefork(*env: str) -> str:
+    return celery_worker(*env).replace("--pool threads", "--pool prefork")
+
+
+def test_celery_prefork_child_crash_needs_reject_on_worker_lost(tmp_path: Path) -> None:
+    """A crash inside a task under the prefork pool kills only the pool's child:
+    with acks_late alone Celery acknowledges the task as failed (lost); with
+    task_reject_on_worker_lost it is requeued and processed."""
+    code, claims = run("celery", celery_prefork("CELERY_ACKS_LATE=true"), tmp_path / "late",
+                       "crash-during.yaml")
+    assert claims["no-loss"]["valid"] == "false", claims["no-loss"]
+    assert code == 1
+    code, claims = run("celery", celery_prefork("CELERY_ACKS_LATE=true",
+                                                "CELERY_REJECT_ON_WORKER_LOST=true"),
+                       tmp_path / "reject", "crash-during.yaml")
+    assert claims["no-loss"]["valid"] == "true", claims["no-loss"]
+    assert code == 0
