@@ -60,7 +60,7 @@ CONFIGS: tuple[Config, ...] = (
            f"--threads 4 --queues go.logger --path {ROOT}",
            ("retry-backoff.base_ms=400", "retry-backoff.jitter=equal")),
 )
-SCENARIOS = ("crash-recovery", "crash-during", "retry-backoff")
+SCENARIOS = ("crash-recovery", "crash-during", "retry-backoff", "dead-letter-tasks")
 
 
 def run_once(cfg: Config, scenario: str) -> tuple[int, dict[str, str], str]:

@@ -104,3 +104,11 @@ def test_celery_prefork_child_crash_needs_reject_on_worker_lost(tmp_path: Path) 
                        tmp_path / "reject", "crash-during.yaml")
     assert claims["no-loss"]["valid"] == "true", claims["no-loss"]
     assert code == 0
+
+
+def test_dramatiq_dead_letters_to_its_xq(tmp_path: Path) -> None:
+    """Dramatiq's own topology: what fails for good is in <queue>.XQ, the DLQ the
+    format names, once each."""
+    code, claims = run("dramatiq", DRAMATIQ_WORKER, tmp_path, "dead-letter-tasks.yaml")
+    assert code == 0, claims
+    assert claims["dead-letter"]["valid"] == "true", claims["dead-letter"]
