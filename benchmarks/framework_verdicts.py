@@ -60,7 +60,8 @@ CONFIGS: tuple[Config, ...] = (
            f"--threads 4 --queues go.logger --path {ROOT}",
            ("retry-backoff.base_ms=400", "retry-backoff.jitter=equal")),
 )
-SCENARIOS = ("crash-recovery", "crash-during", "retry-backoff", "dead-letter-tasks")
+SCENARIOS = ("crash-recovery", "crash-during", "retry-backoff", "dead-letter-tasks",
+             "scale-up-backlog")
 
 
 def run_once(cfg: Config, scenario: str) -> tuple[int, dict[str, str], str]:
