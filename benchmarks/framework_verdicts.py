@@ -47,6 +47,10 @@ def celery(pool: str, *env: str) -> str:
                      "--pool", pool, *CELERY_FLAGS])
 
 
+DRAMATIQ = (f"{sys.executable} -m dramatiq examples.dramatiq_app.tasks --processes 1 "
+            f"--threads 4 --queues go.logger --path {ROOT}")
+# Dramatiq's first retry delay is 2 x min_backoff, drawn in [d/2, d] (equal jitter).
+DRAMATIQ_BACKOFF = ("retry-backoff.base_ms=400", "retry-backoff.jitter=equal")
 CONFIGS: tuple[Config, ...] = (
     Config("Celery threads, defaults", "celery", celery("threads")),
     Config("Celery threads, acks_late", "celery", celery("threads", "CELERY_ACKS_LATE=true")),
@@ -54,14 +58,12 @@ CONFIGS: tuple[Config, ...] = (
     Config("Celery prefork, acks_late", "celery", celery("prefork", "CELERY_ACKS_LATE=true")),
     Config("Celery prefork, acks_late + reject_on_worker_lost", "celery",
            celery("prefork", "CELERY_ACKS_LATE=true", "CELERY_REJECT_ON_WORKER_LOST=true")),
-    # Dramatiq's first retry delay is 2 x min_backoff, drawn in [d/2, d] (equal jitter).
-    Config("Dramatiq, defaults", "dramatiq",
-           f"{sys.executable} -m dramatiq examples.dramatiq_app.tasks --processes 1 "
-           f"--threads 4 --queues go.logger --path {ROOT}",
-           ("retry-backoff.base_ms=400", "retry-backoff.jitter=equal")),
+    Config("Dramatiq, defaults", "dramatiq", DRAMATIQ, DRAMATIQ_BACKOFF),
+    Config("Dramatiq, dramatiq_worker_timeout=100", "dramatiq",
+           f"env dramatiq_worker_timeout=100 {DRAMATIQ}", DRAMATIQ_BACKOFF),
 )
-SCENARIOS = ("crash-recovery", "crash-during", "retry-backoff", "dead-letter-tasks",
-             "scale-up-backlog")
+SCENARIOS = ("crash-recovery", "crash-during", "retry-backoff", "retry-backoff-jitter",
+             "dead-letter-tasks", "scale-up-backlog")
 
 
 def run_once(cfg: Config, scenario: str) -> tuple[int, dict[str, str], str]:
@@ -69,7 +71,7 @@ def run_once(cfg: Config, scenario: str) -> tuple[int, dict[str, str], str]:
         cmd = [sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / f"{scenario}.yaml"),
                "--backend", "local", "--format", cfg.task_format, "--worker-cmd", cfg.command,
                "--capabilities", "directives", "--out", tmp, "--no-progress"]
-        if scenario == "retry-backoff":
+        if scenario.startswith("retry-backoff"):
             for p in cfg.params:
                 cmd += ["--param", p]
         os.environ["PYTHONPATH"] = str(ROOT)  # the example apps, for the workers

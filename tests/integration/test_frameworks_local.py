@@ -35,13 +35,14 @@ DRAMATIQ_WORKER = (f"{sys.executable} -m dramatiq examples.dramatiq_app.tasks --
 
 
 def run(fmt: str, worker_cmd: str, out: Path, scenario: str = "crash-recovery.yaml",
-        events: str = "json") -> tuple[int, dict[str, dict[str, object]]]:
+        events: str = "json", params: tuple[str, ...] = ()
+        ) -> tuple[int, dict[str, dict[str, object]]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / scenario),
          "--backend", "local", "--format", fmt, "--worker-cmd", worker_cmd,
          "--events", events, "--capabilities", "directives", "--out", str(out),
-         "--no-progress"],
+         "--no-progress", *(a for p in params for a in ("--param", p))],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     results = sorted(out.glob("*/result.json"))
     assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -112,3 +113,13 @@ def test_dramatiq_dead_letters_to_its_xq(tmp_path: Path) -> None:
     code, claims = run("dramatiq", DRAMATIQ_WORKER, tmp_path, "dead-letter-tasks.yaml")
     assert code == 0, claims
     assert claims["dead-letter"]["valid"] == "true", claims["dead-letter"]
+
+
+def test_dramatiq_backoff_judged_as_dramatiq_draws_it(tmp_path: Path) -> None:
+    """Dramatiq's delay: 2 x min_backoff x 2^(a-1), drawn in [d/2, d] (equal jitter),
+    released by a worker that polls every 100 ms (dramatiq_worker_timeout)."""
+    code, claims = run("dramatiq", f"env dramatiq_worker_timeout=100 {DRAMATIQ_WORKER}",
+                       tmp_path, "retry-backoff-jitter.yaml",
+                       params=("retry-backoff.base_ms=400", "retry-backoff.jitter=equal"))
+    assert claims["retry-backoff"]["valid"] == "true", claims["retry-backoff"]
+    assert code == 0
