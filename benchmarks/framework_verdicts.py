@@ -49,7 +49,8 @@ def celery(pool: str, *env: str) -> str:
 
 DRAMATIQ = (f"{sys.executable} -m dramatiq examples.dramatiq_app.tasks --processes 1 "
             f"--threads 4 --queues go.logger --path {ROOT}")
-# Dramatiq's first retry delay is 2 x min_backoff, drawn in [d/2, d] (equal jitter).
+# Dramatiq's delay before attempt a+1: min_backoff x 2^(a-1) x U(1, 2), equal jitter
+# below d = 2 x min_backoff x 2^(a-1): base_ms = 2 x min_backoff.
 DRAMATIQ_BACKOFF = ("retry-backoff.base_ms=400", "retry-backoff.jitter=equal")
 CONFIGS: tuple[Config, ...] = (
     Config("Celery threads, defaults", "celery", celery("threads")),

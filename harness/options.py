@@ -167,6 +167,14 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
     if (worker_cmd or worker_image) and reporting == "minimal":
         raise OptionsError("--reporting sets how the reference worker reports; a brought "
                            "worker reports as it does (drop --reporting)")
+    from harness.presets import PRESETS
+
+    if events in PRESETS and not (worker_cmd or worker_image):
+        raise OptionsError(f"--events {events} reads a {events} worker's log lines: bring "
+                           "it with --worker-cmd or --worker-image")
+    if events in PRESETS and task_format != events:
+        raise OptionsError(f"--events {events} reads a {events} worker: publish its format "
+                           f"too (--format {events})")
     if task_format not in vocab.TASK_FORMATS:
         raise OptionsError(f"format {task_format!r}: use {', '.join(vocab.TASK_FORMATS)}")
     if task_format != vocab.FORMAT_CONTRACT_V1 and not (worker_cmd or worker_image):

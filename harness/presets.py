@@ -5,10 +5,12 @@ A preset is a regular expression over one log line (a named group ``id``, and
 ``event`` whose text ``words`` maps to a contract v1 event type) and the claims
 its lines distort, each with the reason: those are ``unknown`` and not
 observable (out of a default gate), never ``true`` and never ``false`` on
-evidence the lines distort. A claim whose events are merely missing (Celery logs
-no ack) is left to its checker, which says so and still judges the broker's
-evidence. The preset is the harness's knowledge of the
-framework, not the worker's word.
+evidence the lines distort; a checker that can judge the rest of its claim does
+(retry-backoff still counts attempts from the receipts). A claim whose events
+are merely missing (Celery logs no ack) is left to its checker, which says so
+and still judges the broker's evidence. The preset is the harness's knowledge of
+the framework, not the worker's word. A preset run in which no line matched is
+undecided ("is the worker logging at the preset's level?"), not a loss.
 
 Celery (``celery worker -l info``; its own formats, ``celery.app.trace``):
 
@@ -49,13 +51,14 @@ class Preset:
 CELERY: Final = Preset(
     name="celery",
     pattern=(r"Task (?P<task>[^\s\[]+)\[(?P<id>[^\]\s]+)\] "
-             r"(?P<event>received|succeeded|retry|raised)"),
+             r"(?P<event>received|succeeded(?= in )|retry|raised)"),
     words={"received": vocab.RECEIVED, "succeeded": vocab.PROCESSED,
            "retry": vocab.RETRY_SCHEDULED, "raised": vocab.FAILED},
     unobservable={
         "retry-backoff": "Celery logs a countdown retry's receipt when it reaches the worker, "
                          "not when it runs (the worker holds it until due): the log cannot time "
-                         "a backoff; use harness_events.celery",
+                         "a backoff (the attempt counts are still judged); use "
+                         "harness_events.celery",
     },
     needs="celery worker -l info (the default log level, warning, writes none of these)",
 )

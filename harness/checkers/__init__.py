@@ -60,7 +60,8 @@ def check_all(history: History, claims: Iterable[str],
     """
     params_by_claim = params_by_claim or {}
     results: list[ClaimResult] = []
-    distorted = _distorted(history)
+    claims = list(claims)
+    distorted, silent = _distorted(history, claims)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -69,10 +70,16 @@ def check_all(history: History, claims: Iterable[str],
             if fn is None:
                 results.append(unknown(claim, f"no checker for claim {claim!r} yet"))
                 continue
-            if claim in distorted:
-                results.append(unknown(claim, distorted[claim], **{OBSERVABLE: False}))
+            params = params_by_claim.get(claim, {})
+            if claim in distorted and claim in PARTLY_OBSERVABLE and not silent:
+                # The checker judges what the events still show (retry-backoff: counts).
+                params = {**params, PARTLY_OBSERVABLE[claim]: distorted[claim]}
+            elif claim in distorted:
+                # Silent: undecided and gated (exit 2), never out of the gate.
+                results.append(unknown(claim, distorted[claim]) if silent else
+                               unknown(claim, distorted[claim], **{OBSERVABLE: False}))
                 continue
-            results.append(run_checker(claim, fn, history, params_by_claim.get(claim, {})))
+            results.append(run_checker(claim, fn, history, params))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -82,16 +89,34 @@ def check_all(history: History, claims: Iterable[str],
 __all__ = ["CHECKERS", "check_all"]
 
 
-def _distorted(history: History) -> dict[str, str]:
+# Checkers that judge the part of their claim an event preset does not distort, told
+# by this parameter (the reason); any other distorted claim is unknown outright.
+PARTLY_OBSERVABLE: Final[Mapping[str, str]] = {"retry-backoff": retry_backoff.GAPS_UNOBSERVABLE}
+
+
+def _distorted(history: History, claims: Iterable[str]) -> tuple[dict[str, str], bool]:
     """Claims the run's event preset cannot show (``harness.presets``: the harness's
     knowledge of a framework's log lines, recorded in ``run_started``), each with
-    the reason: unknown and not observable, whatever those lines seem to say."""
+    the reason: unknown and not observable, whatever those lines seem to say. A
+    preset run in which no line became an event shows nothing at all (``silent``):
+    every claim is undecided (a worker logging below the preset's level), not a
+    loss."""
+    from harness import vocab
     from harness.checkers.index import get
 
-    caps = get(history).capabilities
+    idx = get(history)
+    caps = idx.capabilities
+    kind = str(caps.get("events", "?"))
+    if not kind.startswith("preset:"):
+        return {}, False
+    name = kind.removeprefix("preset:")
+    seen = sum(idx.count(t) for t in (vocab.RECEIVED, vocab.PROCESSED, vocab.FAILED,
+                                       vocab.RETRY_SCHEDULED))
+    if seen == 0:
+        return {c: f"no line of the worker matched --events {name}: is it logging at the "
+                   "preset's level (Celery: -l info)?" for c in claims}, True
     raw = caps.get("unobservable")
     if not isinstance(raw, dict):
-        return {}
-    kind = caps.get("events", "?")
-    return {str(c): f"not observable with --events {str(kind).removeprefix('preset:')}: {why}"
-            for c, why in raw.items()}
+        return {}, False
+    return ({str(c): f"not observable with --events {name}: {why}" for c, why in raw.items()},
+            False)

@@ -73,7 +73,7 @@ from typing import Any, Final
 
 from harness.checkers import facts
 from harness.checkers import index as ix
-from harness.checkers.base import OFFENDERS_MAX, ClaimResult, first, unknown
+from harness.checkers.base import OBSERVABLE, OFFENDERS_MAX, ClaimResult, first, unknown
 from harness.history import Event, History
 
 CLAIM: Final = "retry-backoff"
@@ -83,6 +83,10 @@ JITTERS: Final = ("none", "full", "equal")
 # Gaps per attempt needed before the envelope's growth is judged (jitter only):
 # with n gaps drawn from [0, 2d], the longest stays below d with chance 2^-n.
 ENVELOPE_MIN_N: Final = 10
+# A reason, set by ``checkers.check_all`` from the run's event preset
+# (``harness.presets``), when the events cannot time the gaps: then only the attempt
+# counts are judged (a wrong count is still false), else unknown, not observable.
+GAPS_UNOBSERVABLE: Final = "gaps_unobservable"
 
 
 def _attempts(receipts: list[Event]) -> dict[int, Event]:
@@ -229,6 +233,13 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         "incomplete": len(incomplete), "base_ms": base_ms, "max_attempts": max_attempts,
         "tolerance": tol, "slack_s": slack_s, "per_attempt": per_attempt,
     }
+    hidden = params.get(GAPS_UNOBSERVABLE)
+    if isinstance(hidden, str) and hidden:
+        # The run's event source cannot time the gaps (an event preset says why): only
+        # the attempt counts are evidence, and without a wrong count nothing is decided.
+        bad, flat_envelope = [], []
+        if not wrong_count:
+            return unknown(CLAIM, hidden, **evidence, **{OBSERVABLE: False})
     if bad or wrong_count or flat_envelope:
         parts = []
         if bad:

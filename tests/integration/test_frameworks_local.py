@@ -1,7 +1,7 @@
 """Celery and Dramatiq workers nobody here wrote, under the harness (local backend):
 the example apps (examples/), tasks published by each framework's own client
 (``--format``), events from harness_events. The kill in crash-recovery.yaml tells
-Celery's default (acknowledge on receipt) from ``task_acks_late``, and Dramatiq
+Celery's default (acknowledge when the task starts) from ``task_acks_late``, and Dramatiq
 (acknowledge after the actor) passes."""
 
 from __future__ import annotations
@@ -78,14 +78,16 @@ def test_celery_countdown_retries_back_off_and_retries_at_once_do_not(tmp_path: 
 
 def test_celery_app_without_the_integration_read_from_its_log_lines(tmp_path: Path) -> None:
     """``--events celery``: the app as it is (HARNESS_EVENTS=off), its own INFO lines
-    read through the preset; the loss of its default acknowledgement (on receipt: the
-    tasks running at the kill are gone) is caught from them alone."""
+    read through the preset; the loss of its default acknowledgement (when a task
+    starts: the tasks running at the kill are gone) is caught from them alone."""
     code, claims = run("celery", celery_worker("HARNESS_EVENTS=off", level="info"), tmp_path,
                        events="celery")
     assert code == 1, claims
     assert claims["no-loss"]["valid"] == "false", claims["no-loss"]
     assert claims["redelivery-after-crash"]["valid"] == "false"
     assert claims["exactly-once-ack"]["valid"] == "unknown"  # Celery logs no ack
+    evidence = claims["no-loss"]["evidence"]
+    assert isinstance(evidence, dict) and int(evidence["processed"]) > 0  # lines were read
 
 
 def celery_prefork(*env: str) -> str:
@@ -116,7 +118,7 @@ def test_dramatiq_dead_letters_to_its_xq(tmp_path: Path) -> None:
 
 
 def test_dramatiq_backoff_judged_as_dramatiq_draws_it(tmp_path: Path) -> None:
-    """Dramatiq's delay: 2 x min_backoff x 2^(a-1), drawn in [d/2, d] (equal jitter),
+    """Dramatiq's delay: min_backoff x 2^(a-1) x U(1, 2), equal jitter below 2 x that,
     released by a worker that polls every 100 ms (dramatiq_worker_timeout)."""
     code, claims = run("dramatiq", f"env dramatiq_worker_timeout=100 {DRAMATIQ_WORKER}",
                        tmp_path, "retry-backoff-jitter.yaml",

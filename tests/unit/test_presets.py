@@ -67,3 +67,56 @@ def test_an_unknown_preset_name_is_a_one_line_error() -> None:
 
     with pytest.raises(ValueError, match="preset \\(celery\\)"):
         WorkerSpec(events="dramatiq").events_pattern()
+
+
+def preset_run(lines: bool = True, attempts: int = 2) -> H:
+    caps = {"directives": True, "health": False, "events": "preset:celery",
+            "unobservable": {"retry-backoff": "the log cannot time a backoff"}}
+    h = start(caps).publish("r", directives={"fail_times": 1})
+    if lines:
+        for a in range(1, attempts + 1):
+            h.received("r", W1, attempt=a, ts=1000.0 + a)
+        h.processed("r", W1, attempt=attempts, ts=1000.0 + attempts + 0.1)
+    return h.finish()
+
+
+def test_the_attempt_counts_still_judge_retry_backoff_under_a_preset() -> None:
+    [ok] = check_all(preset_run().build(), ["retry-backoff"])
+    assert ok.valid is None and not observable(ok)
+    # Four attempts for a task asked to fail once: retries past the limit, seen in the
+    # receipts, which the log shows truly.
+    [bad] = check_all(preset_run(attempts=4).build(), ["retry-backoff"])
+    assert bad.valid is False and bad.evidence["wrong_attempt_count"] == 1
+
+
+def test_a_preset_run_in_which_no_line_matched_is_undecided_not_a_loss() -> None:
+    results = check_all(preset_run(lines=False).build(), ["no-loss", "retry-backoff"])
+    assert [r.valid for r in results] == [None, None]
+    assert all("-l info" in r.summary for r in results)
+    # Gated, so the run is undecided (exit 2), never a PASS of nothing.
+    assert all(observable(r) for r in results)
+    from harness.verdicts import overall_exit_code
+
+    assert overall_exit_code(results) == 2
+
+
+def test_celerys_worker_lost_line_is_no_second_success() -> None:
+    spec = WorkerSpec(events="celery")
+    rec = Recorder(None)
+    reader = LineReader(rec, "worker-1", spec.events_pattern(), words=spec.event_words())
+    reader.feed("[...: WARNING/MainProcess] Task harness.task[x-1] succeeded before the "
+                "worker was lost")  # celery/worker/request.py
+    assert [e for e in rec.snapshot() if e.source == "worker-1"] == []
+
+
+def test_a_preset_needs_a_brought_worker_of_its_framework() -> None:
+    import pytest
+
+    from harness.options import OptionsError, build_options
+
+    with pytest.raises(OptionsError, match="bring it with --worker-cmd"):
+        build_options(backend="local", events="celery")
+    with pytest.raises(OptionsError, match="--format celery"):
+        build_options(backend="local", worker_cmd="w", events="celery")
+    assert build_options(backend="local", worker_cmd="w", events="celery",
+                         task_format="celery").events == "celery"
