@@ -4,22 +4,25 @@ scenario, printed as a Markdown table (docs/frameworks.md keeps one).
 
     python benchmarks/framework_verdicts.py [--runs 1] [--only celery] [--scenario crash-during]
 
-Each row: the configuration (Celery's pool and acknowledgement settings, or
-Dramatiq's defaults), the scenario, the exit code, the claims that were true,
-false and unknown, and the run's rerun command. With ``--runs N`` every cell is
-run N times and says how many runs gave each verdict (a configuration whose
-verdict moves between runs is itself a finding). Local backend, tasks published
+One row per configuration (Celery's pool and acknowledgement settings, or
+Dramatiq's), one column per claim; a cell gives the claim's verdict in each
+scenario that judged it, worst first, linked to that run's report (the run
+directories stay under ``--out``; ``--json`` keeps every run with its rerun
+command). With ``--runs N`` every scenario runs N times and a cell says how many
+runs gave each verdict (a configuration whose verdict moves between runs is
+itself a finding). Local backend, tasks published
 by each framework's own client (``--format``), events from ``harness_events``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
-import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,29 +70,70 @@ SCENARIOS = ("crash-recovery", "crash-during", "retry-backoff", "retry-backoff-j
              "dead-letter-tasks", "scale-up-backlog")
 
 
-def run_once(cfg: Config, scenario: str) -> tuple[int, dict[str, str], str]:
-    with tempfile.TemporaryDirectory(prefix="fwv-") as tmp:
-        cmd = [sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / f"{scenario}.yaml"),
-               "--backend", "local", "--format", cfg.task_format, "--worker-cmd", cfg.command,
-               "--capabilities", "directives", "--out", tmp, "--no-progress"]
-        if scenario.startswith("retry-backoff"):
-            for p in cfg.params:
-                cmd += ["--param", p]
-        os.environ["PYTHONPATH"] = str(ROOT)  # the example apps, for the workers
-        proc = run_child(cmd, ROOT, RUN_TIMEOUT_S)
-        results = sorted(Path(tmp).glob("*/result.json"))
-        if not results:
-            return proc.returncode, {}, "(no result written)"
-        data = json.loads(results[-1].read_text())
-        return (proc.returncode, {c["claim"]: c["valid"] for c in data["claims"]},
-                str(data.get("rerun", "")))
+# The table's columns: the claims these scenarios judge.
+CLAIM_COLUMNS = ("no-loss", "exactly-once-ack", "no-duplicate-processing",
+                 "redelivery-after-crash", "retry-backoff", "dead-letter", "even-distribution")
+# A cell's word for several verdicts of one claim: the worst decides.
+RANK = {"false": 0, "unknown": 1, "true": 2}
 
 
-def cell(values: list[str]) -> str:
-    counts = Counter(values)
-    if len(counts) == 1:
-        return values[0]
-    return ", ".join(f"{v} {n}/{len(values)}" for v, n in counts.most_common())
+@dataclass(frozen=True)
+class Run:
+    config: str
+    scenario: str
+    exit_code: int
+    claims: dict[str, str]  # claim -> "true" | "false" | "unknown"
+    run_dir: str
+    rerun: str
+
+
+def run_once(cfg: Config, scenario: str, out: Path) -> Run:
+    cmd = [sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / f"{scenario}.yaml"),
+           "--backend", "local", "--format", cfg.task_format, "--worker-cmd", cfg.command,
+           "--capabilities", "directives", "--out", str(out), "--no-progress"]
+    if scenario.startswith("retry-backoff"):
+        for p in cfg.params:
+            cmd += ["--param", p]
+    os.environ["PYTHONPATH"] = str(ROOT)  # the example apps, for the workers
+    before = set(out.glob("*/result.json"))
+    proc = run_child(cmd, ROOT, RUN_TIMEOUT_S)
+    new = sorted(set(out.glob("*/result.json")) - before)
+    if not new:
+        return Run(cfg.name, scenario, proc.returncode, {}, "", "(no result written)")
+    data = json.loads(new[-1].read_text())
+    return Run(cfg.name, scenario, proc.returncode,
+               {c["claim"]: str(c["valid"]) for c in data["claims"]},
+               str(new[-1].parent), str(data.get("rerun", "")))
+
+
+def cell(runs: list[Run], claim: str, link_base: Path | None) -> str:
+    """The claim's verdicts over the configuration's runs: per scenario, the word (with
+    ``k/n`` when repeated runs disagree), linked to the first run's report."""
+    parts: list[tuple[int, str]] = []
+    for sc in dict.fromkeys(r.scenario for r in runs):
+        of_sc = [r for r in runs if r.scenario == sc and claim in r.claims]
+        if not of_sc:
+            continue
+        counts = Counter(r.claims[claim] for r in of_sc)
+        worst = min(counts, key=lambda w: RANK.get(w, 1))
+        word = worst if len(counts) == 1 else ", ".join(
+            f"{w} {n}/{len(of_sc)}" for w, n in counts.most_common())
+        report = Path(of_sc[0].run_dir) / "report.html"
+        target = os.path.relpath(report, link_base) if link_base is not None else str(report)
+        text = f"**{word}**" if worst == "false" else word
+        parts.append((RANK.get(worst, 1), f"[{text}]({target}) ({sc})"))
+    return "<br>".join(t for _r, t in sorted(parts)) or "-"
+
+
+def table(runs: list[Run], link_base: Path | None) -> list[str]:
+    configs = list(dict.fromkeys(r.config for r in runs))
+    rows = ["| configuration | " + " | ".join(CLAIM_COLUMNS) + " |",
+            "|---|" + "---|" * len(CLAIM_COLUMNS)]
+    for name in configs:
+        mine = [r for r in runs if r.config == name]
+        rows.append(f"| {name} | " + " | ".join(cell(mine, c, link_base) for c in CLAIM_COLUMNS)
+                    + " |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,35 +141,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=1, help=f"runs per cell (1..{MAX_RUNS})")
     ap.add_argument("--only", default="", help="configurations whose name contains this")
     ap.add_argument("--scenario", action="append", default=[], choices=SCENARIOS)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where the run directories stay (default runs/framework-verdicts-TIME)")
+    ap.add_argument("--json", type=Path, default=None, help="also write every run as JSON")
     args = ap.parse_args(argv)
     if not 1 <= args.runs <= MAX_RUNS:
         print(f"--runs must be between 1 and {MAX_RUNS}", file=sys.stderr)
         return 2
     configs = [c for c in CONFIGS if args.only.lower() in c.name.lower()]
+    if not configs:
+        print(f"--only {args.only!r} names no configuration", file=sys.stderr)
+        return 2
+    out = args.out or ROOT / "runs" / f"framework-verdicts-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
     scenarios = args.scenario or list(SCENARIOS)
-    rows = ["| configuration | scenario | exit | true | false | unknown | rerun |",
-            "|---|---|---|---|---|---|---|"]
+    runs: list[Run] = []
+    t0 = time.monotonic()
     for cfg in configs:
         for sc in scenarios:
-            exits: list[str] = []
-            verdicts: dict[str, list[str]] = {}
-            rerun = ""
             for _ in range(args.runs):
-                code, claims, rerun = run_once(cfg, sc)
-                exits.append(str(code))
-                for claim, valid in claims.items():
-                    verdicts.setdefault(claim, []).append(str(valid))
-            by = {w: sorted(c for c, v in verdicts.items() if cell(v) == w)
-                  for w in ("true", "false", "unknown")}
-            mixed = sorted(f"{c} ({cell(v)})" for c, v in verdicts.items()
-                           if cell(v) not in by)
-            row = (f"| {cfg.name} | {sc} | {cell(exits)} | {', '.join(by['true']) or '-'} | "
-                   f"{', '.join(by['false'] + mixed) or '-'} | "
-                   f"{', '.join(by['unknown']) or '-'} | `{rerun}` |")
-            print(row, flush=True)
-            rows.append(row)
+                run = run_once(cfg, sc, out)
+                runs.append(run)
+                print(f"{cfg.name} | {sc}: exit {run.exit_code} "
+                      f"{json.dumps(run.claims)} {run.run_dir}", flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in runs], indent=1) + "\n")
     print()
-    print("\n".join(rows))
+    print("\n".join(table(runs, Path.cwd())))
+    print(f"\n{len(runs)} runs in {(time.monotonic() - t0) / 60:.1f} min; run directories "
+          f"under {out}")
     return 0
 
 
