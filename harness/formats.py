@@ -85,14 +85,8 @@ class FrameworkPublisher:
     def _close(self) -> None:
         raise NotImplementedError
 
-    def _extra(self, task: Task) -> dict[str, Any]:
-        """More fields for the task's ``publish`` event (none by default)."""
-        return {}
-
     def _record(self, task: Task, outcome: str, error: str | None = None) -> None:
-        extra = self._extra(task)
-        if error is not None:
-            extra["error"] = error
+        extra: dict[str, Any] = {} if error is None else {"error": error}
         self.recorder.record(vocab.PUBLISH, SOURCE, id=task.id, outcome=outcome,
                              directives=task.directives, poison=task.poison, **extra)
 
@@ -275,19 +269,14 @@ class DramatiqPublisher(FrameworkPublisher):
         self._broker = broker
 
     def _send(self, task: Task) -> None:
-        import pika.exceptions
         from dramatiq import Message
-        from dramatiq.errors import ConnectionClosed
 
+        # pika's NackError and UnroutableError are AMQPChannelErrors, which Dramatiq's
+        # enqueue answers by sending again; OnceOnly refuses that second send, so a
+        # nacked or returned task ends ``unknown`` (it may be in the queue), never ``ok``.
         msg: Any = Message(queue_name=self.queue, actor_name=self.actor_name, args=(),
                            kwargs=task_kwargs(task), options={}, message_id=task.id)
-        try:
-            self._broker.enqueue(msg)
-        except ConnectionClosed as e:
-            cause = e.args[0] if e.args else None
-            if isinstance(cause, pika.exceptions.NackError | pika.exceptions.UnroutableError):
-                raise _Refused(f"{type(cause).__name__}") from None
-            raise
+        self._broker.enqueue(msg)
 
     def _close(self) -> None:
         broker, self._broker = self._broker, None
