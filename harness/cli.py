@@ -112,6 +112,9 @@ def _run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--out", type=Path, default=Path("runs"), help="where run directories go")
     r.add_argument("--worker-cmd", help="command of a brought worker (local backend)")
     r.add_argument("--worker-image", help="image of a brought worker (docker backend)")
+    r.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="more environment for every worker, e.g. a framework's setting "
+                   "CELERY_ACKS_LATE=true (repeatable; not the names the harness sets)")
     r.add_argument("--events", default="json",
                    help="'json' (worker contract v1), 'regex:PATTERN' with a group 'id', or "
                    "a framework's log preset: 'celery' (docs/frameworks.md)")
@@ -252,7 +255,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 def _options(args: argparse.Namespace) -> RunOptions | int:
     """RunOptions from the shared flags, or an exit code after a one-line error."""
-    from harness.options import OptionsError, build_options
+    from harness.options import OptionsError, build_options, parse_worker_env
 
     try:
         return build_options(
@@ -262,7 +265,8 @@ def _options(args: argparse.Namespace) -> RunOptions | int:
             gate=args.gate, progress=not args.no_progress, capabilities=args.capabilities,
             queue=args.queue, dlq=args.dlq, params=_params(args.param),
             reporting=getattr(args, "reporting", "full"),
-            task_format=getattr(args, "task_format", vocab.FORMAT_CONTRACT_V1))
+            task_format=getattr(args, "task_format", vocab.FORMAT_CONTRACT_V1),
+            worker_env=parse_worker_env(getattr(args, "worker_env", [])))
     except OptionsError as exc:
         return _err(str(exc))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,21 @@ from harness.model import Scenario
 BROKER_URL_ENV: Final = "HARNESS_BROKER_URL"
 SEED_MAX: Final = 2**32 - 1
 CAPABILITIES: Final = frozenset({"directives", "health"})
+# What the harness itself sets in a worker's environment (the scenario's cluster and
+# the backend: ``worker_env``, ``worker_spec``, ``cluster.base.contract_env``):
+# ``--worker-env`` may not set these, or a run would not be the scenario it names.
+HARNESS_ENV_KEYS: Final = frozenset({
+    "RABBITMQ_QUEUE", "WORKER_CONCURRENCY", "WORKER_RETRY_BASE_MS", "WORKER_MAX_ATTEMPTS",
+    "RABBITMQ_HEARTBEAT_S", "WORKER_SHUTDOWN_GRACE_S", "RABBITMQ_DLQ", "RABBITMQ_QUEUE_TYPE",
+    "WORKER_RECONNECT_MAX_S", "RMQ_HARNESS_RUN", "WORKER_EVENTS", "RABBITMQ_HOST",
+    "RABBITMQ_PORT", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_VHOST", "RABBITMQ_URL",
+    "WORKER_ID", "HEALTH_PORT",
+})
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A ``--worker-env`` value under a name like these is a secret: registered for
+# redaction, and a rerun command names the variable instead of repeating it.
+_SECRET_KEY = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
+MAX_WORKER_ENV: Final = 64
 
 
 class OptionsError(ValueError):
@@ -40,6 +56,28 @@ def parse_gate(value: str) -> frozenset[str]:
     if unknown:
         raise OptionsError(f"unknown claim {unknown[0]!r}; known: {', '.join(CLAIMS)}")
     return claims
+
+
+def parse_worker_env(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` -> the brought worker's extra environment; OptionsError
+    for a malformed item or a name the harness sets itself (``HARNESS_ENV_KEYS``)."""
+    if len(items) > MAX_WORKER_ENV:
+        raise OptionsError(f"--worker-env: at most {MAX_WORKER_ENV} variables, got {len(items)}")
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_KEY.fullmatch(key):
+            raise OptionsError(f"--worker-env {key if sep else item!r}: give NAME=VALUE, "
+                               "e.g. CELERY_ACKS_LATE=true")
+        if key in HARNESS_ENV_KEYS:
+            raise OptionsError(f"--worker-env {key}: the harness sets it from the scenario "
+                               "and the backend; change the scenario's cluster instead")
+        out[key] = value
+    return out
+
+
+def secret_env_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key))
 
 
 def parse_capabilities(value: str) -> frozenset[str]:
@@ -84,6 +122,9 @@ class RunOptions:
     reporting: str = "full"
     # The tasks' wire format and publisher (``vocab.TASK_FORMATS``, ``harness.formats``).
     task_format: str = vocab.FORMAT_CONTRACT_V1
+    # More environment for every worker (``--worker-env``: a framework's settings);
+    # never a name of ``HARNESS_ENV_KEYS``. Values of secret-looking names are redacted.
+    worker_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def brought_worker(self) -> bool:
@@ -117,7 +158,8 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
                   queue: str | None = None, dlq: str | None = None,
                   params: Mapping[str, Mapping[str, Any]] | None = None,
                   reporting: str = "full",
-                  task_format: str = vocab.FORMAT_CONTRACT_V1) -> RunOptions:
+                  task_format: str = vocab.FORMAT_CONTRACT_V1,
+                  worker_env: Mapping[str, str] | None = None) -> RunOptions:
     """The options of a run, checked together (the CLI and the pytest plugin both
     build them here); OptionsError with a one-line fix for any that do not fit.
     ``backend`` ``auto`` is resolved (``default_backend``). A broker URL's password
@@ -181,11 +223,19 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
         raise OptionsError(f"--format {task_format}: the reference worker reads contract v1 "
                            f"only; bring your {task_format} worker with --worker-cmd or "
                            "--worker-image")
+    extra_env = dict(worker_env or {})
+    bad_env = sorted(extra_env.keys() & HARNESS_ENV_KEYS)
+    if bad_env:
+        raise OptionsError(f"--worker-env {bad_env[0]}: the harness sets it from the scenario "
+                           "and the backend; change the scenario's cluster instead")
+    for key, value in extra_env.items():
+        if secret_env_key(key):
+            credentials.register(value)
     return RunOptions(backend=backend, broker_url=broker_url, seed=seed, workers=workers,
                       out=out, vhost=vhost, worker_cmd=worker_cmd, worker_image=worker_image,
                       events=events, gate=gate, progress=progress, capabilities=capabilities,
                       queue=queue, dlq=dlq, params=dict(params or {}), reporting=reporting,
-                      task_format=task_format)
+                      task_format=task_format, worker_env=extra_env)
 
 
 def check_format(scenario: Scenario, opts: RunOptions) -> None:
@@ -205,6 +255,14 @@ def worker_identity(opts: RunOptions) -> dict[str, Any]:
     """The worker under test, as result.json names it: the reference worker and
     its reporting mode, a command, or an image with its id (docker; ``None`` when
     the engine does not answer)."""
+    out = _identity(opts)
+    if opts.worker_env:
+        out["env"] = {k: "***" if secret_env_key(k) else v
+                      for k, v in sorted(opts.worker_env.items())}
+    return out
+
+
+def _identity(opts: RunOptions) -> dict[str, Any]:
     if opts.worker_cmd:
         return {"cmd": opts.worker_cmd}
     if opts.backend == "docker":
@@ -309,9 +367,16 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
         for key, value in sorted(over.items()):
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
             parts += ["--param", f"{claim}.{key}={text}"]
+    secret_keys = []
+    for key, value in sorted(opts.worker_env.items()):
+        if secret_env_key(key):
+            secret_keys.append(key)
+        else:
+            parts += ["--worker-env", f"{key}={value}"]
     # The broker's URL carries a password: the rerun names the variable that holds
-    # it (the CLI reads HARNESS_BROKER_URL), never the URL.
-    tail = f' --broker-url "${BROKER_URL_ENV}"' if opts.broker_url else ""
+    # it (the CLI reads HARNESS_BROKER_URL), never the URL; likewise a secret's value.
+    tail = "".join(f' --worker-env "{key}=${key}"' for key in secret_keys)
+    tail += f' --broker-url "${BROKER_URL_ENV}"' if opts.broker_url else ""
     return shlex.join(parts) + tail
 
 
@@ -324,6 +389,7 @@ def worker_spec(scenario: Scenario, opts: RunOptions, run_id: str) -> WorkerSpec
     env["RMQ_HARNESS_RUN"] = run_id
     if opts.reporting != "full" and not opts.brought_worker:
         env["WORKER_EVENTS"] = opts.reporting
+    env.update(opts.worker_env)  # after the scenario's cluster.env: the command line wins
     command: tuple[str, ...] = ()  # the backend's default: the reference worker
     if opts.worker_cmd:
         command = tuple(shlex.split(opts.worker_cmd))

@@ -18,6 +18,7 @@ from harness.options import (
     build_options,
     parse_capabilities,
     parse_gate,
+    parse_worker_env,
 )
 
 UNKNOWN_MODES: Final = ("error", "skip")
@@ -36,6 +37,8 @@ _OPTIONS: Final = (
     ("events", "'json' (worker contract v1), 'regex:PATTERN' with a group 'id', or a "
                "framework's log preset: celery", "json"),
     ("reporting", "the reference worker's reporting: full or minimal", "full"),
+    ("worker-env", "more environment for every worker: NAME=VALUE, space-separated "
+                   "(e.g. CELERY_ACKS_LATE=true)", None),
     ("format", "the tasks' wire format: contract-v1 (default), celery or dramatiq, "
                "published by the framework's own client (docs/frameworks.md)", None),
     ("broker-url", f"a broker of yours (default ${BROKER_URL_ENV}); each run gets a "
@@ -93,6 +96,7 @@ def options_from(config: pytest.Config) -> RunOptions:
             progress=False,
             reporting=setting(config, "reporting") or "full",
             task_format=setting(config, "format") or vocab.FORMAT_CONTRACT_V1,
+            worker_env=parse_worker_env(tuple((setting(config, "worker-env") or "").split())),
         )
     except OptionsError as exc:
         raise pytest.UsageError(f"harness: {credentials.redact(str(exc))}") from None
