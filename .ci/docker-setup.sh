@@ -48,7 +48,7 @@ echo "docker-setup: engine up ($(docker version --format '{{.Server.Version}}' 2
 if [[ "${SKIP_IMAGES:-0}" != "1" ]]; then
     repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     if [[ -f "$repo/harness/images.py" ]]; then
-        (cd "$repo" && python3 -c 'import sys; from harness.images import images_main; sys.exit(images_main(["build", "--offline"]))') \
+        (cd "$repo" && python3 -c 'import sys; from harness.images import images_main; sys.exit(images_main(["build", "--offline", "--examples"]))') \
             || fail "building the harness images failed (see above)"
     fi
 fi

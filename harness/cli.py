@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the public RabbitMQ base to build the broker on (default pinned: "
                         "rabbitmq:3.10.8-management, Debian 12's version; or "
                         "$HARNESS_BROKER_BASE)")
+    b.add_argument("--examples", action="store_true",
+                   help="also the example Celery and Dramatiq apps' images (from a checkout)")
     isub.add_parser("status", help="which images exist and whether they are up to date")
     return p
 
@@ -405,6 +407,7 @@ def cmd_images(args: argparse.Namespace, console: Console) -> int:
     argv = [args.images_command]
     if args.images_command == "build":
         argv += (["--offline"] if args.offline else []) + (["--force"] if args.force else [])
+        argv += ["--examples"] if args.examples else []
         if args.broker_base:
             argv += ["--broker-base", args.broker_base]
     return int(images_main(argv))

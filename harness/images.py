@@ -438,9 +438,12 @@ def build_worker_image(
 
 
 def build_images(
-    offline: bool | None, force: bool = False, console: Console | None = None
+    offline: bool | None, force: bool = False, console: Console | None = None,
+    examples: bool = False,
 ) -> dict[str, str]:
-    """Build (or keep, when their inputs are unchanged) the harness images.
+    """Build (or keep, when their inputs are unchanged) the harness images, and with
+    ``examples`` the example framework apps' (``harness.exampleimages``) on the
+    worker's base.
 
     Returns image name -> image id (with the base when offline). Raises
     ClusterError with one line on any failure.
@@ -465,6 +468,14 @@ def build_images(
                 base_id = result.get(step.base) or str(client.images.get(step.base).id)
                 result[step.image] = builders[step.context](
                     client, step.base, base_id, out, force=force)
+            if examples:
+                from harness.exampleimages import EXAMPLES, build_example_image
+
+                base = next(s.base for s in build_plan(use_offline) if s.context == "worker")
+                base_id = result.get(base) or str(client.images.get(base).id)
+                for app in EXAMPLES:
+                    result[EXAMPLES[app][0]] = build_example_image(client, app, base, base_id,
+                                                                   out, force=force)
             return result
     finally:
         with contextlib.suppress(Exception):
@@ -486,7 +497,10 @@ def image_status() -> list[dict[str, Any]]:
     client = docker_client(timeout_s=CONNECT_TIMEOUT_S * 3)
     rows: list[dict[str, Any]] = []
     try:
-        for name in (BASE_IMAGE, BROKER_IMAGE, WORKER_IMAGE, SIDECAR_IMAGE):
+        from harness.exampleimages import EXAMPLES
+
+        examples = tuple(image for image, _req, _dist in EXAMPLES.values())
+        for name in (BASE_IMAGE, BROKER_IMAGE, WORKER_IMAGE, SIDECAR_IMAGE, *examples):
             image = image_or_none(client, name)
             rows.append(
                 {
@@ -522,6 +536,8 @@ def images_main(argv: Sequence[str] | None = None) -> int:
         "--online", action="store_true", help="build on the public bases (pulls them)"
     )
     build.add_argument("--force", action="store_true", help="rebuild even if inputs are unchanged")
+    build.add_argument("--examples", action="store_true",
+                       help="also the example Celery and Dramatiq apps' images (from a checkout)")
     build.add_argument("--broker-base", metavar="IMAGE",
                        help=f"the public RabbitMQ base (default {PUBLIC_BROKER_BASE}, or "
                             f"${BROKER_BASE_ENV})")
@@ -541,7 +557,8 @@ def images_main(argv: Sequence[str] | None = None) -> int:
             return 0
         offline = True if args.offline else False if args.online else None
         started = time.monotonic()
-        result = build_images(offline=offline, force=args.force, console=Printer())
+        result = build_images(offline=offline, force=args.force, console=Printer(),
+                              examples=args.command == "build" and args.examples)
         for name, image_id in result.items():
             print(f"{name} {image_id}")
         print(f"images ready in {time.monotonic() - started:.1f} s", file=sys.stderr)

@@ -63,3 +63,49 @@ def test_images_build_refuses_a_broker_base_offline(capsys: pytest.CaptureFixtur
 
     assert images_main(["build", "--offline", "--broker-base", "rabbitmq:4.0-management"]) == 2
     assert "--broker-base picks a public base" in capsys.readouterr().err
+
+
+def test_example_images_pin_the_installed_framework() -> None:
+    from importlib import metadata
+
+    from harness import exampleimages
+
+    assert exampleimages.pinned_requirement("celery") == f"celery=={metadata.version('celery')}"
+    # The extra goes before the pin: "dramatiq==2.2.1[rabbitmq]" is no requirement.
+    assert exampleimages.pinned_requirement("dramatiq") == (
+        f"dramatiq[rabbitmq]=={metadata.version('dramatiq')}")
+    with pytest.raises(ValueError, match="no example app 'rq'"):
+        exampleimages.example_image("rq")
+
+
+def test_example_image_inputs_cover_the_apps_and_the_framework(tmp_path: Path) -> None:
+    """A change to an app, its Dockerfile or its command rebuilds its image."""
+    import shutil
+
+    from harness import exampleimages
+
+    root = tmp_path / "src"
+    for part in ("pyproject.toml", "examples", "harness_events", "worker"):
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / part)
+    (root / "harness").mkdir()
+    (root / "harness" / "__init__.py").write_text("")
+    before = exampleimages.example_inputs_hash("celery", "sha256:base", root)
+    assert before != exampleimages.example_inputs_hash("dramatiq", "sha256:base", root)
+    assert before != exampleimages.example_inputs_hash("celery", "sha256:other", root)
+    with open(root / "examples" / "container-cmd.sh", "a") as f:
+        f.write("# changed\n")
+    assert before != exampleimages.example_inputs_hash("celery", "sha256:base", root)
+
+
+def test_the_example_command_runs_each_framework_as_its_docs_do() -> None:
+    text = (ROOT / "examples" / "container-cmd.sh").read_text()
+    assert "exec celery -A examples.celery_app.tasks worker" in text
+    assert "exec dramatiq examples.dramatiq_app.tasks" in text
+    docker = (ROOT / "examples" / "Dockerfile").read_text()
+    assert 'CMD ["/opt/harness-example/examples/container-cmd.sh"]' in docker
+    assert "--no-index" in docker  # nothing fetched inside the build
