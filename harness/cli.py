@@ -117,7 +117,8 @@ def _run_options(r: argparse.ArgumentParser) -> None:
                    "CELERY_ACKS_LATE=true (repeatable; not the names the harness sets)")
     r.add_argument("--events", default="json",
                    help="'json' (worker contract v1), 'regex:PATTERN' with a group 'id', or "
-                   "a framework's log preset: 'celery' (docs/frameworks.md)")
+                   "a framework's log preset: 'celery' or 'dramatiq' "
+                   "(docs/frameworks.md)")
     r.add_argument("--capabilities", type=_capabilities,
                    help="what the worker can do: 'directives' (honours the test hooks in "
                    "task bodies), 'health' (serves /healthcheck), comma-separated, or 'none'. "

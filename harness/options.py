@@ -436,6 +436,8 @@ def run_started(scenario: Scenario, opts: RunOptions, seed: int, run_id: str,
                  "restart_policy": c.restart_policy, "task_format": c.task_format},
         capabilities={"directives": "directives" in caps, "health": "health" in caps,
                       "events": events_kind(opts.events),
-                      "unobservable": dict(preset.unobservable) if preset else {}},
+                      "unobservable": dict(preset.unobservable) if preset else {},
+                      "unobservable_after_death":
+                          dict(preset.unobservable_after_death) if preset else {}},
         worker_under_test={"cmd": opts.worker_cmd, "image": opts.worker_image,
                            "reference": not opts.brought_worker})

@@ -35,7 +35,7 @@ _OPTIONS: Final = (
              "judged claim the worker's events can show)", None),
     ("out", "where run directories go (default runs)", "runs"),
     ("events", "'json' (worker contract v1), 'regex:PATTERN' with a group 'id', or a "
-               "framework's log preset: celery", "json"),
+               "framework's log preset: celery or dramatiq", "json"),
     ("reporting", "the reference worker's reporting: full or minimal", "full"),
     ("worker-env", "more environment for every worker: NAME=VALUE, space-separated "
                    "(e.g. CELERY_ACKS_LATE=true)", None),

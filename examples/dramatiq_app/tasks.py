@@ -48,7 +48,10 @@ def make_broker() -> Any:
         broker = StubBroker()
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(CrashAfterProcess())
-    broker.add_middleware(HarnessEvents())
+    # HARNESS_EVENTS=off: the app as it is without the integration, read from its
+    # debug lines instead (``harness run --events dramatiq``, ``dramatiq --verbose``).
+    if os.environ.get("HARNESS_EVENTS", "on") != "off":
+        broker.add_middleware(HarnessEvents())
     return broker
 
 

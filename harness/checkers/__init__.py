@@ -91,7 +91,8 @@ __all__ = ["CHECKERS", "check_all"]
 
 # Checkers that judge the part of their claim an event preset does not distort, told
 # by this parameter (the reason); any other distorted claim is unknown outright.
-PARTLY_OBSERVABLE: Final[Mapping[str, str]] = {"retry-backoff": retry_backoff.GAPS_UNOBSERVABLE}
+PARTLY_OBSERVABLE: Final[Mapping[str, str]] = {"retry-backoff": retry_backoff.GAPS_UNOBSERVABLE,
+                                               "no-loss": no_loss.UNSEEN_CRASHES}
 
 
 def _distorted(history: History, claims: Iterable[str]) -> tuple[dict[str, str], bool]:
@@ -116,7 +117,22 @@ def _distorted(history: History, claims: Iterable[str]) -> tuple[dict[str, str],
         return {c: f"no line of the worker matched --events {name}: is it logging at the "
                    "preset's level (Celery: -l info)?" for c in claims}, True
     raw = caps.get("unobservable")
-    if not isinstance(raw, dict):
-        return {}, False
-    return ({str(c): f"not observable with --events {name}: {why}" for c, why in raw.items()},
-            False)
+    out = ({str(c): f"not observable with --events {name}: {why}" for c, why in raw.items()}
+           if isinstance(raw, dict) else {})
+    after_death = caps.get("unobservable_after_death")
+    if isinstance(after_death, dict) and _a_process_died(idx):
+        for c, why in after_death.items():
+            out.setdefault(str(c), f"not observable with --events {name}: {why}")
+    return out, False
+
+
+def _a_process_died(idx: Any) -> bool:
+    """A worker process ended during the run proper, so a processing may have left
+    no log line: an exit before the drain (a kill, a terminate, a crash of the
+    main process, an exit nobody asked for) or a task with a ``crash`` directive
+    (under Celery's prefork pool it kills only a pool child, which no exit shows).
+    The harness's own record, never the worker's."""
+    if idx.crash_directives:
+        return True
+    end = idx.end_ts
+    return any(end is None or ev.ts < end for ev in idx.worker_exited)

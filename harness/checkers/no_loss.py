@@ -26,6 +26,11 @@ that was asked to fail, received by a worker, and followed by an injected
 broker fault (restart or stop, from the harness's own fault record) is
 explained by that, not lost (``ClaimResult.explained``).
 
+Read from an event preset (a framework's log lines) in a run where a worker
+process died, an id that its own ``after_process`` crash ended shows no success
+line whether or not its side effect happened: undecided, never lost and never
+processed (``UNSEEN_CRASHES``).
+
 Which facts come from the worker: ``processed`` (the contract's required
 event: a worker that reports processing it never did is a worker lying about
 its side effect, which no broker evidence can see). Everything else is the
@@ -49,6 +54,12 @@ from harness.checkers.base import ClaimResult, first, unknown
 from harness.history import History
 
 CLAIM: Final = "no-loss"
+# A reason, set by ``checkers.check_all`` from the run's event preset
+# (``harness.presets``) when a worker process died: a task whose process its own
+# ``after_process`` crash directive ended did its side effect, but a log line
+# written after the side effect never came. Such an id that the lines show
+# unprocessed is undecided, not lost; every other id is judged as always.
+UNSEEN_CRASHES: Final = "unseen_crashes"
 
 
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
@@ -68,6 +79,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     vanished = _vanished_in_transit(idx, lost & asked) if lost else {}
     if vanished:
         lost -= vanished.keys()
+    unseen: set[str] = set()
+    if lost and params.get(UNSEEN_CRASHES):
+        unseen = {i for i in lost if idx.crash_directives.get(i) == "after_process"}
+        lost -= unseen
     unexpected = idx.ids_where(lambda v: bool(v & ix.PROC) and not v & ix.PUBLISHED)
     counts: dict[str, Any] = {
         "attempted": idx.count_where(lambda v: bool(v & ix.PUBLISHED)),
@@ -89,6 +104,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         "drain_complete": idx.drain_complete,
         "final_captured": dict(fin.captured),
     }
+    if unseen:
+        counts["unseen_crashed"] = len(unseen)
     if unexpected:
         return ClaimResult(
             CLAIM, False,
@@ -138,6 +155,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
              "dead_lettered_never_processed_ids": first(wrongly_dead)},
             _explained(vanished),
         )
+    if unseen:
+        return unknown(CLAIM, f"{len(unseen)} task(s) ended by their after_process crash show "
+                       f"no success line, processed or not: {params[UNSEEN_CRASHES]}",
+                       **counts, unseen_crashed_ids=first(unseen))
     return ClaimResult(
         CLAIM, True,
         f"all {n_confirmed} confirmed task(s) accounted for: {n_processed} processed, "

@@ -33,6 +33,7 @@ CONNECTIONS_LISTED_WAIT_S: Final = 6.0
 if TYPE_CHECKING:
     from harness.broker import BrokerAdmin, ConnectionInfo
     from harness.formats import FrameworkPublisher
+    from harness.presets import Translate
     from harness.workload import Publisher
 
 
@@ -93,12 +94,13 @@ class WorkerSpec:
             raise ValueError(f"events regex {self.events!r} needs a named group (?P<id>...)")
         return pattern
 
-    def event_words(self) -> Mapping[str, str] | None:
-        """A preset's map from its ``event`` group's text to contract event types."""
+    def event_translator(self) -> Translate | None:
+        """A preset's translation of its lines into contract events, new for each
+        worker (it may keep state per worker); None for ``json`` and ``regex:``."""
         from harness.presets import preset
 
         found = preset(self.events)
-        return found.words if found is not None else None
+        return found.translator() if found is not None else None
 
 
 def contract_env(name: str, *, host: str, port: int, user: str, password: str, vhost: str,

@@ -15,7 +15,9 @@ timestamp, or the local reader's clock). The rules live here only:
   history is written and read back);
 - regex lines: a match with a non-empty ``id`` group; its ``event`` group (if
   any) must name a contract v1 type, else the match is a ``foreign_event``;
-  no ``event`` group means ``processed``;
+  no ``event`` group means ``processed``. A preset (``harness.presets``) turns the
+  ``event`` group's text into the contract events it means (none, one, or more:
+  Dramatiq's ack line is ``processed`` and ``acked`` after a success);
 - the worker's identity is the harness's name for the source. A ``worker``
   field that names someone else is kept as ``claimed_worker`` and counted;
 - ``ts``: the worker's own ``ts`` when it is a number no later than the time
@@ -34,11 +36,12 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from harness import vocab
 from harness.history import WORKER_EVENT_TYPES, Recorder
+from harness.presets import Translate
 
 MAX_LINE_CHARS: Final = 1 << 20
 # Clocks of the harness and the worker are the same host clock (local processes,
@@ -54,13 +57,14 @@ class LineReader:
 
     def __init__(self, recorder: Recorder, name: str, pattern: re.Pattern[str] | None,
                  clock: Callable[[], float] = time.time,
-                 words: Mapping[str, str] | None = None) -> None:
+                 translate: Translate | None = None) -> None:
         self.recorder = recorder
         self.name = name
         self.pattern = pattern
-        # A preset's (``harness.presets``) map from the ``event`` group's text to a
-        # contract event type; text it does not map stays as it is (so: foreign).
-        self.words = words or {}
+        # A preset's (``harness.presets``) translation of the ``event`` group's text
+        # (and the id) into contract event types; without one, the text is the type
+        # (so: foreign unless it names one). Called under the lock: it may keep state.
+        self.translate = translate
         self.clock = clock
         self._lock = threading.Lock()
         self.foreign = 0
@@ -95,8 +99,15 @@ class LineReader:
         if not ident:
             return
         said = groups.get("event")
-        name = self.words.get(said, said) if said else vocab.PROCESSED
-        self._record(name, ident, groups.get("worker"), None, {}, seen)
+        if not said:
+            events: Sequence[tuple[str, Mapping[str, Any]]] = ((vocab.PROCESSED, {}),)
+        elif self.translate is None:
+            events = ((said, {}),)
+        else:
+            with self._lock:
+                events = self.translate(said, ident)
+        for name, fields in events:
+            self._record(name, ident, groups.get("worker"), None, dict(fields), seen)
 
     def _record(self, name: str, ident: Any, claimed: Any, ts: Any, data: dict[str, Any],
                 seen: float) -> None:

@@ -65,3 +65,17 @@ def test_dramatiq_keeps_every_task_through_a_container_kill(tmp_path: Path) -> N
         assert claims[claim]["valid"] == "true", claims[claim]
     assert claims["no-duplicate-processing"]["invariant"] == "true"
     assert code == 0, claims
+
+
+def test_dramatiq_app_without_the_integration_read_from_its_debug_lines(tmp_path: Path) -> None:
+    """``--events dramatiq``: Dramatiq's own debug lines (``--verbose``); its ack line
+    after a success is the processing. After the kill a processing may have left no
+    line, so duplicates are not observable there (unknown, out of the gate), never
+    counted as none."""
+    code, claims = run("dramatiq", tmp_path, "HARNESS_EVENTS=off", "DRAMATIQ_VERBOSE=1",
+                       events="dramatiq")
+    for claim in ("no-loss", "exactly-once-ack", "redelivery-after-crash"):
+        assert claims[claim]["valid"] == "true", claims[claim]
+    dup = claims["no-duplicate-processing"]
+    assert dup["valid"] == "unknown" and dup["evidence"]["observable"] is False, dup
+    assert code == 0, claims

@@ -24,7 +24,7 @@ def celery_line(fmt: str, level: str = "INFO", **fields: object) -> str:
 def test_celery_log_lines_become_contract_events() -> None:
     spec = WorkerSpec(events="celery")
     rec = Recorder(None)
-    reader = LineReader(rec, "worker-1", spec.events_pattern(), words=spec.event_words())
+    reader = LineReader(rec, "worker-1", spec.events_pattern(), translate=spec.event_translator())
     tid = "c0ffee-000001"
     for line in (celery_line(trace.LOG_RECEIVED, id=tid),
                  celery_line(trace.LOG_RETRY, id=tid, exc="Retry in 1s"),
@@ -65,8 +65,8 @@ def test_a_claim_the_preset_distorts_is_unknown_whatever_the_lines_say() -> None
 def test_an_unknown_preset_name_is_a_one_line_error() -> None:
     import pytest
 
-    with pytest.raises(ValueError, match="preset \\(celery\\)"):
-        WorkerSpec(events="dramatiq").events_pattern()
+    with pytest.raises(ValueError, match="preset \\(celery, dramatiq\\)"):
+        WorkerSpec(events="rq").events_pattern()
 
 
 def preset_run(lines: bool = True, attempts: int = 2) -> H:
@@ -103,7 +103,7 @@ def test_a_preset_run_in_which_no_line_matched_is_undecided_not_a_loss() -> None
 def test_celerys_worker_lost_line_is_no_second_success() -> None:
     spec = WorkerSpec(events="celery")
     rec = Recorder(None)
-    reader = LineReader(rec, "worker-1", spec.events_pattern(), words=spec.event_words())
+    reader = LineReader(rec, "worker-1", spec.events_pattern(), translate=spec.event_translator())
     reader.feed("[...: WARNING/MainProcess] Task harness.task[x-1] succeeded before the "
                 "worker was lost")  # celery/worker/request.py
     assert [e for e in rec.snapshot() if e.source == "worker-1"] == []
@@ -120,3 +120,142 @@ def test_a_preset_needs_a_brought_worker_of_its_framework() -> None:
         build_options(backend="local", worker_cmd="w", events="celery")
     assert build_options(backend="local", worker_cmd="w", events="celery",
                          task_format="celery").events == "celery"
+
+
+def dramatiq_lines() -> tuple[list[str], str, str]:
+    """Dramatiq's own debug lines, in its own format (``dramatiq --verbose``), of a
+    worker on its StubBroker (the same worker and Retries code as on RabbitMQ): one
+    message that succeeds, one that fails once and then succeeds after a delayed
+    retry (through ``<queue>.DQ``), one that fails for good."""
+    import logging
+
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+    from dramatiq.cli import LOGFORMAT
+
+    broker = StubBroker()
+    tries: dict[str, int] = {}
+
+    @dramatiq.actor(max_retries=1, min_backoff=10, max_backoff=20, broker=broker)
+    def job(x: str) -> None:
+        tries[x] = tries.get(x, 0) + 1
+        if x == "always" or (x == "once" and tries[x] == 1):
+            raise ValueError("boom")
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.lines: list[str] = []
+            self.setFormatter(logging.Formatter(LOGFORMAT))
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.extend(self.format(record).splitlines())
+
+    keep = Keep()
+    log = logging.getLogger("dramatiq")
+    old_level = log.level
+    log.addHandler(keep)
+    log.setLevel(logging.DEBUG)
+    try:
+        ok, once, always = job.send("ok"), job.send("once"), job.send("always")
+        worker = dramatiq.Worker(broker, worker_timeout=50)
+        worker.start()
+        try:
+            broker.join(job.queue_name, fail_fast=False, timeout=20_000)
+            worker.join()
+        finally:
+            worker.stop()
+    finally:
+        log.removeHandler(keep)
+        log.setLevel(old_level)
+    assert tries == {"ok": 1, "once": 2, "always": 2}
+    return keep.lines, ok.message_id, once.message_id + " " + always.message_id
+
+
+def test_dramatiq_debug_lines_become_contract_events() -> None:
+    lines, ok, rest = dramatiq_lines()
+    once, always = rest.split()
+    # The delay queue's consumer acks the copy it moves when due: not a settlement.
+    assert any("ConsumerThread(default.DQ)" in ln and "Acknowledging" in ln for ln in lines)
+    spec = WorkerSpec(events="dramatiq")
+    rec = Recorder(None)
+    reader = LineReader(rec, "worker-1", spec.events_pattern(),
+                        translate=spec.event_translator())
+    for line in lines:
+        reader.feed(line)
+    events = [e for e in rec.snapshot() if e.source == "worker-1"]
+
+    def of(ident: str) -> list[tuple[str, object]]:
+        return [(e.type, e.get("reason")) for e in events if e.id == ident]
+
+    assert of(ok) == [("received", None), ("processed", None), ("acked", "processed")]
+    assert of(once) == [("received", None), ("failed", None), ("retry_scheduled", None),
+                        ("acked", "retry"), ("received", None), ("processed", None),
+                        ("acked", "processed")]
+    assert of(always) == [("received", None), ("failed", None), ("retry_scheduled", None),
+                          ("acked", "retry"), ("received", None), ("failed", None),
+                          ("dead_lettered", "rejected")]
+    assert reader.foreign == 0
+
+
+def test_dramatiq_lines_judge_a_retried_task_settled_once() -> None:
+    """The retried attempt's ack is a retry's, not a second settlement."""
+    lines, _ok, rest = dramatiq_lines()
+    once = rest.split()[0]
+    spec = WorkerSpec(events="dramatiq")
+    caps = {"directives": True, "health": False, "events": "preset:dramatiq"}
+    h = start(caps).publish(once, directives={"fail_times": 1})
+    rec = Recorder(None)
+    reader = LineReader(rec, "worker-1", spec.events_pattern(),
+                        translate=spec.event_translator())
+    for i, line in enumerate(lines):
+        reader.feed(line, seen_ts=1001.0 + i / 100)
+    for e in rec.snapshot():
+        if e.id == once:
+            h.add(e.type, e.source, ts=e.ts, id=e.id, worker=e.worker, **(e.data or {}))
+    results = check_all(h.finish().build(), ["no-loss", "exactly-once-ack",
+                                             "no-duplicate-processing"])
+    assert [r.valid for r in results] == [True, True, True], [r.summary for r in results]
+
+
+def crashed_run(*, crash: str | None, exits: bool, processed: bool) -> H:
+    """A preset run of one task whose first delivery's process died (a kill, or its
+    own crash directive) and, maybe, a second processing the lines show."""
+    caps = {"directives": True, "health": False, "events": "preset:celery",
+            "unobservable_after_death": {
+                "no-duplicate-processing": "a processing may have left no line",
+                "no-loss": "an after_process crash writes no success line"}}
+    h = start(caps).publish("c", directives={"crash": crash} if crash else {})
+    h.received("c", W1, ts=1001.0)
+    if exits:
+        h.worker_exited(W1, requested=False, ts=1001.5)
+    if processed:
+        h.processed("c", "worker-2", ts=1002.0)
+    return h.finish()
+
+
+def test_after_a_death_the_preset_cannot_count_duplicates() -> None:
+    """A process that died between its side effect and its success line hid that
+    processing: 'processed once' would be a false true."""
+    [dup] = check_all(crashed_run(crash=None, exits=True, processed=True).build(),
+                      ["no-duplicate-processing"])
+    assert dup.valid is None and not observable(dup)
+    # No process died: the lines are whole, the claim is judged.
+    [whole] = check_all(crashed_run(crash=None, exits=False, processed=True).build(),
+                        ["no-duplicate-processing"])
+    assert whole.valid is True
+
+
+def test_an_after_process_crash_unseen_in_the_lines_is_undecided_not_lost() -> None:
+    [crashed] = check_all(crashed_run(crash="after_process", exits=False,
+                                      processed=False).build(), ["no-loss"])
+    assert crashed.valid is None and observable(crashed)  # gated: the run is undecided
+    assert crashed.evidence["unseen_crashed"] == 1
+    # A task a kill took mid-way, never seen again, is lost as always.
+    [killed] = check_all(crashed_run(crash=None, exits=True, processed=False).build(),
+                         ["no-loss"])
+    assert killed.valid is False
+    # Reprocessed by another worker: accounted for.
+    [again] = check_all(crashed_run(crash="after_process", exits=False,
+                                    processed=True).build(), ["no-loss"])
+    assert again.valid is True

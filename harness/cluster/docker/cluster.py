@@ -194,7 +194,8 @@ class DockerCluster(BrokerSide, Cluster):
         w = _Worker(
             name=name, spec=spec, container=container,
             log_path=self.run_dir / "logs" / f"{name}.log",
-            reader=LineReader(self.recorder, name, regex, words=spec.event_words()),
+            reader=LineReader(self.recorder, name, regex,
+                              translate=spec.event_translator()),
         )
         with self._lock:
             self._workers[name] = w

@@ -129,8 +129,8 @@ class LocalCluster(NodeSide, Cluster):
         log_lock = threading.Lock()
         log_path = self.logs_dir / f"{name}.log"
         assert proc.stdout is not None and proc.stderr is not None
-        words = spec.event_words()
-        reader = LineReader(self.recorder, name, matcher, words=words)
+        translate = spec.event_translator()
+        reader = LineReader(self.recorder, name, matcher, translate=translate)
         readers = [
             threading.Thread(target=self._read, args=(w, proc.stdout, log_path, log_lock,
                                                        "", reader),
@@ -138,7 +138,7 @@ class LocalCluster(NodeSide, Cluster):
             # A framework's log lines (a preset) go to stderr; contract events to stdout.
             threading.Thread(target=self._read, args=(w, proc.stderr, log_path, log_lock,
                                                        "[stderr] ",
-                                                       reader if words is not None else None),
+                                                       reader if translate is not None else None),
                              name=f"{name}-stderr", daemon=True),
         ]
         waiter = threading.Thread(target=self._wait, args=(w, readers), name=f"{name}-waiter",
