@@ -21,7 +21,11 @@ from worker.tasks import TransientError, kill_self, parse_directives
 
 QUEUE: Final = os.environ.get("RABBITMQ_QUEUE", "go.logger")
 RETRY_BASE_MS: Final = int(os.environ.get("WORKER_RETRY_BASE_MS", "500"))
-MAX_RETRIES: Final = max(int(os.environ.get("WORKER_MAX_ATTEMPTS", "4")) - 1, 0)
+# The scenario's attempts (WORKER_MAX_ATTEMPTS) unless DRAMATIQ_MAX_RETRIES says
+# otherwise ("default": Dramatiq's own, 20), as an app configured on its own would.
+_RETRIES = os.environ.get("DRAMATIQ_MAX_RETRIES", "").strip()
+MAX_RETRIES: Final = (20 if _RETRIES == "default" else int(_RETRIES) if _RETRIES
+                      else max(int(os.environ.get("WORKER_MAX_ATTEMPTS", "4")) - 1, 0))
 
 
 class CrashAfterProcess(dramatiq.Middleware):
