@@ -58,7 +58,7 @@ class Config:
     name: str
     app: str  # "celery" or "dramatiq": the example app, its format and image
     env: tuple[str, ...] = ()  # the settings (NAME=VALUE), over the framework's defaults
-    note: str = ""
+    args: tuple[str, ...] = ()  # more ``harness run`` flags (the app's own DLQ)
 
 
 # Dramatiq draws the delay before attempt a+1 as min_backoff x 2^(a-1) x U(1, 2): equal
@@ -74,6 +74,9 @@ CONFIGS: tuple[Config, ...] = (
            ("CELERY_ACKS_LATE=true", "CELERY_PREFETCH_MULTIPLIER=1")),
     Config("Celery acks_late + acks_on_failure_or_timeout=False", "celery",
            ("CELERY_ACKS_LATE=true", "CELERY_ACKS_ON_FAILURE_OR_TIMEOUT=false")),
+    Config("Celery acks_late + acks_on_failure_or_timeout=False + its own DLQ", "celery",
+           ("CELERY_ACKS_LATE=true", "CELERY_ACKS_ON_FAILURE_OR_TIMEOUT=false",
+            "CELERY_DLQ=go.logger.failed"), ("--dlq", "go.logger.failed")),
     Config("Celery threads pool, acks_late", "celery",
            ("CELERY_POOL=threads", "CELERY_ACKS_LATE=true")),
     Config("Dramatiq defaults", "dramatiq"),
@@ -125,6 +128,7 @@ def command(cfg: Config, scenario: str, backend: str, out: Path) -> list[str]:
     else:
         cmd += ["--worker-cmd", local_worker(cfg)]
     cmd += [a for e in cfg.env for a in ("--worker-env", e)]
+    cmd += list(cfg.args)
     if scenario == "retry-backoff-jitter" and cfg.app == "dramatiq":
         from harness.scenario import load_scenario
 

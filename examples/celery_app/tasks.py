@@ -43,6 +43,26 @@ app.conf.update(
     # of a run share one host name (celery@host), so a second worker could not start.
     worker_enable_remote_control=False,
 )
+# CELERY_DLQ=<queue>: the app declares its work queue with a dead-letter queue of its
+# own (RabbitMQ's x-dead-letter-* arguments), as the Celery docs' recipe does; a task
+# Celery rejects (acks_on_failure_or_timeout=False) goes there. Unset: none (Celery
+# has no DLQ of its own).
+DLQ: Final = os.environ.get("CELERY_DLQ", "").strip()
+if DLQ:
+    from kombu import entity
+
+    # kombu has no type hints.
+    Exchange: Any = entity.Exchange
+    Queue: Any = entity.Queue
+    app.conf.task_queues = [Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE,
+                                  queue_arguments={"x-dead-letter-exchange": "",
+                                                   "x-dead-letter-routing-key": DLQ})]
+
+    @signals.worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _declare_dlq(**_: Any) -> None:
+        with app.connection_for_write() as conn:
+            Queue(DLQ, routing_key=DLQ).bind(conn).declare()
+
 # HARNESS_EVENTS=off: the app as it is without the integration, read from its log
 # lines instead (``harness run --events celery``, with ``-l info``).
 if os.environ.get("HARNESS_EVENTS", "on") != "off":

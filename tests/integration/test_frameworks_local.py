@@ -35,14 +35,14 @@ DRAMATIQ_WORKER = (f"{sys.executable} -m dramatiq examples.dramatiq_app.tasks --
 
 
 def run(fmt: str, worker_cmd: str, out: Path, scenario: str = "crash-recovery.yaml",
-        events: str = "json", params: tuple[str, ...] = ()
+        events: str = "json", params: tuple[str, ...] = (), args: tuple[str, ...] = ()
         ) -> tuple[int, dict[str, dict[str, object]]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "harness", "run", str(ROOT / "scenarios" / scenario),
          "--backend", "local", "--format", fmt, "--worker-cmd", worker_cmd,
          "--events", events, "--capabilities", "directives", "--out", str(out),
-         "--no-progress", *(a for p in params for a in ("--param", p))],
+         "--no-progress", *(a for p in params for a in ("--param", p)), *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     results = sorted(out.glob("*/result.json"))
     assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -115,3 +115,16 @@ def test_dramatiq_backoff_judged_as_dramatiq_draws_it(tmp_path: Path) -> None:
                        params=("retry-backoff.base_ms=400", "retry-backoff.jitter=equal"))
     assert claims["retry-backoff"]["valid"] == "true", claims["retry-backoff"]
     assert code == 0
+
+
+def test_celery_app_with_its_own_dlq_named_by_dlq(tmp_path: Path) -> None:
+    """A Celery app that declares a dead-letter queue of its own (the x-dead-letter-*
+    recipe) and rejects what fails (acks_on_failure_or_timeout=False): ``--dlq``
+    names it, and what failed for good is found there."""
+    worker = celery_worker("CELERY_ACKS_LATE=true", "CELERY_ACKS_ON_FAILURE_OR_TIMEOUT=false",
+                           "CELERY_DLQ=go.logger.failed")
+    code, claims = run("celery", worker, tmp_path, "dead-letter-tasks.yaml",
+                       args=("--dlq", "go.logger.failed"))
+    assert claims["dead-letter"]["valid"] == "true", claims["dead-letter"]
+    assert claims["no-loss"]["valid"] == "true", claims["no-loss"]
+    assert code == 0, claims
