@@ -171,7 +171,7 @@ def word(verdict: dict[str, str]) -> str:
 def cell(runs: list[Run], claim: str, link: str) -> str:
     """The claim's verdicts over the configuration's runs: per scenario, the word (with
     ``k/n`` when repeated runs disagree), linked to the first run's entry."""
-    parts: list[tuple[int, str]] = []
+    parts: list[tuple[tuple[int, int], str]] = []
     for sc in dict.fromkeys(r.scenario for r in runs):
         of_sc = [r for r in runs if r.scenario == sc and claim in r.claims]
         if not of_sc:
