@@ -32,11 +32,16 @@ HARNESS_ENV_KEYS: Final = frozenset({
     "WORKER_RECONNECT_MAX_S", "RMQ_HARNESS_RUN", "WORKER_EVENTS", "RABBITMQ_HOST",
     "RABBITMQ_PORT", "RABBITMQ_USER", "RABBITMQ_PASSWORD", "RABBITMQ_VHOST", "RABBITMQ_URL",
     "WORKER_ID", "HEALTH_PORT",
+    # The reference worker's planted bugs are ``harness mutants``' to set.
+    "WORKER_BUG",
 })
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A ``--worker-env`` value under a name like these is a secret: registered for
 # redaction, and a rerun command names the variable instead of repeating it.
-_SECRET_KEY = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|URL|URI|DSN",
+                         re.IGNORECASE)
+# A value that carries a password whatever its name: ``scheme://user:password@host``.
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*:[^/@\s]*@")
 MAX_WORKER_ENV: Final = 64
 
 
@@ -76,8 +81,9 @@ def parse_worker_env(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def secret_env_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key))
+def secret_env_key(key: str, value: str = "") -> bool:
+    """Is ``--worker-env KEY=value`` a secret (never printed, never in a file)?"""
+    return bool(_SECRET_KEY.search(key) or _USERINFO.match(value))
 
 
 def parse_capabilities(value: str) -> frozenset[str]:
@@ -229,7 +235,7 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
         raise OptionsError(f"--worker-env {bad_env[0]}: the harness sets it from the scenario "
                            "and the backend; change the scenario's cluster instead")
     for key, value in extra_env.items():
-        if secret_env_key(key):
+        if secret_env_key(key, value):
             credentials.register(value)
     return RunOptions(backend=backend, broker_url=broker_url, seed=seed, workers=workers,
                       out=out, vhost=vhost, worker_cmd=worker_cmd, worker_image=worker_image,
@@ -257,7 +263,7 @@ def worker_identity(opts: RunOptions) -> dict[str, Any]:
     the engine does not answer)."""
     out = _identity(opts)
     if opts.worker_env:
-        out["env"] = {k: "***" if secret_env_key(k) else v
+        out["env"] = {k: "***" if secret_env_key(k, v) else v
                       for k, v in sorted(opts.worker_env.items())}
     return out
 
@@ -369,7 +375,7 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
             parts += ["--param", f"{claim}.{key}={text}"]
     secret_keys = []
     for key, value in sorted(opts.worker_env.items()):
-        if secret_env_key(key):
+        if secret_env_key(key, value):
             secret_keys.append(key)
         else:
             parts += ["--worker-env", f"{key}={value}"]

@@ -30,12 +30,20 @@ Retries middleware):
     [...] [dramatiq.worker.ConsumerThread(go.logger)] [DEBUG] Acknowledging message '<id>'.
     [...] [dramatiq.worker.ConsumerThread(go.logger)] [DEBUG] Rejecting message '<id>'.
 
-Dramatiq writes no line of its own for a success: an attempt's ack line is
-``processed`` and ``acked`` unless a retry or failure line of that id came
-first (then only ``acked``: the retry's copy waits in ``<queue>.DQ``); the
-delay queue's own ack (``ConsumerThread(<queue>.DQ)``) is no settlement and is
-not read. Its receipt line is written when a worker thread starts the message,
-after the delay queue held it, so retry gaps can be timed.
+Dramatiq writes no line of its own for a success: each worker thread writes an
+attempt's receipt, any failure of it, then its ack or reject, so an ack line is
+read against its thread's current attempt (process id and thread name are in
+Dramatiq's own log format, which the pattern requires): ``processed`` and
+``acked`` only after a receipt of that id with no failure line since (``Failed
+to process``, ``was skipped``, ``Retrying``, ``Retries exceeded``, ``Aborting``);
+after one, ``acked`` (``retry`` when a retry was scheduled, else ``failed``: the
+message is gone unprocessed); a second ack line of one attempt, or one of no
+attempt seen, is no event. The delay queue's own ack
+(``ConsumerThread(<queue>.DQ)``) is no settlement and is not read. Its receipt
+line is written when a thread starts the message, after the delay queue held
+it, so retry gaps can be timed. An ack line is written just before the ack is
+sent: a kill in between shows a settlement the broker then undoes by
+redelivering (a second settlement the kill explains).
 
 Both frameworks write their success line after the task's side effect: a
 process that dies in between leaves none. In a run where a worker process died
@@ -54,9 +62,11 @@ from typing import Any, Final, TypeAlias
 
 from harness import vocab
 
-# A line's ``event`` text and id -> contract events with their fields
-# (``harness.cluster.lines.LineReader`` calls it).
-Translate: TypeAlias = Callable[[str, str], Sequence[tuple[str, Mapping[str, Any]]]]
+# A matching line's named groups -> the contract events it means, each as (type, id,
+# fields); none for a line that only tells the translator something
+# (``harness.cluster.lines.LineReader`` calls it, one translator per worker).
+Translate: TypeAlias = Callable[[Mapping[str, str | None]],
+                                Sequence[tuple[str, str, Mapping[str, Any]]]]
 _NONE: Final[Mapping[str, Any]] = {}
 
 
@@ -79,12 +89,21 @@ class Preset:
         return re.compile(self.pattern)
 
     def translator(self) -> Translate:
-        """A new translation of this preset's ``event`` text (and id) into contract
-        event types, for one worker."""
+        """A new translation of this preset's lines into contract events, for one
+        worker: ``words`` maps the ``event`` group's text (a line without an id is
+        no event), or the preset's own ``sequencer``."""
         if self.sequencer is not None:
             return self.sequencer()
         words = self.words
-        return lambda said, _ident: ((words.get(said, said), _NONE),)
+
+        def by_words(groups: Mapping[str, str | None]) -> Sequence[tuple[str, str, Mapping[
+                str, Any]]]:
+            said, ident = groups.get("event"), groups.get("id")
+            if not said or not ident:
+                return ()
+            return ((words.get(said, said), ident, _NONE),)
+
+        return by_words
 
 
 # Both frameworks log success after the side effect (see the module doc).
@@ -113,53 +132,95 @@ CELERY: Final = Preset(
     unobservable_after_death=_AFTER_DEATH,
 )
 
-class DramatiqLines:
-    """Dramatiq's lines of one worker as contract events (see the module doc). An
-    ack line is a success unless a retry or failure line of the same id came
-    before it and has not been matched by an ack yet (one worker thread writes an
-    attempt's failure, then its ack). Written by hand: Dramatiq has no success
-    line to match. State of a worker that died with a failure unmatched can only
-    turn its next success of that id into a plain ``acked`` (a missing
-    ``processed``: a loss reported, never one hidden)."""
+@dataclass
+class _Attempt:
+    """What one Dramatiq worker thread is doing: the message it received last."""
 
-    # At most this many ids with a failure waiting for its ack (a bound on memory).
-    MAX_PENDING: Final = 100_000
+    ident: str
+    failed: bool = False
+    retried: bool = False  # a retry scheduled: its copy waits in the delay queue
+    settled: bool = False
+
+
+class DramatiqLines:
+    """Dramatiq's lines of one worker as contract events (see the module doc).
+    Written by hand: Dramatiq has no success line to match, so an ack line is read
+    against the attempt its worker thread is on. A worker thread writes an
+    attempt's receipt, any failure of it (its own ``Failed to process``, the
+    Retries middleware's ``Retrying`` / ``Retries exceeded`` / ``Aborting``, a
+    middleware's ``was skipped``), then its ack or reject line (``post_process_message``
+    runs in the worker thread; the thread and the process id are in Dramatiq's log
+    format, which the pattern requires). So an ack line is a success, ``processed``
+    and ``acked``, only when its thread's current attempt is of the same id, saw no
+    failure and was not settled yet; after a failure it is ``acked`` (``retry`` when
+    a retry was scheduled, else ``failed``: the message is gone unprocessed); a
+    second ack line of one attempt (Dramatiq writes it again when the first ack met
+    a closed connection) and an ack of no attempt seen (a restarted worker, a
+    line lost) are no events: a processing is never invented, and one missed
+    reads as a loss, never hides one."""
+
+    # At most this many threads tracked (a bound on memory: Dramatiq runs a few).
+    MAX_THREADS: Final = 10_000
 
     def __init__(self) -> None:
-        self._failed: dict[str, int] = {}
+        self._threads: dict[tuple[str | None, str | None], _Attempt] = {}
 
-    def __call__(self, said: str, ident: str) -> Sequence[tuple[str, Mapping[str, Any]]]:
-        said = said.split(" message", 1)[0]  # the verb: the receipt line quotes the message
-        if said == "Received":
-            return ((vocab.RECEIVED, _NONE),)
-        if said in ("Retrying", "Retries exceeded for", "Aborting"):
-            if len(self._failed) < self.MAX_PENDING or ident in self._failed:
-                self._failed[ident] = self._failed.get(ident, 0) + 1
-            failed = (vocab.FAILED, _NONE)
-            return (failed, (vocab.RETRY_SCHEDULED, _NONE)) if said == "Retrying" else (failed,)
-        if said in ("Acknowledging", "Rejecting"):
-            pending = self._failed.pop(ident, 0)
-            if pending > 1:
-                self._failed[ident] = pending - 1
-            if said == "Rejecting":
-                return ((vocab.DEAD_LETTERED, {"reason": "rejected"}),)
-            if pending:  # the ack of an attempt that failed: its retry waits in the DQ
-                return ((vocab.ACKED, {"reason": "retry"}),)
-            return ((vocab.PROCESSED, _NONE), (vocab.ACKED, {"reason": "processed"}))
-        return ((said, _NONE),)
+    def __call__(self, groups: Mapping[str, str | None]
+                 ) -> Sequence[tuple[str, str, Mapping[str, Any]]]:
+        said, rest = groups.get("event") or "", groups.get("rest") or ""
+        key = (groups.get("pid"), groups.get("thread"))
+        now = self._threads.get(key)
+        if said == "Received message":
+            m = _RECEIVED_ID.search(rest)
+            if m is None:
+                return ()
+            if now is not None or len(self._threads) < self.MAX_THREADS:
+                self._threads[key] = _Attempt(m.group(1))
+            return ((vocab.RECEIVED, m.group(1), _NONE),)
+        if said in ("Failed to process message", "Message"):
+            if now is not None and (said != "Message" or rest.endswith(" was skipped.")):
+                now.failed = True
+            return ()
+        m = _QUOTED_ID.match(rest)
+        if m is None:
+            return ()
+        ident = m.group(1)
+        if said in ("Retrying message", "Retries exceeded for message", "Aborting message"):
+            if now is not None and now.ident == ident:
+                now.failed = True
+                now.retried = now.retried or said == "Retrying message"
+            if said == "Retrying message":
+                return ((vocab.FAILED, ident, _NONE), (vocab.RETRY_SCHEDULED, ident, _NONE))
+            return ((vocab.FAILED, ident, _NONE),)
+        if now is None or now.ident != ident or now.settled:
+            return ()
+        now.settled = True
+        if said == "Rejecting message":
+            return ((vocab.DEAD_LETTERED, ident, {"reason": "rejected"}),)
+        if now.failed:  # gone unprocessed: retried (a copy waits in the DQ) or dropped
+            return ((vocab.ACKED, ident, {"reason": "retry" if now.retried else "failed"}),)
+        return ((vocab.PROCESSED, ident, _NONE), (vocab.ACKED, ident, {"reason": "processed"}))
+
+
+_RECEIVED_ID: Final = re.compile(r" with id '([^']+)'\.$")
+_QUOTED_ID: Final = re.compile(r" '([^']+)'")
 
 
 DRAMATIQ: Final = Preset(
     name="dramatiq",
-    # The ack and reject lines of the work queue's consumer only: a consumer of a
-    # delay queue (``ConsumerThread(<queue>.DQ)``) acks a copy it moved when due.
-    # Not the lines of a delay queue's consumer (``ConsumerThread(<queue>.DQ)``): it
-    # acks the copy it moved to the work queue when due, which settles nothing.
-    pattern=(r"^(?!.*ConsumerThread\([^)]*\.DQ\)).*?(?P<event>Received message .* with id"
-             r"|Retrying message|Retries exceeded for message|Aborting message"
-             r"|Acknowledging message|Rejecting message) '(?P<id>[^']+)'"),
+    # Dramatiq's own log format (dramatiq.cli.LOGFORMAT): the process, the thread and
+    # the logger of every line are what pair an ack with its attempt; a line of
+    # another format is no event (a run of none is undecided, never a loss). A delay
+    # queue's consumer (``ConsumerThread(<queue>.DQ)``) acks the copy it moved to the
+    # work queue when due, which settles nothing: its lines are not read.
+    pattern=(r"^\[[^\]]*\] \[PID (?P<pid>\d+)\] \[(?P<thread>[^\]]+)\] "
+             r"\[(?!dramatiq\.worker\.ConsumerThread\([^\]]*\.DQ\)\])(?P<logger>[^\]]+)\] "
+             r"\[[A-Z]+\] (?P<event>Received message|Retrying message"
+             r"|Retries exceeded for message|Aborting message|Acknowledging message"
+             r"|Rejecting message|Failed to process message|Message)(?P<rest>.*)$"),
     words={},
-    needs="dramatiq --verbose (the receipt and ack lines are at debug level)",
+    needs="dramatiq --verbose, in Dramatiq's own log format (the receipt and ack lines "
+          "are at debug level)",
     sequencer=DramatiqLines,
     unobservable_after_death=_AFTER_DEATH,
 )

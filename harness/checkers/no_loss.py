@@ -80,7 +80,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     if vanished:
         lost -= vanished.keys()
     unseen: set[str] = set()
-    if lost and params.get(UNSEEN_CRASHES):
+    # Only for a worker that honours directives: a crash directive it ignored ended nothing.
+    if lost and params.get(UNSEEN_CRASHES) and idx.capabilities.get("directives"):
         unseen = {i for i in lost if idx.crash_directives.get(i) == "after_process"}
         lost -= unseen
     unexpected = idx.ids_where(lambda v: bool(v & ix.PROC) and not v & ix.PUBLISHED)

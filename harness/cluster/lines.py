@@ -36,7 +36,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any, Final
 
 from harness import vocab
@@ -95,19 +95,17 @@ class LineReader:
         if m is None:
             return
         groups = m.groupdict()
+        if self.translate is not None:
+            with self._lock:
+                events = self.translate(groups)
+            for name, tid, fields in events:
+                self._record(name, tid, groups.get("worker"), None, dict(fields), seen)
+            return
         ident = groups.get("id")
         if not ident:
             return
         said = groups.get("event")
-        if not said:
-            events: Sequence[tuple[str, Mapping[str, Any]]] = ((vocab.PROCESSED, {}),)
-        elif self.translate is None:
-            events = ((said, {}),)
-        else:
-            with self._lock:
-                events = self.translate(said, ident)
-        for name, fields in events:
-            self._record(name, ident, groups.get("worker"), None, dict(fields), seen)
+        self._record(said or vocab.PROCESSED, ident, groups.get("worker"), None, {}, seen)
 
     def _record(self, name: str, ident: Any, claimed: Any, ts: Any, data: dict[str, Any],
                 seen: float) -> None:

@@ -259,3 +259,91 @@ def test_an_after_process_crash_unseen_in_the_lines_is_undecided_not_lost() -> N
     [again] = check_all(crashed_run(crash="after_process", exits=False,
                                     processed=True).build(), ["no-loss"])
     assert again.valid is True
+
+
+def dramatiq_feed(lines: list[str]) -> list[tuple[str, str | None, object]]:
+    spec = WorkerSpec(events="dramatiq")
+    rec = Recorder(None)
+    reader = LineReader(rec, "worker-1", spec.events_pattern(),
+                        translate=spec.event_translator())
+    for line in lines:
+        reader.feed(line)
+    return [(e.type, e.id, e.get("reason")) for e in rec.snapshot() if e.source == "worker-1"]
+
+
+def dline(thread: str, logger: str, level: str, message: str, pid: int = 7) -> str:
+    from dramatiq.cli import LOGFORMAT
+
+    return LOGFORMAT % {"asctime": "2026-12-06 07:00:00,000", "process": pid,
+                        "threadName": thread, "name": logger, "levelname": level,
+                        "message": message}
+
+
+RECV = "Received message job('x') with id '{}'."
+ACK_LOGGER = "dramatiq.worker.ConsumerThread(default)"
+
+
+def test_dramatiq_ack_after_a_failure_without_retries_is_no_processing() -> None:
+    """An app without the Retries middleware: the task raised, Dramatiq acks it and
+    the message is gone unprocessed. Read as a success, that would be a false PASS."""
+    lines = [dline("Thread-4", "dramatiq.worker.WorkerThread", "DEBUG", RECV.format("m1")),
+             dline("Thread-4", "dramatiq.worker.WorkerThread", "ERROR",
+                   "Failed to process message job('x') with unhandled exception."),
+             "Traceback (most recent call last):",
+             dline("Thread-4", ACK_LOGGER, "DEBUG", "Acknowledging message 'm1'.")]
+    assert dramatiq_feed(lines) == [("received", "m1", None), ("acked", "m1", "failed")]
+    skipped = [dline("Thread-4", "dramatiq.worker.WorkerThread", "DEBUG", RECV.format("m2")),
+               dline("Thread-4", "dramatiq.worker.WorkerThread", "WARNING",
+                     "Message job('x') was skipped."),
+               dline("Thread-4", ACK_LOGGER, "DEBUG", "Acknowledging message 'm2'.")]
+    assert dramatiq_feed(skipped)[-1] == ("acked", "m2", "failed")
+
+
+def test_dramatiq_ack_lines_pair_with_their_own_thread_and_attempt() -> None:
+    w = "dramatiq.worker.WorkerThread"
+    lines = [
+        dline("Thread-1", w, "DEBUG", RECV.format("a")),
+        dline("Thread-1", w, "DEBUG", RECV.format("b"), pid=8),  # another process
+        dline("Thread-1", "dramatiq.middleware.retries.Retries", "INFO",
+              "Retrying message 'a' in 200 milliseconds."),
+        dline("Thread-1", ACK_LOGGER, "DEBUG", "Acknowledging message 'b'.", pid=8),
+        dline("Thread-1", ACK_LOGGER, "DEBUG", "Acknowledging message 'a'."),
+        # Written again after the first ack met a closed connection: no second event.
+        dline("Thread-1", ACK_LOGGER, "DEBUG", "Acknowledging message 'a'."),
+        # An ack of no attempt seen (a restarted worker): no event, never a success.
+        dline("Thread-9", ACK_LOGGER, "DEBUG", "Acknowledging message 'c'."),
+        # The delay queue's consumer moving a due retry: settles nothing.
+        dline("Thread-2", "dramatiq.worker.ConsumerThread(default.DQ)", "DEBUG",
+              "Acknowledging message 'a'."),
+    ]
+    assert dramatiq_feed(lines) == [
+        ("received", "a", None), ("received", "b", None), ("failed", "a", None),
+        ("retry_scheduled", "a", None), ("processed", "b", None), ("acked", "b", "processed"),
+        ("acked", "a", "retry")]
+
+
+def test_dramatiq_lines_of_another_format_are_no_events() -> None:
+    """The thread and process pair an ack with its attempt: a format without them
+    (an app's own logging config) gives nothing, so the run is undecided."""
+    assert dramatiq_feed(["DEBUG Received message job('x') with id 'a'.",
+                          "DEBUG Acknowledging message 'a'."]) == []
+
+
+def test_dramatiq_logging_only_its_retries_is_undecided_not_every_task_lost() -> None:
+    """At INFO Dramatiq still logs 'Retrying ...' but no receipt and no ack."""
+    caps = {"directives": True, "health": False, "events": "preset:dramatiq"}
+    h = start(caps).publish("r", directives={"fail_times": 1}).publish("s")
+    h.failed("r", W1).retry_scheduled("r", W1, attempt=2)
+    [loss] = check_all(h.finish().build(), ["no-loss"])
+    assert loss.valid is None and "preset's level" in loss.summary
+
+
+def test_an_ignored_crash_directive_excuses_no_loss() -> None:
+    """A worker that does not honour directives never crashed by one: its lost crash
+    task is lost, not undecided."""
+    caps = {"directives": False, "health": False, "events": "preset:celery",
+            "unobservable_after_death": {"no-loss": "an after_process crash writes no line"}}
+    h = start(caps).publish("c", directives={"crash": "after_process"}).publish("d")
+    h.received("c", W1, ts=1001.0).received("d", W1, ts=1001.1).processed("d", W1)
+    [loss] = check_all(h.finish().build(), ["no-loss"])
+    assert loss.valid is False

@@ -79,3 +79,23 @@ def test_rerun_and_identity_keep_values_but_never_a_secret() -> None:
         assert credentials.redact("token s3cr3t-value") != "token s3cr3t-value"
     finally:
         credentials.clear()
+
+
+def test_a_url_with_a_password_is_a_secret_whatever_its_name() -> None:
+    credentials.clear()
+    try:
+        opts = build_options(backend="local", worker_cmd="w", worker_env={
+            "CELERY_RESULT_BACKEND": "redis://app:hunter2pw@cache:6379/0",
+            "DATABASE_URL": "postgres://db.internal/app", "DB_PWD": "pa55w0rd-x"})
+        sc = Scenario(name="s", path="scenarios/s.yaml", claims=("no-loss",))
+        cmd = rerun_command(sc, opts, 7, "local")
+        for secret in ("hunter2pw", "pa55w0rd-x", "postgres://db.internal"):
+            assert secret not in cmd and secret not in str(worker_identity(opts))
+        assert '--worker-env "DB_PWD=$DB_PWD"' in cmd
+    finally:
+        credentials.clear()
+
+
+def test_the_reference_workers_planted_bugs_are_not_set_this_way() -> None:
+    with pytest.raises(OptionsError, match="WORKER_BUG"):
+        parse_worker_env(["WORKER_BUG=double-ack"])
