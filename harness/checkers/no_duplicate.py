@@ -25,9 +25,12 @@ retry republish of a delivery an injected fault then hit before its ack).
 
 Only injected faults explain (``index.ConnFault.injected``): nemesis faults,
 broker faults, exits the harness asked for, and a crash after a delivery with a
-``crash`` directive. A worker's own ``connection_lost``, a channel the broker
-closed because of the worker (an ack of an unknown delivery tag gives 406 and
-redelivers all the channel held), or an exit nobody asked for explain nothing.
+``crash`` directive; for an ``after_process`` crash that no exit shows (a pool's
+child process died, not the worker), the directive itself explains the id's
+second processing, and only that one (``_own_crash``). A worker's own
+``connection_lost``, a channel the broker closed because of the worker (an ack of
+an unknown delivery tag gives 406 and redelivers all the channel held), or an exit
+nobody asked for explain nothing.
 
 Which facts come from the worker, and why they are safe: ``processed`` (the
 side effect; two of one id are a duplicate, whoever reports them), ``received``
@@ -111,6 +114,27 @@ def _stale_copy_fault(idx: ix.Index, ident: str, worker: str | None,
     return None
 
 
+def _own_crash(idx: ix.Index, ident: str, worker: str | None, start: float,
+               receipt: Event | None) -> ix.ConnFault | None:
+    """The task's own ``after_process`` crash, when no exit of the worker shows it.
+
+    A worker whose pool runs tasks in child processes (Celery's prefork) loses only
+    the child to a crash: the harness sees no exit, yet the directive it published
+    ended the first processing after its side effect and before its ack, and the
+    framework may requeue that delivery (``task_reject_on_worker_lost``). That
+    explains one more processing of that id, the second, and nothing else: the
+    directive fires on a first delivery only, the harness chose the id, and a copy
+    that is a second message is still judged by its lineage. Only for a worker that
+    honours directives."""
+    if idx.crash_directives.get(ident) != "after_process":
+        return None
+    if not idx.capabilities.get("directives"):
+        return None
+    if receipt is not None and receipt.get("redelivered") is True:
+        return None  # not the first delivery: the directive did not fire on it
+    return ix.ConnFault(start, "crash:after_process", worker)
+
+
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx = ix.get(history)
     n_ids = idx.count_where(lambda v: bool(v & ix.PROC))
@@ -131,9 +155,11 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         fresh = facts.fresh_receipts(rec_events)
         runs = sorted(((facts.start_ts(idx, e), e.ts, e.worker) for e in processings[ident]),
                       key=lambda r: (r[0], r[1]))
-        for (s1, _p1, w1), (s2, p2, w2) in pairwise(runs):
+        for n, ((s1, _p1, w1), (s2, p2, w2)) in enumerate(pairwise(runs)):
             extra += 1
             fault = idx.connection_fault(w1, s1, s2)
+            if fault is None and n == 0:
+                fault = _own_crash(idx, ident, w1, s1, _receipt_event(rec_events, w1, s1))
             if fault is None:
                 # By delivery order: a zombie (paused, cut off) may start its copy
                 # after the redelivered one; what explains the pair is a fault of

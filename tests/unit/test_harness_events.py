@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,3 +200,43 @@ def test_celery_countdown_retry_is_received_when_it_starts(pipe: Pipe,
     second = [e for e in lines if e["event"] == "received"][1]
     assert second["attempt"] == 2
     assert second["ts"] - failed["ts"] >= 0.9  # the countdown, not the republish
+
+
+def test_celery_retry_gap_keeps_the_connection_time_before_the_publish(
+        pipe: Pipe, celery_signals: None) -> None:
+    """Celery fixes a retry's ETA when it composes the message, then acquires its
+    producer's connection (a pool child's first publish opens one: up to 60 ms seen
+    on docker), then publishes. The ``failed`` is stamped at the composing, so a
+    slow connection does not shorten the measured backoff."""
+    import contextlib
+    from collections.abc import Iterator
+
+    from celery import Celery
+    from celery.contrib.testing.worker import start_worker
+
+    from harness_events.celery import install
+
+    app = Celery("t4", broker="memory://", backend="cache+memory://")
+    install(app, Emitter(fd=pipe.w, worker="worker-4"))
+    acquire = app.producer_or_acquire
+
+    @contextlib.contextmanager
+    def slow_acquire(producer: Any = None) -> Iterator[Any]:
+        time.sleep(0.4)  # a connection being opened
+        with acquire(producer) as p:
+            yield p
+
+    @app.task(bind=True, max_retries=1,  # type: ignore[untyped-decorator]
+              name="harness_events_test.slow")
+    def job(self: Any) -> str:
+        if self.request.retries == 0:
+            app.producer_or_acquire = slow_acquire  # the retry's publish only
+            raise self.retry(countdown=1.0)
+        return "ok"
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        job.apply_async(task_id="t-slow").get(timeout=30)
+    lines = pipe.lines()
+    failed = next(e for e in lines if e["event"] == "failed" and e.get("id") == "t-slow")
+    second = [e for e in lines if e["event"] == "received" and e.get("id") == "t-slow"][1]
+    assert second["ts"] - failed["ts"] >= 0.95  # 1.0 s, not 1.0 - 0.4

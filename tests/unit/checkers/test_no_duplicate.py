@@ -319,3 +319,35 @@ def test_a_started_ts_far_before_anything_the_run_allows_is_clamped() -> None:
     h.processed("x", W1, ts=1020.0, started_ts=0.0).processed("x", W2, ts=1022.0)
     r = no_duplicate.check(h.finish().build(), {})
     assert invariant_verdict(r) is False, r.summary
+
+
+# -- an after_process crash inside a pool (no exit of the worker to see) ---------------
+
+def pool_crash(*, processings: int = 2, first_redelivered: bool = False,
+               directives: bool = True) -> H:
+    """Celery's prefork pool: the crash directive kills the child after the side
+    effect, the worker (the main process) lives on, and with
+    ``task_reject_on_worker_lost`` the delivery comes back."""
+    caps = {"directives": directives, "health": False, "events": "json"}
+    h = H().run_started(capabilities=caps).worker_started(W1).worker_started(W2)
+    h.publish("c", directives={"crash": "after_process"})
+    h.received("c", W1, redelivered=first_redelivered).processed("c", W1)
+    for i in range(processings - 1):
+        h.received("c", W2 if i % 2 == 0 else W1, redelivered=True)
+        h.processed("c", W2 if i % 2 == 0 else W1)
+    return h.finish()
+
+
+def test_a_pool_childs_crash_explains_the_second_processing_only() -> None:
+    r = no_duplicate.check(pool_crash().build(), {})
+    assert r.valid is False and invariant_verdict(r) is True, r.summary
+    assert r.explained["by"]["c"][0]["explained_by"]["fault"] == "crash:after_process"
+    # A third processing: the directive fired once, nothing explains the next.
+    three = no_duplicate.check(pool_crash(processings=3).build(), {})
+    assert invariant_verdict(three) is False, three.summary
+
+
+def test_a_pool_crash_explains_nothing_off_a_first_delivery_or_without_directives() -> None:
+    for case in (pool_crash(first_redelivered=True), pool_crash(directives=False)):
+        r = no_duplicate.check(case.build(), {})
+        assert invariant_verdict(r) is False, r.summary
