@@ -209,7 +209,6 @@ def test_celery_retry_gap_keeps_the_connection_time_before_the_publish(
     on docker), then publishes. The ``failed`` is stamped at the composing, so a
     slow connection does not shorten the measured backoff."""
     import contextlib
-    from collections.abc import Iterator
 
     from celery import Celery
     from celery.contrib.testing.worker import start_worker
