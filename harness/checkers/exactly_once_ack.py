@@ -118,6 +118,13 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         dlq_ids = idx.final.ids["dlq"]
         twice = ({i for i in dlq_ids if idx.has(i, ix.PROC)} - facts.asked_to_fail(idx, params)
                  if dlq_ids else set())
+        # A task whose own after_process crash ended its processing before the ack
+        # (a worker that honours directives) was never acked: in the DLQ, it was
+        # settled once (Celery rejects what a dead pool child ran, with
+        # acks_on_failure_or_timeout=False, to the queue's dead-letter exchange).
+        crashed = ({i for i in twice if idx.crash_directives.get(i) == "after_process"}
+                   if twice and idx.capabilities.get("directives") else set())
+        twice -= crashed
         if twice:
             return ClaimResult(
                 CLAIM, False,
@@ -127,7 +134,9 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                 {"confirmed": n_confirmed, "acked_events": 0,
                  "processed_and_dead_lettered": len(twice), "unexplained_ids": first(twice)})
         return unknown(CLAIM, "no acked event in the history: the worker does not report acks",
-                       confirmed=n_confirmed, observable=False)
+                       confirmed=n_confirmed, observable=False,
+                       **({"crashed_and_dead_lettered": len(crashed),
+                           "crashed_and_dead_lettered_ids": first(crashed)} if crashed else {}))
     if not n_confirmed:
         return unknown(CLAIM, "no publish was confirmed: nothing to settle", acked=n_acked)
 

@@ -205,3 +205,25 @@ def test_without_acks_a_processed_task_in_the_dlq_is_settled_twice() -> None:
     assert r.valid is False and r.evidence["unexplained_ids"] == ["a"], r.summary
     clean = start_ready().publish("a").received("a", W1).processed("a", W1).finish()
     assert exactly_once_ack.check(clean.build(), {}).evidence.get("observable") is False
+
+
+def test_without_acks_a_task_its_own_crash_ended_before_the_ack_was_settled_once() -> None:
+    """Celery, acks_late, acks_on_failure_or_timeout=False, a DLQ of its own: the
+    after_process crash kills the pool child after the side effect and before the
+    ack, and Celery rejects the delivery to the DLQ: processed, never acked, one
+    settlement. Not so for another id in the DLQ, or with directives not honoured."""
+    def run(directives: bool) -> H:
+        h = start_ready().publish("c", directives={"crash": "after_process"}).publish("x")
+        h.received("c", W1).processed("c", W1).received("x", W1).processed("x", W1)
+        if not directives:
+            h.events[0].data = {**(h.events[0].data or {}),
+                                "capabilities": {"directives": False}}
+        return h.finish(dlq=["c"])
+
+    r = exactly_once_ack.check(run(True).build(), {})
+    assert r.valid is None and r.evidence["crashed_and_dead_lettered"] == 1, r.summary
+    assert exactly_once_ack.check(run(False).build(), {}).valid is False
+    h = start_ready().publish("c", directives={"crash": "after_process"}).publish("x")
+    h.received("c", W1).processed("c", W1).received("x", W1).processed("x", W1)
+    both = exactly_once_ack.check(h.finish(dlq=["c", "x"]).build(), {})
+    assert both.valid is False and both.evidence["unexplained_ids"] == ["x"]
