@@ -203,7 +203,7 @@ class Index:
         i = bisect.bisect_left(self.conn_fault_ts.get(worker, []), ts)
         while i > 0:
             i -= 1
-            if faults[i].kind != "connection_lost":
+            if faults[i].kind != "connection_lost" and faults[i].cut:
                 best = faults[i].ts
                 break
         j = bisect.bisect_left(self.broker_fault_ts, ts)
@@ -481,9 +481,18 @@ def build(history: History) -> Index:
         # A crash the harness asked for: the worker received a crash-directive task
         # since it last started, before it died.
         since = max((t for t in last_start.get(w, ()) if t <= ev.ts), default=float("-inf"))
-        asked = any(since <= lo <= ev.ts <= hi for lo, hi in crash_windows.get(w, ()))
+        los = [lo for lo, hi in crash_windows.get(w, ()) if since <= lo <= ev.ts <= hi]
+        asked = bool(los)
         per_worker.setdefault(w, []).append(
             ConnFault(ev.ts, "crash" if asked else "exit:unrequested", w, injected=asked))
+        if asked:
+            # The process the crash ended may have died before the worker exited (a
+            # Dramatiq worker process: its main process notices about a second later,
+            # while the broker has already requeued what the dead one held): the
+            # crash explains what overlaps [its task's receipt, the exit], at most
+            # EFFECT_MAX_S back.
+            per_worker[w].append(ConnFault(max(min(los), ev.ts - EFFECT_MAX_S), "crash", w,
+                                           end=ev.ts, cut=False))
     for ev in idx.connection_lost:
         w = worker_of(ev)
         if w is not None:

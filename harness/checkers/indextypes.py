@@ -65,6 +65,11 @@ class ConnFault:
     # worker that acks a delivery tag twice gets its channel closed by the broker,
     # 406 PRECONDITION_FAILED, and everything it held redelivered).
     injected: bool = True
+    # False: the connection was cut at some moment in [ts, end], not known when (a
+    # crash seen only by its process's exit: a framework's pool child dies first and
+    # the worker exits up to a second later). It explains what overlaps the span;
+    # it is no known cut for ``Index.last_cut_before``.
+    cut: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {"fault": self.kind, "worker": self.worker, "ts": self.ts}

@@ -351,3 +351,38 @@ def test_a_pool_crash_explains_nothing_off_a_first_delivery_or_without_directive
     for case in (pool_crash(first_redelivered=True), pool_crash(directives=False)):
         r = no_duplicate.check(case.build(), {})
         assert invariant_verdict(r) is False, r.summary
+
+
+def late_exit(crash: bool) -> H:
+    """Dramatiq: the crash directive kills the worker process after the side effect
+    of ``c``; the broker requeues what it held at once (``x``, processed, its ack
+    not yet sent), another worker processes ``x`` again, and the worker's main
+    process exits only a second later."""
+    h = start_ready().publish("c", directives={"crash": "after_process"} if crash else None)
+    h.publish("x")
+    h.received("c", W1, ts=1001.0).received("x", W1, ts=1001.01)
+    h.processed("x", W1, ts=1001.05).acked("x", W1, ts=1001.06)
+    h.processed("c", W1, ts=1001.1)
+    h.received("x", W2, redelivered=True, ts=1001.3).processed("x", W2, ts=1001.4)
+    h.acked("x", W2, ts=1001.41)
+    h.received("c", W2, redelivered=True, ts=1001.5).processed("c", W2, ts=1001.6)
+    h.acked("c", W2, ts=1001.61)
+    h.worker_exited(W1, requested=False, ts=1002.3)
+    return h.finish()
+
+
+def test_a_crash_seen_by_a_late_exit_explains_what_its_process_held() -> None:
+    from harness.checkers import exactly_once_ack
+
+    r = no_duplicate.check(late_exit(True).build(), {})
+    assert r.valid is False and invariant_verdict(r) is True, r.summary
+    ack = exactly_once_ack.check(late_exit(True).build(), {})
+    assert invariant_verdict(ack) is True, ack.summary
+    # The same exit with no crash asked for explains nothing.
+    assert invariant_verdict(no_duplicate.check(late_exit(False).build(), {})) is False
+    # ...and the span is no known cut: deliveries before the exit stay W1's.
+    from harness.checkers import index as ix
+
+    idx = ix.get(late_exit(True).build())
+    assert idx.last_cut_before(W1, 1002.0) == float("-inf")
+    assert idx.last_cut_before(W1, 1003.0) == 1002.3
