@@ -254,22 +254,27 @@ class DockerCluster(BrokerSide, Cluster):
                     buf += chunk
                     while b"\n" in buf:
                         line, buf = buf.split(b"\n", 1)
-                        self._handle_line(w, line, out)
+                        self._handle_line(w, line, out, since_ns)
                 if buf:
-                    self._handle_line(w, buf, out)
+                    self._handle_line(w, buf, out, since_ns)
         except Exception:
             return  # the container was removed, or the engine went away
 
-    def _handle_line(self, w: _Worker, raw: bytes, out: IO[bytes]) -> None:
+    def _handle_line(self, w: _Worker, raw: bytes, out: IO[bytes], since_ns: int) -> None:
+        """One line of the container's log. A line stamped at or before ``since_ns``
+        (the last line read before this start of the container) was read before.
+        Not a running maximum: the engine stamps stdout and stderr as it reads each,
+        and a stderr line relayed late (a framework's log) can come in the stream
+        before a stdout event stamped earlier, which must not be dropped."""
         text = raw.decode("utf-8", "replace").rstrip("\r")
         stamp, sep, rest = text.partition(" ")
         ns = parse_docker_ts(stamp) if sep else None
         if ns is None:
             rest, ns = text, 0
-        elif ns <= w.last_ns:
+        elif ns <= since_ns:
             return  # seen before the container was started again
         else:
-            w.last_ns = ns
+            w.last_ns = max(w.last_ns, ns)
         out.write(rest.encode("utf-8") + b"\n")
         out.flush()
         ts = ns / 1e9 if ns else None
