@@ -526,7 +526,12 @@ def test_sweep_stale_removes_dead_harness_objects(client: Any) -> None:
         sweep_stale(client)
         # Gone, whoever swept them: another test's DockerCluster (running in parallel)
         # sweeps on start-up too, so this call's own list may be empty.
+        # The other sweeper may still be removing the network: poll, bounded.
+        deadline = time.monotonic() + 15
         left, nets = run_objects(client, run_id)
+        while nets and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left, nets = run_objects(client, run_id)
         assert [c.id for c in left] == [c2.id] and nets == []
         assert run_objects(client, live_id)[0][0].id == c3.id
     finally:

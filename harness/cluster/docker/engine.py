@@ -4,9 +4,11 @@ killed harness left behind, found by label, never by name."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -38,6 +40,7 @@ BROKER_STOP_TIMEOUT_S: Final = 15
 ENGINE_TIMEOUT_S: Final = 60
 THREAD_JOIN_TIMEOUT_S: Final = 10.0
 RESTART_GRACE_S: Final = 10.0
+SWEEP_WAIT_S: Final = 10.0  # for a container another sweeper is removing
 LOG_TAIL_LINES: Final = 30
 POOL_SIZE: Final = 256
 PIDSTART_TOLERANCE_S: Final = 1.0
@@ -133,13 +136,18 @@ def sweep_stale(client: Any) -> list[str]:
         containers = client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
     except Exception:
         return removed
+    contested: list[Any] = []
     for c in containers:
         try:
             if owner_gone(c.labels or {}):
                 c.remove(force=True, v=True)
                 removed.append(f"container:{c.name}")
         except Exception:
-            continue
+            # Most often another harness process sweeping the same object at the
+            # same moment (the engine answers 409 "removal in progress"): wait for
+            # it below, or its network is still in use and stays behind.
+            contested.append(c)
+    _wait_gone(client, contested)
     try:
         networks = client.networks.list(filters={"label": f"{LABEL}=1"})
     except Exception:
@@ -152,6 +160,20 @@ def sweep_stale(client: Any) -> list[str]:
         except Exception:
             continue
     return removed
+
+
+def _wait_gone(client: Any, containers: list[Any]) -> None:
+    """Wait, at most ``SWEEP_WAIT_S`` in all, for containers another sweeper removes."""
+    deadline = time.monotonic() + SWEEP_WAIT_S
+    for c in containers:
+        while time.monotonic() < deadline:
+            try:
+                client.containers.get(c.id)
+            except Exception:  # NotFound: gone (any other error: nothing to wait for)
+                break
+            with contextlib.suppress(Exception):
+                c.remove(force=True, v=True)
+            time.sleep(0.2)
 
 
 def parse_docker_ts(text: str) -> int | None:
