@@ -11,13 +11,14 @@ they and the kept report disagree).
 One row per configuration (the framework's defaults and the settings users are
 told to change, set with ``--worker-env`` on the example images, or in the
 environment of the local backend's command), one column per claim; a cell gives
-the claim's verdict in each scenario that judged it, worst first (``false (inv.
-true)`` where the guide's words fail and the release invariant holds), linked to
-that run's entry in docs/framework-runs.md: its summary, evidence, seed and
-rerun command. With ``--runs N`` every scenario runs N times and a cell says how
-many runs gave each verdict (a configuration whose verdict moves between runs is
-itself a finding). Tasks are published by each framework's own client
-(``--format``), events come from ``harness_events``.
+one line per verdict word, worst first (``false (inv. true)`` where the guide's
+words fail and the release invariant holds): the scenarios that gave it, each
+linked to that run's entry in docs/framework-runs.md (its summary, seed and
+rerun command), or for ``true`` a count. With ``--runs N`` every scenario runs N
+times and a scenario whose runs disagree says how many gave its worst word (a
+configuration whose verdict moves between runs is itself a finding). Tasks are
+published by each framework's own client (``--format``), events come from
+``harness_events``.
 
 The report (``--json``, default ``runs/framework-verdicts-TIME.json``) is what
 ``--write-docs`` splices: it copies the report to docs/framework-verdicts.json,
@@ -168,21 +169,38 @@ def word(verdict: dict[str, str]) -> str:
     return valid if inv in (valid, "None") else f"{valid} (inv. {inv})"
 
 
+CELL_LINKS = 3  # scenarios named in a cell line before it becomes a count
+
+
 def cell(runs: list[Run], claim: str, link: str) -> str:
-    """The claim's verdicts over the configuration's runs: per scenario, the word (with
-    ``k/n`` when repeated runs disagree), linked to the first run's entry."""
-    parts: list[tuple[tuple[int, int], str]] = []
+    """The claim's verdicts over the configuration's runs, one line per verdict word,
+    worst first: a word other than ``true`` names its scenarios, each linked to its
+    first run's entry (up to ``CELL_LINKS``, then a count and one example); ``true``
+    is a count. A scenario whose repeated runs disagree sits under its worst word
+    with how many runs gave it."""
+    groups: dict[str, list[str]] = {}
+    judged = 0
     for sc in dict.fromkeys(r.scenario for r in runs):
         of_sc = [r for r in runs if r.scenario == sc and claim in r.claims]
         if not of_sc:
             continue
+        judged += 1
         counts = Counter(word(r.claims[claim]) for r in of_sc)
         worst = min(counts, key=rank)
-        text = worst if len(counts) == 1 else ", ".join(
-            f"{w} {n}/{len(of_sc)}" for w, n in counts.most_common())
-        text = f"**{text}**" if worst.startswith("false") else text
-        parts.append((rank(worst), f"[{text}]({link}#{of_sc[0].anchor}) ({sc})"))
-    return "<br>".join(t for _r, t in sorted(parts)) or "-"
+        first = next(r for r in of_sc if word(r.claims[claim]) == worst)
+        note = "" if len(counts) == 1 else f" ({counts[worst]} of {len(of_sc)} runs)"
+        groups.setdefault(worst, []).append(f"[{sc}]({link}#{first.anchor}){note}")
+    lines = []
+    for w in sorted(groups, key=rank):
+        shown = f"**{w}**" if w.startswith("false") else w
+        items = groups[w]
+        if w == "true":
+            lines.append(f"{shown}: {len(items)} of {judged}")
+        elif len(items) <= CELL_LINKS:
+            lines.append(f"{shown}: " + ", ".join(items))
+        else:
+            lines.append(f"{shown}: {len(items)} of {judged}, e.g. {items[0]}")
+    return "<br>".join(lines) or "-"
 
 
 def rank(text: str) -> tuple[int, int]:
