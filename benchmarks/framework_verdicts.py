@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -161,7 +160,13 @@ def run_once(cfg: Config, scenario: str, backend: str, out: Path) -> Run:
     claims = {c["claim"]: {"valid": str(c["valid"]), "invariant": str(c.get("invariant")),
                            "summary": str(c.get("summary", ""))} for c in data["claims"]}
     return Run(cfg.name, scenario, proc.returncode, claims, data.get("seed"),
-               str(data.get("rerun", "")), str(new[-1].parent))
+               portable(str(data.get("rerun", ""))), str(new[-1].parent))
+
+
+def portable(rerun: str) -> str:
+    """The rerun command as a reader of the docs types it in a checkout: the
+    scenario's path relative to the repository, not this machine's."""
+    return re.sub(r"\S*/scenarios/", "scenarios/", rerun)
 
 
 def word(verdict: dict[str, str]) -> str:
@@ -250,11 +255,13 @@ def splice(text: str, rows: list[str], where: str) -> str:
 
 
 def runs_from(report: dict[str, Any]) -> list[Run]:
-    return [Run(**r) for r in report["runs"]]
+    return [Run(**{**r, "rerun": portable(r["rerun"])}) for r in report["runs"]]
 
 
 def write_docs(src: Path) -> int:
     report = json.loads(src.read_text())
+    for r in report["runs"]:
+        r["rerun"] = portable(r["rerun"])
     runs = runs_from(report)
     readme = ROOT / "README.md"
     frameworks = ROOT / "docs" / "frameworks.md"
@@ -263,8 +270,7 @@ def write_docs(src: Path) -> int:
     frameworks.write_text(splice(frameworks.read_text(), table(runs, "framework-runs.md"),
                                  "docs/frameworks.md"))
     RUNS_PAGE.write_text(runs_page(report, runs))
-    if src.resolve() != KEPT.resolve():
-        shutil.copyfile(src, KEPT)
+    KEPT.write_text(json.dumps(report, indent=1) + "\n")
     print(f"framework table: {len(runs)} runs from {src} (kept as {KEPT.relative_to(ROOT)})")
     return 0
 

@@ -51,8 +51,14 @@ def test_the_kept_report_is_one_docker_run_of_every_row_and_scenario() -> None:
         wanted = {sc for sc in fv.SCENARIOS if fv.ONLY_FOR.get(sc, cfg.app) == cfg.app}
         got = {r.scenario for r in runs if r.config == cfg.name and r.claims}
         assert got == wanted, cfg.name
-    # Every run was judged and can be rerun with its seed.
+    # Every run was judged and can be rerun with its seed, from a checkout.
     assert all(r.seed is not None and "--seed" in r.rerun for r in runs)
+    assert all(r["rerun"].startswith("harness run scenarios/") for r in report["runs"])
+
+
+def test_a_rerun_command_names_the_scenario_relative_to_the_checkout() -> None:
+    assert fv.portable("harness run /work/x/scenarios/a.yaml --seed 1") == (
+        "harness run scenarios/a.yaml --seed 1")
 
 
 def test_every_link_of_the_table_has_its_run_on_the_page() -> None:
