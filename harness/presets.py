@@ -148,7 +148,8 @@ class DramatiqLines:
     against the attempt its worker thread is on. A worker thread writes an
     attempt's receipt, any failure of it (its own ``Failed to process``, the
     Retries middleware's ``Retrying`` / ``Retries exceeded`` / ``Aborting``, a
-    middleware's ``was skipped``), then its ack or reject line (``post_process_message``
+    middleware's ``was skipped``, a rate limiter's ``Rate limit exceeded``), then its
+    ack or reject line (``post_process_message``
     runs in the worker thread; the thread and the process id are in Dramatiq's log
     format, which the pattern requires). So an ack line is a success, ``processed``
     and ``acked``, only when its thread's current attempt is of the same id, saw no
@@ -177,7 +178,7 @@ class DramatiqLines:
             if now is not None or len(self._threads) < self.MAX_THREADS:
                 self._threads[key] = _Attempt(m.group(1))
             return ((vocab.RECEIVED, m.group(1), _NONE),)
-        if said in ("Failed to process message", "Message"):
+        if said in ("Failed to process message", "Message", "Rate limit exceeded in message"):
             if now is not None and (said != "Message" or rest.endswith(" was skipped.")):
                 now.failed = True
             return ()
@@ -217,10 +218,12 @@ DRAMATIQ: Final = Preset(
              r"\[(?!dramatiq\.worker\.ConsumerThread\([^\]]*\.DQ\)\])(?P<logger>[^\]]+)\] "
              r"\[[A-Z]+\] (?P<event>Received message|Retrying message"
              r"|Retries exceeded for message|Aborting message|Acknowledging message"
-             r"|Rejecting message|Failed to process message|Message)(?P<rest>.*)$"),
+             r"|Rejecting message|Failed to process message|Rate limit exceeded in message"
+             r"|Message)(?P<rest>.*)$"),
     words={},
     needs="dramatiq --verbose, in Dramatiq's own log format (the receipt and ack lines "
-          "are at debug level)",
+          "are at debug level), with the Retries middleware (Dramatiq's default: a "
+          "dramatiq.Retry raised without it is logged nowhere)",
     sequencer=DramatiqLines,
     unobservable_after_death=_AFTER_DEATH,
 )

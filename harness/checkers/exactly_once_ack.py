@@ -30,7 +30,14 @@ injected fault explains it; a missing one is counted from the broker's side
 broker still holds.
 
 Unknown when the history has no ``acked`` event (the worker does not report acks;
-``evidence.observable`` false) or nothing was confirmed.
+``evidence.observable`` false) or nothing was confirmed. Even then a processed task
+the DLQ holds, that nothing asked to fail, is false (settled twice, by the broker's
+final read), except a task with an ``after_process`` crash directive for a worker
+said to honour directives: the crash ended it before its ack, so the DLQ entry can
+be its one settlement (at worst this turns a false into unknown, never into true).
+
+An asked crash seen only by a late exit (``Index.crash_span``) explains a second
+settlement only when it is of a later delivery received in the span.
 """
 
 from __future__ import annotations
@@ -186,7 +193,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             hi = r2 if r2 is not None else ts2
             # A DLQ entry nobody reported has no time: no fault can be placed
             # before it, so it explains nothing.
-            fault = None if math.inf in (ts1, ts2) else idx.connection_fault(w1, lo, hi)
+            fault = None if math.inf in (ts1, ts2) else (
+                idx.connection_fault(w1, lo, hi) or idx.crash_span(w1, r1, r2))
             # The second settlement of a second message (a republish) is explained
             # by that message's lineage only (``facts.lineage_fault``).
             fresh = facts.fresh_receipts(sorted(received, key=lambda e: e.ts))

@@ -165,11 +165,13 @@ class Index:
         return bool(self.state.get(ident, 0) & bits)
 
     def connection_fault(self, worker: str | None, lo: float, hi: float,
-                         injected_only: bool = True) -> ConnFault | None:
+                         injected_only: bool = True, spans: bool = False) -> ConnFault | None:
         """The first connection fault of ``worker`` (or of the broker) that overlaps
         [lo, hi]: issued at or before ``hi`` and not yet done taking effect before
         ``lo`` (``ts <= hi`` and ``max(ts, end) >= lo``). Only injected ones (see
-        ``ConnFault.injected``) unless ``injected_only`` is False."""
+        ``ConnFault.injected``) unless ``injected_only`` is False; a crash known
+        only as a span (``ConnFault.cut`` False) only with ``spans``: see
+        :meth:`crash_span`."""
         if hi < lo:
             return None
         best: ConnFault | None = None
@@ -184,12 +186,31 @@ class Index:
             i = bisect.bisect_left(ts_list, lo - EFFECT_MAX_S)
             while i < len(ts_list) and ts_list[i] <= hi:
                 f = faults[i]
-                if max(f.ts, f.end) >= lo and (f.injected or not injected_only):
+                if (max(f.ts, f.end) >= lo and (f.injected or not injected_only)
+                        and (f.cut or spans)):
                     if best is None or f.ts < best.ts:
                         best = f
                     break
                 i += 1
         return best
+
+    def crash_span(self, worker: str | None, first_receipt: float | None,
+                   again_receipt: float | None) -> ConnFault | None:
+        """An asked crash of ``worker`` known only as a span (the worker exited up to
+        EFFECT_MAX_S after its process died), that explains a copy of a task the
+        worker held: only when the copy is a later delivery, received at or after
+        the span's start, of a delivery the worker received before the span ended.
+        Two processings or settlements off one delivery are the worker's own doing,
+        crash or not."""
+        if worker is None or first_receipt is None or again_receipt is None:
+            return None
+        if again_receipt <= first_receipt:
+            return None
+        for f in self.conn_faults.get(worker, ()):
+            if (not f.cut and f.injected and first_receipt <= f.end
+                    and f.ts <= again_receipt <= f.end):
+                return f
+        return None
 
     def last_cut_before(self, worker: str, ts: float) -> float:
         """ts of the last time before ``ts`` that ``worker``'s connection was cut
@@ -440,7 +461,7 @@ def build(history: History) -> Index:
     # harness asked for. The directive fires on the task's first delivery only
     # (before its ack), at most its processing time plus the exit's detection
     # later; nothing else the worker did makes an exit injected.
-    crash_windows: dict[str, list[tuple[float, float]]] = {}
+    crash_windows: dict[str, list[tuple[float, float, float]]] = {}
     if crash_ids:
         received = idx.received.events(crash_ids)
         acks = idx.acked_final.events(crash_ids)
@@ -457,7 +478,13 @@ def build(history: History) -> Index:
                 if e.worker is None or any(a.worker == e.worker and a.ts >= e.ts
                                            for a in acks.get(ident, ())):
                     continue
-                crash_windows.setdefault(e.worker, []).append((e.ts, e.ts + span))
+                # When the crash came: after the task's processing (after_process),
+                # or at least after its receipt.
+                done = [p.ts for p in processed.get(ident, ())
+                        if p.worker == e.worker and e.ts <= p.ts <= e.ts + span]
+                after = (min(done) if done and idx.crash_directives[ident] == "after_process"
+                         else e.ts)
+                crash_windows.setdefault(e.worker, []).append((e.ts, e.ts + span, after))
             # A worker that reports no receipts: its first ``processed`` of an
             # ``after_process`` crash task, right before it died.
             procs = sorted(processed.get(ident, ()), key=lambda e: e.ts)
@@ -465,7 +492,8 @@ def build(history: History) -> Index:
                     and idx.crash_directives[ident] == "after_process"):
                 p0 = procs[0]
                 assert p0.worker is not None
-                crash_windows.setdefault(p0.worker, []).append((p0.ts, p0.ts + EFFECT_MAX_S))
+                crash_windows.setdefault(p0.worker, []).append(
+                    (p0.ts, p0.ts + EFFECT_MAX_S, p0.ts))
     last_start: dict[str, list[float]] = {}
     for ev in idx.worker_started:
         sw = worker_of(ev)
@@ -481,17 +509,22 @@ def build(history: History) -> Index:
         # A crash the harness asked for: the worker received a crash-directive task
         # since it last started, before it died.
         since = max((t for t in last_start.get(w, ()) if t <= ev.ts), default=float("-inf"))
-        los = [lo for lo, hi in crash_windows.get(w, ()) if since <= lo <= ev.ts <= hi]
-        asked = bool(los)
+        afters = [after for lo, hi, after in crash_windows.get(w, ())
+                  if since <= lo <= ev.ts <= hi]
+        asked = bool(afters)
         per_worker.setdefault(w, []).append(
             ConnFault(ev.ts, "crash" if asked else "exit:unrequested", w, injected=asked))
         if asked:
             # The process the crash ended may have died before the worker exited (a
             # Dramatiq worker process: its main process notices about a second later,
             # while the broker has already requeued what the dead one held): the
-            # crash explains what overlaps [its task's receipt, the exit], at most
-            # EFFECT_MAX_S back.
-            per_worker[w].append(ConnFault(max(min(los), ev.ts - EFFECT_MAX_S), "crash", w,
+            # crash cut the connection somewhere in [its task's processing (else
+            # receipt), the exit], at most EFFECT_MAX_S back. Only ``crash_span``
+            # finds it, and only for a pair whose second copy is a later delivery
+            # received in the span (the worker's reported times; a worker that
+            # reports them wrong narrows what the span explains, or leaves it
+            # outside its own exit, which the harness saw).
+            per_worker[w].append(ConnFault(max(min(afters), ev.ts - EFFECT_MAX_S), "crash", w,
                                            end=ev.ts, cut=False))
     for ev in idx.connection_lost:
         w = worker_of(ev)

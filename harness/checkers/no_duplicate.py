@@ -115,7 +115,7 @@ def _stale_copy_fault(idx: ix.Index, ident: str, worker: str | None,
 
 
 def _own_crash(idx: ix.Index, ident: str, worker: str | None, start: float,
-               receipt: Event | None) -> ix.ConnFault | None:
+               receipt: Event | None, again: Event | None) -> ix.ConnFault | None:
     """The task's own ``after_process`` crash, when no exit of the worker shows it.
 
     A worker whose pool runs tasks in child processes (Celery's prefork) loses only
@@ -124,14 +124,28 @@ def _own_crash(idx: ix.Index, ident: str, worker: str | None, start: float,
     framework may requeue that delivery (``task_reject_on_worker_lost``). That
     explains one more processing of that id, the second, and nothing else: the
     directive fires on a first delivery only, the harness chose the id, and a copy
-    that is a second message is still judged by its lineage. Only for a worker that
-    honours directives."""
+    that is a second message is still judged by its lineage. Only for a worker
+    whose user says it honours directives, and only when the second processing is
+    of a later delivery (``again``, received after ``receipt``) that is not
+    reported as a first delivery, with no ack of the first delivery by its worker
+    in between: two processings off one delivery, or after an ack, are the
+    worker's own doing. The receipts and their ``redelivered`` flags are the
+    worker's word; a worker that misreports them can only lose this excuse (it
+    needs a first delivery and a redelivery both reported), or claim a
+    redelivery of the one id the harness chose to crash."""
     if idx.crash_directives.get(ident) != "after_process":
         return None
     if not idx.capabilities.get("directives"):
         return None
-    if receipt is not None and receipt.get("redelivered") is True:
+    if receipt is None or again is None or again.ts <= receipt.ts:
+        return None
+    if receipt.get("redelivered") is True:
         return None  # not the first delivery: the directive did not fire on it
+    if again.get("redelivered") is False:
+        return None  # a fresh message, not the crashed delivery requeued
+    if any(a.worker == worker and receipt.ts <= a.ts <= again.ts
+           for a in idx.acked_final.of(ident)):
+        return None
     return ix.ConnFault(start, "crash:after_process", worker)
 
 
@@ -158,8 +172,11 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         for n, ((s1, _p1, w1), (s2, p2, w2)) in enumerate(pairwise(runs)):
             extra += 1
             fault = idx.connection_fault(w1, s1, s2)
+            if fault is None:
+                fault = idx.crash_span(w1, _receipt(recs, w1, s1), _receipt(recs, w2, s2))
             if fault is None and n == 0:
-                fault = _own_crash(idx, ident, w1, s1, _receipt_event(rec_events, w1, s1))
+                fault = _own_crash(idx, ident, w1, s1, _receipt_event(rec_events, w1, s1),
+                                   _receipt_event(rec_events, w2, s2))
             if fault is None:
                 # By delivery order: a zombie (paused, cut off) may start its copy
                 # after the redelivered one; what explains the pair is a fault of

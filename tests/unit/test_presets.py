@@ -347,3 +347,13 @@ def test_an_ignored_crash_directive_excuses_no_loss() -> None:
     h.received("c", W1, ts=1001.0).received("d", W1, ts=1001.1).processed("d", W1)
     [loss] = check_all(h.finish().build(), ["no-loss"])
     assert loss.valid is False
+
+
+def test_dramatiq_a_rate_limited_message_is_no_processing() -> None:
+    """Without the Retries middleware a RateLimitExceeded leaves the message unfailed
+    and Dramatiq acks it: gone, never run (its one line is at debug level)."""
+    lines = [dline("Thread-4", "dramatiq.worker.WorkerThread", "DEBUG", RECV.format("m1")),
+             dline("Thread-4", "dramatiq.worker.WorkerThread", "DEBUG",
+                   "Rate limit exceeded in message job('x'): mutex."),
+             dline("Thread-4", ACK_LOGGER, "DEBUG", "Acknowledging message 'm1'.")]
+    assert dramatiq_feed(lines) == [("received", "m1", None), ("acked", "m1", "failed")]

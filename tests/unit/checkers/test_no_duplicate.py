@@ -386,3 +386,52 @@ def test_a_crash_seen_by_a_late_exit_explains_what_its_process_held() -> None:
     idx = ix.get(late_exit(True).build())
     assert idx.last_cut_before(W1, 1002.0) == float("-inf")
     assert idx.last_cut_before(W1, 1003.0) == 1002.3
+
+
+def copies_off_one_delivery_before_a_crash() -> H:
+    """W1 processes and acks ``b`` twice off ONE delivery (its bug), while it holds
+    the crash task ``c``; the asked crash comes seconds later. Nothing cut b's
+    delivery between its two processings."""
+    h = start_ready()
+    h.publish("c", directives={"crash": "after_process", "sleep_ms": 3000})
+    h.publish("b")
+    h.received("c", W1, ts=1001.0).received("b", W1, ts=1001.1)
+    h.processed("b", W1, ts=1001.2).acked("b", W1, ts=1001.21)
+    h.processed("b", W1, ts=1001.3).acked("b", W1, ts=1001.31)
+    h.processed("c", W1, ts=1004.0).worker_exited(W1, requested=False, ts=1004.05)
+    h.received("c", W2, redelivered=True, ts=1004.2).processed("c", W2, ts=1004.3)
+    h.acked("c", W2, ts=1004.31)
+    return h.finish()
+
+
+def test_a_crash_span_explains_no_copy_off_the_same_delivery() -> None:
+    from harness.checkers import exactly_once_ack
+
+    r = no_duplicate.check(copies_off_one_delivery_before_a_crash().build(), {})
+    assert invariant_verdict(r) is False, r.summary
+    assert "b" in r.evidence["unexplained_ids"] and "c" not in r.evidence["unexplained_ids"]
+    ack = exactly_once_ack.check(copies_off_one_delivery_before_a_crash().build(), {})
+    assert invariant_verdict(ack) is False, ack.summary
+
+
+def own_crash_claimed(*, again: str) -> H:
+    """A worker said to honour directives processes the crash task twice, with no
+    exit, no child death anyone saw: ``again`` is how its second copy came."""
+    caps = {"directives": True, "health": False, "events": "json"}
+    h = H().run_started(capabilities=caps).worker_started(W1).worker_started(W2)
+    h.publish("c", directives={"crash": "after_process"})
+    h.received("c", W1, redelivered=False, ts=1001.0).processed("c", W1, ts=1001.1)
+    if again == "same delivery":
+        h.processed("c", W1, ts=1001.2)
+    elif again == "after an ack":
+        h.acked("c", W1, ts=1001.15)
+        h.received("c", W2, redelivered=True, ts=1001.5).processed("c", W2, ts=1001.6)
+    elif again == "a fresh message":
+        h.received("c", W2, redelivered=False, ts=1001.5).processed("c", W2, ts=1001.6)
+    return h.finish()
+
+
+def test_an_after_process_directive_alone_explains_no_duplicate() -> None:
+    for again in ("same delivery", "after an ack", "a fresh message"):
+        r = no_duplicate.check(own_crash_claimed(again=again).build(), {})
+        assert invariant_verdict(r) is False, (again, r.summary)
