@@ -5,26 +5,16 @@ when the kept report misses a configuration or a scenario."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
-# The benchmark is a script, not a package module: load it by path, its own folder
-# first on the path (its helper _child.py), as when it runs as a script.
-_BENCH = ROOT / "benchmarks" / "framework_verdicts.py"
-if str(_BENCH.parent) not in sys.path:
-    sys.path.insert(0, str(_BENCH.parent))
-_spec = importlib.util.spec_from_file_location("framework_verdicts", _BENCH)
-assert _spec is not None and _spec.loader is not None
-fv = importlib.util.module_from_spec(_spec)
-sys.modules["framework_verdicts"] = fv
-_spec.loader.exec_module(fv)
+fv = load_benchmark("framework_verdicts")
 
 
 def kept() -> dict[str, Any]:

@@ -5,30 +5,20 @@ the claim (and never lets such a claim be ``true``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_scripts import load_benchmark
 
 from harness.cli import build_parser, main
 from harness.model import Scenario
 from harness.options import RunOptions, rerun_command, worker_spec
 
-# The benchmark is a script, not a package module: load it by path.
-_BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "false_alarms.py"
-# As when run as a script: its own folder first on the path (its helper _child.py).
-if str(_BENCH.parent) not in sys.path:
-    sys.path.insert(0, str(_BENCH.parent))
-_spec = importlib.util.spec_from_file_location("false_alarms", _BENCH)
-assert _spec is not None and _spec.loader is not None
-false_alarms = importlib.util.module_from_spec(_spec)
-sys.modules["false_alarms"] = false_alarms
-_spec.loader.exec_module(false_alarms)
+false_alarms = load_benchmark("false_alarms")
 
 
 def test_minimal_reporting_reaches_the_worker_env_and_the_rerun() -> None:
