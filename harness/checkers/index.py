@@ -165,12 +165,12 @@ class Index:
         return bool(self.state.get(ident, 0) & bits)
 
     def connection_fault(self, worker: str | None, lo: float, hi: float,
-                         injected_only: bool = True, spans: bool = False) -> ConnFault | None:
+                         injected_only: bool = True) -> ConnFault | None:
         """The first connection fault of ``worker`` (or of the broker) that overlaps
         [lo, hi]: issued at or before ``hi`` and not yet done taking effect before
         ``lo`` (``ts <= hi`` and ``max(ts, end) >= lo``). Only injected ones (see
-        ``ConnFault.injected``) unless ``injected_only`` is False; a crash known
-        only as a span (``ConnFault.cut`` False) only with ``spans``: see
+        ``ConnFault.injected``) unless ``injected_only`` is False. A crash known
+        only as a span (``ConnFault.cut`` False) is never one: see
         :meth:`crash_span`."""
         if hi < lo:
             return None
@@ -187,7 +187,7 @@ class Index:
             while i < len(ts_list) and ts_list[i] <= hi:
                 f = faults[i]
                 if (max(f.ts, f.end) >= lo and (f.injected or not injected_only)
-                        and (f.cut or spans)):
+                        and f.cut):
                     if best is None or f.ts < best.ts:
                         best = f
                     break
