@@ -255,7 +255,7 @@ def splice(text: str, rows: list[str], where: str) -> str:
 
 
 def runs_from(report: dict[str, Any]) -> list[Run]:
-    return [Run(**{**r, "rerun": portable(r["rerun"])}) for r in report["runs"]]
+    return [Run(**r) for r in report["runs"]]
 
 
 def write_docs(src: Path) -> int:
