@@ -18,13 +18,11 @@ from rich.console import Console
 
 from harness import credentials, vocab
 from harness.model import CLAIMS, REPORTING_MODES
+from harness.vocab import EXIT_OK, EXIT_UNDECIDED
 
 if TYPE_CHECKING:
     from harness.options import RunOptions
 
-EXIT_OK = 0
-EXIT_VIOLATED = 1
-EXIT_UNDECIDED = 2
 
 
 def _err(msg: str) -> int:

@@ -155,3 +155,11 @@ WORDS: Final[dict[bool | None, str]] = {True: TRUE, False: FALSE, None: UNKNOWN}
 def word(valid: bool | None) -> str:
     """``true``, ``false`` or ``unknown``."""
     return WORDS[valid]
+
+
+# -- exit codes ---------------------------------------------------------------------
+
+# Every command of the project (``harness``, the Locust load file) ends with one.
+EXIT_OK: Final = 0  # every gated claim holds: PASS
+EXIT_VIOLATED: Final = 1  # one is violated: FAIL
+EXIT_UNDECIDED: Final = 2  # the evidence does not decide, or bad input

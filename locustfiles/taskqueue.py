@@ -1,32 +1,41 @@
-"""A load run against a staging broker: publish tasks at a steady rate while the
-workers under test consume them, then check that they kept up and lost nothing.
+"""A load run against a staging broker: publish tasks at a steady rate, or as
+fast as the broker confirms them, while the workers under test consume them;
+then check that they kept up and lost nothing.
 
-    locust -f locustfiles/taskqueue.py --headless -u 10 -r 10 -t 60s \\
-        --amqp-url amqp://user:pass@staging:5672/%2F --queue tasks \\
+    TASKQUEUE_AMQP_PASSWORD=... locust -f locustfiles/taskqueue.py --headless \\
+        -u 10 -r 10 -t 60s --amqp-url amqp://user@staging:5672/%2F --queue tasks \\
         --rate-per-user 10 --sleep-ms 100
 
-Each Locust user holds one AMQP connection with publisher confirms and publishes
-persistent, mandatory tasks (contract v1 bodies: ``{"id", "task", "payload",
-"directives"}``) to the queue through the default exchange. Every confirm is a
-Locust request ``publish / confirmed`` with its latency; a nack, an unroutable
-task (no such queue) or a lost connection is a failure.
+Each Locust user holds one AMQP connection (pika's gevent adapter) with publisher
+confirms and up to ``--confirm-window`` publishes awaiting their confirm, and
+publishes persistent, mandatory tasks (contract v1 bodies: ``{"id", "task",
+"payload", "directives"}``) to the queue through the default exchange, at
+``--rate-per-user`` tasks a second, or, with 0, as fast as the window allows.
+Every confirm is a Locust request ``publish / confirmed`` with its latency; a
+nack, an unroutable task (no such queue) or a lost connection is a failure.
 
 When the run stops, the check (this process, or the master in distributed mode)
 waits up to ``--drain-timeout-s`` for the queue to be empty, then reads the
 queue's counters from the management API and compares them with the confirmed
-count. It fails (exit code 1) when the queue did not drain (the workers did not
-keep up), when a task reached the dead-letter queue (``--dlq``; the tasks only
-sleep, so none can fail), or when fewer acks than confirmed tasks (plus those
-queued before the run) reached the broker. Any failed publish also exits 1
-(Locust's own rule). More acks than confirms is not a
-failure: a publish cut off by the stop has no counted confirm, and a retried
-task comes back through the queue. Redeliveries are reported, not failed:
-RabbitMQ delivers at least once. The queue and its topology belong to the
-workers: this file never declares anything.
+count. Exit codes, as the harness's: **0** PASS; **1** FAIL: the queue did not
+drain (the workers did not keep up), a task reached the dead-letter queue
+(``--dlq``; the tasks only sleep, so none can fail), fewer acks than confirmed
+tasks (plus those queued before the run) reached the broker, or a publish failed
+(Locust's own rule); **2** undecided: the broker or its management API did not
+answer, the queue does not exist, or the broker keeps no statistics to count
+acks by. More acks than confirms is not a failure: a publish cut off by the stop
+has no counted confirm, and a retried task comes back through the queue.
+Redeliveries are reported, not failed: RabbitMQ delivers at least once. The
+queue and its topology belong to the workers: this file never declares anything.
+
+The password: in ``--amqp-url``, or better in ``--amqp-password`` (a masked
+field in Locust's web UI) or ``$TASKQUEUE_AMQP_PASSWORD``, which replace the
+URL's; it never appears in the output. Every option is in the web UI.
 
 This is the staging-broker companion of ``harness run``: no faults, no worker
-events, only what the broker can tell. Bounds: ``--max-tasks`` (all users
-together) and Locust's ``--run-time``, which a headless run must give.
+events, only what the broker can tell. Bounds: ``--max-tasks`` (all users of
+this process), ``--confirm-window``, and Locust's ``--run-time``, which a
+headless run must give.
 """
 
 # Locust's event-hook decorators carry no types.
@@ -34,45 +43,67 @@ together) and Locust's ``--run-time``, which a headless run must give.
 from __future__ import annotations
 
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
+import gevent
 import pika
+import pika.exceptions
+from gevent.event import AsyncResult, Event
 from locust import User, constant_throughput, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import WorkerRunner
+from pika.adapters.gevent_connection import GeventConnection
 
 from harness import credentials
 from harness.broker import BrokerAdmin, QueueInfo, parse_broker_url
-from harness.cluster.base import ClusterError
+from harness.cluster.base import BrokerEndpoint, ClusterError
+from harness.loadgen import MAX_WINDOW, ConfirmWindow, Settled
 from harness.tasks import task_body
+from harness.vocab import EXIT_OK, EXIT_UNDECIDED, EXIT_VIOLATED
 
 REQUEST_TYPE = "publish"
 REQUEST_NAME = "confirmed"
 DRAIN_POLL_S = 0.5
-# Confirms wait at most this long; a broker that does not answer is a failure.
+# A connection opens within this, and a full window gets a confirm within the
+# confirm bound; a broker that does not answer is a failure.
 CONNECT_TIMEOUT_S = 10.0
+CONFIRM_TIMEOUT_S = 10.0
+PASS, FAIL, UNDECIDED = "PASS", "FAIL", "UNDECIDED"
+EXIT_CODES = {PASS: EXIT_OK, FAIL: EXIT_VIOLATED, UNDECIDED: EXIT_UNDECIDED}
 
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
-    g = parser.add_argument_group("task queue")
-    g.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F",
-                   help="the broker under load (management API on port 15672 of the same "
-                        "host, or ?management_port=N, or --management-url)")
-    g.add_argument("--management-url", default="", help="http://host:15672")
-    g.add_argument("--queue", default="tasks", help="the workers' queue (not declared here)")
-    g.add_argument("--rate-per-user", type=float, default=10.0,
-                   help="tasks a second each user publishes")
-    g.add_argument("--sleep-ms", type=int, default=100,
-                   help="directive for the reference worker: time each task takes")
-    g.add_argument("--dlq", default="",
-                   help="the workers' dead-letter queue (default QUEUE.dlq; checked if it exists)")
-    g.add_argument("--max-tasks", type=int, default=100_000,
-                   help="stop publishing after this many tasks (all users of this process)")
-    g.add_argument("--drain-timeout-s", type=float, default=60.0,
-                   help="after the run, how long the queue may take to empty")
+    # Top-level arguments, not a group: Locust's web UI shows only those.
+    parser.add_argument("--amqp-url", default="amqp://guest@127.0.0.1:5672/%2F",
+                        env_var="TASKQUEUE_AMQP_URL",
+                        help="the broker under load (management API on port 15672 of the same "
+                             "host, or ?management_port=N, or --management-url)")
+    parser.add_argument("--amqp-password", default="", is_secret=True,
+                        env_var="TASKQUEUE_AMQP_PASSWORD",
+                        help="replaces the password of --amqp-url (default: the URL's, "
+                             "else guest)")
+    parser.add_argument("--management-url", default="", help="http://host:15672")
+    parser.add_argument("--queue", default="tasks",
+                        help="the workers' queue (not declared here)")
+    parser.add_argument("--rate-per-user", type=float, default=10.0,
+                        help="tasks a second each user publishes; 0: as fast as the broker "
+                             "confirms")
+    parser.add_argument("--confirm-window", type=int, default=100,
+                        help="publishes a user keeps awaiting their confirm")
+    parser.add_argument("--sleep-ms", type=int, default=100,
+                        help="directive for the reference worker: time each task takes")
+    parser.add_argument("--dlq", default="",
+                        help="the workers' dead-letter queue (default QUEUE.dlq; checked if "
+                             "it exists)")
+    parser.add_argument("--max-tasks", type=int, default=100_000,
+                        help="stop publishing after this many tasks (all users of this "
+                             "process)")
+    parser.add_argument("--drain-timeout-s", type=float, default=60.0,
+                        help="after the run, how long the queue may take to empty")
 
 
 def _opts(environment: Environment) -> Any:
@@ -81,10 +112,24 @@ def _opts(environment: Environment) -> Any:
     return environment.parsed_options
 
 
+def _endpoint(o: Any) -> BrokerEndpoint:
+    """The broker, with ``--amqp-password`` in place of the URL's password."""
+    url = o.amqp_url
+    if o.amqp_password:
+        p = urllib.parse.urlsplit(url)
+        user = p.username or "guest"
+        netloc = (f"{user}:{urllib.parse.quote(o.amqp_password, safe='')}@"
+                  f"{p.netloc.rpartition('@')[2]}")
+        url = urllib.parse.urlunsplit((p.scheme, netloc, p.path, p.query, p.fragment))
+    return parse_broker_url(url, o.management_url or None)
+
+
 class _Run:
     """What this process published, and the queue's counters before it did."""
 
+    run_id = uuid.uuid4().hex[:8]
     published = 0
+    connect_errors = 0
     baseline: QueueInfo | None = None
     base_depth = 0  # ready messages at the start (passive declare: exact)
     dlq_baseline: QueueInfo | None = None
@@ -97,8 +142,10 @@ class _Run:
 def _init(environment: Environment, **_: Any) -> None:
     o = _opts(environment)
     problems = []
-    if not 0 < o.rate_per_user <= 10_000:
-        problems.append("--rate-per-user must be in (0, 10000]")
+    if not 0 <= o.rate_per_user <= 10_000:
+        problems.append("--rate-per-user must be in [0, 10000] (0: as fast as confirmed)")
+    if not 1 <= o.confirm_window <= MAX_WINDOW:
+        problems.append(f"--confirm-window must be 1..{MAX_WINDOW}")
     if not 0 < o.max_tasks <= 10_000_000:
         problems.append("--max-tasks must be 1..10000000")
     if not 0 <= o.sleep_ms <= 600_000:
@@ -108,7 +155,7 @@ def _init(environment: Environment, **_: Any) -> None:
     if o.headless and not o.run_time:
         problems.append("a headless load run must stop by itself: give --run-time (-t)")
     try:
-        endpoint = parse_broker_url(o.amqp_url, o.management_url or None)
+        endpoint = _endpoint(o)
         credentials.register(endpoint.password, endpoint.user)  # never in its output
     except ValueError as exc:
         problems.append(str(exc))
@@ -140,26 +187,32 @@ def _check(environment: Environment, **_: Any) -> None:
     if environment.runner is not None:
         environment.runner.stop()  # on Ctrl-C, quitting fires while users still publish
     try:
-        verdict = _verdict(environment, _Run.admin)
+        word, text = _verdict(environment, _Run.admin)
     except ClusterError as exc:
-        verdict = f"FAIL: {exc}"
+        word, text = UNDECIDED, f"the broker did not answer the check: {exc}"
     finally:
         _Run.admin.close()
-    print(credentials.redact(f"taskqueue check: {verdict}"), flush=True)
-    if verdict.startswith("FAIL"):
-        environment.process_exit_code = 1
+    stats = environment.stats.get(REQUEST_NAME, REQUEST_TYPE)
+    if word == PASS and stats.num_failures:
+        word, text = FAIL, f"{stats.num_failures} publish(es) failed; {text}"
+    print(credentials.redact(f"taskqueue check: {word}: {text}"), flush=True)
+    environment.process_exit_code = EXIT_CODES[word]
 
 
-def _verdict(environment: Environment, admin: BrokerAdmin) -> str:
+def _verdict(environment: Environment, admin: BrokerAdmin) -> tuple[str, str]:
     o = _opts(environment)
     if _Run.problem is not None:
-        return f"FAIL: {_Run.problem}"
+        return UNDECIDED, f"the management API did not answer at the start: {_Run.problem}"
     if _Run.baseline is None:
-        return (f"FAIL: queue {o.queue!r} does not exist on {admin.endpoint.management_url}: "
-                "start the workers first (they declare it)")
+        return UNDECIDED, (f"queue {o.queue!r} does not exist on "
+                           f"{admin.endpoint.management_url}: start the workers first "
+                           "(they declare it)")
     base = _Run.baseline
     stats = environment.stats.get(REQUEST_NAME, REQUEST_TYPE)
     confirmed = stats.num_requests - stats.num_failures
+    if confirmed == 0 and _Run.connect_errors:
+        return UNDECIDED, (f"the broker took no connection ({_Run.connect_errors} user(s) "
+                           "could not connect): nothing was published")
     # Tasks already queued when the run began are acked too: they must not stand
     # in for ours.
     queued_before = max(base.messages, _Run.base_depth)
@@ -172,7 +225,7 @@ def _verdict(environment: Environment, admin: BrokerAdmin) -> str:
     while True:
         depth, info = admin.passive_depth(o.queue), admin.queue_info(o.queue)
         if depth is None or info is None:
-            return f"FAIL: queue {o.queue!r} disappeared during the run"
+            return UNDECIDED, f"queue {o.queue!r} disappeared during the run"
         left = max(depth, info.messages)
         if ((left == 0 and info.unacked == 0 and info.acked - base.acked >= want_acks)
                 or time.monotonic() >= deadline):
@@ -184,17 +237,17 @@ def _verdict(environment: Environment, admin: BrokerAdmin) -> str:
                f"redelivered {info.redelivered - base.redelivered}, dead-lettered {dead}, "
                f"left in the queue {left} ({info.unacked} unacked)")
     if left or info.unacked:
-        return (f"FAIL: the queue did not drain within {o.drain_timeout_s:g} s (the workers "
-                f"did not keep up): {summary}")
-    if not info.has_message_stats:
-        return (f"FAIL: the management API has no statistics for {o.queue!r}, so the acks "
-                f"cannot be counted (statistics disabled?): {summary}")
+        return FAIL, (f"the queue did not drain within {o.drain_timeout_s:g} s (the workers "
+                      f"did not keep up): {summary}")
     if dead > 0:
-        return f"FAIL: {dead} task(s) dead-lettered (the tasks cannot fail): {summary}"
+        return FAIL, f"{dead} task(s) dead-lettered (the tasks cannot fail): {summary}"
+    if not info.has_message_stats:
+        return UNDECIDED, (f"the management API has no statistics for {o.queue!r}, so the "
+                           f"acks cannot be counted (statistics disabled?): {summary}")
     if acked < want_acks:
-        return (f"FAIL: {want_acks - acked} task(s) never acked (dropped, or the acks went "
-                f"unseen): {summary}")
-    return f"PASS: {summary}"
+        return FAIL, (f"{want_acks - acked} task(s) never acked (dropped, or the acks went "
+                      f"unseen): {summary}")
+    return PASS, summary
 
 
 def _dead_lettered(admin: BrokerAdmin, dlq: str) -> int:
@@ -210,51 +263,139 @@ def _dead_lettered(admin: BrokerAdmin, dlq: str) -> int:
     return grown
 
 
+class _ConfirmingChannel:
+    """One connection on pika's gevent adapter, one channel in confirm mode, up to
+    ``window`` publishes awaiting their confirm (``harness.loadgen``): the
+    connection's I/O runs in gevent's hub, so a user's greenlet publishes and
+    waits for room while every other user's confirms come in."""
+
+    def __init__(self, params: pika.URLParameters, window: int) -> None:
+        self.window = ConfirmWindow(window)
+        self.settled: list[Settled] = []
+        self.room = Event()
+        self.room.set()
+        self.closed: str | None = None
+        self.channel: Any = None
+        opened: AsyncResult = AsyncResult()
+
+        def on_channel(ch: Any) -> None:
+            self.channel = ch
+            ch.add_on_return_callback(self._on_return)
+            ch.add_on_close_callback(self._on_channel_closed)
+            ch.confirm_delivery(ack_nack_callback=self._on_confirm,
+                                callback=lambda _frame: opened.set(True))
+
+        def on_open_error(_conn: Any, err: BaseException) -> None:
+            opened.set_exception(ConnectionError(f"cannot connect: {err!r}"))
+
+        self.conn = GeventConnection(
+            params, on_open_callback=lambda conn: conn.channel(on_open_callback=on_channel),
+            on_open_error_callback=on_open_error,
+            on_close_callback=lambda _conn, reason: self._on_channel_closed(None, reason))
+        opened.get(timeout=CONNECT_TIMEOUT_S)
+
+    def publish(self, queue: str, task_id: str, body: bytes) -> None:
+        if self.closed is not None:
+            raise ConnectionError(self.closed)
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                     message_id=task_id)
+        self.window.sent(task_id, len(body))
+        self.channel.basic_publish("", queue, body, props, mandatory=True)
+        if self.window.room <= 0:
+            self.room.clear()
+
+    def take_settled(self) -> list[Settled]:
+        out, self.settled = self.settled, []
+        return out
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
+
+    # The callbacks run in gevent's hub: they only record and wake, never block.
+    def _on_confirm(self, frame: Any) -> None:
+        m = frame.method
+        self.settled += self.window.answer(int(m.delivery_tag), bool(m.multiple),
+                                           isinstance(m, pika.spec.Basic.Ack))
+        if self.window.room > 0:
+            self.room.set()
+
+    def _on_return(self, _ch: Any, method: Any, props: Any, _body: bytes) -> None:
+        self.window.returned(str(props.message_id),
+                             f"returned: {method.reply_code} {method.reply_text}")
+
+    def _on_channel_closed(self, _ch: Any, reason: BaseException) -> None:
+        if self.closed is None:
+            self.closed = f"connection or channel closed: {reason!r}"
+        self.settled += self.window.abandon(self.closed)
+        self.room.set()  # wake the publisher: it stops
+
+
 class TaskPublisher(User):
-    """One connection, confirms on, a steady rate of persistent tasks."""
+    """One connection, confirms on, up to ``--confirm-window`` publishes in flight;
+    at ``--rate-per-user`` tasks a second, or as fast as the window allows (0)."""
 
     def wait_time(self) -> float:
-        return float(constant_throughput(_opts(self.environment).rate_per_user)(self))
+        rate = _opts(self.environment).rate_per_user
+        return float(constant_throughput(rate)(self)) if rate > 0 else 0.0
 
     def on_start(self) -> None:
         o = _opts(self.environment)
-        params = pika.URLParameters(parse_broker_url(o.amqp_url, o.management_url or None)
-                                    .amqp_url)
+        params = pika.URLParameters(_endpoint(o).amqp_url)
         params.socket_timeout = CONNECT_TIMEOUT_S
         params.blocked_connection_timeout = CONNECT_TIMEOUT_S
         params.client_properties = {"connection_name": f"locust-{uuid.uuid4().hex[:8]}"}
-        self.conn = pika.BlockingConnection(params)
-        self.channel = self.conn.channel()
-        self.channel.confirm_delivery()
+        try:
+            self.pub = _ConfirmingChannel(params, o.confirm_window)
+        except (ConnectionError, pika.exceptions.AMQPError, gevent.Timeout) as exc:
+            _Run.connect_errors += 1
+            self._fire_failure(f"cannot connect: {exc!r}")
+            raise StopUser() from None
 
     def on_stop(self) -> None:
-        if getattr(self, "conn", None) is not None and self.conn.is_open:
-            self.conn.close()
+        pub = getattr(self, "pub", None)
+        if pub is None:
+            return
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+        while pub.window.outstanding and pub.closed is None and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        if pub.window.outstanding:
+            pub.settled += pub.window.abandon(
+                f"no confirm within {CONFIRM_TIMEOUT_S:g} s of the stop")
+        self._report(pub)
+        pub.close()
 
     @task
     def publish(self) -> None:
         o = _opts(self.environment)
-        if _Run.published >= o.max_tasks:
+        pub = self.pub
+        if not pub.room.wait(timeout=CONFIRM_TIMEOUT_S):
+            pub.settled += pub.window.abandon(f"no confirm within {CONFIRM_TIMEOUT_S:g} s")
+            pub.closed = "the broker stopped confirming"
+        self._report(pub)
+        if pub.closed is not None:
             raise StopUser()
-        _Run.published += 1
-        task_id = f"load-{uuid.uuid4().hex}"
-        body = task_body(task_id, _Run.published, {"sleep_ms": o.sleep_ms})
-        props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                     message_id=task_id)
-        started = time.perf_counter()
-        exc: BaseException | None = None
-        try:
-            self.channel.basic_publish("", o.queue, body, props, mandatory=True)
-        except pika.exceptions.UnroutableError:
-            exc = RuntimeError(f"unroutable: no queue {o.queue!r}")
-        except pika.exceptions.NackError:
-            exc = RuntimeError("nacked by the broker")
-        except pika.exceptions.AMQPError as e:
-            exc = e
-        self.environment.events.request.fire(
-            request_type=REQUEST_TYPE, name=REQUEST_NAME,
-            response_time=(time.perf_counter() - started) * 1000, response_length=len(body),
-            exception=exc, context={})
-        if isinstance(exc, pika.exceptions.AMQPConnectionError):
-            raise StopUser()
+        batch = 1 if o.rate_per_user > 0 else pub.window.room
+        for _ in range(batch):
+            if _Run.published >= o.max_tasks:
+                raise StopUser()
+            _Run.published += 1
+            task_id = f"load-{_Run.run_id}-{_Run.published}"
+            body = task_body(task_id, _Run.published, {"sleep_ms": o.sleep_ms})
+            try:
+                pub.publish(o.queue, task_id, body)
+            except (ConnectionError, pika.exceptions.AMQPError) as exc:
+                self._fire_failure(repr(exc))
+                raise StopUser() from None
 
+    def _report(self, pub: _ConfirmingChannel) -> None:
+        fire = self.environment.events.request.fire
+        for s in pub.take_settled():
+            fire(request_type=REQUEST_TYPE, name=REQUEST_NAME,
+                 response_time=s.latency_s * 1000, response_length=s.size,
+                 exception=None if s.error is None else RuntimeError(s.error), context={})
+
+    def _fire_failure(self, error: str) -> None:
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE, name=REQUEST_NAME, response_time=0,
+            response_length=0, exception=RuntimeError(error), context={})
