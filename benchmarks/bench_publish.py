@@ -1,19 +1,33 @@
-"""Publish throughput: raw pika without confirms vs the harness Publisher with confirms.
+"""Publish throughput: raw pika without confirms, the harness Publisher with
+confirms, and the Locust load file (``locustfiles/taskqueue.py``) at full speed.
 
-    python3 benchmarks/bench_publish.py [--tasks 20000] [--broker-url amqp://...]
+    python3 benchmarks/bench_publish.py [--tasks 20000] [--broker-url amqp://...
+        --management-url http://...] [--locust-users 20] [--confirm-window 100]
 
 Without --broker-url it starts a private RabbitMQ node on free ports (the tests'
 ``tests/helpers/private_broker.py``, the local backend's starter; always
-stopped). Both measurements run in the same run against the same broker, each to a
-fresh durable queue with persistent ~100-byte messages; the queues are deleted
-afterwards. Prints both rates and their ratio (the target is >= 0.5).
+stopped). The measurements run in the same run against the same broker, each to a
+fresh durable queue with persistent messages of about 100 bytes; the queues are
+deleted afterwards. Prints the rates and two ratios: the Publisher against raw pika
+(the target is >= 0.5), and the load file against the Publisher (>= 0.8), with the
+load file's confirm latency percentiles at its rate.
+
+The load file runs as Locust runs it (a ``locust --headless`` process, one
+connection per user, ``--rate-per-user 0``, ``--max-tasks`` the same count); its
+rate is Locust's own ``Requests/s`` of ``publish / confirmed`` (confirms over the
+time from the test's start to the last confirm, connections included). Nothing
+consumes the queue, so its drain check says FAIL: that is expected here.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -35,6 +49,10 @@ from harness.workload import Publisher  # noqa: E402
 
 MAX_TASKS = 1_000_000
 BODY_SIZE = 100
+LOCUSTFILE = ROOT / "locustfiles" / "taskqueue.py"
+# The load file stops by itself at --max-tasks; this only bounds a stuck run.
+LOCUST_RUN_TIME_S = 120
+MAX_USERS = 200
 
 
 def make_bench_tasks(n: int) -> list[Task]:
@@ -103,32 +121,92 @@ def bench_publisher(url: str, tasks: list[Task], window: int) -> float:
     return stats.rate
 
 
+def bench_locust(url: str, management_url: str, n: int, users: int,
+                 window: int) -> tuple[float, dict[str, str]]:
+    """The load file's confirmed rate and its stats row (Locust's CSV)."""
+    queue = f"bench.locust.{uuid.uuid4().hex[:8]}"
+    _declare(url, queue)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-locust-") as tmp:
+            prefix = str(Path(tmp) / "run")
+            # The URL (and its password) through the environment, not argv.
+            env = {**os.environ, "TASKQUEUE_AMQP_URL": url}
+            proc = subprocess.run(
+                [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+                 "-u", str(users), "-r", str(users), "-t", f"{LOCUST_RUN_TIME_S}s",
+                 "--only-summary", "--csv", prefix, "--management-url", management_url,
+                 "--queue", queue, "--rate-per-user", "0", "--confirm-window", str(window),
+                 "--max-tasks", str(n), "--drain-timeout-s", "0"],
+                cwd=ROOT, env=env, capture_output=True, text=True,
+                timeout=LOCUST_RUN_TIME_S + 60, check=False)
+            stats_csv = Path(prefix + "_stats.csv")
+            if not stats_csv.exists():
+                tail = (proc.stdout + proc.stderr)[-1500:]
+                raise RuntimeError(f"locust wrote no stats (exit {proc.returncode}): {tail}")
+            with stats_csv.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f)
+                        if (r["Type"], r["Name"]) == ("publish", "confirmed")]
+    finally:
+        depth = _depth_and_delete(url, queue)
+    if not rows:
+        raise RuntimeError("locust's stats have no 'publish / confirmed' row")
+    row = rows[0]
+    ok = int(row["Request Count"]) - int(row["Failure Count"])
+    rate = float(row["Requests/s"]) * ok / max(1, int(row["Request Count"]))
+    print(f"locust load file ({users} users, confirm window {window}, --rate-per-user 0): "
+          f"{ok} confirmed, {row['Failure Count']} failed = {rate:,.0f} confirmed msg/s; "
+          f"confirm latency p50 {row['50%']} ms, p95 {row['95%']} ms, p99 {row['99%']} ms, "
+          f"max {float(row['Max Response Time']):.0f} ms (queue depth afterwards {depth})")
+    return rate, row
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=20000, help="messages per measurement")
     ap.add_argument("--broker-url", default=None, help="amqp:// URL of a broker to use")
+    ap.add_argument("--management-url", default=None,
+                    help="with --broker-url: its management API (http://host:15672)")
     ap.add_argument("--window", type=int, default=1000, help="Publisher confirm window")
+    ap.add_argument("--locust-users", type=int, default=20,
+                    help="Locust users of the load file (0: skip it)")
+    ap.add_argument("--confirm-window", type=int, default=100,
+                    help="the load file's confirm window per user")
     args = ap.parse_args(argv)
     if not 1 <= args.tasks <= MAX_TASKS:
         print(f"--tasks must be between 1 and {MAX_TASKS}", file=sys.stderr)
+        return 2
+    if not 0 <= args.locust_users <= MAX_USERS:
+        print(f"--locust-users must be between 0 and {MAX_USERS}", file=sys.stderr)
+        return 2
+    if args.broker_url and args.locust_users and not args.management_url:
+        print("--broker-url needs --management-url for the load file's check "
+              "(or --locust-users 0)", file=sys.stderr)
         return 2
     tasks = make_bench_tasks(args.tasks)
     broker: PrivateBroker | None = None
     try:
         if args.broker_url:
-            url = args.broker_url
+            url, management_url = args.broker_url, args.management_url
         else:
             broker = PrivateBroker("benchpub").start()
-            url = broker.url
+            url, management_url = broker.url, broker.management_url
             print(f"private broker (harness.cluster.local) on port {broker.port}")
         raw = bench_raw(url, tasks)
         confirmed = bench_publisher(url, tasks, args.window)
         ratio = confirmed / raw if raw else 0.0
         print(f"ratio confirmed/raw = {ratio:.2f} (target >= 0.50)")
+        if args.locust_users:
+            loaded, _row = bench_locust(url, management_url, args.tasks, args.locust_users,
+                                        args.confirm_window)
+            print(f"ratio load file/Publisher = {loaded / confirmed if confirmed else 0:.2f} "
+                  f"(target >= 0.80); load file/raw = {loaded / raw if raw else 0:.2f}")
         return 0
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (pika.exceptions.AMQPError, OSError) as e:
         print(f"error: broker unreachable or failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -93,3 +93,118 @@ class ConfirmWindow:
         self._outstanding.clear()
         self._returned.clear()
         return out
+
+
+MAX_LEDGER_IDS: Final = 10_000_000  # task ids one load process keeps (about 1 GiB)
+MAX_LISTED_IDS: Final = 5  # ids quoted in a verdict; the rest are counted
+MAX_EARLY_PER_ID: Final = 3  # completions kept for an id not known yet
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A completion taken into the ledger: the publish-to-processed latency (0 when
+    the clocks disagree: ``skewed``), and whether it is a second one of the task."""
+
+    task_id: str
+    latency_s: float
+    skewed: bool
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class LedgerCounts:
+    """The end of a load run, by task id."""
+
+    published: int
+    confirmed: int
+    completed: int  # distinct confirmed ids with at least one completion
+    lost: tuple[str, ...]  # confirmed, never completed
+    duplicated: tuple[str, ...]  # completed more than once
+    foreign: int  # completions of ids never published here, or unreadable
+    skewed: int  # completions stamped before their publish (clock skew)
+
+
+def quote_ids(ids: tuple[str, ...] | list[str]) -> str:
+    """At most ``MAX_LISTED_IDS`` ids, then how many more."""
+    shown = ", ".join(ids[:MAX_LISTED_IDS])
+    more = len(ids) - MAX_LISTED_IDS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+class Ledger:
+    """What the load run published, what the broker confirmed, and what the workers
+    said they processed (completions, an optional part of worker contract v1:
+    docs/worker-contract.md), by task id.
+
+    A completion is the worker's word that it processed a task. The load run uses it
+    for latency and to name ids, and judges loss only together with the broker's
+    counters: a confirmed id never completed is lost only if the workers send
+    completions at all (else the check falls back to the counters and says so).
+    In distributed mode the master's ledger learns publishes from the Locust
+    workers' reports, which may come after the completion: a completion of an id
+    not published yet waits (``early``) and is matched when the id arrives.
+    Times are wall-clock seconds (``time.time()``): the publish time on the load
+    generator, the processed time on the worker's host, so the two clocks must
+    agree; a completion stamped before its publish is counted as skewed, with
+    latency 0.
+    """
+
+    def __init__(self, max_ids: int = MAX_LEDGER_IDS) -> None:
+        if not 1 <= max_ids <= MAX_LEDGER_IDS:
+            raise ValueError(f"max_ids must be 1..{MAX_LEDGER_IDS}, not {max_ids}")
+        self.max_ids = max_ids
+        self._published_ts: dict[str, float] = {}
+        self._confirmed: set[str] = set()
+        self._completions: dict[str, int] = {}
+        self._early: dict[str, list[float]] = {}
+        self.unreadable = 0
+        self.skewed = 0
+
+    def published(self, task_id: str, ts: float) -> list[Completed]:
+        """Record a publish; returns the completions of it that came first."""
+        if task_id in self._published_ts:
+            return []
+        if len(self._published_ts) >= self.max_ids:
+            raise OverflowError(f"more than {self.max_ids} tasks in one ledger")
+        self._published_ts[task_id] = ts
+        return [self._take(task_id, p) for p in self._early.pop(task_id, [])]
+
+    def published_ts(self, task_id: str) -> float:
+        return self._published_ts[task_id]
+
+    def confirmed(self, task_id: str) -> None:
+        if task_id in self._published_ts:
+            self._confirmed.add(task_id)
+
+    def completed(self, task_id: str, processed_ts: float) -> Completed | None:
+        """Take a completion; None while its id is not known as published."""
+        if task_id not in self._published_ts:
+            early = self._early.setdefault(task_id, [])
+            if len(early) < MAX_EARLY_PER_ID and len(self._early) <= self.max_ids:
+                early.append(processed_ts)
+            return None
+        return self._take(task_id, processed_ts)
+
+    def _take(self, task_id: str, processed_ts: float) -> Completed:
+        t0 = self._published_ts[task_id]
+        n = self._completions.get(task_id, 0) + 1
+        self._completions[task_id] = n
+        skewed = processed_ts < t0
+        self.skewed += skewed
+        return Completed(task_id, max(0.0, processed_ts - t0), skewed, n > 1)
+
+    @property
+    def any_completion(self) -> bool:
+        return bool(self._completions)
+
+    @property
+    def pending(self) -> int:
+        """Confirmed tasks not completed yet."""
+        return sum(1 for t in self._confirmed if t not in self._completions)
+
+    def counts(self) -> LedgerCounts:
+        lost = tuple(sorted(t for t in self._confirmed if t not in self._completions))
+        dup = tuple(sorted(t for t, n in self._completions.items() if n > 1))
+        completed = sum(1 for t in self._confirmed if t in self._completions)
+        return LedgerCounts(len(self._published_ts), len(self._confirmed), completed,
+                            lost, dup, len(self._early) + self.unreadable, self.skewed)

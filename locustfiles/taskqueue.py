@@ -9,39 +9,47 @@ then check that they kept up and lost nothing.
 Each Locust user holds one AMQP connection (pika's gevent adapter) with publisher
 confirms and up to ``--confirm-window`` publishes awaiting their confirm, and
 publishes persistent, mandatory tasks (contract v1 bodies: ``{"id", "task",
-"payload", "directives"}``) to the queue through the default exchange, at
-``--rate-per-user`` tasks a second, or, with 0, as fast as the window allows.
-Every confirm is a Locust request ``publish / confirmed`` with its latency; a
-nack, an unroutable task (no such queue) or a lost connection is a failure.
+"payload", "directives"}``, with ``reply_to``) to the queue through the default
+exchange, at ``--rate-per-user`` tasks a second, or, with 0, as fast as the
+window allows, until ``--max-tasks`` (all users together). Every confirm is a
+Locust request ``publish / confirmed`` with its latency; a nack, an unroutable
+task (no such queue) or a lost connection is a failure. A worker that sends
+completions (docs/worker-contract.md) gives each task a request ``task /
+completed`` with its publish-to-processed latency; a second completion of a
+task is a failure.
 
 When the run stops, the check (this process, or the master in distributed mode)
-waits up to ``--drain-timeout-s`` for the queue to be empty, then reads the
-queue's counters from the management API and compares them with the confirmed
-count. Exit codes, as the harness's: **0** PASS; **1** FAIL: the queue did not
-drain (the workers did not keep up), a task reached the dead-letter queue
-(``--dlq``; the tasks only sleep, so none can fail), fewer acks than confirmed
-tasks (plus those queued before the run) reached the broker, or a publish failed
-(Locust's own rule); **2** undecided: the broker or its management API did not
-answer, the queue does not exist, or the broker keeps no statistics to count
-acks by. More acks than confirms is not a failure: a publish cut off by the stop
-has no counted confirm, and a retried task comes back through the queue.
-Redeliveries are reported, not failed: RabbitMQ delivers at least once. The
-queue and its topology belong to the workers: this file never declares anything.
+waits up to ``--drain-timeout-s`` for the queue to be empty, its acks to cover
+the confirmed tasks, and every confirmed task to have its completion; then it
+reads the queue's counters from the management API. Exit codes, as the
+harness's: **0** PASS; **1** FAIL: the queue did not drain (the workers did not
+keep up), a task was processed twice, a confirmed task never completed while the
+queue is empty (lost, by id), a task reached the dead-letter queue (``--dlq``;
+the tasks only sleep, so none can fail), fewer acks than confirmed tasks (plus
+those queued before the run) reached the broker, or a publish failed (Locust's
+own rule); **2** undecided: the broker or its management API did not answer, the
+queue does not exist, or the broker keeps no statistics to count acks by. More
+acks than confirms is not a failure: a publish cut off by the stop has no
+counted confirm. Without completions the check counts by the broker alone and
+says so. The queue and its topology belong to the workers: this file declares
+only its own completion queue (server-named, exclusive).
 
 The password: in ``--amqp-url``, or better in ``--amqp-password`` (a masked
 field in Locust's web UI) or ``$TASKQUEUE_AMQP_PASSWORD``, which replace the
 URL's; it never appears in the output. Every option is in the web UI.
 
-This is the staging-broker companion of ``harness run``: no faults, no worker
-events, only what the broker can tell. Bounds: ``--max-tasks`` (all users of
-this process), ``--confirm-window``, and Locust's ``--run-time``, which a
-headless run must give.
+This is the staging-broker companion of ``harness run``: no faults and no
+worker events; the broker's counters decide, the completions name ids and
+measure latency. Bounds: ``--max-tasks`` (all users of all Locust workers),
+``--confirm-window``, and Locust's ``--run-time``, which a headless run must
+give.
 """
 
 # Locust's event-hook decorators carry no types.
 # mypy: disallow-untyped-decorators=False
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 import uuid
@@ -54,18 +62,28 @@ from gevent.event import AsyncResult, Event
 from locust import User, constant_throughput, events, task
 from locust.env import Environment
 from locust.exception import StopUser
-from locust.runners import WorkerRunner
+from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 from pika.adapters.gevent_connection import GeventConnection
 
 from harness import credentials
 from harness.broker import BrokerAdmin, QueueInfo, parse_broker_url
 from harness.cluster.base import BrokerEndpoint, ClusterError
-from harness.loadgen import MAX_WINDOW, ConfirmWindow, Settled
+from harness.loadgen import (
+    MAX_WINDOW,
+    Completed,
+    ConfirmWindow,
+    Ledger,
+    Settled,
+    quote_ids,
+)
 from harness.tasks import task_body
 from harness.vocab import EXIT_OK, EXIT_UNDECIDED, EXIT_VIOLATED
 
 REQUEST_TYPE = "publish"
 REQUEST_NAME = "confirmed"
+# A worker's completion (docs/worker-contract.md, optional): publish to processed.
+COMPLETED_TYPE = "task"
+COMPLETED_NAME = "completed"
 DRAIN_POLL_S = 0.5
 # A connection opens within this, and a full window gets a confirm within the
 # confirm bound; a broker that does not answer is a failure.
@@ -125,10 +143,20 @@ def _endpoint(o: Any) -> BrokerEndpoint:
 
 
 class _Run:
-    """What this process published, and the queue's counters before it did."""
+    """What this process published, and the queue's counters before it did.
+
+    Roles: a single process (``LocalRunner``) publishes, consumes completions and
+    checks. Distributed, the master consumes completions, checks, and hands each
+    Locust worker its share of ``--max-tasks`` and the completion queue's name
+    (``SETUP_MESSAGE``, sent before the spawn on the same socket); a worker
+    publishes and reports each confirmed id with its publish time to the master in
+    Locust's own stats reports."""
 
     run_id = uuid.uuid4().hex[:8]
     published = 0
+    quota: int | None = None  # tasks this process may publish (a worker: its share)
+    reply_to: str | None = None  # where the workers send completions
+    outbox: list[tuple[str, float]] = []  # a Locust worker's confirms, not yet reported
     connect_errors = 0
     baseline: QueueInfo | None = None
     base_depth = 0  # ready messages at the start (passive declare: exact)
@@ -136,6 +164,12 @@ class _Run:
     dlq_base_depth = 0
     admin: BrokerAdmin | None = None
     problem: str | None = None
+    ledger: Ledger | None = None
+    completions: _Completions | None = None
+
+
+SETUP_MESSAGE = "taskqueue_setup"
+REPORT_KEY = "taskqueue_confirmed"
 
 
 @events.init.add_listener
@@ -161,8 +195,75 @@ def _init(environment: Environment, **_: Any) -> None:
         problems.append(str(exc))
     if problems:
         raise SystemExit(credentials.redact("taskqueue: " + "; ".join(problems)))
-    if not isinstance(environment.runner, WorkerRunner):
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.register_message(SETUP_MESSAGE, _on_setup)
+    else:
         _Run.admin = BrokerAdmin(endpoint)
+        _Run.quota = o.max_tasks
+        _Run.ledger = Ledger(o.max_tasks)
+
+
+def _on_setup(environment: Environment, msg: Any, **_: Any) -> None:
+    """A Locust worker: its share of --max-tasks and the completion queue."""
+    _Run.quota = int(msg.data["max_tasks"])
+    _Run.reply_to = msg.data["reply_to"] or None
+    _Run.ledger = Ledger(max(1, _Run.quota))  # its publish times, for the reports
+
+
+@events.report_to_master.add_listener
+def _report_confirms(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    """A Locust worker: its confirms since the last report ride on Locust's stats."""
+    data[REPORT_KEY], _Run.outbox = _Run.outbox, []
+
+
+@events.worker_report.add_listener
+def _take_confirms(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    """The master: a worker's confirms enter the ledger; completions that came
+    before them are matched now."""
+    ledger, completions = _Run.ledger, _Run.completions
+    if ledger is None:
+        return
+    for task_id, ts in data.get(REPORT_KEY) or []:
+        for done in ledger.published(str(task_id), float(ts)):
+            if completions is not None:
+                completions.fire(done, 0)
+        ledger.confirmed(str(task_id))
+
+
+@events.test_start.add_listener
+def _listen_for_completions(environment: Environment, **_: Any) -> None:
+    """Before any user publishes: the queue the workers send completions to."""
+    if (_Run.ledger is None or _Run.completions is not None
+            or isinstance(environment.runner, WorkerRunner)):
+        return
+    params = pika.URLParameters(_endpoint(_opts(environment)).amqp_url)
+    params.socket_timeout = CONNECT_TIMEOUT_S
+    try:
+        _Run.completions = _Completions(params, _Run.ledger, environment)
+    except (ConnectionError, pika.exceptions.AMQPError, gevent.Timeout) as exc:
+        # The users' own connections fail the same way and say so; the check falls
+        # back to the broker's counters.
+        print(credentials.redact(f"taskqueue: no completion queue ({exc!r}): the check "
+                                 "counts by the broker only"), flush=True)
+    else:
+        _Run.reply_to = _Run.completions.queue
+
+
+@events.test_start.add_listener
+def _setup_workers(environment: Environment, **_: Any) -> None:
+    """The master, before it sends the spawn: each worker's share of --max-tasks
+    (the remainder to the first ones) and the completion queue."""
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner):
+        return
+    workers = [c.id for c in runner.clients.ready + runner.clients.running
+               + runner.clients.spawning]
+    total = _opts(environment).max_tasks
+    for i, client_id in enumerate(workers):
+        share = total // len(workers) + (1 if i < total % len(workers) else 0)
+        runner.send_message(SETUP_MESSAGE, {"max_tasks": share, "reply_to": _Run.reply_to},
+                            client_id=client_id)
 
 
 @events.test_start.add_listener
@@ -192,6 +293,8 @@ def _check(environment: Environment, **_: Any) -> None:
         word, text = UNDECIDED, f"the broker did not answer the check: {exc}"
     finally:
         _Run.admin.close()
+        if _Run.completions is not None:
+            _Run.completions.close()
     stats = environment.stats.get(REQUEST_NAME, REQUEST_TYPE)
     if word == PASS and stats.num_failures:
         word, text = FAIL, f"{stats.num_failures} publish(es) failed; {text}"
@@ -227,8 +330,9 @@ def _verdict(environment: Environment, admin: BrokerAdmin) -> tuple[str, str]:
         if depth is None or info is None:
             return UNDECIDED, f"queue {o.queue!r} disappeared during the run"
         left = max(depth, info.messages)
-        if ((left == 0 and info.unacked == 0 and info.acked - base.acked >= want_acks)
-                or time.monotonic() >= deadline):
+        pending = _Run.ledger.pending if _Run.ledger and _Run.ledger.any_completion else 0
+        if ((left == 0 and info.unacked == 0 and info.acked - base.acked >= want_acks
+             and pending == 0) or time.monotonic() >= deadline):
             break
         time.sleep(DRAIN_POLL_S)
     acked = info.acked - base.acked
@@ -236,9 +340,24 @@ def _verdict(environment: Environment, admin: BrokerAdmin) -> tuple[str, str]:
     summary = (f"confirmed {confirmed} (+{queued_before} queued before), acked {acked}, "
                f"redelivered {info.redelivered - base.redelivered}, dead-lettered {dead}, "
                f"left in the queue {left} ({info.unacked} unacked)")
+    by_id = _Run.ledger.counts() if _Run.ledger and _Run.ledger.any_completion else None
+    if by_id is not None:
+        summary += (f"; by id: {by_id.completed} of {by_id.confirmed} confirmed completed, "
+                    f"{len(by_id.lost)} never completed, {len(by_id.duplicated)} completed "
+                    "twice" + (f", {by_id.skewed} stamped before their publish (clock skew)"
+                               if by_id.skewed else ""))
+    else:
+        summary += ("; no completions from the workers (reply_to, an optional part of the "
+                    "worker contract): judged by the broker's counters only")
+    if by_id is not None and by_id.duplicated:
+        return FAIL, (f"{len(by_id.duplicated)} task(s) processed twice "
+                      f"({quote_ids(by_id.duplicated)}): {summary}")
     if left or info.unacked:
         return FAIL, (f"the queue did not drain within {o.drain_timeout_s:g} s (the workers "
                       f"did not keep up): {summary}")
+    if by_id is not None and by_id.lost:
+        return FAIL, (f"{len(by_id.lost)} confirmed task(s) never completed, the queue empty "
+                      f"({quote_ids(by_id.lost)}): {summary}")
     if dead > 0:
         return FAIL, f"{dead} task(s) dead-lettered (the tasks cannot fail): {summary}"
     if not info.has_message_stats:
@@ -294,11 +413,11 @@ class _ConfirmingChannel:
             on_close_callback=lambda _conn, reason: self._on_channel_closed(None, reason))
         opened.get(timeout=CONNECT_TIMEOUT_S)
 
-    def publish(self, queue: str, task_id: str, body: bytes) -> None:
+    def publish(self, queue: str, task_id: str, body: bytes, reply_to: str | None) -> None:
         if self.closed is not None:
             raise ConnectionError(self.closed)
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                     message_id=task_id)
+                                     message_id=task_id, reply_to=reply_to)
         self.window.sent(task_id, len(body))
         self.channel.basic_publish("", queue, body, props, mandatory=True)
         if self.window.room <= 0:
@@ -329,6 +448,57 @@ class _ConfirmingChannel:
             self.closed = f"connection or channel closed: {reason!r}"
         self.settled += self.window.abandon(self.closed)
         self.room.set()  # wake the publisher: it stops
+
+
+class _Completions:
+    """One connection consuming this process's completion queue (server-named,
+    exclusive: it goes with the connection), each completion a Locust request
+    ``task / completed`` with the publish-to-processed latency; a second completion
+    of a task is a failure."""
+
+    def __init__(self, params: pika.URLParameters, ledger: Ledger,
+                 environment: Environment) -> None:
+        self.ledger = ledger
+        self.environment: Any = environment  # Locust types its event hooks loosely
+        self.queue = ""
+        ready: AsyncResult = AsyncResult()
+
+        def on_declared(frame: Any) -> None:
+            self.queue = frame.method.queue
+            self.channel.basic_consume(self.queue, self._on_completion, auto_ack=True,
+                                       callback=lambda _f: ready.set(True))
+
+        def on_channel(ch: Any) -> None:
+            self.channel = ch
+            ch.queue_declare("", exclusive=True, auto_delete=True, callback=on_declared)
+
+        self.conn = GeventConnection(
+            params, on_open_callback=lambda conn: conn.channel(on_open_callback=on_channel),
+            on_open_error_callback=lambda _c, err: ready.set_exception(
+                ConnectionError(f"cannot connect: {err!r}")))
+        ready.get(timeout=CONNECT_TIMEOUT_S)
+
+    def _on_completion(self, _ch: Any, _method: Any, _props: Any, body: bytes) -> None:
+        try:
+            data = json.loads(body)
+            task_id, processed_ts = str(data["id"]), float(data["processed_ts"])
+        except (ValueError, KeyError, TypeError):
+            self.ledger.unreadable += 1  # not a completion this file can read
+            return
+        done = self.ledger.completed(task_id, processed_ts)
+        if done is not None:
+            self.fire(done, len(body))
+
+    def fire(self, done: Completed, size: int) -> None:
+        """One ``task / completed`` request: the publish-to-processed latency."""
+        self.environment.events.request.fire(
+            request_type=COMPLETED_TYPE, name=COMPLETED_NAME,
+            response_time=done.latency_s * 1000, response_length=size,
+            exception=RuntimeError("completed twice") if done.duplicate else None, context={})
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
 
 
 class TaskPublisher(User):
@@ -364,6 +534,13 @@ class TaskPublisher(User):
                 f"no confirm within {CONFIRM_TIMEOUT_S:g} s of the stop")
         self._report(pub)
         pub.close()
+        runner = self.environment.runner
+        if (_Run.quota is not None and _Run.published >= _Run.quota
+                and isinstance(runner, LocalRunner)
+                and sum(not g.dead for g in runner.user_greenlets) <= 1):
+            # --max-tasks reached and this is the last user: the run is over, the
+            # check need not wait for --run-time. (Spawned: quit kills the users.)
+            gevent.spawn(runner.quit)
 
     @task
     def publish(self) -> None:
@@ -377,13 +554,18 @@ class TaskPublisher(User):
             raise StopUser()
         batch = 1 if o.rate_per_user > 0 else pub.window.room
         for _ in range(batch):
-            if _Run.published >= o.max_tasks:
+            if _Run.quota is None:
+                self._fire_failure("no setup from the master (a worker that joined late)")
+                raise StopUser()
+            if _Run.published >= _Run.quota:
                 raise StopUser()
             _Run.published += 1
             task_id = f"load-{_Run.run_id}-{_Run.published}"
             body = task_body(task_id, _Run.published, {"sleep_ms": o.sleep_ms})
+            if _Run.ledger is not None:
+                _Run.ledger.published(task_id, time.time())
             try:
-                pub.publish(o.queue, task_id, body)
+                pub.publish(o.queue, task_id, body, _Run.reply_to)
             except (ConnectionError, pika.exceptions.AMQPError) as exc:
                 self._fire_failure(repr(exc))
                 raise StopUser() from None
@@ -391,6 +573,10 @@ class TaskPublisher(User):
     def _report(self, pub: _ConfirmingChannel) -> None:
         fire = self.environment.events.request.fire
         for s in pub.take_settled():
+            if s.error is None and _Run.ledger is not None:
+                _Run.ledger.confirmed(s.task_id)
+                if isinstance(self.environment.runner, WorkerRunner):
+                    _Run.outbox.append((s.task_id, _Run.ledger.published_ts(s.task_id)))
             fire(request_type=REQUEST_TYPE, name=REQUEST_NAME,
                  response_time=s.latency_s * 1000, response_length=s.size,
                  exception=None if s.error is None else RuntimeError(s.error), context={})

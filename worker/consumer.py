@@ -21,6 +21,7 @@ broker redelivers the message (it was unacked when its connection died).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import random
@@ -102,6 +103,9 @@ def attempt_of(properties: BasicProperties) -> int:
     return min(max(value, 1), MAX_ATTEMPT_HEADER)
 
 
+MAX_REPLY_TO: Final = 255  # AMQP's limit on a routing key (a queue name)
+
+
 @dataclass
 class Delivery:
     generation: int
@@ -121,6 +125,7 @@ class Completion:
     delivery: Delivery
     kind: str  # "ack" | "retry" | "dead_letter"
     reason: str  # for dead_letter: permanent | max_attempts | poison
+    processed_ts: float | None = None  # when the side effect was done (for a completion)
 
 
 def reconnect_delays(max_s: float, rng: random.Random | None = None) -> Callable[[int], float]:
@@ -403,7 +408,7 @@ class Worker:
                 )
 
             run_task(task, d.attempt, first, TaskContext(emit_processed=processed))
-            return Completion(d, "ack", "processed")
+            return Completion(d, "ack", "processed", processed_ts=time.time())
         except PoisonError as exc:
             self._failed(d, True, f"poison: {exc}")
             return Completion(d, "dead_letter", "poison")
@@ -474,6 +479,7 @@ class Worker:
                     # "A redelivered task was probably done already": processed, never
                     # acked, held until the connection closes.
                     return
+                self._complete(ch, c)
                 ch.basic_ack(d.delivery_tag)
                 self.events.emit("acked", id=d.task_id, reason="processed")
                 if self.cfg.bug == DOUBLE_ACK and self._double_acked != self._generation:
@@ -493,6 +499,24 @@ class Worker:
         except (pika.exceptions.AMQPError, OSError) as exc:
             self.events.emit("ack_failed", id=d.task_id, reason=_describe(exc), outcome=c.kind)
             raise
+
+    def _complete(self, ch: BlockingChannel, c: Completion) -> None:
+        """The optional completion of contract v1 (docs/worker-contract.md): a task
+        with a ``reply_to`` gets a message there after its side effect and before its
+        ack, for a load generator's publish-to-processed latency and loss by id. Not
+        mandatory and not confirmed: the reply queue is the publisher's, and a
+        completion lost with it costs a figure, never the task."""
+        d = c.delivery
+        reply_to = d.properties.reply_to
+        if not reply_to or len(reply_to) > MAX_REPLY_TO or d.task_id is None:
+            return
+        body = json.dumps({"id": d.task_id, "worker": self.cfg.worker_id,
+                           "processed_ts": c.processed_ts or time.time(),
+                           "redelivered": d.redelivered, "attempt": d.attempt})
+        ch.basic_publish("", reply_to, body.encode(),
+                         BasicProperties(content_type="application/json",
+                                         correlation_id=d.properties.correlation_id,
+                                         message_id=d.task_id))
 
     def _settle_forgotten(self, c: Completion) -> None:
         """Settle a delivery the broker no longer holds (WORKER_BUG=auto-ack/ack-before-process).
@@ -543,6 +567,7 @@ class Worker:
             message_id=p.message_id,
             content_type=p.content_type or "application/json",
             correlation_id=p.correlation_id,
+            reply_to=p.reply_to,  # the completion of the attempt that succeeds goes there
             delivery_mode=2,
             headers=headers,
         )

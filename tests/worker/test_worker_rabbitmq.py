@@ -77,6 +77,42 @@ def test_processes_and_acks(broker: PrivateBroker, log_dir: Path) -> None:
     assert len(w.lines) == len(w.events)  # nothing but events on stdout
 
 
+def test_completion_goes_to_reply_to_before_the_ack(broker: PrivateBroker,
+                                                    log_dir: Path) -> None:
+    """The optional completion (docs/worker-contract.md): one message per processed
+    task to its reply_to, none for a task without one, none for a failed attempt."""
+    import json
+
+    import pika
+
+    q = new_queue()
+    w = start_ready(worker_env(broker, q, WORKER_MAX_ATTEMPTS="2"), log_dir)
+    conn = broker.connect()
+    try:
+        ch = conn.channel()
+        replies = ch.queue_declare("", exclusive=True).method.queue
+        props = pika.BasicProperties(reply_to=replies, message_id="c-1", delivery_mode=2)
+        ch.basic_publish("", q, task_body("c-1", sleep_ms=10), props)
+        ch.basic_publish("", q, task_body("c-retry", fail_times=1),
+                         pika.BasicProperties(reply_to=replies, message_id="c-retry"))
+        ch.basic_publish("", q, task_body("c-none"), pika.BasicProperties(message_id="c-none"))
+        assert w.wait_event("acked", 30, count=4), w.lines[-5:]  # c-retry: retry + done
+        got = []
+        for _ in range(3):
+            _m, _p, body = ch.basic_get(replies, auto_ack=True)
+            if body is not None:
+                got.append(json.loads(body))
+        assert sorted(c["id"] for c in got) == ["c-1", "c-retry"]
+        for c in got:
+            processed = w.of("processed", c["id"])[-1]
+            assert c["worker"] == processed["worker"]
+            assert processed["ts"] - 1 <= c["processed_ts"] <= w.of("acked", c["id"])[-1]["ts"]
+        assert [c["attempt"] for c in got if c["id"] == "c-retry"] == [2]
+    finally:
+        conn.close()
+        assert w.stop() == 0
+
+
 def test_connection_closed_mid_task_gives_ack_failed_not_stale_ack(
     broker: PrivateBroker, log_dir: Path
 ) -> None:

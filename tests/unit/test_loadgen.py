@@ -1,0 +1,160 @@
+"""``harness.loadgen.ConfirmWindow``: the confirm bookkeeping of the Locust load
+file, driven by hand with the broker's answers as RabbitMQ sends them."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.loadgen import (
+    MAX_WINDOW,
+    Completed,
+    ConfirmWindow,
+    Ledger,
+    quote_ids,
+)
+
+
+def test_window_bounds_are_checked_early() -> None:
+    for bad in (0, -1, MAX_WINDOW + 1):
+        with pytest.raises(ValueError, match="confirm window must be"):
+            ConfirmWindow(bad)
+
+
+def test_tags_count_from_one_and_room_shrinks_to_zero() -> None:
+    w = ConfirmWindow(3)
+    assert [w.sent(f"t{i}", 10, now_s=0.0) for i in range(3)] == [1, 2, 3]
+    assert w.room == 0 and w.outstanding == 3
+
+
+def test_a_single_ack_settles_only_its_tag_with_its_latency() -> None:
+    w = ConfirmWindow(5)
+    w.sent("a", 7, now_s=1.0)
+    w.sent("b", 8, now_s=1.5)
+    [s] = w.answer(2, multiple=False, ack=True, now_s=2.0)
+    assert (s.task_id, s.latency_s, s.size, s.error) == ("b", 0.5, 8, None)
+    assert w.outstanding == 1 and w.room == 4
+
+
+def test_a_multiple_ack_settles_every_tag_up_to_it_oldest_first() -> None:
+    w = ConfirmWindow(10)
+    for i in range(5):
+        w.sent(f"t{i + 1}", 1, now_s=float(i))
+    done = w.answer(3, multiple=True, ack=True, now_s=10.0)
+    assert [s.task_id for s in done] == ["t1", "t2", "t3"]
+    assert [s.latency_s for s in done] == [10.0, 9.0, 8.0]
+    assert w.outstanding == 2
+    # The broker may confirm tag 5 alone before a multiple covering 4.
+    assert [s.task_id for s in w.answer(5, multiple=False, ack=True, now_s=11.0)] == ["t5"]
+    assert [s.task_id for s in w.answer(5, multiple=True, ack=True, now_s=12.0)] == ["t4"]
+    assert w.outstanding == 0
+
+
+def test_a_nack_is_a_failure() -> None:
+    w = ConfirmWindow(2)
+    w.sent("a", 1, now_s=0.0)
+    [s] = w.answer(1, multiple=False, ack=False, now_s=0.1)
+    assert s.error == "nacked by the broker"
+
+
+def test_a_returned_task_fails_even_though_its_ack_follows() -> None:
+    w = ConfirmWindow(2)
+    w.sent("a", 1, now_s=0.0)
+    w.sent("b", 1, now_s=0.0)
+    w.returned("a", "returned: 312 NO_ROUTE")
+    done = w.answer(2, multiple=True, ack=True, now_s=0.1)
+    assert [(s.task_id, s.error) for s in done] == [("a", "returned: 312 NO_ROUTE"),
+                                                   ("b", None)]
+
+
+def test_an_unknown_or_repeated_tag_settles_nothing() -> None:
+    w = ConfirmWindow(2)
+    w.sent("a", 1, now_s=0.0)
+    assert len(w.answer(1, multiple=False, ack=True, now_s=0.1)) == 1
+    assert w.answer(1, multiple=False, ack=True, now_s=0.2) == []
+    assert w.answer(9, multiple=False, ack=True, now_s=0.2) == []
+
+
+def test_abandon_fails_every_outstanding_publish_and_empties_the_window() -> None:
+    w = ConfirmWindow(4)
+    w.sent("a", 1, now_s=0.0)
+    w.sent("b", 1, now_s=1.0)
+    done = w.abandon("connection closed", now_s=2.0)
+    assert [(s.task_id, s.latency_s, s.error) for s in done] == [
+        ("a", 2.0, "connection closed"), ("b", 1.0, "connection closed")]
+    assert w.outstanding == 0 and w.room == 4
+    # Tags go on from where they were: the channel's numbering does not restart.
+    assert w.sent("c", 1, now_s=3.0) == 3
+
+
+# -- Ledger: loss and duplicates by id ------------------------------------------
+
+
+def test_ledger_lost_is_confirmed_and_never_completed() -> None:
+    led = Ledger()
+    for i, t in enumerate(("a", "b", "c")):
+        led.published(t, ts=100.0 + i)
+    led.confirmed("a")
+    led.confirmed("b")  # "c" never confirmed: not judged
+    done = led.completed("a", processed_ts=100.25)
+    assert done == Completed("a", 0.25, skewed=False, duplicate=False)
+    c = led.counts()
+    assert (c.published, c.confirmed, c.completed) == (3, 2, 1)
+    assert c.lost == ("b",) and c.duplicated == ()
+    assert led.pending == 1
+
+
+def test_ledger_second_completion_is_a_duplicate() -> None:
+    led = Ledger()
+    led.published("a", ts=1.0)
+    led.confirmed("a")
+    assert led.completed("a", 2.0) is not None
+    second = led.completed("a", 3.0)
+    assert second is not None and second.duplicate
+    assert led.counts().duplicated == ("a",) and led.counts().lost == ()
+
+
+def test_ledger_counts_foreign_ids_and_clock_skew_without_judging_them() -> None:
+    led = Ledger()
+    led.published("a", ts=10.0)
+    led.confirmed("a")
+    assert led.completed("someone-else", 11.0) is None
+    done = led.completed("a", processed_ts=9.5)  # the worker's clock is behind
+    assert done is not None and done.skewed and done.latency_s == 0.0
+    c = led.counts()
+    assert (c.foreign, c.skewed, c.lost) == (1, 1, ())  # foreign: never matched
+
+
+def test_ledger_without_completions_says_so() -> None:
+    led = Ledger()
+    led.published("a", ts=1.0)
+    led.confirmed("a")
+    assert not led.any_completion  # the check then counts by the broker only
+
+
+def test_ledger_is_bounded() -> None:
+    led = Ledger(max_ids=2)
+    led.published("a", 0.0)
+    led.published("b", 0.0)
+    with pytest.raises(OverflowError, match="more than 2 tasks"):
+        led.published("c", 0.0)
+    with pytest.raises(ValueError, match="max_ids must be"):
+        Ledger(max_ids=0)
+
+
+def test_ledger_matches_a_completion_that_came_before_its_publish() -> None:
+    """Distributed mode: the master hears of a publish in a worker's report, which
+    may come after the completion."""
+    led = Ledger()
+    assert led.completed("a", processed_ts=5.0) is None
+    assert led.counts().foreign == 1  # unmatched so far
+    matched = led.published("a", ts=4.0)
+    assert matched == [Completed("a", 1.0, skewed=False, duplicate=False)]
+    led.confirmed("a")
+    c = led.counts()
+    assert (c.completed, c.lost, c.foreign) == (1, (), 0)
+    assert led.published("a", ts=4.0) == []  # a repeated report changes nothing
+
+
+def test_quote_ids_lists_a_few_then_counts() -> None:
+    assert quote_ids(["a", "b"]) == "a, b"
+    assert quote_ids([str(i) for i in range(8)]) == "0, 1, 2, 3, 4 and 3 more"
