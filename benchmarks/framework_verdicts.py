@@ -42,6 +42,8 @@ from typing import Any
 
 from _child import run_child
 
+from harness.options import portable_rerun
+
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = ROOT / "docs" / "framework-verdicts.json"
 RUNS_PAGE = ROOT / "docs" / "framework-runs.md"
@@ -163,10 +165,7 @@ def run_once(cfg: Config, scenario: str, backend: str, out: Path) -> Run:
                portable(str(data.get("rerun", ""))), str(new[-1].parent))
 
 
-def portable(rerun: str) -> str:
-    """The rerun command as a reader of the docs types it in a checkout: the
-    scenario's path relative to the repository, not this machine's."""
-    return re.sub(r"\S*/scenarios/", "scenarios/", rerun)
+portable = portable_rerun  # kept reports' reruns relative to the checkout
 
 
 def word(verdict: dict[str, str]) -> str:

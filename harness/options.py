@@ -345,6 +345,12 @@ def worker_env(scenario: Scenario) -> dict[str, str]:
     return env
 
 
+def portable_rerun(rerun: str) -> str:
+    """A rerun command as a reader of the docs types it in a checkout: the
+    scenario's path relative to the repository, not the machine's that ran it."""
+    return re.sub(r"\S*/scenarios/", "scenarios/", rerun)
+
+
 def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str) -> str:
     parts = ["harness", "run", scenario.path, "--seed", str(seed), "--backend", backend]
     if opts.workers is not None:

@@ -2,7 +2,8 @@
 
     python scripts/readme_mutants.py runs/mutants-YYYYMMDD-HHMMSS.json
 
-Copies the report to ``docs/mutants-report.json`` and rewrites the README's
+Keeps the report as ``docs/mutants-report.json`` (each rerun command with the
+scenario's path relative to the checkout) and rewrites the README's
 block between the mutants-table markers from it. ``tests/unit/test_mutants_table.py``
 fails when the README's table and the kept report disagree, so the table is
 never typed by hand.
@@ -11,14 +12,24 @@ never typed by hand.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from harness.mutants import readme_with_table, rows_from_report
+from harness.options import portable_rerun
 
 ROOT = Path(__file__).resolve().parents[1]
 KEPT = ROOT / "docs" / "mutants-report.json"
+
+
+def _portable(node: object) -> object:
+    """Every ``rerun`` of the report, relative to the checkout."""
+    if isinstance(node, dict):
+        return {k: portable_rerun(v) if k == "rerun" and isinstance(v, str) else _portable(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_portable(v) for v in node]
+    return node
 
 
 def main(argv: list[str]) -> int:
@@ -38,8 +49,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"readme_mutants: {exc}", file=sys.stderr)
         return 2
-    if src.resolve() != KEPT.resolve():
-        shutil.copyfile(src, KEPT)
+    KEPT.write_text(json.dumps(_portable(data), indent=2) + "\n")
     readme.write_text(text)
     print(f"README table: {len(rows)} rows from {src} (kept as {KEPT.relative_to(ROOT)}); "
           f"backend {data.get('backend')}, caught {data.get('caught')} of "
