@@ -2,7 +2,7 @@
 confirms, and the Locust load file (``locustfiles/taskqueue.py``) at full speed.
 
     python3 benchmarks/bench_publish.py [--tasks 20000] [--broker-url amqp://...
-        --management-url http://...] [--locust-users 20] [--confirm-window 100]
+        --management-url http://...] [--locust-users 2] [--confirm-window 500]
 
 Without --broker-url it starts a private RabbitMQ node on free ports (the tests'
 ``tests/helpers/private_broker.py``, the local backend's starter; always
@@ -14,15 +14,15 @@ load file's confirm latency percentiles at its rate.
 
 The load file runs as Locust runs it (a ``locust --headless`` process, one
 connection per user, ``--rate-per-user 0``, ``--max-tasks`` the same count); its
-rate is Locust's own ``Requests/s`` of ``publish / confirmed`` (confirms over the
-time from the test's start to the last confirm, connections included). Nothing
-consumes the queue, so its drain check says FAIL: that is expected here.
+rate is the confirms of ``publish / confirmed`` in Locust's final statistics
+(``--json-file``) over the time from the test's start to the last confirm,
+connections included. Nothing consumes the queue, so its drain check says FAIL:
+that is expected here.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -31,6 +31,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -122,42 +123,55 @@ def bench_publisher(url: str, tasks: list[Task], window: int) -> float:
 
 
 def bench_locust(url: str, management_url: str, n: int, users: int,
-                 window: int) -> tuple[float, dict[str, str]]:
-    """The load file's confirmed rate and its stats row (Locust's CSV)."""
+                 window: int) -> tuple[float, dict[str, Any]]:
+    """The load file's confirmed rate and its stats entry (Locust's final JSON)."""
     queue = f"bench.locust.{uuid.uuid4().hex[:8]}"
     _declare(url, queue)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-locust-") as tmp:
-            prefix = str(Path(tmp) / "run")
+            stats_json = Path(tmp) / "stats.json"
             # The URL (and its password) through the environment, not argv.
             env = {**os.environ, "TASKQUEUE_AMQP_URL": url}
             proc = subprocess.run(
                 [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                  "-u", str(users), "-r", str(users), "-t", f"{LOCUST_RUN_TIME_S}s",
-                 "--only-summary", "--csv", prefix, "--management-url", management_url,
-                 "--queue", queue, "--rate-per-user", "0", "--confirm-window", str(window),
+                 "--json-file", str(stats_json.with_suffix("")),
+                 "--management-url", management_url, "--queue", queue,
+                 "--rate-per-user", "0", "--confirm-window", str(window),
                  "--max-tasks", str(n), "--drain-timeout-s", "0"],
                 cwd=ROOT, env=env, capture_output=True, text=True,
                 timeout=LOCUST_RUN_TIME_S + 60, check=False)
-            stats_csv = Path(prefix + "_stats.csv")
-            if not stats_csv.exists():
+            if not stats_json.exists():
                 tail = (proc.stdout + proc.stderr)[-1500:]
                 raise RuntimeError(f"locust wrote no stats (exit {proc.returncode}): {tail}")
-            with stats_csv.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f)
-                        if (r["Type"], r["Name"]) == ("publish", "confirmed")]
+            entries = [e for e in json.loads(stats_json.read_text())
+                       if (e["method"], e["name"]) == ("publish", "confirmed")]
     finally:
         depth = _depth_and_delete(url, queue)
-    if not rows:
-        raise RuntimeError("locust's stats have no 'publish / confirmed' row")
-    row = rows[0]
-    ok = int(row["Request Count"]) - int(row["Failure Count"])
-    rate = float(row["Requests/s"]) * ok / max(1, int(row["Request Count"]))
+    if not entries:
+        raise RuntimeError("locust's stats have no 'publish / confirmed' entry")
+    e = entries[0]
+    ok = int(e["num_requests"]) - int(e["num_failures"])
+    rate = ok / max(1e-9, float(e["last_request_timestamp"]) - float(e["start_time"]))
+    p50, p95, p99 = (_percentile(e["response_times"], q) for q in (0.50, 0.95, 0.99))
     print(f"locust load file ({users} users, confirm window {window}, --rate-per-user 0): "
-          f"{ok} confirmed, {row['Failure Count']} failed = {rate:,.0f} confirmed msg/s; "
-          f"confirm latency p50 {row['50%']} ms, p95 {row['95%']} ms, p99 {row['99%']} ms, "
-          f"max {float(row['Max Response Time']):.0f} ms (queue depth afterwards {depth})")
-    return rate, row
+          f"{ok} confirmed, {e['num_failures']} failed = {rate:,.0f} confirmed msg/s (from "
+          f"the test's start, connections included, to the last confirm); confirm latency "
+          f"p50 {p50} ms, p95 {p95} ms, p99 {p99} ms, max {float(e['max_response_time']):.0f} "
+          f"ms (queue depth afterwards {depth})")
+    return rate, e
+
+
+def _percentile(response_times: dict[str, int], q: float) -> int:
+    """Locust's own percentile over its rounded response-time histogram."""
+    times = sorted((float(k), n) for k, n in response_times.items())
+    total = sum(n for _, n in times)
+    seen = 0
+    for ms, n in times:
+        seen += n
+        if seen >= q * total:
+            return round(ms)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--management-url", default=None,
                     help="with --broker-url: its management API (http://host:15672)")
     ap.add_argument("--window", type=int, default=1000, help="Publisher confirm window")
-    ap.add_argument("--locust-users", type=int, default=20,
+    ap.add_argument("--locust-users", type=int, default=2,
                     help="Locust users of the load file (0: skip it)")
-    ap.add_argument("--confirm-window", type=int, default=100,
+    ap.add_argument("--confirm-window", type=int, default=500,
                     help="the load file's confirm window per user")
     args = ap.parse_args(argv)
     if not 1 <= args.tasks <= MAX_TASKS:

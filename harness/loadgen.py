@@ -13,10 +13,14 @@ confirm latency. pika's own ``BlockingChannel`` waits for each confirm in turn
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+from harness.vocab import EXIT_OK, EXIT_UNDECIDED, EXIT_VIOLATED
 
 MAX_WINDOW: Final = 10_000  # unconfirmed publishes per channel
 
@@ -208,3 +212,118 @@ class Ledger:
         completed = sum(1 for t in self._confirmed if t in self._completions)
         return LedgerCounts(len(self._published_ts), len(self._confirmed), completed,
                             lost, dup, len(self._early) + self.unreadable, self.skewed)
+
+
+@dataclass(frozen=True)
+class LoadFacts:
+    """What the check of a load run gathered when the run stopped.
+
+    From the broker: ``left`` (ready messages: a passive declare, exact, and the
+    management API's count, the larger), ``unacked``, and the management API's
+    counters over the run (``acked``, ``entered``: messages that entered the
+    queue; ``redelivered``; ``dead``: growth of the dead-letter queue); ``acked``
+    and ``entered`` are None without statistics. From this load generator:
+    ``confirmed`` (the broker's own confirms), ``publish_failures``,
+    ``connect_errors``, ``queued_before``. From the workers: ``by_id``, their
+    completions; None when they send none (``no_by_id``: why). ``problems``: what
+    went wrong on the harness's side (a management API that did not answer at the
+    start, a Locust worker whose final report never came, a completion consumer
+    that lost its connection).
+    """
+
+    queue: str
+    drain_timeout_s: float
+    confirmed: int
+    publish_failures: int
+    connect_errors: int
+    queued_before: int
+    left: int
+    unacked: int
+    acked: int | None
+    entered: int | None
+    redelivered: int
+    dead: int
+    by_id: LedgerCounts | None
+    no_by_id: str = "the workers sent no completions"
+    problems: tuple[str, ...] = ()
+
+
+def judge_load(f: LoadFacts) -> tuple[int, str]:
+    """The load run's exit code (``vocab``'s: 0 PASS, 1 FAIL, 2 undecided) and why.
+
+    The broker decides: a queue not drained, a task in the dead-letter queue, fewer
+    acks than confirmed tasks, or messages that entered the queue and left it
+    without an ack, are failures. Completions (the workers' word) only accuse: a
+    task completed twice, or a confirmed task never completed while the queue is
+    empty and nothing is unacked, is a failure ("never completed": lost, or
+    processed by a worker of the fleet that sends no completions, which the
+    contract's option rules out); their absence never excuses anything, and the
+    check then judges by the broker alone and says so. A problem on the
+    harness's side, publishes that failed, or nothing confirmed at all make a run
+    without such a failure undecided, never a PASS.
+    """
+    summary = (f"confirmed {f.confirmed} (+{f.queued_before} queued before), acked "
+               f"{'?' if f.acked is None else f.acked}, redelivered {f.redelivered}, "
+               f"dead-lettered {f.dead}, left in the queue {f.left} ({f.unacked} unacked)")
+    b = f.by_id
+    if b is not None:
+        summary += (f"; by id: {b.completed} of {b.confirmed} confirmed completed, "
+                    f"{len(b.lost)} never completed, {len(b.duplicated)} completed twice"
+                    + (f", {b.skewed} stamped before their publish (clock skew)"
+                       if b.skewed else "")
+                    + (f", {b.foreign} completion(s) of unknown ids" if b.foreign else ""))
+    else:
+        summary += f"; {f.no_by_id}: judged by the broker's counters only"
+    if f.publish_failures:
+        summary += f"; {f.publish_failures} publish(es) failed"
+    if b is not None and b.duplicated:
+        return EXIT_VIOLATED, (f"{len(b.duplicated)} task(s) processed twice "
+                               f"({quote_ids(b.duplicated)}): {summary}")
+    if f.left or f.unacked:
+        return EXIT_VIOLATED, (f"the queue did not drain within {f.drain_timeout_s:g} s (the "
+                               f"workers did not keep up): {summary}")
+    if b is not None and b.lost:
+        return EXIT_VIOLATED, (f"{len(b.lost)} confirmed task(s) never completed, the queue "
+                               f"empty ({quote_ids(b.lost)}): {summary}")
+    if f.dead > 0:
+        return EXIT_VIOLATED, (f"{f.dead} task(s) dead-lettered (the tasks cannot fail): "
+                               f"{summary}")
+    if f.acked is not None and f.acked < f.confirmed + f.queued_before:
+        return EXIT_VIOLATED, (f"{f.confirmed + f.queued_before - f.acked} task(s) never "
+                               f"acked (dropped, or the acks went unseen): {summary}")
+    if f.acked is not None and f.entered is not None and f.acked < f.entered:
+        # Acks of retried copies or of other publishers cannot hide these: every
+        # message that entered must leave by an ack (a DLQ'd one is counted above).
+        return EXIT_VIOLATED, (f"{f.entered - f.acked} message(s) entered the queue and left "
+                               f"it without an ack (nacked, rejected, expired or dropped): "
+                               f"{summary}")
+    if f.problems:
+        return EXIT_UNDECIDED, "; ".join(f.problems) + f": {summary}"
+    if f.confirmed == 0:
+        why = (f"the broker took no connection ({f.connect_errors} user(s) could not "
+               "connect)" if f.connect_errors else "no publish was confirmed")
+        return EXIT_UNDECIDED, f"{why}: nothing to judge: {summary}"
+    if f.publish_failures:
+        return EXIT_UNDECIDED, (f"{f.publish_failures} publish(es) failed (nacked, returned, "
+                                f"or their connection lost: the broker's side), so the load "
+                                f"was not the one asked for: {summary}")
+    if f.acked is None:
+        return EXIT_UNDECIDED, (f"the management API has no statistics for {f.queue!r}, so "
+                                f"the acks cannot be counted (statistics disabled?): {summary}")
+    return EXIT_OK, summary
+
+
+def body_maker(directives: dict[str, Any]) -> Callable[[str, int], bytes]:
+    """``harness.tasks.task_body`` for many tasks with the same directives and plain
+    ids (no character JSON escapes): the same bytes, formatted instead of encoded
+    each time (a load generator's hot path)."""
+    tail = json.dumps(directives, separators=(",", ":"))
+
+    def make(task_id: str, n: int) -> bytes:
+        if not task_id.isascii() or not task_id.isprintable() or '"' in task_id \
+                or "\\" in task_id:
+            raise ValueError(f"task id {task_id!r} needs escaping: use task_body")
+        return (f'{{"id":"{task_id}","task":"logger","payload":{{"n":{int(n)}}},'
+                f'"directives":{tail}}}').encode()
+
+    return make

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from harness import vocab
 from harness.checkers import check_all
 from harness.checkers.base import ClaimResult, Valid, observable
 from harness.history import History
@@ -212,6 +213,4 @@ def reference_verdict(claim: str) -> str:
     return verdict_word(claim, CLAIMS[claim].guide_holds_for_correct_worker, True)
 
 
-def run_word(code: int) -> str:
-    """The word of an exit code: PASS (0), FAIL (1), UNKNOWN (anything else)."""
-    return {0: "PASS", 1: "FAIL"}.get(code, "UNKNOWN")
+run_word = vocab.run_word  # the word of an exit code, defined in vocab

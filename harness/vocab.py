@@ -163,3 +163,9 @@ def word(valid: bool | None) -> str:
 EXIT_OK: Final = 0  # every gated claim holds: PASS
 EXIT_VIOLATED: Final = 1  # one is violated: FAIL
 EXIT_UNDECIDED: Final = 2  # the evidence does not decide, or bad input
+RUN_WORDS: Final[dict[int, str]] = {EXIT_OK: "PASS", EXIT_VIOLATED: "FAIL"}
+
+
+def run_word(code: int) -> str:
+    """The word of an exit code: PASS (0), FAIL (1), UNKNOWN (anything else)."""
+    return RUN_WORDS.get(code, "UNKNOWN")

@@ -50,6 +50,8 @@ give.
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 import urllib.parse
 import uuid
@@ -73,11 +75,12 @@ from harness.loadgen import (
     Completed,
     ConfirmWindow,
     Ledger,
+    LoadFacts,
     Settled,
-    quote_ids,
+    body_maker,
+    judge_load,
 )
-from harness.tasks import task_body
-from harness.vocab import EXIT_OK, EXIT_UNDECIDED, EXIT_VIOLATED
+from harness.vocab import EXIT_UNDECIDED, run_word
 
 REQUEST_TYPE = "publish"
 REQUEST_NAME = "confirmed"
@@ -89,21 +92,29 @@ DRAIN_POLL_S = 0.5
 # confirm bound; a broker that does not answer is a failure.
 CONNECT_TIMEOUT_S = 10.0
 CONFIRM_TIMEOUT_S = 10.0
-PASS, FAIL, UNDECIDED = "PASS", "FAIL", "UNDECIDED"
-EXIT_CODES = {PASS: EXIT_OK, FAIL: EXIT_VIOLATED, UNDECIDED: EXIT_UNDECIDED}
+# After the queue drained, completions still on their way get this long.
+COMPLETION_GRACE_S = 3.0
+# The master waits this long for each Locust worker's final report.
+FINAL_REPORT_TIMEOUT_S = CONFIRM_TIMEOUT_S + 10.0
+# Read here, not as the options' env_var: Locust's web UI would serve their values.
+URL_ENV, PASSWORD_ENV = "TASKQUEUE_AMQP_URL", "TASKQUEUE_AMQP_PASSWORD"
+DEFAULT_URL = "amqp://guest@127.0.0.1:5672/%2F"
+SETUP_MESSAGE = "taskqueue_setup"  # master -> worker: its share, the completion queue
+FLUSH_MESSAGE = "taskqueue_flush"  # master -> worker: stop, settle, send the final report
+FINAL_MESSAGE = "taskqueue_final"  # worker -> master: the final report
+REPORT_KEY = "taskqueue_confirmed"  # in Locust's periodic stats reports
 
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     # Top-level arguments, not a group: Locust's web UI shows only those.
-    parser.add_argument("--amqp-url", default="amqp://guest@127.0.0.1:5672/%2F",
-                        env_var="TASKQUEUE_AMQP_URL",
-                        help="the broker under load (management API on port 15672 of the same "
-                             "host, or ?management_port=N, or --management-url)")
+    parser.add_argument("--amqp-url", default="",
+                        help=f"the broker under load (default ${URL_ENV}, else {DEFAULT_URL}; "
+                             "management API on port 15672 of the same host, or "
+                             "?management_port=N, or --management-url)")
     parser.add_argument("--amqp-password", default="", is_secret=True,
-                        env_var="TASKQUEUE_AMQP_PASSWORD",
-                        help="replaces the password of --amqp-url (default: the URL's, "
-                             "else guest)")
+                        help=f"replaces the password of --amqp-url (default ${PASSWORD_ENV}, "
+                             "else the URL's, else guest)")
     parser.add_argument("--management-url", default="", help="http://host:15672")
     parser.add_argument("--queue", default="tasks",
                         help="the workers' queue (not declared here)")
@@ -118,8 +129,8 @@ def _options(parser: Any) -> None:
                         help="the workers' dead-letter queue (default QUEUE.dlq; checked if "
                              "it exists)")
     parser.add_argument("--max-tasks", type=int, default=100_000,
-                        help="stop publishing after this many tasks (all users of this "
-                             "process)")
+                        help="stop publishing after this many tasks (all users of all "
+                             "processes)")
     parser.add_argument("--drain-timeout-s", type=float, default=60.0,
                         help="after the run, how long the queue may take to empty")
 
@@ -131,33 +142,42 @@ def _opts(environment: Environment) -> Any:
 
 
 def _endpoint(o: Any) -> BrokerEndpoint:
-    """The broker, with ``--amqp-password`` in place of the URL's password."""
-    url = o.amqp_url
-    if o.amqp_password:
+    """The broker: ``--amqp-url`` or ``$TASKQUEUE_AMQP_URL``, with ``--amqp-password``
+    or ``$TASKQUEUE_AMQP_PASSWORD`` in place of the URL's password; the password is
+    registered so that no output of this process shows it."""
+    url = o.amqp_url or os.environ.get(URL_ENV) or DEFAULT_URL
+    password = o.amqp_password or os.environ.get(PASSWORD_ENV, "")
+    if password:
         p = urllib.parse.urlsplit(url)
         user = p.username or "guest"
-        netloc = (f"{user}:{urllib.parse.quote(o.amqp_password, safe='')}@"
+        netloc = (f"{user}:{urllib.parse.quote(password, safe='')}@"
                   f"{p.netloc.rpartition('@')[2]}")
         url = urllib.parse.urlunsplit((p.scheme, netloc, p.path, p.query, p.fragment))
-    return parse_broker_url(url, o.management_url or None)
+    endpoint = parse_broker_url(url, o.management_url or None)
+    credentials.register(endpoint.password, endpoint.user)
+    return endpoint
 
 
 class _Run:
-    """What this process published, and the queue's counters before it did.
+    """The state of this process's load run.
 
     Roles: a single process (``LocalRunner``) publishes, consumes completions and
-    checks. Distributed, the master consumes completions, checks, and hands each
-    Locust worker its share of ``--max-tasks`` and the completion queue's name
+    checks. Distributed, the master consumes completions and checks, and hands
+    each Locust worker its share of ``--max-tasks`` and the completion queue's name
     (``SETUP_MESSAGE``, sent before the spawn on the same socket); a worker
-    publishes and reports each confirmed id with its publish time to the master in
-    Locust's own stats reports."""
+    publishes, sends each confirmed id with its publish time to the master in
+    Locust's stats reports, and a final report (``FINAL_MESSAGE``) when the master
+    asks before it stops (``FLUSH_MESSAGE``): the master waits for it, so the
+    last seconds' confirms are not lost with Locust's final stats report."""
 
     run_id = uuid.uuid4().hex[:8]
     published = 0
+    publish_failures = 0
+    connect_errors = 0
     quota: int | None = None  # tasks this process may publish (a worker: its share)
     reply_to: str | None = None  # where the workers send completions
     outbox: list[tuple[str, float]] = []  # a Locust worker's confirms, not yet reported
-    connect_errors = 0
+    channels: list[_ConfirmingChannel] = []
     baseline: QueueInfo | None = None
     base_depth = 0  # ready messages at the start (passive declare: exact)
     dlq_baseline: QueueInfo | None = None
@@ -166,10 +186,18 @@ class _Run:
     problem: str | None = None
     ledger: Ledger | None = None
     completions: _Completions | None = None
+    finals: dict[str, dict[str, Any]] = {}  # the master: each worker's final report
+    late_warned = False
+    on_worker = False  # this process is a Locust worker
 
-
-SETUP_MESSAGE = "taskqueue_setup"
-REPORT_KEY = "taskqueue_confirmed"
+    @classmethod
+    def reset(cls, quota: int | None) -> None:
+        """A new test (the web UI can run several in one process)."""
+        cls.published = cls.publish_failures = cls.connect_errors = 0
+        cls.quota = quota
+        cls.outbox, cls.channels, cls.finals = [], [], {}
+        cls.problem = None
+        cls.ledger = Ledger(max(1, quota or 1))
 
 
 @events.init.add_listener
@@ -190,25 +218,42 @@ def _init(environment: Environment, **_: Any) -> None:
         problems.append("a headless load run must stop by itself: give --run-time (-t)")
     try:
         endpoint = _endpoint(o)
-        credentials.register(endpoint.password, endpoint.user)  # never in its output
     except ValueError as exc:
         problems.append(str(exc))
     if problems:
         raise SystemExit(credentials.redact("taskqueue: " + "; ".join(problems)))
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
+        _Run.on_worker = True
         runner.register_message(SETUP_MESSAGE, _on_setup)
+        runner.register_message(FLUSH_MESSAGE, _on_flush)
     else:
         _Run.admin = BrokerAdmin(endpoint)
-        _Run.quota = o.max_tasks
-        _Run.ledger = Ledger(o.max_tasks)
+    if isinstance(runner, MasterRunner):
+        runner.register_message(FINAL_MESSAGE, _on_final)
+
+
+# -- distributed mode --------------------------------------------------------------
 
 
 def _on_setup(environment: Environment, msg: Any, **_: Any) -> None:
     """A Locust worker: its share of --max-tasks and the completion queue."""
-    _Run.quota = int(msg.data["max_tasks"])
+    _Run.reset(int(msg.data["max_tasks"]))
     _Run.reply_to = msg.data["reply_to"] or None
-    _Run.ledger = Ledger(max(1, _Run.quota))  # its publish times, for the reports
+
+
+def _on_flush(environment: Environment, msg: Any, **_: Any) -> None:
+    """A Locust worker, asked by the master before it stops: stop the users, let
+    the confirms of what they sent come in, and send everything not reported."""
+    if environment.runner is not None:
+        environment.runner.stop()
+    _settle_channels()
+    assert isinstance(environment.runner, WorkerRunner)
+    environment.runner.send_message(FINAL_MESSAGE, {
+        "confirmed": _Run.outbox, "published": _Run.published,
+        "publish_failures": _Run.publish_failures, "connect_errors": _Run.connect_errors,
+    })
+    _Run.outbox = []
 
 
 @events.report_to_master.add_listener
@@ -219,154 +264,204 @@ def _report_confirms(client_id: str, data: dict[str, Any], **_: Any) -> None:
 
 @events.worker_report.add_listener
 def _take_confirms(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    _ledger_takes(data.get(REPORT_KEY) or [])
+
+
+def _on_final(environment: Environment, msg: Any, **_: Any) -> None:
+    """The master: a worker's final report."""
+    _ledger_takes(msg.data.get("confirmed") or [])
+    _Run.finals[str(msg.node_id)] = msg.data
+
+
+def _ledger_takes(confirmed: list[Any]) -> None:
     """The master: a worker's confirms enter the ledger; completions that came
     before them are matched now."""
     ledger, completions = _Run.ledger, _Run.completions
     if ledger is None:
         return
-    for task_id, ts in data.get(REPORT_KEY) or []:
+    for task_id, ts in confirmed:
         for done in ledger.published(str(task_id), float(ts)):
             if completions is not None:
                 completions.fire(done, 0)
         ledger.confirmed(str(task_id))
 
 
-@events.test_start.add_listener
-def _listen_for_completions(environment: Environment, **_: Any) -> None:
-    """Before any user publishes: the queue the workers send completions to."""
-    if (_Run.ledger is None or _Run.completions is not None
-            or isinstance(environment.runner, WorkerRunner)):
+@events.test_stopping.add_listener
+def _collect_final_reports(environment: Environment, **_: Any) -> None:
+    """The master, before it tells the workers to quit (then it listens no more):
+    every worker's final report, or a problem naming those that sent none."""
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner):
         return
-    params = pika.URLParameters(_endpoint(_opts(environment)).amqp_url)
+    workers = [c.id for c in runner.clients.all]
+    for client_id in workers:
+        runner.send_message(FLUSH_MESSAGE, None, client_id=client_id)
+    deadline = time.monotonic() + FINAL_REPORT_TIMEOUT_S
+    while time.monotonic() < deadline and any(w not in _Run.finals for w in workers):
+        gevent.sleep(0.1)
+    missing = [w for w in workers if w not in _Run.finals]
+    if missing:
+        _Run.problem = (f"{len(missing)} Locust worker(s) sent no final report within "
+                        f"{FINAL_REPORT_TIMEOUT_S:g} s: their last confirms are unknown")
+
+
+# -- the start of a test -----------------------------------------------------------
+
+
+@events.test_start.add_listener
+def _start(environment: Environment, **_: Any) -> None:
+    """Before any user publishes: fresh state, the completion queue (not on a
+    Locust worker: the master's is used), and the queue's counters before."""
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        return
+    o = _opts(environment)
+    _Run.reset(o.max_tasks)
+    if _Run.completions is not None:
+        _Run.completions.close()
+    params = pika.URLParameters(_endpoint(o).amqp_url)
     params.socket_timeout = CONNECT_TIMEOUT_S
     try:
-        _Run.completions = _Completions(params, _Run.ledger, environment)
+        _Run.completions = _Completions(params, environment)
     except (ConnectionError, pika.exceptions.AMQPError, gevent.Timeout) as exc:
         # The users' own connections fail the same way and say so; the check falls
         # back to the broker's counters.
+        _Run.completions, _Run.reply_to = None, None
         print(credentials.redact(f"taskqueue: no completion queue ({exc!r}): the check "
                                  "counts by the broker only"), flush=True)
     else:
         _Run.reply_to = _Run.completions.queue
+    _baseline(o)
+    if isinstance(runner, MasterRunner):
+        _setup_workers(runner, o.max_tasks)
 
 
-@events.test_start.add_listener
-def _setup_workers(environment: Environment, **_: Any) -> None:
+def _baseline(o: Any) -> None:
+    admin = _Run.admin
+    if admin is None:
+        return
+    try:
+        _Run.baseline = admin.queue_info(o.queue)
+        _Run.base_depth = admin.passive_depth(o.queue) or 0
+        _Run.dlq_baseline = admin.queue_info(o.dlq or f"{o.queue}.dlq")
+        _Run.dlq_base_depth = admin.passive_depth(o.dlq or f"{o.queue}.dlq") or 0
+    except ClusterError as exc:  # the check says so; publishing goes on and is measured
+        _Run.problem = f"the management API did not answer at the start: {exc}"
+
+
+def _setup_workers(runner: MasterRunner, total: int) -> None:
     """The master, before it sends the spawn: each worker's share of --max-tasks
     (the remainder to the first ones) and the completion queue."""
-    runner = environment.runner
-    if not isinstance(runner, MasterRunner):
-        return
     workers = [c.id for c in runner.clients.ready + runner.clients.running
                + runner.clients.spawning]
-    total = _opts(environment).max_tasks
     for i, client_id in enumerate(workers):
         share = total // len(workers) + (1 if i < total % len(workers) else 0)
         runner.send_message(SETUP_MESSAGE, {"max_tasks": share, "reply_to": _Run.reply_to},
                             client_id=client_id)
 
 
-@events.test_start.add_listener
-def _baseline(environment: Environment, **_: Any) -> None:
-    if _Run.admin is None:
-        return
-    o = _opts(environment)
-    try:
-        _Run.baseline = _Run.admin.queue_info(o.queue)
-        _Run.base_depth = _Run.admin.passive_depth(o.queue) or 0
-        _Run.dlq_baseline = _Run.admin.queue_info(o.dlq or f"{o.queue}.dlq")
-        _Run.dlq_base_depth = _Run.admin.passive_depth(o.dlq or f"{o.queue}.dlq") or 0
-    except ClusterError as exc:  # the check says so; publishing goes on and is measured
-        _Run.problem = str(exc)
+# -- the check ---------------------------------------------------------------------
 
 
 @events.quitting.add_listener
 def _check(environment: Environment, **_: Any) -> None:
-    """After the run: the queue drained, and every confirmed task was acked."""
+    """After the run: the queue drained, every confirmed task acked and completed."""
     if _Run.admin is None:
         return
     if environment.runner is not None:
         environment.runner.stop()  # on Ctrl-C, quitting fires while users still publish
+    _settle_channels()
     try:
-        word, text = _verdict(environment, _Run.admin)
-    except ClusterError as exc:
-        word, text = UNDECIDED, f"the broker did not answer the check: {exc}"
+        code, text = judge_load(_facts(environment, _Run.admin))
+    except _Undecided as exc:
+        code, text = EXIT_UNDECIDED, str(exc)
     finally:
         _Run.admin.close()
         if _Run.completions is not None:
             _Run.completions.close()
-    stats = environment.stats.get(REQUEST_NAME, REQUEST_TYPE)
-    if word == PASS and stats.num_failures:
-        word, text = FAIL, f"{stats.num_failures} publish(es) failed; {text}"
-    print(credentials.redact(f"taskqueue check: {word}: {text}"), flush=True)
-    environment.process_exit_code = EXIT_CODES[word]
+    print(credentials.redact(f"taskqueue check: {run_word(code)}: {text}"), flush=True)
+    environment.process_exit_code = code
 
 
-def _verdict(environment: Environment, admin: BrokerAdmin) -> tuple[str, str]:
+class _Undecided(Exception):
+    """The check cannot gather its facts."""
+
+
+def _facts(environment: Environment, admin: BrokerAdmin) -> LoadFacts:
     o = _opts(environment)
-    if _Run.problem is not None:
-        return UNDECIDED, f"the management API did not answer at the start: {_Run.problem}"
-    if _Run.baseline is None:
-        return UNDECIDED, (f"queue {o.queue!r} does not exist on "
-                           f"{admin.endpoint.management_url}: start the workers first "
-                           "(they declare it)")
+    ledger = _Run.ledger
+    assert ledger is not None
+    problems = [_Run.problem] if _Run.problem else []
     base = _Run.baseline
-    stats = environment.stats.get(REQUEST_NAME, REQUEST_TYPE)
-    confirmed = stats.num_requests - stats.num_failures
-    if confirmed == 0 and _Run.connect_errors:
-        return UNDECIDED, (f"the broker took no connection ({_Run.connect_errors} user(s) "
-                           "could not connect): nothing was published")
+    if base is None and not problems:
+        raise _Undecided(f"queue {o.queue!r} does not exist on "
+                         f"{admin.endpoint.management_url}: start the workers first (they "
+                         "declare it)")
+    finals = _Run.finals.values()
+    publish_failures = _Run.publish_failures + sum(int(f.get("publish_failures", 0))
+                                                  for f in finals)
+    connect_errors = _Run.connect_errors + sum(int(f.get("connect_errors", 0))
+                                              for f in finals)
+    confirmed = ledger.counts().confirmed
     # Tasks already queued when the run began are acked too: they must not stand
     # in for ours.
-    queued_before = max(base.messages, _Run.base_depth)
-    want_acks = confirmed + queued_before
+    queued_before = max(base.messages, _Run.base_depth) if base else 0
+    completions = _Run.completions
     deadline = time.monotonic() + o.drain_timeout_s
+    grace = None
     # The depth from a passive declare (exact); the counters from the management
     # API, whose statistics lag (collect_statistics_interval) and may not exist
-    # yet for a new queue: poll until both account for every confirm, or the
-    # bound runs out.
+    # yet for a new queue: poll until they account for every confirm and every
+    # completion came, or the bound runs out; an error is retried until then.
+    last_error: str | None = None
+    depth: int | None = None
+    info: QueueInfo | None = None
     while True:
-        depth, info = admin.passive_depth(o.queue), admin.queue_info(o.queue)
-        if depth is None or info is None:
-            return UNDECIDED, f"queue {o.queue!r} disappeared during the run"
-        left = max(depth, info.messages)
-        pending = _Run.ledger.pending if _Run.ledger and _Run.ledger.any_completion else 0
-        if ((left == 0 and info.unacked == 0 and info.acked - base.acked >= want_acks
-             and pending == 0) or time.monotonic() >= deadline):
+        try:
+            depth, info = admin.passive_depth(o.queue), admin.queue_info(o.queue)
+            last_error = None
+        except ClusterError as exc:
+            last_error = str(exc)
+        if last_error is None and (depth is None or info is None):
+            raise _Undecided(f"queue {o.queue!r} disappeared during the run")
+        now = time.monotonic()
+        if last_error is None and depth is not None and info is not None:
+            left = max(depth, info.messages)
+            counted = (base is not None and info.has_message_stats
+                       and info.acked - base.acked >= max(
+                           confirmed + queued_before, info.published - base.published))
+            drained = left == 0 and info.unacked == 0
+            waiting = (completions is not None and completions.lost is None
+                       and ledger.any_completion and ledger.pending > 0)
+            if drained and counted and waiting and grace is None:
+                grace = now + COMPLETION_GRACE_S
+            if (drained and counted and not waiting) or (grace is not None and now >= grace):
+                break
+        if now >= deadline and (grace is None or now >= grace):
             break
         time.sleep(DRAIN_POLL_S)
-    acked = info.acked - base.acked
-    dead = _dead_lettered(admin, o.dlq or f"{o.queue}.dlq")
-    summary = (f"confirmed {confirmed} (+{queued_before} queued before), acked {acked}, "
-               f"redelivered {info.redelivered - base.redelivered}, dead-lettered {dead}, "
-               f"left in the queue {left} ({info.unacked} unacked)")
-    by_id = _Run.ledger.counts() if _Run.ledger and _Run.ledger.any_completion else None
-    if by_id is not None:
-        summary += (f"; by id: {by_id.completed} of {by_id.confirmed} confirmed completed, "
-                    f"{len(by_id.lost)} never completed, {len(by_id.duplicated)} completed "
-                    "twice" + (f", {by_id.skewed} stamped before their publish (clock skew)"
-                               if by_id.skewed else ""))
-    else:
-        summary += ("; no completions from the workers (reply_to, an optional part of the "
-                    "worker contract): judged by the broker's counters only")
-    if by_id is not None and by_id.duplicated:
-        return FAIL, (f"{len(by_id.duplicated)} task(s) processed twice "
-                      f"({quote_ids(by_id.duplicated)}): {summary}")
-    if left or info.unacked:
-        return FAIL, (f"the queue did not drain within {o.drain_timeout_s:g} s (the workers "
-                      f"did not keep up): {summary}")
-    if by_id is not None and by_id.lost:
-        return FAIL, (f"{len(by_id.lost)} confirmed task(s) never completed, the queue empty "
-                      f"({quote_ids(by_id.lost)}): {summary}")
-    if dead > 0:
-        return FAIL, f"{dead} task(s) dead-lettered (the tasks cannot fail): {summary}"
-    if not info.has_message_stats:
-        return UNDECIDED, (f"the management API has no statistics for {o.queue!r}, so the "
-                           f"acks cannot be counted (statistics disabled?): {summary}")
-    if acked < want_acks:
-        return FAIL, (f"{want_acks - acked} task(s) never acked (dropped, or the acks went "
-                      f"unseen): {summary}")
-    return PASS, summary
+    if last_error is not None or depth is None or info is None:
+        raise _Undecided("; ".join(
+            [*problems, f"the broker did not answer the check: {last_error}"]))
+    by_id = None
+    no_by_id = "the workers sent no completions (reply_to, an optional part of the worker " \
+               "contract)"
+    if completions is None:
+        no_by_id = "no completion queue"
+    elif completions.lost is not None:
+        no_by_id = f"the completion queue was lost ({completions.lost})"
+    elif ledger.any_completion:
+        by_id = ledger.counts()
+    stats = base is not None and info.has_message_stats
+    return LoadFacts(
+        queue=o.queue, drain_timeout_s=o.drain_timeout_s, confirmed=confirmed,
+        publish_failures=publish_failures, connect_errors=connect_errors,
+        queued_before=queued_before, left=max(depth, info.messages), unacked=info.unacked,
+        acked=info.acked - base.acked if stats and base is not None else None,
+        entered=info.published - base.published if stats and base is not None else None,
+        redelivered=info.redelivered - base.redelivered if base is not None else 0,
+        dead=_dead_lettered(admin, o.dlq or f"{o.queue}.dlq"),
+        by_id=by_id, no_by_id=no_by_id, problems=tuple(problems))
 
 
 def _dead_lettered(admin: BrokerAdmin, dlq: str) -> int:
@@ -382,11 +477,31 @@ def _dead_lettered(admin: BrokerAdmin, dlq: str) -> int:
     return grown
 
 
+def _settle_channels() -> None:
+    """Every publishing channel of this process: wait (bounded) for the confirms of
+    what it sent, fail the rest, close it. A user killed inside its ``on_stop``
+    left its channel to this."""
+    deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+    while (any(c.window.outstanding and c.closed is None for c in _Run.channels)
+           and time.monotonic() < deadline):
+        gevent.sleep(0.01)
+    for c in _Run.channels:
+        if c.window.outstanding:
+            _Run.publish_failures += len(
+                c.window.abandon(f"no confirm within {CONFIRM_TIMEOUT_S:g} s of the stop"))
+        c.close()
+
+
+# -- publishing --------------------------------------------------------------------
+
+
 class _ConfirmingChannel:
     """One connection on pika's gevent adapter, one channel in confirm mode, up to
     ``window`` publishes awaiting their confirm (``harness.loadgen``): the
     connection's I/O runs in gevent's hub, so a user's greenlet publishes and
-    waits for room while every other user's confirms come in."""
+    waits for room while every other user's confirms come in. A confirm enters
+    the ledger in the callback itself, so a user killed before it reports loses
+    only its Locust request events, never the check's count."""
 
     def __init__(self, params: pika.URLParameters, window: int) -> None:
         self.window = ConfirmWindow(window)
@@ -395,6 +510,7 @@ class _ConfirmingChannel:
         self.room.set()
         self.closed: str | None = None
         self.channel: Any = None
+        self._props: pika.BasicProperties | None = None
         opened: AsyncResult = AsyncResult()
 
         def on_channel(ch: Any) -> None:
@@ -411,15 +527,24 @@ class _ConfirmingChannel:
             params, on_open_callback=lambda conn: conn.channel(on_open_callback=on_channel),
             on_open_error_callback=on_open_error,
             on_close_callback=lambda _conn, reason: self._on_channel_closed(None, reason))
-        opened.get(timeout=CONNECT_TIMEOUT_S)
+        try:
+            opened.get(timeout=CONNECT_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
 
     def publish(self, queue: str, task_id: str, body: bytes, reply_to: str | None) -> None:
         if self.closed is not None:
             raise ConnectionError(self.closed)
-        props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                     message_id=task_id, reply_to=reply_to)
-        self.window.sent(task_id, len(body))
+        props = self._props
+        if props is None or props.reply_to != reply_to:
+            props = self._props = pika.BasicProperties(
+                delivery_mode=2, content_type="application/json", reply_to=reply_to)
+        # One properties object per channel, its id set per publish: pika encodes it
+        # inside basic_publish, so reusing it is safe and spares an object a task.
+        props.message_id = task_id
         self.channel.basic_publish("", queue, body, props, mandatory=True)
+        self.window.sent(task_id, len(body))
         if self.window.room <= 0:
             self.room.clear()
 
@@ -434,8 +559,15 @@ class _ConfirmingChannel:
     # The callbacks run in gevent's hub: they only record and wake, never block.
     def _on_confirm(self, frame: Any) -> None:
         m = frame.method
-        self.settled += self.window.answer(int(m.delivery_tag), bool(m.multiple),
-                                           isinstance(m, pika.spec.Basic.Ack))
+        done = self.window.answer(int(m.delivery_tag), bool(m.multiple),
+                                  isinstance(m, pika.spec.Basic.Ack))
+        ledger = _Run.ledger
+        for s in done:
+            if s.error is None and ledger is not None:
+                ledger.confirmed(s.task_id)
+                if _Run.on_worker:  # for the next report to the master
+                    _Run.outbox.append((s.task_id, ledger.published_ts(s.task_id)))
+        self.settled += done
         if self.window.room > 0:
             self.room.set()
 
@@ -451,16 +583,16 @@ class _ConfirmingChannel:
 
 
 class _Completions:
-    """One connection consuming this process's completion queue (server-named,
-    exclusive: it goes with the connection), each completion a Locust request
-    ``task / completed`` with the publish-to-processed latency; a second completion
-    of a task is a failure."""
+    """One connection consuming the completion queue (server-named, exclusive: it
+    goes with the connection), each completion a Locust request ``task /
+    completed`` with the publish-to-processed latency; a second completion of a
+    task is a failure. If the connection is lost, so is the queue and whatever
+    came to it after: ``lost`` says why, and the check counts by the broker."""
 
-    def __init__(self, params: pika.URLParameters, ledger: Ledger,
-                 environment: Environment) -> None:
-        self.ledger = ledger
+    def __init__(self, params: pika.URLParameters, environment: Environment) -> None:
         self.environment: Any = environment  # Locust types its event hooks loosely
         self.queue = ""
+        self.lost: str | None = None
         ready: AsyncResult = AsyncResult()
 
         def on_declared(frame: Any) -> None:
@@ -472,20 +604,35 @@ class _Completions:
             self.channel = ch
             ch.queue_declare("", exclusive=True, auto_delete=True, callback=on_declared)
 
+        def on_close(_conn: Any, reason: BaseException) -> None:
+            if self.lost is None and not self._closing:
+                self.lost = repr(reason)
+
+        self._closing = False
         self.conn = GeventConnection(
             params, on_open_callback=lambda conn: conn.channel(on_open_callback=on_channel),
             on_open_error_callback=lambda _c, err: ready.set_exception(
-                ConnectionError(f"cannot connect: {err!r}")))
-        ready.get(timeout=CONNECT_TIMEOUT_S)
+                ConnectionError(f"cannot connect: {err!r}")),
+            on_close_callback=on_close)
+        try:
+            ready.get(timeout=CONNECT_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
 
     def _on_completion(self, _ch: Any, _method: Any, _props: Any, body: bytes) -> None:
+        ledger = _Run.ledger
+        if ledger is None:
+            return
         try:
             data = json.loads(body)
             task_id, processed_ts = str(data["id"]), float(data["processed_ts"])
+            if not math.isfinite(processed_ts):
+                raise ValueError("processed_ts is not finite")
         except (ValueError, KeyError, TypeError):
-            self.ledger.unreadable += 1  # not a completion this file can read
+            ledger.unreadable += 1  # not a completion this file can read
             return
-        done = self.ledger.completed(task_id, processed_ts)
+        done = ledger.completed(task_id, processed_ts)
         if done is not None:
             self.fire(done, len(body))
 
@@ -497,6 +644,7 @@ class _Completions:
             exception=RuntimeError("completed twice") if done.duplicate else None, context={})
 
     def close(self) -> None:
+        self._closing = True
         if self.conn.is_open:
             self.conn.close()
 
@@ -521,6 +669,8 @@ class TaskPublisher(User):
             _Run.connect_errors += 1
             self._fire_failure(f"cannot connect: {exc!r}")
             raise StopUser() from None
+        _Run.channels.append(self.pub)
+        self.body = body_maker({"sleep_ms": o.sleep_ms})  # task_body's bytes, faster
 
     def on_stop(self) -> None:
         pub = getattr(self, "pub", None)
@@ -552,16 +702,21 @@ class TaskPublisher(User):
         self._report(pub)
         if pub.closed is not None:
             raise StopUser()
+        if _Run.quota is None:
+            # A Locust worker that joined after the start got no share: it publishes
+            # nothing (not a failure of the workers under test).
+            if not _Run.late_warned:
+                _Run.late_warned = True
+                print("taskqueue: this Locust worker joined after the start and got no "
+                      "share of --max-tasks: it publishes nothing", flush=True)
+            raise StopUser()
         batch = 1 if o.rate_per_user > 0 else pub.window.room
         for _ in range(batch):
-            if _Run.quota is None:
-                self._fire_failure("no setup from the master (a worker that joined late)")
-                raise StopUser()
             if _Run.published >= _Run.quota:
                 raise StopUser()
             _Run.published += 1
             task_id = f"load-{_Run.run_id}-{_Run.published}"
-            body = task_body(task_id, _Run.published, {"sleep_ms": o.sleep_ms})
+            body = self.body(task_id, _Run.published)
             if _Run.ledger is not None:
                 _Run.ledger.published(task_id, time.time())
             try:
@@ -571,17 +726,17 @@ class TaskPublisher(User):
                 raise StopUser() from None
 
     def _report(self, pub: _ConfirmingChannel) -> None:
+        """The settled publishes as Locust requests (the ledger has them already)."""
         fire = self.environment.events.request.fire
         for s in pub.take_settled():
-            if s.error is None and _Run.ledger is not None:
-                _Run.ledger.confirmed(s.task_id)
-                if isinstance(self.environment.runner, WorkerRunner):
-                    _Run.outbox.append((s.task_id, _Run.ledger.published_ts(s.task_id)))
+            if s.error is not None:
+                _Run.publish_failures += 1
             fire(request_type=REQUEST_TYPE, name=REQUEST_NAME,
                  response_time=s.latency_s * 1000, response_length=s.size,
                  exception=None if s.error is None else RuntimeError(s.error), context={})
 
     def _fire_failure(self, error: str) -> None:
+        _Run.publish_failures += 1
         self.environment.events.request.fire(
             request_type=REQUEST_TYPE, name=REQUEST_NAME, response_time=0,
             response_length=0, exception=RuntimeError(error), context={})

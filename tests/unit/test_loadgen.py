@@ -10,8 +10,14 @@ from harness.loadgen import (
     Completed,
     ConfirmWindow,
     Ledger,
+    LedgerCounts,
+    LoadFacts,
+    body_maker,
+    judge_load,
     quote_ids,
 )
+from harness.tasks import task_body
+from harness.vocab import EXIT_OK, EXIT_UNDECIDED, EXIT_VIOLATED
 
 
 def test_window_bounds_are_checked_early() -> None:
@@ -158,3 +164,72 @@ def test_ledger_matches_a_completion_that_came_before_its_publish() -> None:
 def test_quote_ids_lists_a_few_then_counts() -> None:
     assert quote_ids(["a", "b"]) == "a, b"
     assert quote_ids([str(i) for i in range(8)]) == "0, 1, 2, 3, 4 and 3 more"
+
+
+# -- judge_load: the check's verdict from hand-built facts ---------------------------
+
+
+def facts(**over: object) -> LoadFacts:
+    base: dict[str, object] = dict(
+        queue="tasks", drain_timeout_s=60.0, confirmed=100, publish_failures=0,
+        connect_errors=0, queued_before=0, left=0, unacked=0, acked=100, entered=100,
+        redelivered=0, dead=0, by_id=LedgerCounts(100, 100, 100, (), (), 0, 0))
+    base.update(over)
+    return LoadFacts(**base)  # type: ignore[arg-type]
+
+
+def test_judge_passes_a_drained_queue_with_every_task_acked_and_completed_once() -> None:
+    code, text = judge_load(facts())
+    assert code == EXIT_OK
+    assert "by id: 100 of 100 confirmed completed" in text
+
+
+def test_judge_without_completions_says_it_counted_by_the_broker() -> None:
+    code, text = judge_load(facts(by_id=None))
+    assert code == EXIT_OK and "judged by the broker's counters only" in text
+
+
+@pytest.mark.parametrize(("over", "why"), [
+    ({"left": 5}, "did not drain"),
+    ({"unacked": 3}, "did not drain"),
+    ({"by_id": LedgerCounts(100, 100, 98, ("a", "b"), (), 0, 0)},
+     "2 confirmed task(s) never completed, the queue empty (a, b)"),
+    ({"by_id": LedgerCounts(100, 100, 100, (), ("a",), 0, 0)}, "1 task(s) processed twice (a)"),
+    ({"dead": 2}, "2 task(s) dead-lettered"),
+    ({"acked": 90, "by_id": None}, "10 task(s) never acked"),
+    # Retried copies' acks make up the count; the nacked ones still show.
+    ({"acked": 110, "entered": 120, "by_id": None}, "10 message(s) entered the queue and left"),
+])
+def test_judge_fails_on_the_broker_s_evidence_or_the_workers_admission(
+        over: dict[str, object], why: str) -> None:
+    code, text = judge_load(facts(**over))
+    assert code == EXIT_VIOLATED and why in text
+
+
+def test_judge_fails_on_evidence_even_with_a_problem_on_the_harness_s_side() -> None:
+    # A duplicate is a duplicate, whatever else went wrong.
+    f = facts(by_id=LedgerCounts(100, 100, 100, (), ("a",), 0, 0),
+              problems=("a Locust worker sent no final report",))
+    assert judge_load(f)[0] == EXIT_VIOLATED
+
+
+@pytest.mark.parametrize(("over", "why"), [
+    ({"problems": ("1 Locust worker(s) sent no final report",)}, "no final report"),
+    ({"confirmed": 0, "acked": 0, "entered": 0, "by_id": None, "connect_errors": 2},
+     "the broker took no connection (2 user(s)"),
+    ({"confirmed": 0, "acked": 0, "entered": 0, "by_id": None}, "no publish was confirmed"),
+    ({"publish_failures": 3}, "3 publish(es) failed"),
+    ({"acked": None, "entered": None, "by_id": None}, "no statistics"),
+])
+def test_judge_is_undecided_when_the_harness_cannot_tell(over: dict[str, object],
+                                                         why: str) -> None:
+    code, text = judge_load(facts(**over))
+    assert code == EXIT_UNDECIDED and why in text
+
+
+def test_body_maker_makes_task_body_s_bytes() -> None:
+    make = body_maker({"sleep_ms": 100})
+    for tid, n in (("load-ab12cd34-1", 1), ("load-x-99999", 99999)):
+        assert make(tid, n) == task_body(tid, n, {"sleep_ms": 100})
+    with pytest.raises(ValueError, match="needs escaping"):
+        make('bad"id', 1)
