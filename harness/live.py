@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from harness import vocab
-from harness.history import WORKER_EVENT_TYPES, Event
+from harness.history import Event
 
 _SETTLE = frozenset({vocab.ACKED, vocab.ACK_FAILED, vocab.DEAD_LETTERED})
 
@@ -29,15 +29,17 @@ class LiveState:
         self.in_flight: dict[str, set[str]] = {}
         self.exited: set[str] = set()
         self.events_by_type: Counter[str] = Counter()
-        # time.monotonic() of the last contract event any worker wrote (the drain's
-        # "workers quiet" rule); None before the first.
+        # time.monotonic() of the last task event any worker wrote (the drain's
+        # "workers quiet" rule: connection churn, such as a worker refused over and
+        # over, holds no task and must not keep the drain open); None before the
+        # first. Requeued deliveries show in the broker's depth, not here.
         self.last_worker_event: float | None = None
 
     # Called by the Recorder under its lock: keep it short.
     def on_event(self, ev: Event) -> None:
         with self._cond:
             self.events_by_type[ev.type] += 1
-            if ev.type in WORKER_EVENT_TYPES:
+            if ev.type in vocab.TASK_EVENT_TYPES:
                 self.last_worker_event = time.monotonic()
             w = ev.worker
             if ev.type == vocab.PROCESSED:
@@ -75,7 +77,7 @@ class LiveState:
             return {w: len(ids) for w, ids in self.in_flight.items()}
 
     def quiet_for(self) -> float:
-        """Seconds since the last worker event (infinite when there was none)."""
+        """Seconds since the last task event of a worker (infinite when none)."""
         with self._cond:
             last = self.last_worker_event
         return float("inf") if last is None else time.monotonic() - last

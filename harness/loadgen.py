@@ -208,7 +208,10 @@ class Ledger:
 
     def counts(self) -> LedgerCounts:
         lost = tuple(sorted(t for t in self._confirmed if t not in self._completions))
-        dup = tuple(sorted(t for t, n in self._completions.items() if n > 1))
+        # An id completed twice before its publish was reported is a duplicate too:
+        # the completion queue is this run's own, so every id in it is one of ours.
+        dup = tuple(sorted({t for t, n in self._completions.items() if n > 1}
+                           | {t for t, ts in self._early.items() if len(ts) > 1}))
         completed = sum(1 for t in self._confirmed if t in self._completions)
         return LedgerCounts(len(self._published_ts), len(self._confirmed), completed,
                             lost, dup, len(self._early) + self.unreadable, self.skewed)
@@ -222,7 +225,10 @@ class LoadFacts:
     management API's count, the larger), ``unacked``, and the management API's
     counters over the run (``acked``, ``entered``: messages that entered the
     queue; ``redelivered``; ``dead``: growth of the dead-letter queue); ``acked``
-    and ``entered`` are None without statistics. From this load generator:
+    and ``entered`` are None without statistics; ``entered`` counts what the queue
+    held at the start with what entered it since, each from one management
+    sample, so that the two agree whatever the statistics' lag. From this load
+    generator:
     ``confirmed`` (the broker's own confirms), ``publish_failures``,
     ``connect_errors``, ``queued_before``. From the workers: ``by_id``, their
     completions; None when they send none (``no_by_id``: why). ``problems``: what
@@ -294,11 +300,15 @@ def judge_load(f: LoadFacts) -> tuple[int, str]:
     if f.acked is not None and f.entered is not None and f.acked < f.entered:
         # Acks of retried copies or of other publishers cannot hide these: every
         # message that entered must leave by an ack (a DLQ'd one is counted above).
-        return EXIT_VIOLATED, (f"{f.entered - f.acked} message(s) entered the queue and left "
-                               f"it without an ack (nacked, rejected, expired or dropped): "
-                               f"{summary}")
+        return EXIT_VIOLATED, (f"{f.entered - f.acked} message(s) entered the queue (or were "
+                               f"in it at the start) and left it without an ack (nacked, "
+                               f"rejected, expired or dropped): {summary}")
     if f.problems:
         return EXIT_UNDECIDED, "; ".join(f.problems) + f": {summary}"
+    if b is None and f.redelivered > 0:
+        return EXIT_UNDECIDED, (f"{f.redelivered} redelivery(ies): a task may have been "
+                                "processed twice, and without completions nothing tells: "
+                                f"{summary}")
     if f.confirmed == 0:
         why = (f"the broker took no connection ({f.connect_errors} user(s) could not "
                "connect)" if f.connect_errors else "no publish was confirmed")

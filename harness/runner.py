@@ -148,7 +148,8 @@ class Run:
             if self.schedule.error is not None:
                 self.problems.append(f"the schedule failed: {self.schedule.error}")
             self.nemesis.heal(None)  # a fault without duration ends with the schedule
-            sup.wait_recovered()
+            if sc.schedule:  # nothing to recover from without a fault
+                sup.wait_recovered()
             drained = watch.wait_drained(wl.drain_timeout_s, longest_task_s(tasks))
             watch.wait_windows()
         finally:

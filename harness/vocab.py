@@ -26,10 +26,12 @@ CONNECTED: Final = "connected"
 CONNECTION_LOST: Final = "connection_lost"
 READY: Final = "ready"
 SHUTDOWN: Final = "shutdown"
-WORKER_EVENT_TYPES: Final = frozenset({
+# The events about a task's work (the drain's "workers quiet" rule): a worker
+# that only reconnects, over and over, holds no task.
+TASK_EVENT_TYPES: Final = frozenset({
     RECEIVED, PROCESSED, ACKED, FAILED, RETRY_SCHEDULED, DEAD_LETTERED, ACK_FAILED,
-    CONNECTED, CONNECTION_LOST, READY, SHUTDOWN,
 })
+WORKER_EVENT_TYPES: Final = TASK_EVENT_TYPES | {CONNECTED, CONNECTION_LOST, READY, SHUTDOWN}
 
 # What the harness itself records (sources: harness, workload, cluster, nemesis).
 RUN_STARTED: Final = "run_started"

@@ -49,6 +49,7 @@ give.
 # mypy: disallow-untyped-decorators=False
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -92,8 +93,9 @@ DRAIN_POLL_S = 0.5
 # confirm bound; a broker that does not answer is a failure.
 CONNECT_TIMEOUT_S = 10.0
 CONFIRM_TIMEOUT_S = 10.0
-# After the queue drained, completions still on their way get this long.
-COMPLETION_GRACE_S = 3.0
+# A queue found drained at the deadline gets this long more for the management
+# API's counters to catch up (collect_statistics_interval is 5 s by default).
+STATS_LAG_S = 12.0
 # The master waits this long for each Locust worker's final report.
 FINAL_REPORT_TIMEOUT_S = CONFIRM_TIMEOUT_S + 10.0
 # Read here, not as the options' env_var: Locust's web UI would serve their values.
@@ -187,6 +189,7 @@ class _Run:
     ledger: Ledger | None = None
     completions: _Completions | None = None
     finals: dict[str, dict[str, Any]] = {}  # the master: each worker's final report
+    shared: set[str] = set()  # the master: the workers that got a share
     late_warned = False
     on_worker = False  # this process is a Locust worker
 
@@ -195,7 +198,8 @@ class _Run:
         """A new test (the web UI can run several in one process)."""
         cls.published = cls.publish_failures = cls.connect_errors = 0
         cls.quota = quota
-        cls.outbox, cls.channels, cls.finals = [], [], {}
+        cls.outbox, cls.channels, cls.finals, cls.shared = [], [], {}, set()
+        cls.run_id = uuid.uuid4().hex[:8]  # ids unique to each test
         cls.problem = None
         cls.ledger = Ledger(max(1, quota or 1))
 
@@ -293,7 +297,9 @@ def _collect_final_reports(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if not isinstance(runner, MasterRunner):
         return
-    workers = [c.id for c in runner.clients.all]
+    # Those that got a share too: a worker that left (Ctrl-C, a lost heartbeat) is
+    # no longer in Locust's list, and its last confirms are missing all the same.
+    workers = sorted({c.id for c in runner.clients.all} | _Run.shared)
     for client_id in workers:
         runner.send_message(FLUSH_MESSAGE, None, client_id=client_id)
     deadline = time.monotonic() + FINAL_REPORT_TIMEOUT_S
@@ -301,8 +307,9 @@ def _collect_final_reports(environment: Environment, **_: Any) -> None:
         gevent.sleep(0.1)
     missing = [w for w in workers if w not in _Run.finals]
     if missing:
-        _Run.problem = (f"{len(missing)} Locust worker(s) sent no final report within "
-                        f"{FINAL_REPORT_TIMEOUT_S:g} s: their last confirms are unknown")
+        _Run.problem = "; ".join(filter(None, [
+            _Run.problem, f"{len(missing)} Locust worker(s) sent no final report within "
+                          f"{FINAL_REPORT_TIMEOUT_S:g} s: their last confirms are unknown"]))
 
 
 # -- the start of a test -----------------------------------------------------------
@@ -355,6 +362,7 @@ def _setup_workers(runner: MasterRunner, total: int) -> None:
     workers = [c.id for c in runner.clients.ready + runner.clients.running
                + runner.clients.spawning]
     for i, client_id in enumerate(workers):
+        _Run.shared.add(client_id)
         share = total // len(workers) + (1 if i < total % len(workers) else 0)
         runner.send_message(SETUP_MESSAGE, {"max_tasks": share, "reply_to": _Run.reply_to},
                             client_id=client_id)
@@ -408,11 +416,13 @@ def _facts(environment: Environment, admin: BrokerAdmin) -> LoadFacts:
     queued_before = max(base.messages, _Run.base_depth) if base else 0
     completions = _Run.completions
     deadline = time.monotonic() + o.drain_timeout_s
-    grace = None
+    lag_deadline: float | None = None
     # The depth from a passive declare (exact); the counters from the management
     # API, whose statistics lag (collect_statistics_interval) and may not exist
-    # yet for a new queue: poll until they account for every confirm and every
-    # completion came, or the bound runs out; an error is retried until then.
+    # yet for a new queue: poll until they account for every message that entered
+    # the queue and every completion came, or the bound runs out (plus, for a
+    # queue found drained, time for the counters to catch up); an error is
+    # retried until then. Waiting only costs time in a run that fails.
     last_error: str | None = None
     depth: int | None = None
     info: QueueInfo | None = None
@@ -426,18 +436,18 @@ def _facts(environment: Environment, admin: BrokerAdmin) -> LoadFacts:
             raise _Undecided(f"queue {o.queue!r} disappeared during the run")
         now = time.monotonic()
         if last_error is None and depth is not None and info is not None:
-            left = max(depth, info.messages)
+            drained = max(depth, info.messages) == 0 and info.unacked == 0
             counted = (base is not None and info.has_message_stats
                        and info.acked - base.acked >= max(
-                           confirmed + queued_before, info.published - base.published))
-            drained = left == 0 and info.unacked == 0
+                           confirmed + queued_before,
+                           info.published - base.published + base.messages))
             waiting = (completions is not None and completions.lost is None
                        and ledger.any_completion and ledger.pending > 0)
-            if drained and counted and waiting and grace is None:
-                grace = now + COMPLETION_GRACE_S
-            if (drained and counted and not waiting) or (grace is not None and now >= grace):
+            if drained and counted and not waiting:
                 break
-        if now >= deadline and (grace is None or now >= grace):
+            if drained and not counted and now >= deadline and lag_deadline is None:
+                lag_deadline = now + STATS_LAG_S
+        if now >= deadline and (lag_deadline is None or now >= lag_deadline):
             break
         time.sleep(DRAIN_POLL_S)
     if last_error is not None or depth is None or info is None:
@@ -448,17 +458,30 @@ def _facts(environment: Environment, admin: BrokerAdmin) -> LoadFacts:
                "contract)"
     if completions is None:
         no_by_id = "no completion queue"
+    elif ledger.any_completion or ledger.counts().duplicated:
+        by_id = ledger.counts()
+        if completions.lost is not None:
+            # What came before the loss still accuses (a duplicate is one); what
+            # did not come proves nothing.
+            by_id = dataclasses.replace(by_id, lost=())
+            problems.append(f"the completion queue was lost ({completions.lost}): the "
+                            "completions after it are unknown")
     elif completions.lost is not None:
         no_by_id = f"the completion queue was lost ({completions.lost})"
-    elif ledger.any_completion:
-        by_id = ledger.counts()
+    missing = sorted(_Run.shared - set(_Run.finals)) if _Run.finals or _Run.shared else []
+    if missing and not any("final report" in p for p in problems):
+        problems.append(f"{len(missing)} Locust worker(s) that got a share sent no final "
+                        "report: their last confirms are unknown")
     stats = base is not None and info.has_message_stats
     return LoadFacts(
         queue=o.queue, drain_timeout_s=o.drain_timeout_s, confirmed=confirmed,
         publish_failures=publish_failures, connect_errors=connect_errors,
         queued_before=queued_before, left=max(depth, info.messages), unacked=info.unacked,
         acked=info.acked - base.acked if stats and base is not None else None,
-        entered=info.published - base.published if stats and base is not None else None,
+        # Everything that entered the queue, with what it held at the baseline (one
+        # management sample, so the two agree whatever the statistics' lag).
+        entered=(info.published - base.published + base.messages
+                 if stats and base is not None else None),
         redelivered=info.redelivered - base.redelivered if base is not None else 0,
         dead=_dead_lettered(admin, o.dlq or f"{o.queue}.dlq"),
         by_id=by_id, no_by_id=no_by_id, problems=tuple(problems))
@@ -487,8 +510,10 @@ def _settle_channels() -> None:
         gevent.sleep(0.01)
     for c in _Run.channels:
         if c.window.outstanding:
-            _Run.publish_failures += len(
-                c.window.abandon(f"no confirm within {CONFIRM_TIMEOUT_S:g} s of the stop"))
+            c.settled += c.window.abandon(
+                f"no confirm within {CONFIRM_TIMEOUT_S:g} s of the stop")
+        # What no user reported any more (a user killed inside its on_stop).
+        _Run.publish_failures += sum(1 for x in c.take_settled() if x.error is not None)
         c.close()
 
 
@@ -602,6 +627,9 @@ class _Completions:
 
         def on_channel(ch: Any) -> None:
             self.channel = ch
+            ch.add_on_close_callback(lambda _ch, reason: on_close(None, reason))
+            ch.add_on_cancel_callback(lambda frame: on_close(None, RuntimeError(
+                "the broker cancelled the consumer")))
             ch.queue_declare("", exclusive=True, auto_delete=True, callback=on_declared)
 
         def on_close(_conn: Any, reason: BaseException) -> None:

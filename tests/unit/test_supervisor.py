@@ -12,7 +12,7 @@ import pytest
 from harness import vocab
 from harness.cluster.base import WorkerSpec
 from harness.cluster.fake import FakeCluster
-from harness.history import Recorder
+from harness.history import Event, Recorder
 from harness.live import LiveState
 from harness.model import ClusterSpec, Scenario
 from harness.nemesis import Nemesis
@@ -93,3 +93,18 @@ def test_stop_all_terminates_every_running_worker() -> None:
     assert sorted(c for c in cluster.calls if c[0] == "terminate") == [
         ("terminate", w) for w in ("worker-1", "worker-2", "worker-3")]
     assert not restarted(cluster, "worker-1", within_s=0.4)
+
+
+def test_connection_churn_does_not_keep_the_workers_busy() -> None:
+    """The drain's "workers quiet" rule counts task events only: a worker refused
+    over and over (an exclusive consumer elsewhere) reconnects forever and holds
+    no task."""
+    live = LiveState()
+    assert live.quiet_for() == float("inf")
+    for kind in ("connected", "connection_lost", "ready", "shutdown"):
+        live.on_event(Event.from_dict({"t": 0.0, "ts": 0.0, "type": kind,
+                                       "source": "worker", "worker": "w1"}))
+    assert live.quiet_for() == float("inf")
+    live.on_event(Event.from_dict({"t": 0.0, "ts": 0.0, "type": "received", "id": "a",
+                                   "source": "worker", "worker": "w1"}))
+    assert live.quiet_for() < 1.0
