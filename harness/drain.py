@@ -24,8 +24,8 @@ DRAIN_STABLE_POLLS: Final = 3
 # starts, RabbitMQ's default 5 s on a broker it was given.
 STATS_INTERVAL_OWNED_S: Final = 0.5
 STATS_INTERVAL_DEFAULT_S: Final = 5.0
-# The workers must have written no task event (connection churn aside) for
-# max(this, 3 x the longest task).
+# The workers must have written no activity event (a task's, or ready; connection
+# churn aside) for max(this, 3 x the longest task).
 DRAIN_QUIET_MIN_S: Final = 2.0
 # A worker's own in-flight report (received, no settlement yet) may hold a drain
 # the broker calls done this much longer, never more: the worker's word can extend
@@ -62,8 +62,9 @@ class BrokerWatch:
 
         The broker decides: the main and retry queues empty and nothing unacked on
         the main queue, over polls spanning twice the statistics interval; and the
-        workers quiet (no task event for max(DRAIN_QUIET_MIN_S, 3 x the longest task);
-        a worker that only reconnects, refused over and over, holds no task),
+        workers quiet (no task event and no ``ready`` for max(DRAIN_QUIET_MIN_S,
+        3 x the longest task); a worker that only reconnects, refused over and
+        over, holds no task),
         so a consumer that still holds deliveries the lagging counters do not show
         yet keeps the drain open. A worker's self-reported in-flight set extends
         the wait by at most DRAIN_SELF_REPORT_EXTRA_S. When the bound expires with

@@ -29,17 +29,17 @@ class LiveState:
         self.in_flight: dict[str, set[str]] = {}
         self.exited: set[str] = set()
         self.events_by_type: Counter[str] = Counter()
-        # time.monotonic() of the last task event any worker wrote (the drain's
-        # "workers quiet" rule: connection churn, such as a worker refused over and
-        # over, holds no task and must not keep the drain open); None before the
-        # first. Requeued deliveries show in the broker's depth, not here.
+        # time.monotonic() of the last activity event any worker wrote (the drain's
+        # "workers quiet" rule, vocab.ACTIVITY_EVENT_TYPES: connection churn, such
+        # as a worker refused over and over, holds no task and must not keep the
+        # drain open); None before the first.
         self.last_worker_event: float | None = None
 
     # Called by the Recorder under its lock: keep it short.
     def on_event(self, ev: Event) -> None:
         with self._cond:
             self.events_by_type[ev.type] += 1
-            if ev.type in vocab.TASK_EVENT_TYPES:
+            if ev.type in vocab.ACTIVITY_EVENT_TYPES:
                 self.last_worker_event = time.monotonic()
             w = ev.worker
             if ev.type == vocab.PROCESSED:
@@ -77,7 +77,7 @@ class LiveState:
             return {w: len(ids) for w, ids in self.in_flight.items()}
 
     def quiet_for(self) -> float:
-        """Seconds since the last task event of a worker (infinite when none)."""
+        """Seconds since a worker's last activity event (infinite when none)."""
         with self._cond:
             last = self.last_worker_event
         return float("inf") if last is None else time.monotonic() - last

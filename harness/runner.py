@@ -148,7 +148,9 @@ class Run:
             if self.schedule.error is not None:
                 self.problems.append(f"the schedule failed: {self.schedule.error}")
             self.nemesis.heal(None)  # a fault without duration ends with the schedule
-            if sc.schedule:  # nothing to recover from without a fault
+            # Nothing to recover from without a fault or a worker that exited (a
+            # crash directive's worker is restarted).
+            if sc.schedule or self.live.events_by_type.get(vocab.WORKER_EXITED, 0):
                 sup.wait_recovered()
             drained = watch.wait_drained(wl.drain_timeout_s, longest_task_s(tasks))
             watch.wait_windows()

@@ -26,12 +26,14 @@ CONNECTED: Final = "connected"
 CONNECTION_LOST: Final = "connection_lost"
 READY: Final = "ready"
 SHUTDOWN: Final = "shutdown"
-# The events about a task's work (the drain's "workers quiet" rule): a worker
-# that only reconnects, over and over, holds no task.
-TASK_EVENT_TYPES: Final = frozenset({
-    RECEIVED, PROCESSED, ACKED, FAILED, RETRY_SCHEDULED, DEAD_LETTERED, ACK_FAILED,
+# The events of a worker at work (the drain's "workers quiet" rule): a task's
+# events, and ``ready`` (a consumer back after a fault may get redeliveries its
+# lines do not show); not connection churn: a worker refused over and over
+# (connected, connection_lost) never gets ready and holds no task.
+ACTIVITY_EVENT_TYPES: Final = frozenset({
+    RECEIVED, PROCESSED, ACKED, FAILED, RETRY_SCHEDULED, DEAD_LETTERED, ACK_FAILED, READY,
 })
-WORKER_EVENT_TYPES: Final = TASK_EVENT_TYPES | {CONNECTED, CONNECTION_LOST, READY, SHUTDOWN}
+WORKER_EVENT_TYPES: Final = ACTIVITY_EVENT_TYPES | {CONNECTED, CONNECTION_LOST, SHUTDOWN}
 
 # What the harness itself records (sources: harness, workload, cluster, nemesis).
 RUN_STARTED: Final = "run_started"
