@@ -163,7 +163,8 @@ def bench_locust(url: str, management_url: str, n: int, users: int,
 
 
 def _percentile(response_times: dict[str, int], q: float) -> int:
-    """Locust's own percentile over its rounded response-time histogram."""
+    """A percentile of Locust's rounded response-time histogram, as its reports give
+    it (written here: importing locust would monkey-patch this process with gevent)."""
     times = sorted((float(k), n) for k, n in response_times.items())
     total = sum(n for _, n in times)
     seen = 0

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from harness.options import RunOptions
 
 
-
 def _err(msg: str) -> int:
     print(f"harness: error: {credentials.redact(msg)}", file=sys.stderr)
     return EXIT_UNDECIDED

@@ -1,6 +1,11 @@
-"""The bookkeeping of a load generator's publisher confirms, free of any I/O
-library: the Locust load file (``locustfiles/taskqueue.py``) drives it from
-pika's gevent adapter, and its unit tests drive it by hand.
+"""The load generator's logic, free of any I/O library, so that unit tests drive
+it by hand and the Locust load file (``locustfiles/taskqueue.py``) drives it from
+pika's gevent adapter:
+
+- ``ConfirmWindow``: one confirm-mode channel's outstanding publishes;
+- ``Ledger``: what was published, confirmed and completed, by task id;
+- ``judge_load``: the load run's verdict from ``LoadFacts`` (pure);
+- ``body_maker``: task bodies on the publishing hot path.
 
 A channel in confirm mode numbers its publishes 1, 2, 3, ...; the broker answers
 ``Basic.Ack`` or ``Basic.Nack`` for a tag, or for every tag up to it
@@ -199,7 +204,12 @@ class Ledger:
 
     @property
     def any_completion(self) -> bool:
-        return bool(self._completions)
+        """A completion came, matched or still waiting for its id."""
+        return bool(self._completions or self._early)
+
+    @property
+    def confirmed_count(self) -> int:
+        return len(self._confirmed)
 
     @property
     def pending(self) -> int:
@@ -323,17 +333,20 @@ def judge_load(f: LoadFacts) -> tuple[int, str]:
     return EXIT_OK, summary
 
 
-def body_maker(directives: dict[str, Any]) -> Callable[[str, int], bytes]:
-    """``harness.tasks.task_body`` for many tasks with the same directives and plain
-    ids (no character JSON escapes): the same bytes, formatted instead of encoded
-    each time (a load generator's hot path)."""
+def body_maker(id_prefix: str,
+               directives: dict[str, Any]) -> Callable[[int], tuple[str, bytes]]:
+    """Task n's id (``id_prefix`` + n) and ``harness.tasks.task_body``'s bytes for
+    it, for many tasks with the same directives: formatted instead of encoded each
+    time (a load generator's hot path). The prefix is checked once: it must need
+    no JSON escape."""
+    if not id_prefix.isascii() or not id_prefix.isprintable() or '"' in id_prefix \
+            or "\\" in id_prefix:
+        raise ValueError(f"task id prefix {id_prefix!r} needs escaping: use task_body")
     tail = json.dumps(directives, separators=(",", ":"))
 
-    def make(task_id: str, n: int) -> bytes:
-        if not task_id.isascii() or not task_id.isprintable() or '"' in task_id \
-                or "\\" in task_id:
-            raise ValueError(f"task id {task_id!r} needs escaping: use task_body")
-        return (f'{{"id":"{task_id}","task":"logger","payload":{{"n":{int(n)}}},'
-                f'"directives":{tail}}}').encode()
+    def make(n: int) -> tuple[str, bytes]:
+        task_id = f"{id_prefix}{int(n)}"
+        return task_id, (f'{{"id":"{task_id}","task":"logger","payload":{{"n":{int(n)}}},'
+                         f'"directives":{tail}}}').encode()
 
     return make

@@ -254,8 +254,8 @@ def _on_flush(environment: Environment, msg: Any, **_: Any) -> None:
     _settle_channels()
     assert isinstance(environment.runner, WorkerRunner)
     environment.runner.send_message(FINAL_MESSAGE, {
-        "confirmed": _Run.outbox, "published": _Run.published,
-        "publish_failures": _Run.publish_failures, "connect_errors": _Run.connect_errors,
+        "confirmed": _Run.outbox, "publish_failures": _Run.publish_failures,
+        "connect_errors": _Run.connect_errors,
     })
     _Run.outbox = []
 
@@ -410,7 +410,7 @@ def _facts(environment: Environment, admin: BrokerAdmin) -> LoadFacts:
                                                   for f in finals)
     connect_errors = _Run.connect_errors + sum(int(f.get("connect_errors", 0))
                                               for f in finals)
-    confirmed = ledger.counts().confirmed
+    confirmed = ledger.confirmed_count
     # Tasks already queued when the run began are acked too: they must not stand
     # in for ours.
     queued_before = max(base.messages, _Run.base_depth) if base else 0
@@ -458,7 +458,7 @@ def _facts(environment: Environment, admin: BrokerAdmin) -> LoadFacts:
                "contract)"
     if completions is None:
         no_by_id = "no completion queue"
-    elif ledger.any_completion or ledger.counts().duplicated:
+    elif ledger.any_completion:
         by_id = ledger.counts()
         if completions.lost is not None:
             # What came before the loss still accuses (a duplicate is one); what
@@ -468,10 +468,6 @@ def _facts(environment: Environment, admin: BrokerAdmin) -> LoadFacts:
                             "completions after it are unknown")
     elif completions.lost is not None:
         no_by_id = f"the completion queue was lost ({completions.lost})"
-    missing = sorted(_Run.shared - set(_Run.finals)) if _Run.finals or _Run.shared else []
-    if missing and not any("final report" in p for p in problems):
-        problems.append(f"{len(missing)} Locust worker(s) that got a share sent no final "
-                        "report: their last confirms are unknown")
     stats = base is not None and info.has_message_stats
     return LoadFacts(
         queue=o.queue, drain_timeout_s=o.drain_timeout_s, confirmed=confirmed,
@@ -698,7 +694,7 @@ class TaskPublisher(User):
             self._fire_failure(f"cannot connect: {exc!r}")
             raise StopUser() from None
         _Run.channels.append(self.pub)
-        self.body = body_maker({"sleep_ms": o.sleep_ms})  # task_body's bytes, faster
+        self.body = body_maker(f"load-{_Run.run_id}-", {"sleep_ms": o.sleep_ms})
 
     def on_stop(self) -> None:
         pub = getattr(self, "pub", None)
@@ -743,8 +739,7 @@ class TaskPublisher(User):
             if _Run.published >= _Run.quota:
                 raise StopUser()
             _Run.published += 1
-            task_id = f"load-{_Run.run_id}-{_Run.published}"
-            body = self.body(task_id, _Run.published)
+            task_id, body = self.body(_Run.published)
             if _Run.ledger is not None:
                 _Run.ledger.published(task_id, time.time())
             try:

@@ -231,11 +231,13 @@ def test_judge_is_undecided_when_the_harness_cannot_tell(over: dict[str, object]
 
 
 def test_body_maker_makes_task_body_s_bytes() -> None:
-    make = body_maker({"sleep_ms": 100})
-    for tid, n in (("load-ab12cd34-1", 1), ("load-x-99999", 99999)):
-        assert make(tid, n) == task_body(tid, n, {"sleep_ms": 100})
+    make = body_maker("load-ab12cd34-", {"sleep_ms": 100})
+    for n in (1, 99999):
+        tid, body = make(n)
+        assert tid == f"load-ab12cd34-{n}"
+        assert body == task_body(tid, n, {"sleep_ms": 100})
     with pytest.raises(ValueError, match="needs escaping"):
-        make('bad"id', 1)
+        body_maker('bad"id-', {})
 
 
 def test_ledger_two_early_completions_of_one_id_are_a_duplicate() -> None:
