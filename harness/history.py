@@ -31,6 +31,9 @@ worker     ``received``       id, worker, redelivered, attempt
            missing or in the future: see ``harness.cluster.lines``)
            ``foreign_event``  name (a line whose event is not of contract v1: counted,
                               never interpreted)
+           ``process_died``   process, pid, status (a child process's death read by an
+                              event preset from the framework's own supervisor line,
+                              never from a worker's JSON: ``harness.presets``)
 cluster    ``worker_started`` worker, pid/container
            ``worker_exited``  worker, code, signal, requested (True when the harness
                               asked for it: kill/terminate/stop; False for a crash)

@@ -450,6 +450,7 @@ def run_started(scenario: Scenario, opts: RunOptions, seed: int, run_id: str,
                       "events": events_kind(opts.events),
                       "unobservable": dict(preset.unobservable) if preset else {},
                       "unobservable_after_death":
-                          dict(preset.unobservable_after_death) if preset else {}},
+                          dict(preset.unobservable_after_death) if preset else {},
+                      "lines_cut_by_kill": preset.lines_cut_by_kill if preset else ""},
         worker_under_test={"cmd": opts.worker_cmd, "image": opts.worker_image,
                            "reference": not opts.brought_worker})

@@ -20,6 +20,11 @@ Celery (``celery worker -l info``; its own formats, ``celery.app.trace``):
     [...: INFO/ForkPoolWorker-1] Task harness.task[<id>] succeeded in 0.05s: ...
     [...: INFO/ForkPoolWorker-1] Task harness.task[<id>] retry: Retry in 1s
     [...: ERROR/ForkPoolWorker-1] Task harness.task[<id>] raised unexpected: ...
+    [...: ERROR/MainProcess] Process 'ForkPoolWorker-1' pid:42 exited with 'signal 9 (SIGKILL)'
+
+The last is a pool child that died on its own (an OOM kill, a segfault): a
+``process_died`` event, so the run counts as one where a worker process died
+(below), though the worker's main process lives on and no exit shows it.
 
 Dramatiq (``dramatiq --verbose``: its debug lines, ``dramatiq.worker`` and the
 Retries middleware):
@@ -51,6 +56,14 @@ process that dies in between leaves none. In a run where a worker process died
 the lines, so ``no-duplicate-processing`` is not observable (a duplicate cannot
 be counted), and a task with an ``after_process`` crash that the lines show
 unprocessed is undecided, not lost (``unobservable_after_death``).
+
+Dramatiq's worker processes write their lines into a pipe its main process
+copies to stderr: a kill of the container drops what is still in the pipe, and
+an ack line can be lost though the ack reached the broker. So under
+``--events dramatiq`` a task the killed process held, that its lines show
+neither processed nor settled and that nobody received again, is undecided
+(``lines_cut_by_kill``), never lost: it may have been processed and acked just
+before the kill. Every other task is judged as always.
 """
 
 from __future__ import annotations
@@ -66,7 +79,7 @@ from harness import vocab
 # fields); none for a line that only tells the translator something
 # (``harness.cluster.lines.LineReader`` calls it, one translator per worker).
 Translate: TypeAlias = Callable[[Mapping[str, str | None]],
-                                Sequence[tuple[str, str, Mapping[str, Any]]]]
+                                Sequence[tuple[str, str | None, Mapping[str, Any]]]]
 _NONE: Final[Mapping[str, Any]] = {}
 
 
@@ -82,6 +95,11 @@ class Preset:
     # Claims a process's death can distort (claim -> why): in a run where a worker
     # process died, unknown and not observable (no-loss: only its crash tasks).
     unobservable_after_death: Mapping[str, str] = field(default_factory=dict)
+    # Why a kill can drop lines the process had already written (empty: it cannot).
+    # Then a task the killed process held, that the lines show neither processed nor
+    # settled and that nobody received again, is undecided, never lost
+    # (``checkers.base.LINES_CUT``): its processing and ack may be in the lost lines.
+    lines_cut_by_kill: str = ""
     # A translator of its own (state per worker) instead of ``words``.
     sequencer: Callable[[], Translate] | None = None
 
@@ -96,8 +114,13 @@ class Preset:
             return self.sequencer()
         words = self.words
 
-        def by_words(groups: Mapping[str, str | None]) -> Sequence[tuple[str, str, Mapping[
-                str, Any]]]:
+        def by_words(groups: Mapping[str, str | None]) -> Sequence[tuple[
+                str, str | None, Mapping[str, Any]]]:
+            process = groups.get("process")
+            if process:  # a child process's death, logged by its supervisor
+                return ((vocab.PROCESS_DIED, None,
+                         {"process": process[:64], "pid": groups.get("pid"),
+                          "status": (groups.get("status") or "")[:64]}),)
             said, ident = groups.get("event"), groups.get("id")
             if not said or not ident:
                 return ()
@@ -118,8 +141,12 @@ _AFTER_DEATH: Final = {
 
 CELERY: Final = Preset(
     name="celery",
+    # The second branch is billiard's supervisor (``Pool._join_exited_workers``,
+    # logged at ERROR by the main process): a pool child that died on its own, not
+    # by the pool's own controlled termination.
     pattern=(r"Task (?P<task>[^\s\[]+)\[(?P<id>[^\]\s]+)\] "
-             r"(?P<event>received|succeeded(?= in )|retry|raised)"),
+             r"(?P<event>received|succeeded(?= in )|retry|raised)"
+             r"|Process '(?P<process>[^']+)' pid:(?P<pid>\d+) exited with '(?P<status>[^']*)'"),
     words={"received": vocab.RECEIVED, "succeeded": vocab.PROCESSED,
            "retry": vocab.RETRY_SCHEDULED, "raised": vocab.FAILED},
     unobservable={
@@ -226,6 +253,12 @@ DRAMATIQ: Final = Preset(
           "dramatiq.Retry raised without it is logged nowhere)",
     sequencer=DramatiqLines,
     unobservable_after_death=_AFTER_DEATH,
+    # dramatiq.cli's worker processes log into a pipe that the main process's
+    # ``watch_logs`` thread copies to stderr: a container kill ends both, and lines
+    # still in the pipe are gone, though the ack they announce reached the broker.
+    lines_cut_by_kill="Dramatiq's worker processes write their log lines into a pipe that "
+                      "its main process copies out, so a kill drops the lines still in the "
+                      "pipe: a processing and ack the broker got may show no line",
 )
 
 PRESETS: Final[Mapping[str, Preset]] = {CELERY.name: CELERY, DRAMATIQ.name: DRAMATIQ}

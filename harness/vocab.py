@@ -34,6 +34,11 @@ ACTIVITY_EVENT_TYPES: Final = frozenset({
     RECEIVED, PROCESSED, ACKED, FAILED, RETRY_SCHEDULED, DEAD_LETTERED, ACK_FAILED, READY,
 })
 WORKER_EVENT_TYPES: Final = ACTIVITY_EVENT_TYPES | {CONNECTED, CONNECTION_LOST, SHUTDOWN}
+# A child process of a worker died (Celery's pool supervisor logs it): read only by an
+# event preset (``harness.presets``) from the framework's own line, never taken from a
+# worker's JSON (there it is a foreign event). It can only make a claim undecided.
+PROCESS_DIED: Final = "process_died"
+PRESET_EVENT_TYPES: Final = frozenset({PROCESS_DIED})
 
 # What the harness itself records (sources: harness, workload, cluster, nemesis).
 RUN_STARTED: Final = "run_started"

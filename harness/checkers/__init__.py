@@ -13,6 +13,7 @@ import gc
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from harness import vocab
 from harness.checkers import (
     concurrency,
     dead_letter,
@@ -28,7 +29,14 @@ from harness.checkers import (
     retry_backoff,
     scaling,
 )
-from harness.checkers.base import OBSERVABLE, Checker, ClaimResult, run_checker, unknown
+from harness.checkers.base import (
+    LINES_CUT,
+    OBSERVABLE,
+    Checker,
+    ClaimResult,
+    run_checker,
+    unknown,
+)
 from harness.history import History
 
 CHECKERS: Final[dict[str, Checker]] = {
@@ -62,6 +70,7 @@ def check_all(history: History, claims: Iterable[str],
     results: list[ClaimResult] = []
     claims = list(claims)
     distorted, silent = _distorted(history, claims)
+    cut = _lines_cut(history)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -71,6 +80,8 @@ def check_all(history: History, claims: Iterable[str],
                 results.append(unknown(claim, f"no checker for claim {claim!r} yet"))
                 continue
             params = params_by_claim.get(claim, {})
+            if cut and claim in LINES_CUT_CLAIMS:
+                params = {**params, LINES_CUT: cut}
             if claim in distorted and claim in PARTLY_OBSERVABLE and not silent:
                 # The checker judges what the events still show (retry-backoff: counts).
                 params = {**params, PARTLY_OBSERVABLE[claim]: distorted[claim]}
@@ -102,7 +113,6 @@ def _distorted(history: History, claims: Iterable[str]) -> tuple[dict[str, str],
     preset run in which no line became an event shows nothing at all (``silent``):
     every claim is undecided (a worker logging below the preset's level), not a
     loss."""
-    from harness import vocab
     from harness.checkers.index import get
 
     idx = get(history)
@@ -127,13 +137,33 @@ def _distorted(history: History, claims: Iterable[str]) -> tuple[dict[str, str],
     return out, False
 
 
+# The claims that judge a task by what a killed process's lines show of it
+# (``base.LINES_CUT``).
+LINES_CUT_CLAIMS: Final = frozenset({no_loss.CLAIM, exactly_once_ack.CLAIM, redelivery.CLAIM})
+
+
+def _lines_cut(history: History) -> str:
+    """Why a kill in this run may have dropped lines already written (the run's
+    event preset says its lines can be, ``Preset.lines_cut_by_kill``, and the
+    harness's record has a kill or a crash), else empty."""
+    from harness.checkers.index import get
+
+    idx = get(history)
+    why = idx.capabilities.get("lines_cut_by_kill")
+    if not isinstance(why, str) or not why or not redelivery.find_kills(idx):
+        return ""
+    return f"{why} (--events {str(idx.capabilities.get('events', '?')).removeprefix('preset:')})"
+
+
 def _a_process_died(idx: Any) -> bool:
     """A worker process ended during the run proper, so a processing may have left
     no log line: an exit before the drain (a kill, a terminate, a crash of the
-    main process, an exit nobody asked for) or a task with a ``crash`` directive
-    (under Celery's prefork pool it kills only a pool child, which no exit shows).
-    The harness's own record, never the worker's."""
-    if idx.crash_directives:
+    main process, an exit nobody asked for), a task with a ``crash`` directive
+    (under Celery's prefork pool it kills only a pool child, which no exit shows),
+    or a pool child's death that the framework's own supervisor logged
+    (``vocab.PROCESS_DIED``, read by the preset: it can only make claims undecided).
+    The harness's own record otherwise, never the worker's."""
+    if idx.crash_directives or idx.count(vocab.PROCESS_DIED):
         return True
     end = idx.end_ts
     return any(end is None or ev.ts < end for ev in idx.worker_exited)

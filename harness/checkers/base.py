@@ -26,6 +26,13 @@ OFFENDERS_MAX: Final = 10
 # gate (not one the user named) does not wait on it.
 OBSERVABLE: Final = "observable"
 
+# A parameter ``checkers.check_all`` gives no-loss, exactly-once-ack and
+# redelivery-after-crash when the run's event preset says a kill can drop lines
+# already written (``harness.presets.Preset.lines_cut_by_kill``, the reason) and a
+# worker process died: a task the killed process held, shown neither processed nor
+# settled and received by nobody again (``facts.cut_by_kill``), is undecided.
+LINES_CUT: Final = "lines_cut_by_kill"
+
 
 @dataclass(frozen=True)
 class ClaimResult:

@@ -36,6 +36,11 @@ final read), except a task with an ``after_process`` crash directive for a worke
 said to honour directives: the crash ended it before its ack, so the DLQ entry can
 be its one settlement (at worst this turns a false into unknown, never into true).
 
+Read from a preset whose lines a kill can drop (Dramatiq's pipe, ``base.LINES_CUT``),
+a task never settled whose last receipt was by a process then killed, and that
+nobody received again, is undecided (``facts.cut_by_kill``), not unsettled: its ack
+line may be among the dropped ones. A FAIL on the other ids stands.
+
 An asked crash seen only by a late exit (``Index.crash_span``) explains a second
 settlement only when it is of a later delivery received in the span.
 """
@@ -49,7 +54,8 @@ from typing import Any, Final
 
 from harness.checkers import facts
 from harness.checkers import index as ix
-from harness.checkers.base import ClaimResult, first, unknown
+from harness.checkers.base import LINES_CUT, ClaimResult, first, unknown
+from harness.checkers.redelivery import find_kills
 from harness.history import Event, History
 
 CLAIM: Final = "exactly-once-ack"
@@ -178,6 +184,12 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                                          "died": fault.describe()}
                     break
         never = never - unobserved.keys()
+    # An event preset whose lines a kill can drop (Dramatiq's pipe): the ack line of a
+    # task the killed process held may be among them (``facts.cut_by_kill``).
+    cut: dict[str, dict[str, Any]] = {}
+    if never and params.get(LINES_CUT):
+        cut = facts.cut_by_kill(idx, never, [(k.worker, k.ts) for k in find_kills(idx)])
+        never = never - cut.keys()
 
     explained: dict[str, dict[str, Any]] = {}
     unexplained: dict[str, dict[str, Any]] = {}
@@ -226,6 +238,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         "never_settled": len(never),
         "acked_unobserved": len(unobserved),
     }
+    if cut:
+        evidence["lines_cut"] = len(cut)
     expl = {}
     if explained:
         ids = first(explained)
@@ -255,6 +269,12 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             {**evidence, "never_settled_ids": first(never)},
             expl,
         )
+    if cut:
+        ids = first(cut)
+        return unknown(CLAIM, f"{len(cut)} task(s) held by a killed worker show no settlement "
+                       "and were never received again, and the kill may have dropped their "
+                       f"ack lines: {params[LINES_CUT]}",
+                       **evidence, lines_cut_ids=ids, lines_cut_by={i: cut[i] for i in ids})
     extra = f"; {len(explained)} settled twice after a connection fault" if explained else ""
     return ClaimResult(
         CLAIM, True,

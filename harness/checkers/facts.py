@@ -156,6 +156,44 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
     return None
 
 
+def cut_by_kill(idx: Index, ids: Iterable[str],
+                kills: Iterable[tuple[str, float]]) -> dict[str, dict[str, Any]]:
+    """The ids of ``ids`` whose fate a kill may have cut from the worker's lines
+    (only for an event preset whose lines a kill can drop: ``checkers.base.LINES_CUT``):
+    the latest receipt of the id is by a worker W, a kill of W (``kills``: (worker,
+    ts), the harness's own fault record and exits) came after it, nobody received
+    the id again, W did not start again in between (the receipt's process is the
+    one killed), and no worker reported processing it. Not a verdict: the caller
+    makes such an id undecided instead of lost or unsettled, never processed."""
+    by_worker: dict[str, list[float]] = {}
+    for w, ts in kills:
+        by_worker.setdefault(w, []).append(ts)
+    for lst in by_worker.values():
+        lst.sort()
+    starts: dict[str, list[float]] = {}
+    for ev in idx.worker_started:
+        started = worker_of(ev)
+        if started is not None:
+            starts.setdefault(started, []).append(ev.ts)
+    wanted = [i for i in ids if not idx.processed.of(i)]
+    receipts = idx.received.events(wanted)
+    out: dict[str, dict[str, Any]] = {}
+    for ident in wanted:
+        recs = receipts.get(ident)
+        if not recs:
+            continue
+        last = max(recs, key=lambda e: e.ts)
+        kill_ts = by_worker.get(last.worker or "")
+        if not kill_ts:
+            continue
+        i = bisect.bisect_left(kill_ts, last.ts)
+        if i < len(kill_ts) and not any(last.ts < t < kill_ts[i]
+                                        for t in starts.get(last.worker or "", ())):
+            out[ident] = {"received_by": last.worker, "received_ts": last.ts,
+                          "killed_ts": kill_ts[i]}
+    return out
+
+
 def processed_by_after(idx: Index, ident: str, worker: str | None, after: float) -> bool:
     """Did ``worker`` (any worker when None) report ``processed`` of ``ident`` at or
     after ``after``?"""

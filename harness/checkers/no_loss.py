@@ -29,7 +29,11 @@ explained by that, not lost (``ClaimResult.explained``).
 Read from an event preset (a framework's log lines) in a run where a worker
 process died, an id that its own ``after_process`` crash ended shows no success
 line whether or not its side effect happened: undecided, never lost and never
-processed (``UNSEEN_CRASHES``).
+processed (``UNSEEN_CRASHES``). Read from a preset whose lines a kill can drop
+(Dramatiq's pipe, ``base.LINES_CUT``), an unprocessed id whose last receipt was by
+a process then killed, and that nobody received again, is undecided too
+(``facts.cut_by_kill``): its processing and ack may be in the lines the kill
+dropped. A FAIL on the other ids stands.
 
 Which facts come from the worker: ``processed`` (the contract's required
 event: a worker that reports processing it never did is a worker lying about
@@ -50,7 +54,8 @@ from typing import Any, Final
 
 from harness.checkers import facts
 from harness.checkers import index as ix
-from harness.checkers.base import ClaimResult, first, unknown
+from harness.checkers.base import LINES_CUT, ClaimResult, first, unknown
+from harness.checkers.redelivery import find_kills
 from harness.history import History
 
 CLAIM: Final = "no-loss"
@@ -84,6 +89,13 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     if lost and params.get(UNSEEN_CRASHES) and idx.capabilities.get("directives"):
         unseen = {i for i in lost if idx.crash_directives.get(i) == "after_process"}
         lost -= unseen
+    # An event preset whose lines a kill can drop (Dramatiq's pipe): a task the killed
+    # process held may have been processed and acked in the lost lines.
+    cut: dict[str, dict[str, Any]] = {}
+    if lost and params.get(LINES_CUT):
+        cut = facts.cut_by_kill(idx, lost - fin.ids["dlq"],
+                                [(k.worker, k.ts) for k in find_kills(idx)])
+        lost -= cut.keys()
     unexpected = idx.ids_where(lambda v: bool(v & ix.PROC) and not v & ix.PUBLISHED)
     counts: dict[str, Any] = {
         "attempted": idx.count_where(lambda v: bool(v & ix.PUBLISHED)),
@@ -107,6 +119,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     }
     if unseen:
         counts["unseen_crashed"] = len(unseen)
+    if cut:
+        counts["lines_cut"] = len(cut)
     if unexpected:
         return ClaimResult(
             CLAIM, False,
@@ -156,6 +170,12 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
              "dead_lettered_never_processed_ids": first(wrongly_dead)},
             _explained(vanished),
         )
+    if cut:
+        ids = first(cut)
+        return unknown(CLAIM, f"{len(cut)} task(s) held by a killed worker show neither "
+                       "processing nor ack and were never received again, and the kill may "
+                       f"have dropped those lines: {params[LINES_CUT]}",
+                       **counts, lines_cut_ids=ids, lines_cut_by={i: cut[i] for i in ids})
     if unseen:
         return unknown(CLAIM, f"{len(unseen)} task(s) ended by their after_process crash show "
                        f"no success line, processed or not: {params[UNSEEN_CRASHES]}",

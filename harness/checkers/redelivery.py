@@ -30,6 +30,11 @@ as the redelivery, so a worker that misreports it makes the claim harder, not
 easier. A worker's ``acked``/``dead_lettered`` reports only decide what was not
 in flight (settled before the kill), never that a task was completed.
 
+Read from a preset whose lines a kill can drop (Dramatiq's pipe, ``base.LINES_CUT``),
+a task not redelivered that no worker reported processing is undecided
+(``facts.cut_by_kill``): it may have been processed and acked in the dropped lines.
+A FAIL on the other ids stands.
+
 Evidence per kill: in-flight count, redelivered and completed counts, redelivery
 latency (receipt ts - ts_k; max and median), ids not redelivered/not completed.
 Unknown when there was no kill, when no killed worker held anything in flight,
@@ -47,7 +52,7 @@ from typing import Any, Final
 
 from harness.checkers import facts
 from harness.checkers import index as ix
-from harness.checkers.base import ClaimResult, first, unknown
+from harness.checkers.base import LINES_CUT, ClaimResult, first, unknown
 from harness.history import History
 
 CLAIM: Final = "redelivery-after-crash"
@@ -208,6 +213,12 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             "not_completed_ids": first(not_completed),
         })
 
+    # An event preset whose lines a kill can drop (Dramatiq's pipe): a task not
+    # redelivered may have been processed and acked in the lines the kill dropped.
+    cut: dict[str, dict[str, Any]] = {}
+    if all_not_redelivered and params.get(LINES_CUT):
+        cut = facts.cut_by_kill(idx, all_not_redelivered, [(k.worker, k.ts) for k in kills])
+        all_not_redelivered -= cut.keys()
     evidence: dict[str, Any] = {
         "kills": len(kills),
         "in_flight": total_in_flight,
@@ -219,6 +230,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         "latency_median_s": round(statistics.median(latencies), 6) if latencies else None,
         "per_kill": per_kill[:20],
     }
+    if cut:
+        evidence["lines_cut"] = len(cut)
     if total_in_flight == 0:
         return unknown(CLAIM, f"{len(kills)} kill(s), but the killed worker(s) held no task in "
                        "flight: nothing to redeliver", **evidence)
@@ -239,6 +252,12 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             CLAIM, False,
             f"{len(all_not_completed)} of {total_in_flight} redelivered task(s) were never "
             "completed", {**evidence, "not_completed_ids": first(all_not_completed)})
+    if cut:
+        ids = first(cut)
+        return unknown(CLAIM, f"{len(cut)} task(s) in flight on a killed worker were never "
+                       "received again and show neither processing nor ack, and the kill may "
+                       f"have dropped those lines: {params[LINES_CUT]}",
+                       **evidence, lines_cut_ids=ids, lines_cut_by={i: cut[i] for i in ids})
     return ClaimResult(
         CLAIM, True,
         f"all {total_in_flight} task(s) in flight on {len(kills)} killed worker(s) redelivered "

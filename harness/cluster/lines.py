@@ -17,7 +17,9 @@ timestamp, or the local reader's clock). The rules live here only:
   any) must name a contract v1 type, else the match is a ``foreign_event``;
   no ``event`` group means ``processed``. A preset (``harness.presets``) turns the
   ``event`` group's text into the contract events it means (none, one, or more:
-  Dramatiq's ack line is ``processed`` and ``acked`` after a success);
+  Dramatiq's ack line is ``processed`` and ``acked`` after a success), and may
+  also record ``process_died`` (``vocab.PRESET_EVENT_TYPES``: a pool child's
+  death that the framework's own supervisor logs), which no JSON line can;
 - the worker's identity is the harness's name for the source. A ``worker``
   field that names someone else is kept as ``claimed_worker`` and counted;
 - ``ts``: the worker's own ``ts`` when it is a number no later than the time
@@ -99,7 +101,8 @@ class LineReader:
             with self._lock:
                 events = self.translate(groups)
             for name, tid, fields in events:
-                self._record(name, tid, groups.get("worker"), None, dict(fields), seen)
+                self._record(name, tid, groups.get("worker"), None, dict(fields), seen,
+                             preset=True)
             return
         ident = groups.get("id")
         if not ident:
@@ -108,8 +111,8 @@ class LineReader:
         self._record(said or vocab.PROCESSED, ident, groups.get("worker"), None, {}, seen)
 
     def _record(self, name: str, ident: Any, claimed: Any, ts: Any, data: dict[str, Any],
-                seen: float) -> None:
-        if name not in WORKER_EVENT_TYPES:
+                seen: float, preset: bool = False) -> None:
+        if name not in WORKER_EVENT_TYPES and not (preset and name in vocab.PRESET_EVENT_TYPES):
             with self._lock:
                 self.foreign += 1
             self.recorder.record(FOREIGN, self.name, worker=self.name, ts=seen,

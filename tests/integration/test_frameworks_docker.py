@@ -71,13 +71,24 @@ def test_dramatiq_app_without_the_integration_read_from_its_debug_lines(tmp_path
     """``--events dramatiq``: Dramatiq's own debug lines (``--verbose``); its ack line
     after a success is the processing. After the kill a processing may have left no
     line, so duplicates are not observable there (unknown, out of the gate), never
-    counted as none."""
+    counted as none; and the lines still in Dramatiq's log pipe die with the
+    container, so a task whose ack line went with them is undecided, never lost."""
     code, claims = run("dramatiq", tmp_path, "HARNESS_EVENTS=off", "DRAMATIQ_VERBOSE=1",
                        events="dramatiq")
+    # A task that ended just as the kill landed may have its ack line in the pipe the
+    # kill dropped (about 1 run in 6 here): undecided, naming it, never lost.
+    cut = False
     for claim in ("no-loss", "exactly-once-ack", "redelivery-after-crash"):
-        assert claims[claim]["valid"] == "true", claims[claim]
+        result = claims[claim]
+        evidence = result["evidence"]
+        assert isinstance(evidence, dict)
+        if result["valid"] == "unknown" and evidence.get("lines_cut_ids"):
+            assert "pipe" in str(result["summary"]), result
+            cut = True
+            continue
+        assert result["valid"] == "true", result
     dup = claims["no-duplicate-processing"]
     evidence = dup["evidence"]
     assert isinstance(evidence, dict) and evidence["observable"] is False, dup
     assert dup["valid"] == "unknown", dup
-    assert code == 0, claims
+    assert code == (2 if cut else 0), claims

@@ -3,8 +3,10 @@ and a claim the lines distort is unknown and not observable, never a verdict."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery.app import trace
-from histories import W1, H, start
+from histories import W1, W2, W3, H, start
 
 from harness import vocab
 from harness.checkers import check_all
@@ -357,3 +359,125 @@ def test_dramatiq_a_rate_limited_message_is_no_processing() -> None:
                    "Rate limit exceeded in message job('x'): mutex."),
              dline("Thread-4", ACK_LOGGER, "DEBUG", "Acknowledging message 'm1'.")]
     assert dramatiq_feed(lines) == [("received", "m1", None), ("acked", "m1", "failed")]
+
+
+# -- a kill drops the lines in Dramatiq's pipe -----------------------------------------
+
+CUT_CLAIMS = ["no-loss", "exactly-once-ack", "redelivery-after-crash"]
+DRAMATIQ_CAPS = {"directives": True, "health": False, "events": "preset:dramatiq",
+                 "lines_cut_by_kill": "a kill drops the lines in Dramatiq's pipe"}
+
+
+def cut_run(caps: dict[str, object], after_kill: Callable[[H], None] | None = None) -> H:
+    """W1 holds a and b and is killed; b comes back to W2 and is processed; a shows
+    nothing more: its processing and ack may be in the lines the kill dropped."""
+    h = start(caps).publish("a").publish("b").publish("c")
+    h.received("a", W1, ts=1001.0).received("b", W1, ts=1001.1).task("c", W2)
+    h.fault("kill", W1, ts=1002.0).worker_exited(W1, requested=True, ts=1002.05)
+    h.received("b", W2, redelivered=True, ts=1002.5).processed("b", W2).acked("b", W2)
+    if after_kill is not None:
+        after_kill(h)
+    return h.finish()
+
+
+def verdicts(h: H) -> dict[str, object]:
+    return {r.claim: r.valid for r in check_all(h.build(), CUT_CLAIMS)}
+
+
+def test_a_task_a_kill_may_have_cut_from_dramatiq_lines_is_undecided_not_lost() -> None:
+    """The broker got the ack, the pipe lost its line: undecided, on all three claims."""
+    results = check_all(cut_run(DRAMATIQ_CAPS).build(), CUT_CLAIMS)
+    for r in results:
+        assert r.valid is None, r
+        assert r.evidence["lines_cut_ids"] == ["a"] and "Dramatiq's pipe" in r.summary, r
+        assert r.evidence["lines_cut_by"]["a"]["received_by"] == W1
+
+
+def test_without_the_presets_word_the_same_lines_are_a_loss() -> None:
+    """Celery (and JSON events on fd 1) lose no line at a kill: the same record is a
+    FAIL on all three claims, as before."""
+    caps = {k: v for k, v in DRAMATIQ_CAPS.items() if k != "lines_cut_by_kill"}
+    assert verdicts(cut_run(caps)) == dict.fromkeys(CUT_CLAIMS, False)
+
+
+def test_dramatiq_lines_that_show_everything_pass() -> None:
+    """Every task the killed process held came back and was processed: true."""
+    def back(h: H) -> None:
+        h.received("a", W3, redelivered=True, ts=1002.6).processed("a", W3).acked("a", W3)
+    assert verdicts(cut_run(DRAMATIQ_CAPS, back)) == dict.fromkeys(CUT_CLAIMS, True)
+
+
+def test_a_cut_excuses_no_task_the_kill_did_not_hold() -> None:
+    """A task received by a worker that was never killed, or by W1's new process after
+    its restart and before no kill, and never processed, is lost whatever the preset:
+    the FAIL stands beside the undecided task."""
+    def lost_elsewhere(h: H) -> None:
+        h.publish("d").received("d", W2, ts=1003.0)
+        h.worker_started(W1, ts=1003.5).publish("e").received("e", W1, ts=1004.0)
+    results = {r.claim: r for r in check_all(cut_run(DRAMATIQ_CAPS, lost_elsewhere).build(),
+                                             ["no-loss", "exactly-once-ack"])}
+    for r in results.values():
+        assert r.valid is False, r
+    assert results["no-loss"].evidence["lost_ids"] == ["d", "e"]
+    assert results["no-loss"].evidence["lines_cut"] == 1
+
+
+def test_a_task_received_again_after_the_kill_is_judged_by_its_later_lines() -> None:
+    """a came back to W2 (so the broker did not have its ack) and was never processed:
+    no line of W1's pipe can excuse that."""
+    def dropped(h: H) -> None:
+        h.received("a", W2, redelivered=True, ts=1002.7)
+    assert verdicts(cut_run(DRAMATIQ_CAPS, dropped))["no-loss"] is False
+
+
+def test_a_cut_needs_the_process_that_received_the_task_to_be_the_one_killed() -> None:
+    """f was received by W1's first process, which stopped on request (its lines were
+    flushed) and was replaced before the kill: f is lost, not undecided."""
+    h = start(DRAMATIQ_CAPS).publish("f").publish("g").received("f", W1, ts=1001.0)
+    h.task("g", W2).worker_exited(W1, requested=True, ts=1001.5, code=0, signal=None)
+    h.worker_started(W1, ts=1001.6).fault("kill", W1, ts=1002.0)
+    h.worker_exited(W1, requested=True, ts=1002.05)
+    [loss] = check_all(h.finish().build(), ["no-loss"])
+    assert loss.valid is False and loss.evidence["lost_ids"] == ["f"], loss
+
+
+# -- a Celery pool child that dies on its own -------------------------------------------
+
+CHILD_DIED = ("[2026-12-06 21:00:00,000: ERROR/MainProcess] Process 'ForkPoolWorker-2' "
+              "pid:4242 exited with 'signal 9 (SIGKILL)'")
+
+
+def test_a_pool_childs_death_line_is_a_process_death_and_json_cannot_fake_one() -> None:
+    """billiard's supervisor line (the format of ``Pool._join_exited_workers``) is a
+    ``process_died``; the same name in a worker's JSON is a foreign event."""
+    spec = WorkerSpec(events="celery")
+    rec = Recorder(None)
+    LineReader(rec, "worker-1", spec.events_pattern(),
+               translate=spec.event_translator()).feed(CHILD_DIED)
+    [ev] = [e for e in rec.snapshot() if e.source == "worker-1"]
+    assert ev.type == vocab.PROCESS_DIED and ev.id is None
+    assert ev.get("process") == "ForkPoolWorker-2" and ev.get("status") == "signal 9 (SIGKILL)"
+    rec2 = Recorder(None)
+    LineReader(rec2, "worker-1", None).feed('{"event": "process_died", "process": "x"}')
+    assert [e.type for e in rec2.snapshot()] == [vocab.FOREIGN_EVENT]
+
+
+def test_a_pool_childs_death_makes_duplicates_unobservable_from_celery_lines() -> None:
+    """A child that died between a side effect and its success line left one processing
+    unseen: the lines' single processing of t is no proof of no duplicate."""
+    caps = {"directives": True, "health": False, "events": "preset:celery",
+            "unobservable_after_death": {"no-duplicate-processing": "a line may be missing"}}
+
+    def run(child_died: bool) -> H:
+        h = start(caps).publish("t").publish("u").received("t", W1, ts=1001.0)
+        if child_died:
+            h.add(vocab.PROCESS_DIED, W1, worker=W1, ts=1001.5, process="ForkPoolWorker-2",
+                  pid="4242", status="signal 9 (SIGKILL)")
+        h.received("t", W1, redelivered=True, ts=1002.0).processed("t", W1)
+        return h.task("u", W2).finish()
+
+    [clean] = check_all(run(False).build(), ["no-duplicate-processing"])
+    assert clean.valid is True, clean
+    [died] = check_all(run(True).build(), ["no-duplicate-processing"])
+    assert died.valid is None and not observable(died), died
+    assert "a line may be missing" in died.summary
