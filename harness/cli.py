@@ -97,8 +97,9 @@ def _param(value: str) -> tuple[str, str, object]:
 
 
 def _run_options(r: argparse.ArgumentParser) -> None:
-    r.add_argument("--backend", choices=("auto", "local", "docker"), default="auto",
-                   help="auto: docker when an engine answers and the images exist, else local")
+    r.add_argument("--backend", choices=("auto", "local", "docker", "external"), default="auto",
+                   help="auto: docker when an engine answers and the images exist, else local; "
+                   "external: workers a deployment already runs (docs/external.md)")
     r.add_argument("--broker-url", default=os.environ.get("HARNESS_BROKER_URL") or None,
                    help="use this broker (amqp://user:pass@host:port) instead of a private "
                    "one; each run gets a scratch vhost there, deleted at the end. Default "
@@ -134,6 +135,17 @@ def _run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--param", type=_param, action="append", default=[], metavar="CLAIM.KEY=V",
                    help="set a checker parameter over the scenario's params, e.g. "
                    "retry-backoff.base_ms=500 or retry-backoff.jitter=full (repeatable)")
+    r.add_argument("--worker-logs", metavar="COMMAND",
+                   help="--backend external: a command that follows the workers' logs, each "
+                   "line prefixed by its worker, e.g. 'docker compose logs -f --no-color "
+                   "--tail 0 worker'")
+    r.add_argument("--fault-cmd", action="append", default=[], metavar="FAULT=COMMAND",
+                   help="--backend external: the command of a fault (kill, terminate, pause, "
+                   "resume, restart) with {worker}, e.g. kill='docker kill app-{worker}' "
+                   "(repeatable)")
+    r.add_argument("--allow-dlq", action="store_true",
+                   help="--backend external: allow tasks that end in the deployment's "
+                   "dead-letter queue (poison, fail_always, retries past the limit)")
     r.add_argument("--no-progress", action="store_true", help="no live progress display")
     r.add_argument("--junit", type=Path, metavar="FILE",
                    help="also write a JUnit XML file: one test case per judged claim")
@@ -210,6 +222,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         ScenarioError,
         apply_overrides,
         check_backend,
+        check_external,
         load_scenario,
         restarts_broker,
     )
@@ -225,7 +238,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return opts
     for sc in scenarios:
         try:
-            check_backend(sc, opts.backend)
+            if opts.backend == vocab.EXTERNAL:
+                check_external(sc, [i.partition("=")[0].strip() for i in opts.fault_cmds],
+                               opts.allow_dlq)
+            else:
+                check_backend(sc, opts.backend)
             check_format(sc, opts)
         except (ScenarioError, OptionsError) as exc:
             return _err(str(exc))
@@ -266,7 +283,10 @@ def _options(args: argparse.Namespace) -> RunOptions | int:
             queue=args.queue, dlq=args.dlq, params=_params(args.param),
             reporting=getattr(args, "reporting", "full"),
             task_format=getattr(args, "task_format", vocab.FORMAT_CONTRACT_V1),
-            worker_env=parse_worker_env(getattr(args, "worker_env", [])))
+            worker_env=parse_worker_env(getattr(args, "worker_env", [])),
+            worker_logs=getattr(args, "worker_logs", None),
+            fault_cmds=getattr(args, "fault_cmd", []),
+            allow_dlq=getattr(args, "allow_dlq", False))
     except OptionsError as exc:
         return _err(str(exc))
 
@@ -286,6 +306,9 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
     opts = _options(args)
     if isinstance(opts, int):
         return opts
+    if opts.backend == vocab.EXTERNAL:
+        return _err("--backend external runs the scenarios you name with harness run; the "
+                    "audit needs workers of its own (local or docker)")
     try:
         return run_audit(opts, console, args.gate, args.only, args.junit)
     except (ScenarioError, ClusterError) as exc:

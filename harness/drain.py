@@ -45,7 +45,8 @@ class BrokerWatch:
     finds go into ``problems``, the run's list."""
 
     def __init__(self, admin: BrokerAdmin, scenario: Scenario, recorder: Recorder,
-                 live: LiveState, problems: list[str], owned_broker: bool) -> None:
+                 live: LiveState, problems: list[str], owned_broker: bool,
+                 read_ids: bool = True) -> None:
         self.admin = admin
         self.scenario = scenario
         self.recorder = recorder
@@ -54,6 +55,9 @@ class BrokerWatch:
         # The brokers the harness starts have a 0.5 s statistics interval; a broker
         # it was given has RabbitMQ's default, 5 s.
         self.owned_broker = owned_broker
+        # False for queues the harness does not own (``--backend external``): the final
+        # state is counted, never read (see ``capture_final_state``).
+        self.read_ids = read_ids
         # The broker's semantics, read by capture_final_state (result.json's "broker").
         self.semantics: dict[str, Any] | None = None
 
@@ -187,7 +191,10 @@ class BrokerWatch:
 
     def capture_final_state(self) -> None:
         """Record the broker's semantics, then what is left in every queue the
-        scenario names (destructive read)."""
+        scenario names (destructive read). For queues the harness does not own
+        (``read_ids`` False) only their depth, by a passive declare: an empty queue
+        is fully known (no id left), a non-empty one is recorded ``partial`` (its ids
+        unread), which the checkers treat as an unread final state."""
         c = self.scenario.cluster
         queues: list[tuple[str, str]] = [(c.queue, "main"), (c.dlq, "dlq")]
         try:
@@ -203,6 +210,13 @@ class BrokerWatch:
         for name, role in queues:
             try:
                 before = self.admin.passive_depth(name)
+                if not self.read_ids:
+                    depth = before or 0
+                    self.recorder.record(vocab.FINAL_QUEUE, "harness", queue=name, role=role,
+                                         ids=[], depth=depth, ok=True,
+                                         exists=before is not None, partial=depth > 0,
+                                         counted_only=True)
+                    continue
                 ids = self.admin.drain_ids(name, FINAL_DRAIN_MAX)
                 # depth is the broker's count; ids may be fewer only if the read was cut
                 # off at FINAL_DRAIN_MAX, which checkers then treat as partial.

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -131,10 +131,16 @@ class RunOptions:
     # More environment for every worker (``--worker-env``: a framework's settings);
     # never a name of ``HARNESS_ENV_KEYS``. Values of secret-looking names are redacted.
     worker_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # --backend external (``harness.cluster.external``): the follower of the
+    # deployment's worker logs, the fault command templates, and the opt-in to tasks
+    # that end in the deployment's DLQ.
+    worker_logs: str | None = None
+    fault_cmds: tuple[str, ...] = ()
+    allow_dlq: bool = False
 
     @property
     def brought_worker(self) -> bool:
-        return bool(self.worker_cmd or self.worker_image)
+        return bool(self.worker_cmd or self.worker_image) or self.backend == vocab.EXTERNAL
 
     def effective_capabilities(self) -> frozenset[str]:
         if self.capabilities is not None:
@@ -165,7 +171,9 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
                   params: Mapping[str, Mapping[str, Any]] | None = None,
                   reporting: str = "full",
                   task_format: str = vocab.FORMAT_CONTRACT_V1,
-                  worker_env: Mapping[str, str] | None = None) -> RunOptions:
+                  worker_env: Mapping[str, str] | None = None,
+                  worker_logs: str | None = None, fault_cmds: Iterable[str] = (),
+                  allow_dlq: bool = False) -> RunOptions:
     """The options of a run, checked together (the CLI and the pytest plugin both
     build them here); OptionsError with a one-line fix for any that do not fit.
     ``backend`` ``auto`` is resolved (``default_backend``). A broker URL's password
@@ -174,8 +182,16 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
 
     if backend == "auto":
         backend = default_backend()
-    if backend not in ("local", "docker"):
-        raise OptionsError(f"unknown backend {backend!r}: use auto, local or docker")
+    if backend not in (vocab.LOCAL, vocab.DOCKER, vocab.EXTERNAL):
+        raise OptionsError(f"unknown backend {backend!r}: use auto, local, docker or external")
+    fault_cmds = tuple(fault_cmds)
+    brought = bool(worker_cmd or worker_image) or backend == vocab.EXTERNAL
+    if backend == vocab.EXTERNAL:
+        _check_external(broker_url, vhost, worker_logs, fault_cmds, worker_cmd, worker_image,
+                        capabilities, worker_env)
+    elif worker_logs or fault_cmds or allow_dlq:
+        raise OptionsError("--worker-logs, --fault-cmd and --allow-dlq are for workers the "
+                           "harness does not own: add --backend external")
     if broker_url:
         from harness.broker import parse_broker_url
 
@@ -212,12 +228,12 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
                                "or true/false (e.g. {'base_ms': 500})")
     if gate is not None and not gate:
         raise OptionsError("an empty gate: name at least one claim, or leave it out")
-    if (worker_cmd or worker_image) and reporting == "minimal":
+    if brought and reporting == "minimal":
         raise OptionsError("--reporting sets how the reference worker reports; a brought "
                            "worker reports as it does (drop --reporting)")
     from harness.presets import PRESETS
 
-    if events in PRESETS and not (worker_cmd or worker_image):
+    if events in PRESETS and not brought:
         raise OptionsError(f"--events {events} reads a {events} worker's log lines: bring "
                            "it with --worker-cmd or --worker-image")
     if events in PRESETS and task_format != events:
@@ -225,7 +241,7 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
                            f"too (--format {events})")
     if task_format not in vocab.TASK_FORMATS:
         raise OptionsError(f"format {task_format!r}: use {', '.join(vocab.TASK_FORMATS)}")
-    if task_format != vocab.FORMAT_CONTRACT_V1 and not (worker_cmd or worker_image):
+    if task_format != vocab.FORMAT_CONTRACT_V1 and not brought:
         raise OptionsError(f"--format {task_format}: the reference worker reads contract v1 "
                            f"only; bring your {task_format} worker with --worker-cmd or "
                            "--worker-image")
@@ -241,8 +257,44 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
                       out=out, vhost=vhost, worker_cmd=worker_cmd, worker_image=worker_image,
                       events=events, gate=gate, progress=progress, capabilities=capabilities,
                       queue=queue, dlq=dlq, params=dict(params or {}), reporting=reporting,
-                      task_format=task_format, worker_env=extra_env)
+                      task_format=task_format, worker_env=extra_env, worker_logs=worker_logs,
+                      fault_cmds=fault_cmds, allow_dlq=allow_dlq)
 
+
+def _check_external(broker_url: str | None, vhost: str | None, worker_logs: str | None,
+                    fault_cmds: tuple[str, ...], worker_cmd: str | None,
+                    worker_image: str | None, capabilities: frozenset[str] | None,
+                    worker_env: Mapping[str, str] | None) -> None:
+    """OptionsError (one line, the fix) for --backend external options that do not fit."""
+    from harness.cluster.external import FaultCommands
+
+    if not broker_url:
+        raise OptionsError("--backend external needs --broker-url: the broker the "
+                           "deployment's workers consume from (its vhost is theirs)")
+    if vhost:
+        raise OptionsError("--vhost: with --backend external the tasks go to the workers' own "
+                           "vhost, the one in --broker-url")
+    if not worker_logs:
+        raise OptionsError("--backend external needs --worker-logs COMMAND that follows the "
+                           "workers' logs, e.g. 'docker compose logs -f --no-color --tail 0 "
+                           "worker'")
+    try:
+        shlex.split(worker_logs)
+    except ValueError as exc:
+        raise OptionsError(f"--worker-logs: {exc}") from None
+    if worker_cmd or worker_image:
+        raise OptionsError("--worker-cmd/--worker-image: with --backend external the "
+                           "deployment runs the workers")
+    if capabilities is not None and "health" in capabilities:
+        raise OptionsError("--capabilities health: the harness does not reach the "
+                           "deployment's health endpoints; drop it")
+    if worker_env:
+        raise OptionsError("--worker-env: with --backend external the deployment sets the "
+                           "workers' environment")
+    try:
+        FaultCommands.parse(fault_cmds)
+    except ValueError as exc:
+        raise OptionsError(str(exc)) from None
 
 def check_format(scenario: Scenario, opts: RunOptions) -> None:
     """OptionsError (file and field) when the scenario asks for what the task format
@@ -269,6 +321,8 @@ def worker_identity(opts: RunOptions) -> dict[str, Any]:
 
 
 def _identity(opts: RunOptions) -> dict[str, Any]:
+    if opts.backend == vocab.EXTERNAL:
+        return {"external": True, "logs": opts.worker_logs}
     if opts.worker_cmd:
         return {"cmd": opts.worker_cmd}
     if opts.backend == "docker":
@@ -300,8 +354,22 @@ def new_seed() -> int:
     return int.from_bytes(os.urandom(4), "big")
 
 
+def task_id_prefix(run_id: str) -> str:
+    """The prefix of every task id of a run (``tasks.make_tasks`` adds ``-NNNNNN``): how
+    the run's tasks are told from others where a queue is shared."""
+    return f"t{run_id[-6:]}"
+
+
 def make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder,
-                 shared_broker: Any = None) -> Cluster:
+                 shared_broker: Any = None, opts: RunOptions | None = None) -> Cluster:
+    if backend == vocab.EXTERNAL:
+        from harness.cluster.external import ExternalCluster, FaultCommands
+
+        if opts is None or not opts.worker_logs:
+            raise ClusterError("--backend external needs --worker-logs")
+        return ExternalCluster(run_id, run_dir, recorder, opts.worker_logs,
+                               FaultCommands.parse(opts.fault_cmds),
+                               task_id_prefix(run_id) + "-")
     if backend == "local":
         from harness.cluster.local import LocalCluster
 
@@ -375,6 +443,12 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
         parts += ["--dlq", opts.dlq]
     if opts.task_format != vocab.FORMAT_CONTRACT_V1:
         parts += ["--format", opts.task_format]
+    if opts.worker_logs:
+        parts += ["--worker-logs", opts.worker_logs]
+    for item in opts.fault_cmds:
+        parts += ["--fault-cmd", item]
+    if opts.allow_dlq:
+        parts.append("--allow-dlq")
     for claim, over in sorted(opts.params.items()):
         for key, value in sorted(over.items()):
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)

@@ -143,10 +143,13 @@ CELERY: Final = Preset(
     name="celery",
     # The second branch is billiard's supervisor (``Pool._join_exited_workers``,
     # logged at ERROR by the main process): a pool child that died on its own, not
-    # by the pool's own controlled termination.
+    # by the pool's own controlled termination. Anchored to Celery's line format and
+    # the main process: a task's own print (Celery logs it as a WARNING of the pool
+    # child) cannot write it.
     pattern=(r"Task (?P<task>[^\s\[]+)\[(?P<id>[^\]\s]+)\] "
              r"(?P<event>received|succeeded(?= in )|retry|raised)"
-             r"|Process '(?P<process>[^']+)' pid:(?P<pid>\d+) exited with '(?P<status>[^']*)'"),
+             r"|^\[[^\]]*: ERROR/MainProcess\] Process '(?P<process>[^']+)' pid:(?P<pid>\d+) "
+             r"exited with '(?P<status>[^']*)'"),
     words={"received": vocab.RECEIVED, "succeeded": vocab.PROCESSED,
            "retry": vocab.RETRY_SCHEDULED, "raised": vocab.FAILED},
     unobservable={

@@ -43,6 +43,7 @@ from harness.options import (
     new_seed,
     rerun_command,
     run_started,
+    task_id_prefix,
     worker_identity,
     worker_spec,
 )
@@ -103,7 +104,7 @@ class Run:
 
             ensure_images()
         self.cluster = make_cluster(self.opts.backend, self.run_id, self.run_dir, self.recorder,
-                                    self.opts.shared_broker)
+                                    self.opts.shared_broker, self.opts)
         sup = self.supervisor = Supervisor(
             self.cluster, sc, worker_spec(sc, self.opts, self.run_id), self.recorder, self.live,
             self.run_dir, self.problems)
@@ -118,13 +119,14 @@ class Run:
         self.nemesis = sup.nemesis = Nemesis(self.cluster, self.recorder, sc.cluster.grace_s)
         self.nemesis.setup()
         watch = BrokerWatch(self.admin, sc, self.recorder, self.live, self.problems,
-                            owned_broker=not self.opts.broker_url)
+                            owned_broker=not self.opts.broker_url,
+                            read_ids=self.cluster.owned)
         if "health" in caps:
             self.prober = HealthProber(self.cluster, self.recorder)
             self.prober.start()
         sup.wait_ready(names)
 
-        tasks = make_tasks(wl, self.rng, id_prefix=f"t{self.run_id[-6:]}")
+        tasks = make_tasks(wl, self.rng, id_prefix=task_id_prefix(self.run_id))
         self.schedule = Schedule(sc.schedule, self.cluster, self.nemesis, self.live,
                                  self.recorder, self.rng, scale=sup.scale)
         # --no-progress: the display writes to nowhere rather than being special-cased.
@@ -185,9 +187,20 @@ class Run:
                              self.scenario.params, self.problems)
 
     def external_broker(self) -> BrokerEndpoint | None:
-        """With ``--broker-url``: the run's own vhost there (``harness.scratch``)."""
+        """With ``--broker-url``: the run's own vhost there (``harness.scratch``); for
+        workers the harness does not own, the URL's own vhost, theirs."""
         if not self.opts.broker_url:
             return None
+        if self.opts.backend == vocab.EXTERNAL:
+            from harness.broker import parse_broker_url
+
+            try:
+                ep = parse_broker_url(self.opts.broker_url,
+                                      os.environ.get("HARNESS_MANAGEMENT_URL"))
+            except ValueError as e:
+                raise ClusterError(f"{e}; fix --broker-url") from None
+            credentials.register(ep.password, ep.user)
+            return ep
         self.vhost, ep = open_run_vhost(self.opts.broker_url, self.opts.vhost,
                                         self.scenario, self.run_id, self.recorder)
         return ep

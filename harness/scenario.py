@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -559,3 +559,60 @@ def check_backend(scenario: Scenario, backend: str) -> None:
         why = vocab.unsupported(step.fault, backend)
         if why is not None:
             raise ScenarioError(scenario.path, step.line, f"schedule[{i}].fault", why)
+
+
+# Faults that need no template on --backend external: ``heal`` heals what the
+# templates did; every other fault is one of ``cluster.external.TEMPLATE_FAULTS``.
+_EXTERNAL_NATIVE: Final = frozenset({"heal"})
+# Directives whose tasks end in the deployment's DLQ by design.
+_DLQ_DIRECTIVES: Final = ("fail_always",)
+
+
+def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool) -> None:
+    """ScenarioError (file, line, field) for what ``--backend external`` cannot run or
+    must not do unasked: a fault without a ``--fault-cmd`` template (or one no
+    template can carry: broker and network faults, scale, close-connections), and,
+    without ``--allow-dlq``, tasks that end in the deployment's dead-letter queue
+    (poison, ``fail_always``, ``fail_times`` reaching ``max_attempts``)."""
+    given = set(templates)
+    for i, step in enumerate(scenario.schedule):
+        if step.fault in _EXTERNAL_NATIVE or step.fault in given:
+            continue
+        if step.fault in ("kill", "terminate", "pause", "resume", "restart"):
+            why = (f"{step.fault} on --backend external needs --fault-cmd "
+                   f"{step.fault}=COMMAND (with {{worker}}): see docs/external.md")
+        else:
+            why = (f"{step.fault} is not available on --backend external: its faults are "
+                   "the --fault-cmd templates (kill, terminate, pause, restart)")
+        raise ScenarioError(scenario.path, step.line, f"schedule[{i}].fault", why)
+    if allow_dlq:
+        return
+    wl = scenario.workload
+    max_attempts = scenario.cluster.max_attempts
+    sets = [("workload.directives", wl.directives, False)] + [
+        (f"workload.groups[{i}]", g.directives, g.poison) for i, g in enumerate(wl.groups)]
+    for where, directives, poison in sets:
+        word = ("poison" if poison else
+                next((d for d in _DLQ_DIRECTIVES if d in directives), None))
+        times = directives.get("fail_times")
+        if word is None and times is not None and any(
+                isinstance(v, int | float) and not isinstance(v, bool) and v >= max_attempts
+                for v in times.values):
+            word = "fail_times"
+        if word is not None:
+            raise ScenarioError(
+                scenario.path, _line_of_word(scenario.path, word), f"{where}.{word}",
+                "these tasks end in the deployment's dead-letter queue, which the harness "
+                "does not own; pass --allow-dlq if that queue may receive them")
+
+
+def _line_of_word(path: str, word: str) -> int:
+    """The first line of ``path`` that names ``word`` (0 when unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, text in enumerate(f, 1):
+                if word in text:
+                    return n
+    except OSError:
+        pass
+    return 0

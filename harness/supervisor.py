@@ -65,6 +65,8 @@ class Supervisor:
         worker at once (like a deployment deleted: one by one costs a second per
         worker on docker), each bounded by the grace period and a margin."""
         self._stopping.set()
+        if not self.cluster.owned:
+            return  # the deployment's workers keep running
         grace_s = self.scenario.cluster.grace_s
         cluster = self.cluster
         stoppers = [threading.Thread(target=cluster.terminate, args=(name, grace_s), daemon=True)

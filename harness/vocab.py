@@ -68,6 +68,9 @@ BROKER_SEMANTICS: Final = "broker_semantics"
 
 LOCAL: Final = "local"
 DOCKER: Final = "docker"
+# Workers the harness does not own (``harness.cluster.external``): its faults are the
+# user's command templates, not in any fault's ``backends``.
+EXTERNAL: Final = "external"
 BACKENDS: Final = (LOCAL, DOCKER)
 
 

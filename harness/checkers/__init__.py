@@ -20,6 +20,7 @@ from harness.checkers import (
     distribution,
     exactly_once_ack,
     exactly_one_consumer,
+    facts,
     graceful_shutdown,
     health,
     no_duplicate,
@@ -102,8 +103,11 @@ __all__ = ["CHECKERS", "check_all"]
 
 # Checkers that judge the part of their claim an event preset does not distort, told
 # by this parameter (the reason); any other distorted claim is unknown outright.
-PARTLY_OBSERVABLE: Final[Mapping[str, str]] = {"retry-backoff": retry_backoff.GAPS_UNOBSERVABLE,
-                                               "no-loss": no_loss.UNSEEN_CRASHES}
+PARTLY_OBSERVABLE: Final[Mapping[str, str]] = {
+    "retry-backoff": retry_backoff.GAPS_UNOBSERVABLE,
+    "no-loss": no_loss.UNSEEN_CRASHES,
+    "no-duplicate-processing": no_duplicate.UNSEEN_PROCESSINGS,
+}
 
 
 def _distorted(history: History, claims: Iterable[str]) -> tuple[dict[str, str], bool]:
@@ -145,12 +149,12 @@ LINES_CUT_CLAIMS: Final = frozenset({no_loss.CLAIM, exactly_once_ack.CLAIM, rede
 def _lines_cut(history: History) -> str:
     """Why a kill in this run may have dropped lines already written (the run's
     event preset says its lines can be, ``Preset.lines_cut_by_kill``, and the
-    harness's record has a kill or a crash), else empty."""
+    harness's record has a sudden death: ``facts.sudden_deaths``), else empty."""
     from harness.checkers.index import get
 
     idx = get(history)
     why = idx.capabilities.get("lines_cut_by_kill")
-    if not isinstance(why, str) or not why or not redelivery.find_kills(idx):
+    if not isinstance(why, str) or not why or not facts.sudden_deaths(idx):
         return ""
     return f"{why} (--events {str(idx.capabilities.get('events', '?')).removeprefix('preset:')})"
 

@@ -55,7 +55,6 @@ from typing import Any, Final
 from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import LINES_CUT, ClaimResult, first, unknown
-from harness.checkers.redelivery import find_kills
 from harness.history import Event, History
 
 CLAIM: Final = "exactly-once-ack"
@@ -188,7 +187,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     # task the killed process held may be among them (``facts.cut_by_kill``).
     cut: dict[str, dict[str, Any]] = {}
     if never and params.get(LINES_CUT):
-        cut = facts.cut_by_kill(idx, never, [(k.worker, k.ts) for k in find_kills(idx)])
+        cut = facts.cut_by_kill(idx, never)
         never = never - cut.keys()
 
     explained: dict[str, dict[str, Any]] = {}

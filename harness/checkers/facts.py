@@ -8,7 +8,14 @@ import bisect
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from harness.checkers.index import ConnFault, Index, worker_of
+from harness.checkers.index import (
+    KILL_FAULTS,
+    ConnFault,
+    Index,
+    fault_target,
+    is_fault_invoke,
+    worker_of,
+)
 from harness.history import Event, History
 
 
@@ -156,18 +163,81 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
     return None
 
 
-def cut_by_kill(idx: Index, ids: Iterable[str],
-                kills: Iterable[tuple[str, float]]) -> dict[str, dict[str, Any]]:
+# A receipt line read up to this long after a kill was issued was written before
+# the kill took effect (the docker API's path, the log reader's lag).
+CUT_AFTER_KILL_S: Final = 2.0
+# Only a task that could have ended just before the kill can have its lines in the
+# pipe then: received at most (the run's longest task, observed or asked, plus the
+# longest stall a fault put on the worker) plus this before the kill.
+CUT_SLACK_S: Final = 2.0
+
+
+def sudden_deaths(idx: Index) -> list[tuple[str, float]]:
+    """(worker, ts) of every sudden death of a worker process in the run proper, from
+    the harness's own record: a ``kill`` or ``crash`` fault it invoked (ok), or an exit
+    it did not ask for that a signal ended (a clean exit, or one after the drain,
+    flushes its lines: it is not one)."""
+    out: list[tuple[str, float]] = []
+    for ev in idx.faults:
+        target = fault_target(ev)
+        if (str(ev.get("fault", "")) in KILL_FAULTS and is_fault_invoke(ev)
+                and target not in (None, "broker")):
+            out.append((str(target), ev.ts))
+    end = idx.end_ts
+    for ev in idx.worker_exited:
+        w = worker_of(ev)
+        code = ev.get("code")
+        signalled = ev.get("signal") is not None or (
+            isinstance(code, int) and not isinstance(code, bool) and (code < 0 or code >= 128))
+        if (w is not None and ev.get("requested") is False and signalled
+                and (end is None or ev.ts < end)):
+            out.append((w, ev.ts))
+    return out
+
+
+def longest_task_s(idx: Index) -> float:
+    """The longest processing of the run: asked (``sleep_ms``) or seen (a worker's
+    receipt of an id to its next ``processed`` of it). Only ever widens a window of
+    doubt. One pass over the receipts and processings."""
+    longest = idx.max_sleep_s
+    for w, done in idx.processed.lists.items():
+        last: dict[str, float] = {}
+        recs = sorted(idx.received.lists.get(w, ()), key=lambda e: e.ts)
+        j = 0
+        for p in sorted(done, key=lambda e: e.ts):
+            while j < len(recs) and recs[j].ts <= p.ts:
+                rid = recs[j].id
+                if rid is not None:
+                    last[rid] = recs[j].ts
+                j += 1
+            r = last.get(p.id) if p.id is not None else None
+            if r is not None:
+                longest = max(longest, p.ts - r)
+    return longest
+
+
+def cut_by_kill(idx: Index, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The ids of ``ids`` whose fate a kill may have cut from the worker's lines
-    (only for an event preset whose lines a kill can drop: ``checkers.base.LINES_CUT``):
-    the latest receipt of the id is by a worker W, a kill of W (``kills``: (worker,
-    ts), the harness's own fault record and exits) came after it, nobody received
-    the id again, W did not start again in between (the receipt's process is the
-    one killed), and no worker reported processing it. Not a verdict: the caller
-    makes such an id undecided instead of lost or unsettled, never processed."""
+    (only for an event preset whose lines a kill can drop: ``checkers.base.LINES_CUT``).
+    All from the harness's and the broker's record, the lines only narrowing it:
+
+    - the id's latest receipt is by a worker W, read before a sudden death of W
+      (``sudden_deaths``) took effect (up to ``CUT_AFTER_KILL_S`` after it was
+      issued), and no more than the run's longest task plus W's longest stall plus
+      ``CUT_SLACK_S`` before it: only a task that could have ended just before the
+      kill can have lines still in the pipe then;
+    - W did not start again in between (the receipt's process is the one killed);
+    - nobody received the id again, no line shows it processed, failed, retried,
+      acked or dead-lettered after that receipt;
+    - the broker's final read does not hold it (in a queue or the DLQ: not acked).
+
+    Not a verdict: the caller makes such an id undecided instead of lost or
+    unsettled, never processed."""
     by_worker: dict[str, list[float]] = {}
-    for w, ts in kills:
+    for w, ts in sudden_deaths(idx):
         by_worker.setdefault(w, []).append(ts)
+    if not by_worker:
+        return {}
     for lst in by_worker.values():
         lst.sort()
     starts: dict[str, list[float]] = {}
@@ -175,7 +245,11 @@ def cut_by_kill(idx: Index, ids: Iterable[str],
         started = worker_of(ev)
         if started is not None:
             starts.setdefault(started, []).append(ev.ts)
-    wanted = [i for i in ids if not idx.processed.of(i)]
+    held = idx.final.remaining | idx.final.ids["dlq"]
+    wanted = [i for i in ids if i not in held and not idx.processed.of(i)]
+    if not wanted:
+        return {}
+    task_s = longest_task_s(idx)
     receipts = idx.received.events(wanted)
     out: dict[str, dict[str, Any]] = {}
     for ident in wanted:
@@ -183,14 +257,27 @@ def cut_by_kill(idx: Index, ids: Iterable[str],
         if not recs:
             continue
         last = max(recs, key=lambda e: e.ts)
-        kill_ts = by_worker.get(last.worker or "")
+        w = last.worker or ""
+        kill_ts = by_worker.get(w)
         if not kill_ts:
             continue
-        i = bisect.bisect_left(kill_ts, last.ts)
-        if i < len(kill_ts) and not any(last.ts < t < kill_ts[i]
-                                        for t in starts.get(last.worker or "", ())):
-            out[ident] = {"received_by": last.worker, "received_ts": last.ts,
-                          "killed_ts": kill_ts[i]}
+        i = bisect.bisect_left(kill_ts, last.ts - CUT_AFTER_KILL_S)
+        if i >= len(kill_ts):
+            continue
+        kill = kill_ts[i]
+        window_s = task_s + _longest_stall_s(idx, w) + CUT_SLACK_S
+        if last.ts < kill - window_s:
+            continue
+        lo, hi = min(last.ts, kill), max(last.ts, kill)
+        if any(lo < t < hi for t in starts.get(w, ())):
+            continue  # the receipt is of another process of W than the one killed
+        later = any(e.ts >= last.ts for per in (idx.failed, idx.retry_scheduled,
+                                                idx.acked_retry, idx.dead_lettered)
+                    for e in per.all(ident)) or any(e.ts >= last.ts
+                                                    for e in idx.acked_final.of(ident))
+        if later:
+            continue
+        out[ident] = {"received_by": w, "received_ts": last.ts, "killed_ts": kill}
     return out
 
 

@@ -41,6 +41,9 @@ hit that very connection, for the stale-copy rule).
 audit can gate a release on the invariant rather than on the guide's wording.
 A processing's start is its ``started_ts``, else the worker's latest receipt of
 the id before it, else the ``processed`` ts. Unknown when nothing was processed.
+Read from an event preset in a run where a worker process died
+(``UNSEEN_PROCESSINGS``), a processing may have left no line: a duplicate the lines
+show is judged as always, and no duplicate seen is unknown and not observable.
 """
 
 from __future__ import annotations
@@ -51,10 +54,15 @@ from typing import Any, Final
 
 from harness.checkers import facts
 from harness.checkers import index as ix
-from harness.checkers.base import ClaimResult, first, unknown
+from harness.checkers.base import OBSERVABLE, ClaimResult, first, unknown
 from harness.history import Event, History
 
 CLAIM: Final = "no-duplicate-processing"
+# A reason, set by ``checkers.check_all`` from the run's event preset when a worker
+# process died (``harness.presets``): a processing may have left no line, so the
+# lines' single processings prove nothing. A duplicate the lines do show is still
+# judged (false); what would be true is unknown and not observable.
+UNSEEN_PROCESSINGS: Final = "unseen_processings"
 
 
 def _receipt(recs: list[tuple[float, str | None]], worker: str | None,
@@ -242,5 +250,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             "(at-least-once invariant holds)",
             evidence, expl,
         )
+    if params.get(UNSEEN_PROCESSINGS):
+        # A processing may have left no line: the lines' single processings prove
+        # nothing (a duplicate they do show is judged above, as always).
+        return unknown(CLAIM, str(params[UNSEEN_PROCESSINGS]), **evidence,
+                       **{OBSERVABLE: False})
     return ClaimResult(CLAIM, True, f"all {n_ids} processed task(s) processed exactly once",
                        evidence)

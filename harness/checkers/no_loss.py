@@ -55,7 +55,6 @@ from typing import Any, Final
 from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import LINES_CUT, ClaimResult, first, unknown
-from harness.checkers.redelivery import find_kills
 from harness.history import History
 
 CLAIM: Final = "no-loss"
@@ -93,8 +92,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     # process held may have been processed and acked in the lost lines.
     cut: dict[str, dict[str, Any]] = {}
     if lost and params.get(LINES_CUT):
-        cut = facts.cut_by_kill(idx, lost - fin.ids["dlq"],
-                                [(k.worker, k.ts) for k in find_kills(idx)])
+        cut = facts.cut_by_kill(idx, lost)
         lost -= cut.keys()
     unexpected = idx.ids_where(lambda v: bool(v & ix.PROC) and not v & ix.PUBLISHED)
     counts: dict[str, Any] = {

@@ -217,7 +217,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     # redelivered may have been processed and acked in the lines the kill dropped.
     cut: dict[str, dict[str, Any]] = {}
     if all_not_redelivered and params.get(LINES_CUT):
-        cut = facts.cut_by_kill(idx, all_not_redelivered, [(k.worker, k.ts) for k in kills])
+        cut = facts.cut_by_kill(idx, all_not_redelivered)
         all_not_redelivered -= cut.keys()
     evidence: dict[str, Any] = {
         "kills": len(kills),

@@ -120,6 +120,9 @@ class Cluster(abc.ABC):
     """Base class of the backends (``local``, ``docker``)."""
 
     backend: str = "?"
+    # The harness started the workers and owns the queues: it stops the one at the
+    # end and reads the others destructively. False for ``--backend external``.
+    owned: bool = True
 
     def __init__(self, run_id: str, run_dir: Path, recorder: Recorder) -> None:
         self.run_id = run_id

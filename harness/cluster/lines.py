@@ -20,6 +20,8 @@ timestamp, or the local reader's clock). The rules live here only:
   Dramatiq's ack line is ``processed`` and ``acked`` after a success), and may
   also record ``process_died`` (``vocab.PRESET_EVENT_TYPES``: a pool child's
   death that the framework's own supervisor logs), which no JSON line can;
+- with an ``id_prefix`` (workers the harness does not own), an event of an id
+  without it is another task's (the deployment's own traffic): not recorded;
 - the worker's identity is the harness's name for the source. A ``worker``
   field that names someone else is kept as ``claimed_worker`` and counted;
 - ``ts``: the worker's own ``ts`` when it is a number no later than the time
@@ -59,7 +61,7 @@ class LineReader:
 
     def __init__(self, recorder: Recorder, name: str, pattern: re.Pattern[str] | None,
                  clock: Callable[[], float] = time.time,
-                 translate: Translate | None = None) -> None:
+                 translate: Translate | None = None, id_prefix: str | None = None) -> None:
         self.recorder = recorder
         self.name = name
         self.pattern = pattern
@@ -68,6 +70,10 @@ class LineReader:
         # (so: foreign unless it names one). Called under the lock: it may keep state.
         self.translate = translate
         self.clock = clock
+        # Workers the harness does not own (``--backend external``) also process the
+        # deployment's own tasks: only ids of the run's tasks (this prefix) are events.
+        self.id_prefix = id_prefix
+        self.others = 0
         self._lock = threading.Lock()
         self.foreign = 0
         self.mismatched_worker = 0
@@ -112,6 +118,11 @@ class LineReader:
 
     def _record(self, name: str, ident: Any, claimed: Any, ts: Any, data: dict[str, Any],
                 seen: float, preset: bool = False) -> None:
+        if (self.id_prefix is not None and ident is not None
+                and not str(ident).startswith(self.id_prefix)):
+            with self._lock:
+                self.others += 1
+            return
         if name not in WORKER_EVENT_TYPES and not (preset and name in vocab.PRESET_EVENT_TYPES):
             with self._lock:
                 self.foreign += 1

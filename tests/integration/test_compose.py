@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from compose import compose_cmd, free_port
 
 from harness.broker import BrokerAdmin
 from harness.cluster.base import BrokerEndpoint, ClusterError
@@ -26,22 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TASKS = 60
 UP_TIMEOUT_S = 120
 PROCESS_TIMEOUT_S = 90
-
-
-def compose_cmd() -> list[str]:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
-    if probe.returncode == 0:
-        return ["docker", "compose"]
-    pytest.fail("neither `docker compose` nor `docker-compose` is installed (scripts/setup.sh)")
-
-
-def free_port() -> int:
-    # Below the ephemeral range, so an outgoing connection cannot take it first.
-    from harness.cluster.local import free_port as pick
-
-    return pick()
 
 
 def test_compose_scale_3_consumes_harness_tasks(tmp_path: Path) -> None:

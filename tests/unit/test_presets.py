@@ -481,3 +481,89 @@ def test_a_pool_childs_death_makes_duplicates_unobservable_from_celery_lines() -
     [died] = check_all(run(True).build(), ["no-duplicate-processing"])
     assert died.valid is None and not observable(died), died
     assert "a line may be missing" in died.summary
+
+
+def test_a_cut_needs_a_task_that_could_have_ended_just_before_the_kill() -> None:
+    """x was received a minute before the kill, and no task of the run takes more than
+    a few ms: its lines would have left the pipe long before. Lost, not undecided."""
+    h = start(DRAMATIQ_CAPS).publish("x").received("x", W1, ts=1001.0)
+    for i in range(5):
+        h.publish(f"o{i}").received(f"o{i}", W1, ts=1010.0 + i).processed(f"o{i}", W1)
+        h.acked(f"o{i}", W1)
+    h.fault("kill", W1, ts=1060.0).worker_exited(W1, requested=True, ts=1060.05)
+    assert verdicts(h.finish()) == dict.fromkeys(CUT_CLAIMS, False)
+
+
+def test_a_worker_that_exits_on_its_own_cleanly_cuts_no_line() -> None:
+    """No fault; W1 exits by itself with code 0 (its pipe flushed): x is lost. So is one
+    held by a worker that a signal ended after the drain."""
+    for code, signal, after_drain in ((0, None, False), (-9, 9, True)):
+        h = start(DRAMATIQ_CAPS).publish("x").publish("y").received("x", W1, ts=1001.0)
+        h.task("y", W2)
+        if not after_drain:
+            h.worker_exited(W1, requested=False, ts=1001.5, code=code, signal=signal)
+        h.finish()
+        if after_drain:
+            h.worker_exited(W1, requested=False, code=code, signal=signal)
+        [loss] = check_all(h.build(), ["no-loss"])
+        assert loss.valid is False, (code, loss)
+
+
+def test_a_task_whose_lines_show_its_failure_is_not_cut() -> None:
+    """'Retries exceeded' was read before the kill: x was not processed, and it is in no
+    queue: lost whatever the pipe held after."""
+    h = start(DRAMATIQ_CAPS).publish("x").publish("y").received("x", W1, ts=1001.0)
+    h.failed("x", W1, ts=1001.2).task("y", W2)
+    h.fault("kill", W1, ts=1002.0).worker_exited(W1, requested=True, ts=1002.05)
+    results = {r.claim: r.valid for r in check_all(h.finish().build(),
+                                                   ["no-loss", "exactly-once-ack"])}
+    assert results == {"no-loss": False, "exactly-once-ack": False}
+
+
+def test_a_task_the_broker_still_holds_is_not_cut() -> None:
+    """The final read finds x in the main queue (after an incomplete drain) or, unasked,
+    in the DLQ: the broker never had its ack, so no pipe can explain it."""
+    for main, dlq in ((["x"], []), ([], ["x"])):
+        h = start(DRAMATIQ_CAPS).publish("x").publish("y").received("x", W1, ts=1001.0)
+        h.task("y", W2).fault("kill", W1, ts=1002.0).worker_exited(W1, requested=True)
+        h.finish(main=main, dlq=dlq, complete=False)
+        got = {r.claim: r for r in check_all(h.build(), CUT_CLAIMS)}
+        assert got["redelivery-after-crash"].valid is False, got
+        assert "lines_cut_ids" not in got["redelivery-after-crash"].evidence
+        if dlq:
+            assert got["no-loss"].valid is False, got["no-loss"]
+
+
+def test_a_receipt_read_just_after_the_kill_was_issued_can_be_cut() -> None:
+    """The kill takes effect some ms after it is issued, and a preset's line carries the
+    time the harness read it: a receipt read 20 ms after the kill is the killed
+    process's, its ack line may be in the dropped pipe."""
+    h = start(DRAMATIQ_CAPS).publish("x").publish("y").task("y", W2)
+    h.fault("kill", W1, ts=1002.0).received("x", W1, ts=1002.02)
+    h.worker_exited(W1, requested=True, ts=1002.1)
+    results = check_all(h.finish().build(), CUT_CLAIMS)
+    assert [r.valid for r in results] == [None, None, None], results
+
+
+def test_a_task_cannot_print_celerys_death_line() -> None:
+    """Celery logs a task's print as a WARNING of its pool child: no process death."""
+    spec = WorkerSpec(events="celery")
+    rec = Recorder(None)
+    reader = LineReader(rec, "worker-1", spec.events_pattern(),
+                        translate=spec.event_translator())
+    reader.feed("[2026-12-06 21:00:00,000: WARNING/ForkPoolWorker-1] Process 'x' pid:1 "
+                "exited with 'signal 9 (SIGKILL)'")
+    reader.feed("[2026-12-06 21:00:00,000: WARNING/ForkPoolWorker-1] " + CHILD_DIED)
+    assert [e.type for e in rec.snapshot() if e.source == "worker-1"] == []
+
+
+def test_a_duplicate_the_lines_show_stays_false_after_a_death() -> None:
+    """A process death hides processings; it cannot hide two the lines show."""
+    caps = {"directives": True, "health": False, "events": "preset:celery",
+            "unobservable_after_death": {"no-duplicate-processing": "a line may be missing"}}
+    h = start(caps).publish("t").received("t", W1, ts=1001.0).processed("t", W1)
+    h.add(vocab.PROCESS_DIED, W1, worker=W1, ts=1001.5, process="ForkPoolWorker-2",
+          pid="4242", status="signal 9 (SIGKILL)")
+    h.received("t", W2, ts=1002.0).processed("t", W2)
+    [dup] = check_all(h.finish().build(), ["no-duplicate-processing"])
+    assert dup.valid is False, dup

@@ -1,0 +1,411 @@
+"""``--backend external``: workers the harness does not own.
+
+A deployment (Compose, Kubernetes) already runs the workers on its own broker. The
+harness publishes its own tasks, tagged with the run's id prefix, to their queue,
+follows their logs through a command the user gives (``--worker-logs``), and
+injects faults through command templates (``--fault-cmd NAME=TEMPLATE``). It never
+starts, stops or consumes for the deployment: at the end the workers keep running
+and the queues are only counted (``harness.drain.BrokerWatch`` with
+``read_ids=False``), so what needs the final destructive read is judged from the
+broker's counts and the events, or is unknown with the reason.
+
+The log follower: one command (``docker compose logs -f --no-color --tail 0
+worker``, or a Kubernetes follower that also picks up pods created during the run;
+see docs/external.md) whose every stdout line starts with the name of the worker
+that wrote it, as both tools write it: Compose's ``NAME  | line`` (v1 and v2) or
+``kubectl logs --prefix``'s ``[pod/NAME/CONTAINER] line``. The name is the worker's
+identity in the history and the ``{worker}`` of the fault templates. Only events
+of this run's tasks (ids with the run's prefix) and id-less worker events are
+recorded: the deployment's other traffic is none of the run's business.
+
+A worker is new when its name is first seen, and a new process of a name the
+harness killed or terminated when that name writes again more than
+``RESTART_SLACK_S`` after the fault returned (a line of the dead process can still
+be on its way): both recorded as ``worker_started`` by the harness.
+
+Faults: each template names one fault and is run without a shell (split once,
+then ``{worker}`` and ``{n}`` filled in per argument, so a worker's name cannot
+inject a command), bounded by ``FAULT_CMD_TIMEOUT_S``. A template whose command is
+known to be another fault than its name is refused (``kubectl delete pod`` sends
+SIGTERM first, even with ``--grace-period=0 --force``: a terminate, not a kill).
+Written by hand: no library follows a deployment's logs by worker and runs an
+orchestrator's commands as faults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final
+
+from harness import vocab
+from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
+from harness.cluster.lines import LineReader
+from harness.history import Recorder
+
+# The faults a template can carry (``resume`` heals ``pause``; ``restart`` starts a
+# worker again where the scenario's restart policy asks for it).
+TEMPLATE_FAULTS: Final = ("kill", "terminate", "pause", "resume", "restart")
+PLACEHOLDERS: Final = frozenset({"worker", "n"})
+FAULT_CMD_TIMEOUT_S: Final = 60.0
+FOLLOWER_STOP_S: Final = 5.0
+# A line of a killed worker's old process can still be on its way through the
+# follower this long after the kill returned.
+RESTART_SLACK_S: Final = 1.0
+WORKER_NAME_MAX: Final = 64
+# Compose (v1 ``worker_1  | ``, v2 ``worker-1  | ``) or ``kubectl logs --prefix``.
+PREFIX_PATTERN: Final = re.compile(
+    r"^(?:\[pod/(?P<pod>[^/\]\s]+)/[^\]\s]*\]|(?P<name>[A-Za-z0-9][\w.-]*)\s+\|)\s?(?P<line>.*)$")
+# Commands known to be another fault than the one they are given as: (fault given,
+# pattern over the command) -> what it really is.
+_MISLABELLED: Final = (
+    ("kill", re.compile(r"\bkubectl\b.*\bdelete\b"),
+     "kubectl delete sends SIGTERM first, even with --grace-period=0 --force: a "
+     "terminate, not a kill (give it as terminate=...; a kill needs e.g. "
+     "kubectl exec {worker} -- kill -KILL 1)"),
+    ("kill", re.compile(r"\b(docker(-compose)?|docker compose|podman)\b.*\b(stop|rm)\b"),
+     "stop sends SIGTERM and kills only after a grace period: a terminate, not a kill "
+     "(give it as terminate=...; a kill is docker kill)"),
+    ("terminate", re.compile(r"\bkill\b.*(-9\b|-KILL\b|-s\s*KILL\b|SIGKILL)"),
+     "SIGKILL is a kill, not a terminate (give it as kill=...)"),
+    ("terminate", re.compile(r"\b(docker(-compose)?|docker compose|podman)\b\s.*\bkill\b"),
+     "docker kill sends SIGKILL: a kill, not a terminate (give it as kill=..., and a "
+     "terminate as docker stop)"),
+)
+
+
+@dataclass(frozen=True)
+class FaultCommands:
+    """``--fault-cmd NAME=TEMPLATE`` parsed and checked: fault -> argv template."""
+
+    templates: Mapping[str, tuple[str, ...]]
+
+    @classmethod
+    def parse(cls, items: Iterable[str]) -> FaultCommands:
+        """ValueError (one line, what to do) for a malformed or mislabelled item."""
+        out: dict[str, tuple[str, ...]] = {}
+        for item in items:
+            name, sep, template = item.partition("=")
+            name = name.strip()
+            if not sep or not template.strip():
+                raise ValueError(f"--fault-cmd {item!r}: give NAME=COMMAND, e.g. "
+                                 "kill='docker kill myapp-{worker}'")
+            if name not in TEMPLATE_FAULTS:
+                raise ValueError(f"--fault-cmd {name}: not a fault a command can carry; use "
+                                 f"{', '.join(TEMPLATE_FAULTS)}")
+            if name in out:
+                raise ValueError(f"--fault-cmd {name} given twice")
+            try:
+                argv = tuple(shlex.split(template))
+            except ValueError as exc:
+                raise ValueError(f"--fault-cmd {name}: {exc}") from None
+            for arg in argv:
+                for field in _fields(arg):
+                    if field not in PLACEHOLDERS:
+                        raise ValueError(f"--fault-cmd {name}: unknown placeholder {{{field}}}; "
+                                         "use {worker} (and {n} for a count)")
+            for fault, pattern, why in _MISLABELLED:
+                if fault == name and pattern.search(template):
+                    raise ValueError(f"--fault-cmd {name}: {why}")
+            out[name] = argv
+        if "pause" in out and "resume" not in out:
+            raise ValueError("--fault-cmd pause needs resume=... too: every pause is healed")
+        return cls(out)
+
+    def argv(self, fault: str, worker: str, n: int | None = None) -> list[str]:
+        """The command of ``fault`` on ``worker``; ClusterError without a template."""
+        template = self.templates.get(fault)
+        if template is None:
+            raise ClusterError(f"no --fault-cmd {fault}=... was given for --backend external")
+        values = {"worker": worker, "n": "" if n is None else str(n)}
+        return [arg.format_map(values) for arg in template]
+
+    def describe(self) -> dict[str, str]:
+        """fault -> its template, as result.json and the rerun name it."""
+        return {k: shlex.join(v) for k, v in sorted(self.templates.items())}
+
+
+def _fields(arg: str) -> list[str]:
+    import string
+
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(arg) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"--fault-cmd: {arg!r}: {exc}") from None
+
+
+def split_prefix(line: str) -> tuple[str, str] | None:
+    """(worker name, the worker's own line) of a follower's line, or None for a line
+    without a worker prefix (the follower's own chatter)."""
+    m = PREFIX_PATTERN.match(line)
+    if m is None:
+        return None
+    name = m.group("pod") or m.group("name")
+    if not name:
+        return None
+    return re.sub(r"[^\w.-]", "_", name)[:WORKER_NAME_MAX], m.group("line")
+
+
+class LogFollower:
+    """Runs the ``--worker-logs`` command and hands each line to the reader of the
+    worker its prefix names (one ``LineReader`` per name, made on first sight)."""
+
+    def __init__(self, argv: list[str], recorder: Recorder, spec: WorkerSpec,
+                 id_prefix: str, log_dir: Path,
+                 on_line: Callable[[str, float], None]) -> None:
+        self.argv = argv
+        self.recorder = recorder
+        self.spec = spec
+        self.id_prefix = id_prefix
+        self.log_dir = log_dir
+        self.on_line = on_line
+        self.readers: dict[str, LineReader] = {}
+        self._logs: dict[str, IO[str]] = {}
+        self._lock = threading.Lock()
+        self.proc: subprocess.Popen[str] | None = None
+        self._threads: list[threading.Thread] = []
+        self.unprefixed = 0
+
+    def start(self) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1,
+                start_new_session=True)
+        except OSError as exc:
+            raise ClusterError(f"--worker-logs {shlex.join(self.argv)}: {exc}") from None
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
+        err = threading.Thread(target=self._pump_stderr, args=(self.proc.stderr,), daemon=True)
+        self._threads = [out, err]
+        for t in self._threads:
+            t.start()
+
+    def feed(self, raw: str, seen: float | None = None) -> None:
+        seen = time.time() if seen is None else seen
+        split = split_prefix(raw.rstrip("\n"))
+        if split is None:
+            self.unprefixed += 1
+            self._write("follower", raw)
+            return
+        name, line = split
+        with self._lock:
+            reader = self.readers.get(name)
+            if reader is None:
+                reader = self.readers[name] = LineReader(
+                    self.recorder, name, self.spec.events_pattern(),
+                    translate=self.spec.event_translator(), id_prefix=self.id_prefix)
+        self.on_line(name, seen)
+        self._write(name, line + "\n")
+        reader.feed(line, seen)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self.readers)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(FOLLOWER_STOP_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(FOLLOWER_STOP_S)
+        for t in self._threads:
+            t.join(FOLLOWER_STOP_S)
+        with self._lock:
+            for f in self._logs.values():
+                with contextlib.suppress(OSError):
+                    f.close()
+            self._logs.clear()
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def _pump(self, stream: IO[str]) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for raw in stream:
+                self.feed(raw)
+
+    def _pump_stderr(self, stream: IO[str]) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for raw in stream:
+                self._write("follower", raw)
+
+    def _write(self, name: str, text: str) -> None:
+        with self._lock:
+            f = self._logs.get(name)
+            if f is None:
+                try:
+                    f = self._logs[name] = open(  # noqa: SIM115 - closed in stop()
+                        self.log_dir / f"{name}.log", "a", encoding="utf-8")
+                except OSError:
+                    return
+            with contextlib.suppress(OSError, ValueError):
+                f.write(text)
+                f.flush()
+
+
+class ExternalCluster(Cluster):
+    """See the module doc."""
+
+    backend = vocab.EXTERNAL
+    owned = False
+
+    def __init__(self, run_id: str, run_dir: Path, recorder: Recorder, worker_logs: str,
+                 faults: FaultCommands, id_prefix: str,
+                 runner: Callable[[list[str], float], subprocess.CompletedProcess[str]]
+                 | None = None) -> None:
+        super().__init__(run_id, run_dir, recorder)
+        self.worker_logs = worker_logs
+        self.faults = faults
+        self.id_prefix = id_prefix
+        self.follower: LogFollower | None = None
+        self._run_cmd = runner or _run
+        self._lock = threading.Lock()
+        # Names the harness took down (kill, terminate) -> when the fault returned.
+        self._down: dict[str, float] = {}
+        self._paused: set[str] = set()
+        self._seen: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start_broker(self, external: BrokerEndpoint | None = None,
+                     while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
+        from harness.broker import BrokerAdmin
+
+        if external is None:
+            raise ClusterError("--backend external needs --broker-url: the deployment's broker")
+        admin = BrokerAdmin(external)
+        try:
+            admin.wait_ready(15.0)
+        finally:
+            admin.close()
+        if while_booting is not None:
+            while_booting()
+        return external
+
+    def start_worker(self, name: str, spec: WorkerSpec) -> None:
+        """The deployment runs the workers: the first call starts the log follower."""
+        with self._lock:
+            if self.follower is not None:
+                return
+            self.follower = LogFollower(shlex.split(self.worker_logs), self.recorder, spec,
+                                        self.id_prefix, self.run_dir / "logs", self._on_line)
+        self.follower.start()
+
+    def stop(self) -> None:
+        """Stops the follower; the deployment's workers keep running: resumed if the
+        harness paused them, and started again with the ``restart`` template if it
+        took them down (without one, the orchestrator's policy decides)."""
+        with contextlib.suppress(Exception):
+            self.heal_all()
+        with self._lock:
+            down = sorted(self._down)
+        if "restart" in self.faults.templates:
+            for name in down:
+                with contextlib.suppress(ClusterError):
+                    self._fault("restart", name)
+        follower = self.follower
+        if follower is not None:
+            follower.stop()
+
+    # -- what is there ---------------------------------------------------------------
+    def workers(self) -> list[str]:
+        return self.follower.names() if self.follower is not None else []
+
+    def is_running(self, name: str) -> bool:
+        with self._lock:
+            return name not in self._down
+
+    # -- faults ------------------------------------------------------------------------
+    def kill(self, name: str) -> None:
+        self._fault("kill", name)
+        self._went_down(name, requested=True, signal=9)
+
+    def terminate(self, name: str, grace_s: float) -> int | None:
+        self._fault("terminate", name, timeout_s=grace_s + FAULT_CMD_TIMEOUT_S)
+        self._went_down(name, requested=True, signal=15)
+        return None
+
+    def pause(self, name: str) -> None:
+        self._fault("pause", name)
+        with self._lock:
+            self._paused.add(name)
+
+    def resume(self, name: str) -> None:
+        with self._lock:
+            if name not in self._paused:
+                return
+        self._fault("resume", name)
+        with self._lock:
+            self._paused.discard(name)
+
+    def restart(self, name: str) -> None:
+        """The ``restart`` template, if given: without one the orchestrator's own
+        policy starts the worker again, seen when its name writes again."""
+        if "restart" in self.faults.templates:
+            self._fault("restart", name)
+
+    def heal_all(self) -> None:
+        with self._lock:
+            paused = sorted(self._paused)
+        for name in paused:
+            with contextlib.suppress(ClusterError):
+                self.resume(name)
+
+    # -- internals -----------------------------------------------------------------------
+    def _fault(self, fault: str, name: str, timeout_s: float = FAULT_CMD_TIMEOUT_S) -> None:
+        argv = self.faults.argv(fault, name)
+        try:
+            done = self._run_cmd(argv, timeout_s)
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"--fault-cmd {fault} on {name}: no answer in {timeout_s:g} s "
+                               f"({shlex.join(argv)})") from None
+        except OSError as exc:
+            raise ClusterError(f"--fault-cmd {fault} on {name}: {exc}") from None
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or [""]
+            raise ClusterError(f"--fault-cmd {fault} on {name} exited {done.returncode}: "
+                               f"{tail[0][:300]}")
+
+    def _went_down(self, name: str, requested: bool, signal: int) -> None:
+        now = time.time()
+        with self._lock:
+            self._down[name] = now
+        # The orchestrator said the command worked: the harness records the exit it
+        # caused (it cannot watch the process of a worker it does not own).
+        self.recorder.record(vocab.WORKER_EXITED, "cluster", worker=name, ts=now,
+                             code=-signal, signal=signal, requested=requested,
+                             seen="fault command")
+
+    def _on_line(self, name: str, seen: float) -> None:
+        """A line of ``name``: its first ever, or its first after the harness took it
+        down (past the slack), starts a process of that name in the history."""
+        with self._lock:
+            down_at = self._down.get(name)
+            first = name not in self._seen
+            self._seen.add(name)
+            reborn = down_at is not None and seen > down_at + RESTART_SLACK_S
+            if reborn:
+                del self._down[name]
+        if first or reborn:
+            self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name, ts=seen,
+                                 seen="log line")
+
+
+def _run(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+                          check=False, stdin=subprocess.DEVNULL)

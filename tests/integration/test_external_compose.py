@@ -1,0 +1,78 @@
+"""``--backend external`` against this project's docker-compose.yml deployment (three
+reference workers that the harness neither starts nor stops): the guide's crash
+test through a ``docker kill`` hook, the workers' logs followed through
+``docker compose logs``, and the deployment left as found: its queues hold what
+they held, every worker runs again (the ``restart`` hook), nothing of the
+harness's is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from compose import Deployment
+
+pytestmark = [pytest.mark.docker, pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 300
+
+
+def queues(dep: Deployment) -> dict[str, int]:
+    """Every queue of the deployment's vhost and its message count (a passive declare:
+    the management API's counts lag)."""
+    admin = dep.admin()
+    try:
+        names = [q.name for q in admin.list_queues("")]
+        return {name: admin.passive_depth(name) or 0 for name in names}
+    finally:
+        admin.close()
+
+
+def test_crash_recovery_on_a_compose_deployment_through_its_hooks(tmp_path: Path) -> None:
+    dep = Deployment(f"rmqh-ext-{os.getpid()}")
+    try:
+        dep.up(workers=3)
+        before_queues = queues(dep)
+        before_running = dep.containers()
+        assert len(before_running) == 4  # the broker and three workers
+        sep = dep.separator
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness", "run",
+             str(ROOT / "scenarios" / "crash-recovery.yaml"), "--backend", "external",
+             "--broker-url", f"{dep.url}?management_port={dep.mgmt_port}",
+             "--worker-logs", " ".join([*dep.base, "logs", "-f", "--no-color", "--tail=0",
+                                        "worker"]),
+             "--fault-cmd", f"kill=docker kill {dep.project}{sep}{{worker}}",
+             "--fault-cmd", f"restart=docker start {dep.project}{sep}{{worker}}",
+             "--capabilities", "directives", "--out", str(tmp_path), "--no-progress"],
+            cwd=ROOT, env=dep.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+            check=False)
+        results = sorted(tmp_path.glob("*/result.json"))
+        assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
+        data = json.loads(results[-1].read_text())
+        claims = {c["claim"]: c for c in data["claims"]}
+        # The docker backend's verdicts on the reference worker: every invariant holds.
+        for claim in ("no-loss", "exactly-once-ack", "redelivery-after-crash",
+                      "no-duplicate-processing"):
+            assert claims[claim]["invariant"] == "true", claims[claim]
+        evidence = claims["redelivery-after-crash"]["evidence"]
+        assert evidence["kills"] == 1 and evidence["in_flight"] > 0, evidence
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert "guest:guest" not in proc.stdout + proc.stderr  # the password is never printed
+        history = (results[-1].parent / "history.jsonl").read_text()
+        assert "guest:guest" not in history
+        # The workers are named by Compose's log prefixes, the harness's record of them.
+        killed = evidence["per_kill"][0]["worker"]
+        assert killed.startswith("worker"), evidence
+        # Left as found: the queues hold what they held (the harness never consumes
+        # from them), and every worker runs again.
+        assert queues(dep) == before_queues
+        assert dep.containers() == before_running
+    finally:
+        dep.down()
+    assert dep.containers(running_only=False) == []
