@@ -393,3 +393,35 @@ def write_audit_report(path: Path, audit: Mapping[str, Any]) -> Path:
     page.plot("plot-redelivery", redelivery_figure(crash[0]) if crash else None,
               "no run judged redelivery-after-crash")
     return page.write(path)
+
+
+def queue_figure(samples: Sequence[Any]) -> Any:
+    """A load run's queue over time (``loadgen.QueueSample``): ready and unacked
+    messages, and on a second axis the consumers and the Locust users; None with no
+    sample."""
+    if not samples:
+        return None
+    import plotly.graph_objects as go
+
+    t = [s.t_s for s in samples]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=t, y=[s.ready for s in samples], name="ready (queue depth)",
+                             mode="lines"))
+    fig.add_trace(go.Scatter(x=t, y=[s.unacked for s in samples], name="unacked",
+                             mode="lines"))
+    fig.add_trace(go.Scatter(x=t, y=[s.consumers for s in samples], name="consumers",
+                             mode="lines", line_shape="hv", yaxis="y2"))
+    fig.add_trace(go.Scatter(x=t, y=[s.users for s in samples], name="Locust users",
+                             mode="lines", line_shape="hv", line_dash="dot", yaxis="y2"))
+    fig.update_layout(title="the queue under load", xaxis_title="s since the test started",
+                      yaxis_title="messages",
+                      yaxis2={"title": "consumers, users", "overlaying": "y", "side": "right",
+                              "rangemode": "tozero"})
+    return fig
+
+
+def write_queue_report(path: Path, samples: Sequence[Any], title: str) -> Path:
+    """One page with the queue over time (``queue_figure``), offline (plotly inline)."""
+    page = _Page(title)
+    page.plot("plot-queue", queue_figure(samples), "no sample of the queue was taken")
+    return page.write(path)

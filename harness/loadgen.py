@@ -350,3 +350,62 @@ def body_maker(id_prefix: str,
                          f'"directives":{tail}}}').encode()
 
     return make
+
+
+# -- the load's shape and the queue over time ------------------------------------------
+
+@dataclass(frozen=True)
+class QueueSample:
+    """The queue as the management API showed it, ``t_s`` after the test started
+    (None: that read failed), with the Locust users running then."""
+
+    t_s: float
+    users: int
+    ready: int | None
+    unacked: int | None
+    consumers: int | None
+
+
+QUEUE_SAMPLE_FIELDS: Final = ("t_s", "users", "ready", "unacked", "consumers")
+# Samples kept per run: one a second for more than a day.
+QUEUE_SAMPLES_MAX: Final = 100_000
+
+
+def ramp_users(t_s: float, peak: int, ramp_s: float, hold_s: float) -> int | None:
+    """The guide's Black Friday: users from 1 up to ``peak`` over ``ramp_s``, ``peak``
+    for ``hold_s``, back down to 1 over ``ramp_s``; None once it is over."""
+    if peak < 1 or ramp_s < 0 or hold_s < 0:
+        raise ValueError("peak >= 1, ramp_s >= 0 and hold_s >= 0")
+    if t_s < 0:
+        return 1
+    if t_s < ramp_s:
+        return max(1, round(1 + (peak - 1) * t_s / ramp_s))
+    if t_s < ramp_s + hold_s:
+        return peak
+    down = t_s - ramp_s - hold_s
+    if down < ramp_s:
+        return max(1, round(peak - (peak - 1) * down / ramp_s))
+    return None
+
+
+def queue_summary(samples: list[QueueSample]) -> str:
+    """One line: how deep the queue got and when, and the consumers' range."""
+    read = [s for s in samples if s.ready is not None]
+    if not read:
+        return f"{len(samples)} sample(s), none read (the management API did not answer)"
+    top = max(read, key=lambda s: (s.ready or 0) + (s.unacked or 0))
+    consumers = [s.consumers for s in read if s.consumers is not None]
+    users = max(s.users for s in samples)
+    return (f"{len(samples)} sample(s) over {samples[-1].t_s:g} s; deepest "
+            f"{(top.ready or 0) + (top.unacked or 0)} (ready {top.ready}, unacked "
+            f"{top.unacked}) at {top.t_s:g} s with {top.users} user(s); consumers "
+            f"{min(consumers, default=0)}..{max(consumers, default=0)}; users up to {users}")
+
+
+def queue_samples_csv(samples: list[QueueSample]) -> str:
+    """The samples as CSV text (a header, then one row each; an unread value empty)."""
+    rows = [",".join(QUEUE_SAMPLE_FIELDS)]
+    for s in samples:
+        rows.append(",".join("" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+                             for v in (s.t_s, s.users, s.ready, s.unacked, s.consumers)))
+    return "\n".join(rows) + "\n"

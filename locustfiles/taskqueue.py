@@ -73,13 +73,17 @@ from harness.broker import BrokerAdmin, QueueInfo, parse_broker_url
 from harness.cluster.base import BrokerEndpoint, ClusterError
 from harness.loadgen import (
     MAX_WINDOW,
+    QUEUE_SAMPLES_MAX,
     Completed,
     ConfirmWindow,
     Ledger,
     LoadFacts,
+    QueueSample,
     Settled,
     body_maker,
     judge_load,
+    queue_samples_csv,
+    queue_summary,
 )
 from harness.vocab import EXIT_UNDECIDED, run_word
 
@@ -133,6 +137,12 @@ def _options(parser: Any) -> None:
     parser.add_argument("--max-tasks", type=int, default=100_000,
                         help="stop publishing after this many tasks (all users of all "
                              "processes)")
+    parser.add_argument("--queue-sample-s", type=float, default=1.0,
+                        help="sample the queue's depth, unacked and consumers this often "
+                        "(0: never); written beside --queue-report as CSV")
+    parser.add_argument("--queue-report", default="",
+                        help="write the queue over time here: a plot (HTML, offline) and "
+                        "the samples beside it (.csv)")
     parser.add_argument("--drain-timeout-s", type=float, default=60.0,
                         help="after the run, how long the queue may take to empty")
 
@@ -188,6 +198,8 @@ class _Run:
     problem: str | None = None
     ledger: Ledger | None = None
     completions: _Completions | None = None
+    samples: list[QueueSample] = []  # the queue over time (the master, or alone)
+    sampler: gevent.Greenlet | None = None
     finals: dict[str, dict[str, Any]] = {}  # the master: each worker's final report
     shared: set[str] = set()  # the master: the workers that got a share
     late_warned = False
@@ -199,6 +211,7 @@ class _Run:
         cls.published = cls.publish_failures = cls.connect_errors = 0
         cls.quota = quota
         cls.outbox, cls.channels, cls.finals, cls.shared = [], [], {}, set()
+        cls.samples = []
         cls.run_id = uuid.uuid4().hex[:8]  # ids unique to each test
         cls.problem = None
         cls.ledger = Ledger(max(1, quota or 1))
@@ -218,8 +231,10 @@ def _init(environment: Environment, **_: Any) -> None:
         problems.append("--sleep-ms must be 0..600000")
     if not 0 <= o.drain_timeout_s <= 3600:
         problems.append("--drain-timeout-s must be 0..3600")
-    if o.headless and not o.run_time:
+    if o.headless and not o.run_time and environment.shape_class is None:
         problems.append("a headless load run must stop by itself: give --run-time (-t)")
+    if not (o.queue_sample_s == 0 or 0.1 <= o.queue_sample_s <= 3600):
+        problems.append("--queue-sample-s must be 0 (never) or 0.1..3600")
     try:
         endpoint = _endpoint(o)
     except ValueError as exc:
@@ -339,8 +354,61 @@ def _start(environment: Environment, **_: Any) -> None:
     else:
         _Run.reply_to = _Run.completions.queue
     _baseline(o)
+    if _Run.sampler is not None:
+        _Run.sampler.kill(block=False)
+    _Run.sampler = (gevent.spawn(_sample_queue, environment, o.queue, o.queue_sample_s)
+                    if o.queue_sample_s > 0 and _Run.admin is not None else None)
     if isinstance(runner, MasterRunner):
         _setup_workers(runner, o.max_tasks)
+
+
+def _sample_queue(environment: Environment, queue: str, every_s: float) -> None:
+    """The queue's depth, unacked and consumers over the run and its drain (the
+    management API's counts, which lag by its statistics interval), with the users
+    then: the load's shape against what the workers made of it."""
+    t0 = time.monotonic()
+    while len(_Run.samples) < QUEUE_SAMPLES_MAX:
+        admin = _Run.admin
+        if admin is None:
+            return
+        try:
+            info = admin.queue_info(queue)
+        except ClusterError:
+            info = None
+        runner = environment.runner
+        _Run.samples.append(QueueSample(
+            t_s=round(time.monotonic() - t0, 3),
+            users=runner.user_count if runner is not None else 0,
+            ready=info.ready if info is not None else None,
+            unacked=info.unacked if info is not None else None,
+            consumers=info.consumers if info is not None else None))
+        gevent.sleep(every_s)
+
+
+def _write_queue_report(o: Any) -> None:
+    """The samples as CSV and a plot (``--queue-report``), paths printed."""
+    if _Run.sampler is not None:
+        _Run.sampler.kill(block=True, timeout=5)
+        _Run.sampler = None
+    if not _Run.samples:
+        return
+    print(f"taskqueue queue: {queue_summary(_Run.samples)}", flush=True)
+    if not o.queue_report:
+        return
+    from pathlib import Path
+
+    from harness.htmlreport import write_queue_report
+
+    html_path = Path(o.queue_report)
+    csv_path = html_path.with_suffix(".csv")
+    try:
+        csv_path.write_text(queue_samples_csv(_Run.samples), encoding="utf-8")
+        write_queue_report(html_path, _Run.samples, f"queue {o.queue} under load")
+    except OSError as exc:
+        print(f"taskqueue: the queue report was not written: {exc}", flush=True)
+        return
+    print(f"taskqueue queue report: {html_path} ({len(_Run.samples)} samples; {csv_path})",
+          flush=True)
 
 
 def _baseline(o: Any) -> None:
@@ -384,6 +452,7 @@ def _check(environment: Environment, **_: Any) -> None:
     except _Undecided as exc:
         code, text = EXIT_UNDECIDED, str(exc)
     finally:
+        _write_queue_report(_opts(environment))
         _Run.admin.close()
         if _Run.completions is not None:
             _Run.completions.close()

@@ -169,3 +169,24 @@ def test_harness_report_rebuilds_a_page_and_refuses_what_is_not_a_run(tmp_path: 
                        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
     assert r.returncode == 2 and "give a run directory or an audit" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_load_runs_queue_plot_renders_offline(tmp_path: Path) -> None:
+    """The load file's --queue-report: depth, unacked, consumers and users drawn."""
+    from harness.htmlreport import write_queue_report
+    from harness.loadgen import QueueSample
+
+    samples = [QueueSample(t_s=float(t), users=min(t, 8, 16 - t) or 1,
+                           ready=max(0, 40 * t - 3 * t * t), unacked=10, consumers=3)
+               for t in range(16)]
+    page = write_queue_report(tmp_path / "queue.html", samples, "queue tasks under load")
+    text = page.read_text()
+    assert not re.search(r"""<(script|link|img|iframe)\b[^>]*(src|href)=["']?https?:""", text)
+    base = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000",
+            "--host-resolver-rules=MAP * ~NOTFOUND"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=BROWSER_TIMEOUT_S, check=False)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    chunk = dom.stdout[dom.stdout.find('id="plot-queue"'):]
+    assert "main-svg" in chunk and chunk.count('class="trace scatter') >= 4, chunk[:2000]

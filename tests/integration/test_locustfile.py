@@ -211,6 +211,36 @@ def test_a_headless_run_must_be_bounded_in_time(cluster: LocalCluster) -> None:
     assert "give --run-time" in proc.stderr
 
 
+def test_black_friday_ramps_up_holds_ramps_down_and_plots_the_queue(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """locustfiles/blackfriday.py: the shape ends the run by itself; the queue is
+    sampled through the run and its drain, and the users follow the ramp."""
+    assert cluster.endpoint is not None
+    cluster.start_worker("w5", WorkerSpec(env={"RABBITMQ_QUEUE": "load.bf",
+                                               "WORKER_CONCURRENCY": "10"}))
+    assert _wait_queue(cluster, "load.bf")
+    report = tmp_path / "bf.html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(REPO / "locustfiles" / "blackfriday.py"),
+         "--headless", "--only-summary", "--amqp-url", cluster.endpoint.amqp_url,
+         "--management-url", cluster.endpoint.management_url, "--queue", "load.bf",
+         "--peak-users", "4", "--ramp-s", "3", "--hold-s", "2", "--rate-per-user", "10",
+         "--sleep-ms", "5", "--drain-timeout-s", "30", "--queue-sample-s", "0.5",
+         "--queue-report", str(report)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    line = check_line(proc)
+    assert proc.returncode == 0, line
+    assert report.is_file() and "plot-queue" in report.read_text()
+    with report.with_suffix(".csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    users = [int(r["users"]) for r in rows]
+    peak_at = users.index(max(users))
+    assert max(users) == 4 and users[0] <= 2, users  # ramped up from the start...
+    assert min(users[peak_at:]) < 4, users  # ...and back down before the end
+    assert {r["consumers"] for r in rows if r["consumers"]} == {"1"}, rows
+    assert "taskqueue queue: " in proc.stdout + proc.stderr
+
+
 def _wait_queue(cluster: LocalCluster, queue: str, timeout_s: float = 20.0) -> bool:
     import time
 

@@ -12,9 +12,13 @@ from harness.loadgen import (
     Ledger,
     LedgerCounts,
     LoadFacts,
+    QueueSample,
     body_maker,
     judge_load,
+    queue_samples_csv,
+    queue_summary,
     quote_ids,
+    ramp_users,
 )
 from harness.tasks import task_body
 from harness.vocab import EXIT_OK, EXIT_UNDECIDED, EXIT_VIOLATED
@@ -246,3 +250,29 @@ def test_ledger_two_early_completions_of_one_id_are_a_duplicate() -> None:
     led.completed("a", 1.0)
     led.completed("a", 2.0)
     assert led.counts().duplicated == ("a",)
+
+
+# -- the Black Friday shape and the queue's samples --------------------------------------
+
+def test_the_black_friday_ramp_goes_up_holds_and_comes_down() -> None:
+    users = [ramp_users(t, peak=10, ramp_s=10, hold_s=5) for t in range(0, 27)]
+    assert users[0] == 1 and users[5] in (5, 6) and users[10] == 10 and users[14] == 10
+    assert users[15] == 10 and users[20] in (5, 6) and users[24] in (1, 2)
+    assert users[25] is None and users[26] is None  # over: the shape ends the run
+    ups = [u or 0 for u in users[:11]]
+    assert ups == sorted(ups)  # never down on the way up
+    assert ramp_users(0.0, peak=3, ramp_s=0, hold_s=1) == 3  # no ramp: the peak at once
+    with pytest.raises(ValueError, match="peak >= 1"):
+        ramp_users(1.0, peak=0, ramp_s=1, hold_s=1)
+
+
+def test_queue_samples_as_csv_and_a_summary_line() -> None:
+    samples = [QueueSample(0.0, 1, 0, 0, 2), QueueSample(1.0, 4, 30, 10, 3),
+               QueueSample(2.0, 2, None, None, None), QueueSample(3.5, 1, 0, 0, 3)]
+    text = queue_samples_csv(samples)
+    assert text.splitlines()[0] == "t_s,users,ready,unacked,consumers"
+    assert text.splitlines()[2] == "1.000,4,30,10,3" and text.splitlines()[3] == "2.000,2,,,"
+    line = queue_summary(samples)
+    assert "4 sample(s) over 3.5 s; deepest 40 (ready 30, unacked 10) at 1 s" in line
+    assert "consumers 2..3; users up to 4" in line
+    assert "none read" in queue_summary([QueueSample(0.0, 1, None, None, None)])
