@@ -288,6 +288,23 @@ class BrokerAdmin:
             ))
         return out
 
+    def connection_names(self, vhost: str) -> list[tuple[str, str]] | None:
+        """(management API name, client-given connection_name) of every connection
+        to ``vhost``; None when the API does not answer."""
+        q = urllib.parse.quote(vhost, safe="")
+        conns = self._http_or_none(f"/api/vhosts/{q}/connections?columns=name,"
+                                   "client_properties")
+        if not isinstance(conns, list):
+            return None
+        out: list[tuple[str, str]] = []
+        for c in conns:
+            if not isinstance(c, dict):
+                continue
+            props = c.get("client_properties") or {}
+            label = props.get("connection_name", "") if isinstance(props, dict) else ""
+            out.append((str(c.get("name", "")), str(label or "")))
+        return out
+
     def close_connection(self, mgmt_name: str, reason: str) -> None:
         """Have the broker close one client connection (its management API name)."""
         q = urllib.parse.quote(mgmt_name, safe="")

@@ -240,7 +240,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         try:
             if opts.backend == vocab.EXTERNAL:
                 check_external(sc, [i.partition("=")[0].strip() for i in opts.fault_cmds],
-                               opts.allow_dlq)
+                               opts.allow_dlq, replays="{since}" in (opts.worker_logs or ""))
             else:
                 check_backend(sc, opts.backend)
             check_format(sc, opts)

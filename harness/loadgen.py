@@ -5,7 +5,9 @@ pika's gevent adapter:
 - ``ConfirmWindow``: one confirm-mode channel's outstanding publishes;
 - ``Ledger``: what was published, confirmed and completed, by task id;
 - ``judge_load``: the load run's verdict from ``LoadFacts`` (pure);
-- ``body_maker``: task bodies on the publishing hot path.
+- ``body_maker``: task bodies on the publishing hot path;
+- ``coalescing_produce``: pika's frames waiting joined into one send;
+- ``ramp_users``, ``QueueSample``: the Black Friday shape, the queue over time.
 
 A channel in confirm mode numbers its publishes 1, 2, 3, ...; the broker answers
 ``Basic.Ack`` or ``Basic.Nack`` for a tag, or for every tag up to it
@@ -409,3 +411,36 @@ def queue_samples_csv(samples: list[QueueSample]) -> str:
         rows.append(",".join("" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
                              for v in (s.t_s, s.users, s.ready, s.unacked, s.consumers)))
     return "\n".join(rows) + "\n"
+
+
+# -- joined sends ------------------------------------------------------------------------
+
+# At most this many bytes of waiting frames go out in one send.
+SEND_COALESCE_BYTES: Final = 64 * 1024
+
+
+def coalescing_produce(transport: Any) -> None:
+    """pika's ``_AsyncTransportBase._produce`` with the frames waiting joined: pika
+    sends each buffered frame with its own ``send()`` (a task is three frames: three
+    system calls, measured as the largest cost of a publish: 2.9 s of 14 s for
+    60,000 tasks under cProfile). Joins the leading frames, up to
+    ``SEND_COALESCE_BYTES``, into one send, with pika's own bookkeeping (a partial
+    send puts the rest back in front; ``_tx_buffered_byte_count`` drops by what was
+    sent). Written by hand: no pika option does it. Uses the transport's
+    ``_tx_buffers`` (a deque of bytes), ``_sock`` and ``_sigint_safe_send``."""
+    buffers = transport._tx_buffers
+    while buffers:
+        if len(buffers) > 1 and len(buffers[0]) < SEND_COALESCE_BYTES:
+            parts: list[bytes] = []
+            size = 0
+            while buffers and size + len(buffers[0]) <= SEND_COALESCE_BYTES:
+                part = buffers.popleft()
+                parts.append(part)
+                size += len(part)
+            buffers.appendleft(b"".join(parts))
+        chunk = buffers[0]
+        sent = transport._sigint_safe_send(transport._sock, chunk)
+        buffers.popleft()
+        if sent < len(chunk):
+            buffers.appendleft(chunk[sent:])
+        transport._tx_buffered_byte_count -= sent

@@ -188,7 +188,7 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
     brought = bool(worker_cmd or worker_image) or backend == vocab.EXTERNAL
     if backend == vocab.EXTERNAL:
         _check_external(broker_url, vhost, worker_logs, fault_cmds, worker_cmd, worker_image,
-                        capabilities, worker_env)
+                        capabilities, worker_env, task_format)
     elif worker_logs or fault_cmds or allow_dlq:
         raise OptionsError("--worker-logs, --fault-cmd and --allow-dlq are for workers the "
                            "harness does not own: add --backend external")
@@ -264,7 +264,7 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
 def _check_external(broker_url: str | None, vhost: str | None, worker_logs: str | None,
                     fault_cmds: tuple[str, ...], worker_cmd: str | None,
                     worker_image: str | None, capabilities: frozenset[str] | None,
-                    worker_env: Mapping[str, str] | None) -> None:
+                    worker_env: Mapping[str, str] | None, task_format: str) -> None:
     """OptionsError (one line, the fix) for --backend external options that do not fit."""
     from harness.cluster.external import FaultCommands
 
@@ -279,7 +279,8 @@ def _check_external(broker_url: str | None, vhost: str | None, worker_logs: str 
                            "workers' logs, e.g. 'docker compose logs -f --no-color --tail 0 "
                            "worker'")
     try:
-        shlex.split(worker_logs)
+        if not shlex.split(worker_logs):
+            raise ValueError("the command is empty")
     except ValueError as exc:
         raise OptionsError(f"--worker-logs: {exc}") from None
     if worker_cmd or worker_image:
@@ -291,6 +292,10 @@ def _check_external(broker_url: str | None, vhost: str | None, worker_logs: str 
     if worker_env:
         raise OptionsError("--worker-env: with --backend external the deployment sets the "
                            "workers' environment")
+    if task_format != vocab.FORMAT_CONTRACT_V1:
+        raise OptionsError(f"--format {task_format}: the framework's client declares its "
+                           "queues, which --backend external must not do on a deployment; "
+                           "publish contract-v1 tasks (the default)")
     try:
         FaultCommands.parse(fault_cmds)
     except ValueError as exc:
@@ -322,7 +327,9 @@ def worker_identity(opts: RunOptions) -> dict[str, Any]:
 
 def _identity(opts: RunOptions) -> dict[str, Any]:
     if opts.backend == vocab.EXTERNAL:
-        return {"external": True, "logs": opts.worker_logs}
+        from harness.cluster.external import masked
+
+        return {"external": True, "logs": masked(opts.worker_logs or "")}
     if opts.worker_cmd:
         return {"cmd": opts.worker_cmd}
     if opts.backend == "docker":
@@ -354,14 +361,19 @@ def new_seed() -> int:
     return int.from_bytes(os.urandom(4), "big")
 
 
-def task_id_prefix(run_id: str) -> str:
+def task_id_prefix(run_id: str, backend: str = vocab.LOCAL) -> str:
     """The prefix of every task id of a run (``tasks.make_tasks`` adds ``-NNNNNN``): how
-    the run's tasks are told from others where a queue is shared."""
+    the run's tasks are told from others where a queue is shared. On a deployment's
+    queue (``external``), tasks of an earlier run may still be there: its prefix is
+    random, never drawn from the seed a rerun repeats."""
+    if backend == vocab.EXTERNAL:
+        return f"t{os.urandom(4).hex()}"
     return f"t{run_id[-6:]}"
 
 
 def make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder,
-                 shared_broker: Any = None, opts: RunOptions | None = None) -> Cluster:
+                 shared_broker: Any = None, opts: RunOptions | None = None,
+                 id_prefix: str | None = None) -> Cluster:
     if backend == vocab.EXTERNAL:
         from harness.cluster.external import ExternalCluster, FaultCommands
 
@@ -369,7 +381,7 @@ def make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder,
             raise ClusterError("--backend external needs --worker-logs")
         return ExternalCluster(run_id, run_dir, recorder, opts.worker_logs,
                                FaultCommands.parse(opts.fault_cmds),
-                               task_id_prefix(run_id) + "-")
+                               (id_prefix or task_id_prefix(run_id, backend)) + "-")
     if backend == "local":
         from harness.cluster.local import LocalCluster
 
@@ -444,9 +456,10 @@ def rerun_command(scenario: Scenario, opts: RunOptions, seed: int, backend: str)
     if opts.task_format != vocab.FORMAT_CONTRACT_V1:
         parts += ["--format", opts.task_format]
     if opts.worker_logs:
-        parts += ["--worker-logs", opts.worker_logs]
-    for item in opts.fault_cmds:
-        parts += ["--fault-cmd", item]
+        from harness.cluster.external import masked
+
+        parts += ["--worker-logs", masked(opts.worker_logs)]
+        parts += [a for item in opts.fault_cmds for a in ("--fault-cmd", masked(item))]
     if opts.allow_dlq:
         parts.append("--allow-dlq")
     for claim, over in sorted(opts.params.items()):

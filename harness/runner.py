@@ -69,6 +69,7 @@ class Run:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", scenario.name)
         self.run_id = f"{stamp}-{os.getpid() % 10000:04d}{self.rng.randrange(16**2):02x}"
+        self.id_prefix = task_id_prefix(self.run_id, opts.backend)
         self.run_dir = opts.out / f"{stamp}-{safe}"
         n = 1
         while self.run_dir.exists():
@@ -104,7 +105,7 @@ class Run:
 
             ensure_images()
         self.cluster = make_cluster(self.opts.backend, self.run_id, self.run_dir, self.recorder,
-                                    self.opts.shared_broker, self.opts)
+                                    self.opts.shared_broker, self.opts, self.id_prefix)
         sup = self.supervisor = Supervisor(
             self.cluster, sc, worker_spec(sc, self.opts, self.run_id), self.recorder, self.live,
             self.run_dir, self.problems)
@@ -126,7 +127,7 @@ class Run:
             self.prober.start()
         sup.wait_ready(names)
 
-        tasks = make_tasks(wl, self.rng, id_prefix=task_id_prefix(self.run_id))
+        tasks = make_tasks(wl, self.rng, id_prefix=self.id_prefix)
         self.schedule = Schedule(sc.schedule, self.cluster, self.nemesis, self.live,
                                  self.recorder, self.rng, scale=sup.scale)
         # --no-progress: the display writes to nowhere rather than being special-cased.

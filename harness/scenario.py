@@ -568,14 +568,36 @@ _EXTERNAL_NATIVE: Final = frozenset({"heal"})
 _DLQ_DIRECTIVES: Final = ("fail_always",)
 
 
-def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool) -> None:
+def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool,
+                   replays: bool = False) -> None:
     """ScenarioError (file, line, field) for what ``--backend external`` cannot run or
     must not do unasked: a fault without a ``--fault-cmd`` template (or one no
     template can carry: broker and network faults, scale, close-connections), and,
     without ``--allow-dlq``, tasks that end in the deployment's dead-letter queue
-    (poison, ``fail_always``, ``fail_times`` reaching ``max_attempts``)."""
+    (poison, ``fail_always``, ``fail_times`` reaching ``max_attempts``); and a worker
+    restarted during the run (``restart_policy: always``, a ``restart`` step) when
+    the follower replays nothing (``replays`` False: no ``{since}``), which would miss
+    the new process's first lines (a duplicate among them unseen)."""
     given = set(templates)
+    restarts = scenario.cluster.restart_policy == "always" or any(
+        s.fault == "restart" for s in scenario.schedule)
+    if restarts and not replays:
+        step = next((s for s in scenario.schedule if s.fault == "restart"), None)
+        raise ScenarioError(
+            scenario.path, step.line if step is not None else _line_of_word(
+                scenario.path, "restart_policy"),
+            "schedule" if step is not None else "cluster.restart_policy",
+            "a worker restarted during the run on --backend external needs a follower "
+            "that replays from the run's start (--worker-logs with {since}, e.g. docker "
+            "compose logs -f --since {since}): one that attaches late misses the new "
+            "process's first lines")
     for i, step in enumerate(scenario.schedule):
+        if step.fault in ("kill", "terminate") and step.fault in given and "restart" not in given:
+            raise ScenarioError(
+                scenario.path, step.line, f"schedule[{i}].fault",
+                f"{step.fault} on --backend external needs --fault-cmd restart=COMMAND too, so "
+                "the run leaves the deployment as it found it (where the orchestrator "
+                "restarts workers itself, a command that waits for that)")
         if step.fault in _EXTERNAL_NATIVE or step.fault in given:
             continue
         if step.fault in ("kill", "terminate", "pause", "resume", "restart"):
@@ -585,9 +607,18 @@ def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool
             why = (f"{step.fault} is not available on --backend external: its faults are "
                    "the --fault-cmd templates (kill, terminate, pause, restart)")
         raise ScenarioError(scenario.path, step.line, f"schedule[{i}].fault", why)
+    wl = scenario.workload
+    sets_all = [("workload.directives", wl.directives)] + [
+        (f"workload.groups[{i}]", g.directives) for i, g in enumerate(wl.groups)]
+    for where, directives in sets_all:
+        if "crash" in directives:
+            raise ScenarioError(
+                scenario.path, _line_of_word(scenario.path, "crash"), f"{where}.crash",
+                "a crash directive ends a worker process of the deployment behind the "
+                "harness's back (no exit recorded, nothing restarts it): not on --backend "
+                "external; kill through --fault-cmd instead")
     if allow_dlq:
         return
-    wl = scenario.workload
     max_attempts = scenario.cluster.max_attempts
     sets = [("workload.directives", wl.directives, False)] + [
         (f"workload.groups[{i}]", g.directives, g.poison) for i, g in enumerate(wl.groups)]

@@ -145,6 +145,16 @@ class Supervisor:
         assert self.admin is not None
         queue = self.scenario.cluster.queue
         deadline = time.monotonic() + WORKERS_READY_TIMEOUT_S
+        if not self.cluster.owned:
+            # A deployment runs as many workers as it does: one consumer is enough.
+            while time.monotonic() < deadline:
+                with contextlib.suppress(ClusterError, OSError):
+                    info = self.admin.queue_info(queue)
+                    if info is not None and info.consumers > 0:
+                        return
+                time.sleep(1.0)
+            raise ClusterError(f"nothing consumes from queue {queue!r} of the deployment "
+                               f"after {WORKERS_READY_TIMEOUT_S:.0f} s: are its workers up?")
         want = set(names)
         first_ready_at: float | None = None
         while time.monotonic() < deadline:

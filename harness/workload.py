@@ -107,6 +107,9 @@ class Publisher:
             self._params.heartbeat = HEARTBEAT_S
         self._params.connection_attempts = 1
         self._params.retry_delay = 0
+        # Named, so the broker's connection list tells the harness's own from the
+        # workers' (``cluster.external`` checks a kill by a worker's connection closing).
+        self._params.client_properties = {"connection_name": "harness-publisher"}
         self.amqp_url = amqp_url
         self.queue = queue
         self.recorder = recorder

@@ -9,9 +9,11 @@ and the queues are only counted (``harness.drain.BrokerWatch`` with
 ``read_ids=False``), so what needs the final destructive read is judged from the
 broker's counts and the events, or is unknown with the reason.
 
-The log follower: one command (``docker compose logs -f --no-color --tail 0
+The log follower: one command (``docker compose logs -f --no-color --since {since}
 worker``, or a Kubernetes follower that also picks up pods created during the run;
-see docs/external.md) whose every stdout line starts with the name of the worker
+see docs/external.md; ``{since}`` is the run's start, RFC 3339, so nothing written
+before the follower attached is missed; without it the run waits for the
+follower's first output) whose every stdout line starts with the name of the worker
 that wrote it, as both tools write it: Compose's ``NAME  | line`` (v1 and v2) or
 ``kubectl logs --prefix``'s ``[pod/NAME/CONTAINER] line``. The name is the worker's
 identity in the history and the ``{worker}`` of the fault templates. Only events
@@ -59,27 +61,57 @@ PLACEHOLDERS: Final = frozenset({"worker", "n"})
 FAULT_CMD_TIMEOUT_S: Final = 60.0
 FOLLOWER_STOP_S: Final = 5.0
 # A line of a killed worker's old process can still be on its way through the
-# follower this long after the kill returned.
-RESTART_SLACK_S: Final = 1.0
+# follower this long after the kill returned; a JSON worker's ``connected`` or
+# ``ready`` written after the kill says sooner that a new process runs.
+RESTART_SLACK_S: Final = 5.0
+# A kill or terminate counts only when the broker saw a connection of the
+# deployment close after it: the management API lists a closed connection's end
+# within a statistics interval (RabbitMQ's default 5 s), twice that and a margin.
+CLOSE_SEEN_WAIT_S: Final = 12.0
+CLOSE_POLL_S: Final = 0.5
+# The follower's log of one worker stops growing past this (a busy deployment's own
+# traffic goes through it too); the harness's events are not bounded by it.
+WORKER_LOG_MAX_BYTES: Final = 64 << 20
+LINE_MAX_BYTES: Final = 1 << 20
+# The harness's own connections (the admin, the publisher) are named so.
+OWN_CONNECTION_PREFIX: Final = "harness-"
+# A follower that replays nothing (``--tail 0``) sees only lines written after it
+# attached: the run waits for its first output (Compose's "Attaching to ...") up to
+# FOLLOWER_ATTACH_S, then FOLLOWER_SETTLE_S for its streams to open, before any task
+# goes out. A command with ``{since}`` replays from the run's start and needs none.
+FOLLOWER_ATTACH_S: Final = 10.0
+FOLLOWER_SETTLE_S: Final = 2.0
+SINCE_SLACK_S: Final = 2.0
+# Fresh-process events of worker contract v1.
+_FRESH_EVENTS: Final = frozenset({vocab.CONNECTED, vocab.READY})
 WORKER_NAME_MAX: Final = 64
 # Compose (v1 ``worker_1  | ``, v2 ``worker-1  | ``) or ``kubectl logs --prefix``.
 PREFIX_PATTERN: Final = re.compile(
     r"^(?:\[pod/(?P<pod>[^/\]\s]+)/[^\]\s]*\]|(?P<name>[A-Za-z0-9][\w.-]*)\s+\|)\s?(?P<line>.*)$")
 # Commands known to be another fault than the one they are given as: (fault given,
 # pattern over the command) -> what it really is.
+_RUNTIME: Final = r"\b(docker(-compose)?|docker compose|podman|nerdctl)\b"
+_SIGNAL_ARG: Final = r"(?<![\w-])(-s|--signal)[ =]'?"
 _MISLABELLED: Final = (
-    ("kill", re.compile(r"\bkubectl\b.*\bdelete\b"),
+    (("kill", "terminate"), re.compile(_RUNTIME + r".*\brm\b"),
+     "rm removes the container, which restart cannot bring back: give a kill as "
+     "docker kill, a terminate as docker stop"),
+    (("kill",), re.compile(r"\bkubectl\b.*\bdelete\b"),
      "kubectl delete sends SIGTERM first, even with --grace-period=0 --force: a "
-     "terminate, not a kill (give it as terminate=...; a kill needs e.g. "
-     "kubectl exec {worker} -- kill -KILL 1)"),
-    ("kill", re.compile(r"\b(docker(-compose)?|docker compose|podman)\b.*\b(stop|rm)\b"),
-     "stop sends SIGTERM and kills only after a grace period: a terminate, not a kill "
-     "(give it as terminate=...; a kill is docker kill)"),
-    ("terminate", re.compile(r"\bkill\b.*(-9\b|-KILL\b|-s\s*KILL\b|SIGKILL)"),
+     "terminate, not a kill (give it as terminate=...; a kill needs the worker not to "
+     "be PID 1, e.g. kubectl exec {worker} -- pkill -KILL -f worker: docs/external.md)"),
+    (("kill",), re.compile(_RUNTIME + r".*\b(stop|restart)\b"),
+     "stop and restart send SIGTERM and kill only after a grace period: a terminate, "
+     "not a kill (give it as terminate=...; a kill is docker kill)"),
+    (("kill",), re.compile(_RUNTIME + r".*\bkill\b.*" + _SIGNAL_ARG
+                           + r"(?!(?:SIG)?(?:KILL|9)\b)\w+"),
+     "a kill sends SIGKILL: a kill with another --signal is not one"),
+    (("terminate",), re.compile(r"\bkill\b.*(-9\b|-KILL\b|-s\s*KILL\b|SIGKILL)"),
      "SIGKILL is a kill, not a terminate (give it as kill=...)"),
-    ("terminate", re.compile(r"\b(docker(-compose)?|docker compose|podman)\b\s.*\bkill\b"),
+    (("terminate",), re.compile(_RUNTIME + r"\s(?!.*" + _SIGNAL_ARG
+                                + r"(?:SIG)?(?:TERM|15)\b).*\bkill\b"),
      "docker kill sends SIGKILL: a kill, not a terminate (give it as kill=..., and a "
-     "terminate as docker stop)"),
+     "terminate as docker stop, or docker kill --signal TERM)"),
 )
 
 
@@ -108,13 +140,19 @@ class FaultCommands:
                 argv = tuple(shlex.split(template))
             except ValueError as exc:
                 raise ValueError(f"--fault-cmd {name}: {exc}") from None
+            if not argv:
+                raise ValueError(f"--fault-cmd {name}: the command is empty")
             for arg in argv:
                 for field in _fields(arg):
                     if field not in PLACEHOLDERS:
                         raise ValueError(f"--fault-cmd {name}: unknown placeholder {{{field}}}; "
                                          "use {worker} (and {n} for a count)")
-            for fault, pattern, why in _MISLABELLED:
-                if fault == name and pattern.search(template):
+                try:  # a conversion or a format spec ({worker!x}, {n:d}) fails here, once
+                    arg.format_map({"worker": "w", "n": ""})
+                except (ValueError, KeyError, IndexError) as exc:
+                    raise ValueError(f"--fault-cmd {name}: {arg!r}: {exc}") from None
+            for faults, pattern, why in _MISLABELLED:
+                if name in faults and pattern.search(template):
                     raise ValueError(f"--fault-cmd {name}: {why}")
             out[name] = argv
         if "pause" in out and "resume" not in out:
@@ -131,7 +169,7 @@ class FaultCommands:
 
     def describe(self) -> dict[str, str]:
         """fault -> its template, as result.json and the rerun name it."""
-        return {k: shlex.join(v) for k, v in sorted(self.templates.items())}
+        return {k: masked(shlex.join(v)) for k, v in sorted(self.templates.items())}
 
 
 def _fields(arg: str) -> list[str]:
@@ -141,6 +179,16 @@ def _fields(arg: str) -> list[str]:
         return [f for _, f, _, _ in string.Formatter().parse(arg) if f is not None]
     except ValueError as exc:
         raise ValueError(f"--fault-cmd: {arg!r}: {exc}") from None
+
+
+SECRET_ARG: Final = re.compile(
+    r"(?i)(--?[\w-]*(token|password|passwd|secret|credential|api-?key)[\w-]*[= ])(\S+)")
+
+
+def masked(command: str) -> str:
+    """``command`` with the value of every secret-looking option (``--token=...``,
+    ``--password X``) as ``***``, for the rerun line and result.json."""
+    return SECRET_ARG.sub(lambda m: m.group(1) + "***", command)
 
 
 def split_prefix(line: str) -> tuple[str, str] | None:
@@ -161,7 +209,7 @@ class LogFollower:
 
     def __init__(self, argv: list[str], recorder: Recorder, spec: WorkerSpec,
                  id_prefix: str, log_dir: Path,
-                 on_line: Callable[[str, float], None]) -> None:
+                 on_line: Callable[[str, str, float], None]) -> None:
         self.argv = argv
         self.recorder = recorder
         self.spec = spec
@@ -170,41 +218,62 @@ class LogFollower:
         self.on_line = on_line
         self.readers: dict[str, LineReader] = {}
         self._logs: dict[str, IO[str]] = {}
+        self._log_bytes: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
         self.unprefixed = 0
+        self.replayed = 0
+        self.first_output = threading.Event()
+        # A follower with ``--since`` re-attaches to a restarted container from that
+        # time and replays what its old process wrote: a contract v1 line that carries
+        # the worker's own ts and a task id is one event, seen once per worker (its
+        # text cannot repeat: the ts moves). Lines without both are never dropped, so
+        # a real repeat is never hidden (a replayed one reads as a duplicate: false,
+        # never true). Bounded by the run's events.
+        self._seen_lines: set[tuple[str, int]] = set()
 
     def start(self) -> None:
+        if not self.argv:
+            raise ClusterError("--worker-logs: the command is empty")
         try:
-            self.proc = subprocess.Popen(
+            # Bytes, split on "\n" only: a "\r" inside a worker's line must not start a
+            # line that a prefix could claim for another worker.
+            proc = self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1,
-                start_new_session=True)
+                stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
-            raise ClusterError(f"--worker-logs {shlex.join(self.argv)}: {exc}") from None
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        out = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
-        err = threading.Thread(target=self._pump_stderr, args=(self.proc.stderr,), daemon=True)
+            raise ClusterError(f"--worker-logs {masked(shlex.join(self.argv))}: {exc}") from None
+        assert proc.stdout is not None and proc.stderr is not None
+        out = threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True)
+        err = threading.Thread(target=self._pump_stderr, args=(proc.stderr,), daemon=True)
         self._threads = [out, err]
         for t in self._threads:
             t.start()
 
     def feed(self, raw: str, seen: float | None = None) -> None:
+        self.first_output.set()
         seen = time.time() if seen is None else seen
         split = split_prefix(raw.rstrip("\n"))
         if split is None:
             self.unprefixed += 1
-            self._write("follower", raw)
+            self._write("follower", raw.rstrip("\n") + "\n")
             return
         name, line = split
+        if _stamped_event(line):
+            key = (name, hash(line))
+            with self._lock:
+                if key in self._seen_lines:
+                    self.replayed += 1
+                    return
+                self._seen_lines.add(key)
         with self._lock:
             reader = self.readers.get(name)
             if reader is None:
                 reader = self.readers[name] = LineReader(
                     self.recorder, name, self.spec.events_pattern(),
                     translate=self.spec.event_translator(), id_prefix=self.id_prefix)
-        self.on_line(name, seen)
+        self.on_line(name, line, seen)
         self._write(name, line + "\n")
         reader.feed(line, seen)
 
@@ -235,18 +304,29 @@ class LogFollower:
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
-    def _pump(self, stream: IO[str]) -> None:
+    def _pump(self, stream: IO[bytes]) -> None:
         with contextlib.suppress(ValueError, OSError):
-            for raw in stream:
+            for raw in _lines(stream):
                 self.feed(raw)
 
-    def _pump_stderr(self, stream: IO[str]) -> None:
+    def _pump_stderr(self, stream: IO[bytes]) -> None:
         with contextlib.suppress(ValueError, OSError):
-            for raw in stream:
-                self._write("follower", raw)
+            for raw in _lines(stream):
+                self.first_output.set()
+                self._write("follower", raw + "\n")
 
     def _write(self, name: str, text: str) -> None:
+        from harness import credentials
+
+        if credentials.active():  # a line that carries the broker's password
+            text = credentials.redact(text)
         with self._lock:
+            size = self._log_bytes.get(name, 0)
+            if size > WORKER_LOG_MAX_BYTES:
+                return
+            self._log_bytes[name] = size + len(text)
+            if self._log_bytes[name] > WORKER_LOG_MAX_BYTES:
+                text = f"[rmq-harness: this log stops at {WORKER_LOG_MAX_BYTES >> 20} MiB]\n"
             f = self._logs.get(name)
             if f is None:
                 try:
@@ -259,6 +339,13 @@ class LogFollower:
                 f.flush()
 
 
+def _lines(stream: IO[bytes]) -> Iterable[str]:
+    """The lines of ``stream`` split on "\\n" only, decoded (bad bytes replaced), each
+    cut at LINE_MAX_BYTES."""
+    for raw in stream:
+        yield raw[:LINE_MAX_BYTES].rstrip(b"\n").decode("utf-8", "replace")
+
+
 class ExternalCluster(Cluster):
     """See the module doc."""
 
@@ -268,16 +355,23 @@ class ExternalCluster(Cluster):
     def __init__(self, run_id: str, run_dir: Path, recorder: Recorder, worker_logs: str,
                  faults: FaultCommands, id_prefix: str,
                  runner: Callable[[list[str], float], subprocess.CompletedProcess[str]]
-                 | None = None) -> None:
+                 | None = None,
+                 connections: Callable[[], set[str] | None] | None = None) -> None:
         super().__init__(run_id, run_dir, recorder)
         self.worker_logs = worker_logs
         self.faults = faults
         self.id_prefix = id_prefix
         self.follower: LogFollower | None = None
         self._run_cmd = runner or _run
+        # The deployment's connections to the broker by the management API's name
+        # (None: it did not answer); set once the broker answers.
+        self._connections = connections
         self._lock = threading.Lock()
         # Names the harness took down (kill, terminate) -> when the fault returned.
         self._down: dict[str, float] = {}
+        # Every name it took down and did not start again with the restart template:
+        # the end of the run starts them (the deployment is left as found).
+        self._to_restart: set[str] = set()
         self._paused: set[str] = set()
         self._seen: set[str] = set()
 
@@ -293,6 +387,8 @@ class ExternalCluster(Cluster):
             admin.wait_ready(15.0)
         finally:
             admin.close()
+        if self._connections is None:
+            self._connections = _connection_names(external)
         if while_booting is not None:
             while_booting()
         return external
@@ -302,25 +398,34 @@ class ExternalCluster(Cluster):
         with self._lock:
             if self.follower is not None:
                 return
-            self.follower = LogFollower(shlex.split(self.worker_logs), self.recorder, spec,
-                                        self.id_prefix, self.run_dir / "logs", self._on_line)
-        self.follower.start()
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                  time.gmtime(time.time() - SINCE_SLACK_S))
+            argv = [a.replace("{since}", since) for a in shlex.split(self.worker_logs)]
+            follower = self.follower = LogFollower(argv, self.recorder, spec, self.id_prefix,
+                                                   self.run_dir / "logs", self._on_line)
+        follower.start()
+        if "{since}" not in self.worker_logs:
+            follower.first_output.wait(FOLLOWER_ATTACH_S)
+            time.sleep(FOLLOWER_SETTLE_S)
 
     def stop(self) -> None:
         """Stops the follower; the deployment's workers keep running: resumed if the
         harness paused them, and started again with the ``restart`` template if it
-        took them down (without one, the orchestrator's policy decides)."""
-        with contextlib.suppress(Exception):
-            self.heal_all()
-        with self._lock:
-            down = sorted(self._down)
-        if "restart" in self.faults.templates:
-            for name in down:
-                with contextlib.suppress(ClusterError):
-                    self._fault("restart", name)
-        follower = self.follower
-        if follower is not None:
-            follower.stop()
+        took them down (without one, the orchestrator's policy decides). Never
+        raises."""
+        try:
+            with contextlib.suppress(Exception):
+                self.heal_all()
+            with self._lock:
+                down = sorted(self._to_restart)
+            if "restart" in self.faults.templates:
+                for name in down:
+                    with contextlib.suppress(Exception):
+                        self._fault("restart", name)
+        finally:
+            follower = self.follower
+            if follower is not None:
+                follower.stop()
 
     # -- what is there ---------------------------------------------------------------
     def workers(self) -> list[str]:
@@ -332,11 +437,15 @@ class ExternalCluster(Cluster):
 
     # -- faults ------------------------------------------------------------------------
     def kill(self, name: str) -> None:
+        before = self._open_connections("kill", name)
         self._fault("kill", name)
+        self._closed_since(before, "kill", name, CLOSE_SEEN_WAIT_S)
         self._went_down(name, requested=True, signal=9)
 
     def terminate(self, name: str, grace_s: float) -> int | None:
+        before = self._open_connections("terminate", name)
         self._fault("terminate", name, timeout_s=grace_s + FAULT_CMD_TIMEOUT_S)
+        self._closed_since(before, "terminate", name, grace_s + CLOSE_SEEN_WAIT_S)
         self._went_down(name, requested=True, signal=15)
         return None
 
@@ -358,6 +467,8 @@ class ExternalCluster(Cluster):
         policy starts the worker again, seen when its name writes again."""
         if "restart" in self.faults.templates:
             self._fault("restart", name)
+            with self._lock:
+                self._to_restart.discard(name)
 
     def heal_all(self) -> None:
         with self._lock:
@@ -373,7 +484,7 @@ class ExternalCluster(Cluster):
             done = self._run_cmd(argv, timeout_s)
         except subprocess.TimeoutExpired:
             raise ClusterError(f"--fault-cmd {fault} on {name}: no answer in {timeout_s:g} s "
-                               f"({shlex.join(argv)})") from None
+                               f"({masked(shlex.join(argv))})") from None
         except OSError as exc:
             raise ClusterError(f"--fault-cmd {fault} on {name}: {exc}") from None
         if done.returncode != 0:
@@ -381,29 +492,100 @@ class ExternalCluster(Cluster):
             raise ClusterError(f"--fault-cmd {fault} on {name} exited {done.returncode}: "
                                f"{tail[0][:300]}")
 
+    def _open_connections(self, fault: str, name: str) -> set[str]:
+        """The deployment's connections before a kill or terminate (ClusterError when
+        the broker cannot say: the fault could not be checked, so it is not made)."""
+        found = self._connections() if self._connections is not None else None
+        if found is None:
+            raise ClusterError(f"--fault-cmd {fault} on {name}: the management API did not "
+                               "list the connections, so the fault could not be checked")
+        return found
+
+    def _closed_since(self, before: set[str], fault: str, name: str, wait_s: float) -> None:
+        """The command said it worked; the broker must agree: a connection of the
+        deployment that was open before it closed (bounded). A command that exits 0
+        and kills nothing (``kill -KILL 1`` inside a container: PID 1 ignores it)
+        would otherwise be taken as a kill, and a kill explains duplicates."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            now = self._connections() if self._connections is not None else None
+            if now is not None and before - now:
+                return
+            if time.monotonic() >= deadline:
+                raise ClusterError(
+                    f"--fault-cmd {fault} on {name} exited 0, but no connection of the "
+                    f"deployment closed within {wait_s:g} s: the command did not end a "
+                    "worker (docs/external.md)")
+            time.sleep(CLOSE_POLL_S)
+
     def _went_down(self, name: str, requested: bool, signal: int) -> None:
         now = time.time()
         with self._lock:
             self._down[name] = now
+            self._to_restart.add(name)
         # The orchestrator said the command worked: the harness records the exit it
         # caused (it cannot watch the process of a worker it does not own).
         self.recorder.record(vocab.WORKER_EXITED, "cluster", worker=name, ts=now,
                              code=-signal, signal=signal, requested=requested,
                              seen="fault command")
 
-    def _on_line(self, name: str, seen: float) -> None:
-        """A line of ``name``: its first ever, or its first after the harness took it
-        down (past the slack), starts a process of that name in the history."""
+    def _on_line(self, name: str, line: str, seen: float) -> None:
+        """A line of ``name``: its first ever starts a worker of that name in the
+        history; after the harness took it down, a new process of it when the line is
+        a contract ``connected`` or ``ready`` stamped after the fault, or any line
+        read more than RESTART_SLACK_S after it (a dead process's lines can lag)."""
         with self._lock:
             down_at = self._down.get(name)
             first = name not in self._seen
             self._seen.add(name)
-            reborn = down_at is not None and seen > down_at + RESTART_SLACK_S
+            reborn = down_at is not None and (seen > down_at + RESTART_SLACK_S
+                                              or _fresh_after(line, down_at))
             if reborn:
                 del self._down[name]
         if first or reborn:
             self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name, ts=seen,
                                  seen="log line")
+
+
+def _stamped_event(line: str) -> bool:
+    """A contract v1 JSON line with the worker's own ts and a task id (cheap test)."""
+    return line.startswith("{") and '"ts"' in line and '"id"' in line and '"event"' in line
+
+
+def _fresh_after(line: str, ts: float) -> bool:
+    """Is ``line`` a contract v1 ``connected``/``ready`` event the worker stamped after
+    ``ts`` (a process that started since)?"""
+    if not line.startswith("{") or ('"connected"' not in line and '"ready"' not in line):
+        return False
+    import json
+
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False
+    when = obj.get("ts") if isinstance(obj, dict) else None
+    return (isinstance(obj, dict) and obj.get("event") in _FRESH_EVENTS
+            and isinstance(when, int | float) and not isinstance(when, bool) and when > ts)
+
+
+def _connection_names(endpoint: BrokerEndpoint) -> Callable[[], set[str] | None]:
+    """The management API's names of the open connections of the endpoint's vhost,
+    without the harness's own; None when it does not answer."""
+    from harness.broker import BrokerAdmin
+
+    def names() -> set[str] | None:
+        admin = BrokerAdmin(endpoint)
+        try:
+            found = admin.connection_names(endpoint.vhost)
+        except (ClusterError, OSError):
+            return None
+        finally:
+            admin.close()
+        if found is None:
+            return None
+        return {n for n, label in found if not label.startswith(OWN_CONNECTION_PREFIX)}
+
+    return names
 
 
 def _run(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,8 @@ against a real Compose deployment."""
 
 from __future__ import annotations
 
+import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,11 +48,32 @@ def test_a_template_fills_the_worker_per_argument_never_through_a_shell() -> Non
     ("terminate=kubectl exec {worker} -- kill -9 1", "SIGKILL is a kill"),
     ("pause=docker pause {worker}", "needs resume"),
     ("kill='docker kill", "No closing quotation"),
+    ("kill=docker kill {worker!x}", "Unknown conversion"),
+    ("kill=docker kill {n:d}", "Unknown format code"),
+    ("terminate=docker rm -f {worker}", "restart cannot bring back"),
+    ("kill=docker kill --signal=SIGTERM {worker}", "another --signal"),
+    ("kill=docker restart {worker}", "a terminate, not a kill"),
+    ("kill=nerdctl stop {worker}", "a terminate, not a kill"),
+    ("kill=", "give NAME=COMMAND"),
 ])
 def test_a_bad_or_mislabelled_template_is_a_one_line_error(item: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         FaultCommands.parse([item])
     assert "\n" not in str(info.value)
+
+
+def test_a_kill_with_the_kill_signal_and_a_terminate_by_term_are_what_they_say() -> None:
+    FaultCommands.parse(["kill=docker kill --signal KILL app-{worker}",
+                         "terminate=docker kill --signal=TERM app-{worker}"])
+
+
+def test_secret_options_are_masked_in_what_the_harness_prints() -> None:
+    from harness.cluster.external import masked
+
+    assert masked("kubectl --token=abc123 logs -f") == "kubectl --token=*** logs -f"
+    assert masked("stern --password hunter2 -l app=w") == "stern --password *** -l app=w"
+    cmds = FaultCommands.parse(["kill=kubectl --token=abc123 exec {worker} -- pkill -KILL w"])
+    assert "abc123" not in str(cmds.describe())
 
 
 def test_a_template_given_twice_is_refused() -> None:
@@ -74,7 +97,7 @@ def test_prefixes_of_compose_and_kubectl_name_the_worker(
 
 def follower(rec: Recorder, tmp_path: Path, cluster: ExternalCluster | None = None,
              events: str = "json") -> LogFollower:
-    on_line = cluster._on_line if cluster is not None else (lambda name, seen: None)
+    on_line = cluster._on_line if cluster is not None else (lambda name, line, seen: None)
     return LogFollower([], rec, WorkerSpec(events=events), "t0abc1-", tmp_path, on_line)
 
 
@@ -98,16 +121,23 @@ def cluster(tmp_path: Path, ran: list[list[str]], rc: int = 0,
             templates: tuple[str, ...] = ("kill=docker kill app-{worker}",
                                           "restart=docker start app-{worker}",
                                           "pause=docker pause app-{worker}",
-                                          "resume=docker unpause app-{worker}")
-            ) -> tuple[ExternalCluster, Recorder]:
+                                          "resume=docker unpause app-{worker}"),
+            kills_close: bool = True) -> tuple[ExternalCluster, Recorder]:
+    """A cluster whose commands a fake runs; the broker's connections: two, and one
+    fewer after each kill or terminate (unless ``kills_close`` is False)."""
     rec = Recorder(None)
+    conns = {"a", "b", "c", "d"}
 
     def runner(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
         ran.append(argv)
+        if rc == 0 and kills_close and argv[1] in ("kill", "stop") and conns:
+            conns.pop()
         return subprocess.CompletedProcess(argv, rc, "", "Error: No such container: x\n")
 
-    return ExternalCluster("20261206-000000-abc1", tmp_path, rec, "true",
-                           FaultCommands.parse(templates), "t0abc1-", runner), rec
+    ext = ExternalCluster("20261206-000000-abc1", tmp_path, rec, "true",
+                          FaultCommands.parse(templates), "t0abc1-", runner,
+                          connections=lambda: set(conns))
+    return ext, rec
 
 
 def test_a_kill_is_recorded_and_a_later_line_is_a_new_process(tmp_path: Path) -> None:
@@ -123,13 +153,56 @@ def test_a_kill_is_recorded_and_a_later_line_is_a_new_process(tmp_path: Path) ->
     assert not ext.is_running("worker_1")
     killed_at = next(e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED).ts
     f.feed('worker_1  | {"event":"acked","id":"t0abc1-000009"}', seen=killed_at + 0.2)
-    assert not ext.is_running("worker_1")  # a late line of the dead process
-    f.feed('worker_1  | {"event":"ready"}', seen=killed_at + 3.0)
-    assert ext.is_running("worker_1")
+    f.feed('worker_1  | {"event":"ready","ts":1.0}', seen=killed_at + 0.3)  # stamped before
+    assert not ext.is_running("worker_1")  # late lines of the dead process
+    f.feed(f'worker_1  | {{"event":"connected","ts":{killed_at + 0.5}}}', seen=killed_at + 0.6)
+    assert ext.is_running("worker_1")  # a process that connected after the kill
     kinds = [(e.type, e.get("requested")) for e in rec.snapshot()
              if e.type in (vocab.WORKER_STARTED, vocab.WORKER_EXITED)]
     assert kinds == [(vocab.WORKER_STARTED, None), (vocab.WORKER_EXITED, True),
                      (vocab.WORKER_STARTED, None)]
+
+
+def test_a_line_long_after_the_kill_is_a_new_process_too(tmp_path: Path) -> None:
+    """A worker with no contract events (a regex, a preset): any line past the slack."""
+    from harness.cluster.external import RESTART_SLACK_S
+
+    ext, rec = cluster(tmp_path, [])
+    f = ext.follower = follower(rec, tmp_path, ext)
+    f.feed("worker_1  | hello", seen=100.0)
+    ext.kill("worker_1")
+    killed_at = next(e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED).ts
+    f.feed("worker_1  | late", seen=killed_at + RESTART_SLACK_S - 0.5)
+    assert not ext.is_running("worker_1")
+    f.feed("worker_1  | new", seen=killed_at + RESTART_SLACK_S + 0.5)
+    assert ext.is_running("worker_1")
+
+
+def test_a_kill_the_broker_did_not_see_is_not_made(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command exits 0 and no connection of the deployment closes (kill -KILL 1 in a
+    container): no fault, no exit recorded; a kill would explain duplicates."""
+    import harness.cluster.external as external
+
+    ext, rec = cluster(tmp_path, [], kills_close=False)
+    monkeypatch.setattr(external, "CLOSE_SEEN_WAIT_S", 0.3)
+    with pytest.raises(ClusterError, match="no connection of the deployment closed"):
+        ext.kill("worker_1")
+    assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+    unseen, _ = cluster(tmp_path, [])
+    unseen._connections = lambda: None
+    with pytest.raises(ClusterError, match="could not be checked"):
+        unseen.kill("worker_1")
+
+
+def test_a_line_cannot_be_split_into_another_workers_line(tmp_path: Path) -> None:
+    """A carriage return inside worker_1's line is part of it, not a line of worker_2."""
+    from harness.cluster.external import _lines
+
+    stream = io.BytesIO(b'worker_1  | x\rworker_2  | {"event":"processed",'
+                        b'"id":"t0abc1-000001"}\nworker_3  | y\n')
+    assert next(split_prefix(line) for line in _lines(stream)) == (
+        "worker_1", 'x\rworker_2  | {"event":"processed","id":"t0abc1-000001"}')
 
 
 def test_a_failing_template_is_a_cluster_error_with_its_output(tmp_path: Path) -> None:
@@ -145,8 +218,14 @@ def test_stop_resumes_the_paused_and_restarts_the_killed(tmp_path: Path) -> None
     ext, _ = cluster(tmp_path, ran)
     ext.pause("worker_1")
     ext.kill("worker_2")
+    ext.kill("worker_3")
+    ext.follower = follower(Recorder(None), tmp_path, ext)
+    # worker_3 writes again (a late line, or its orchestrator restarted it): started
+    # again at the end all the same (a no-op for a running container).
+    ext.follower.feed("worker_3  | late", seen=1e12)
     ext.stop()
-    assert ran[2:] == [["docker", "unpause", "app-worker_1"], ["docker", "start", "app-worker_2"]]
+    assert ran[3:] == [["docker", "unpause", "app-worker_1"], ["docker", "start", "app-worker_2"],
+                       ["docker", "start", "app-worker_3"]]
 
 
 def test_the_follower_runs_the_command_and_stops_it(tmp_path: Path) -> None:
@@ -154,7 +233,7 @@ def test_the_follower_runs_the_command_and_stops_it(tmp_path: Path) -> None:
     script = ("import sys,time; print('worker_1 | {\"event\":\"ready\"}', flush=True); "
               "time.sleep(60)")
     f = LogFollower([sys.executable, "-c", script], rec, WorkerSpec(), "t0abc1-", tmp_path,
-                    lambda name, seen: None)
+                    lambda name, line, seen: None)
     f.start()
     import time
 
@@ -177,6 +256,9 @@ def test_the_follower_runs_the_command_and_stops_it(tmp_path: Path) -> None:
      "health endpoints"),
     ({"broker_url": URL, "worker_logs": LOGS, "fault_cmds": ["kill=docker stop {worker}"]},
      "a terminate, not a kill"),
+    ({"broker_url": URL, "worker_logs": "   "}, "the command is empty"),
+    ({"broker_url": URL, "worker_logs": LOGS, "task_format": "dramatiq"},
+     "declares its queues"),
 ])
 def test_external_options_that_do_not_fit_are_one_line_errors(
         kwargs: dict[str, object], message: str) -> None:
@@ -203,13 +285,31 @@ def test_an_external_run_is_a_brought_worker_and_its_rerun_names_the_hooks() -> 
 
 def test_a_fault_without_its_template_names_the_schedules_line() -> None:
     sc = load_scenario(ROOT / "scenarios" / "crash-recovery.yaml")
-    check_external(sc, ["kill"], allow_dlq=False)
+    check_external(sc, ["kill", "restart"], allow_dlq=False)
     with pytest.raises(ScenarioError, match=r"crash-recovery.yaml:\d+: schedule\[0\].fault: "
                                             r"kill on --backend external needs --fault-cmd"):
         check_external(sc, [], allow_dlq=False)
+    with pytest.raises(ScenarioError, match="needs --fault-cmd restart=COMMAND too"):
+        check_external(sc, ["kill"], allow_dlq=False)
     partition = load_scenario(ROOT / "scenarios" / "partition-recovery.yaml")
     with pytest.raises(ScenarioError, match="not available on --backend external"):
         check_external(partition, ["kill", "terminate", "pause", "resume"], allow_dlq=False)
+
+
+def test_crash_directives_are_refused_on_a_deployment() -> None:
+    sc = load_scenario(ROOT / "scenarios" / "crash-during.yaml")
+    with pytest.raises(ScenarioError, match=r"crash-during.yaml:[1-9]\d*: workload.*crash"):
+        check_external(sc, ["kill", "restart"], allow_dlq=True, replays=True)
+
+
+def test_the_task_ids_on_a_deployment_are_not_drawn_from_the_seed() -> None:
+    """A rerun repeats the seed; tasks an earlier run left in the deployment's queue
+    must not pass for this run's."""
+    from harness.options import task_id_prefix
+
+    run_id = "20261206-000000-4242ab"
+    assert task_id_prefix(run_id) == task_id_prefix(run_id) == "t4242ab"
+    assert task_id_prefix(run_id, "external") != task_id_prefix(run_id, "external")
 
 
 def test_tasks_meant_for_the_dlq_need_the_users_opt_in() -> None:
@@ -218,3 +318,49 @@ def test_tasks_meant_for_the_dlq_need_the_users_opt_in() -> None:
                                             r"--allow-dlq"):
         check_external(sc, [], allow_dlq=False)
     check_external(sc, [], allow_dlq=True)
+
+
+def test_a_replayed_line_is_one_event_and_a_repeated_plain_line_two(tmp_path: Path) -> None:
+    """``--since`` replays a restarted container's old lines: a contract line with the
+    worker's ts and an id is the same event; a line without a ts may be a real repeat
+    (two processings), never dropped."""
+    rec = Recorder(None)
+    f = follower(rec, tmp_path)
+    line = 'worker_1  | {"event":"processed","id":"t0abc1-000001","ts":5.0}'
+    f.feed(line, seen=6.0)
+    f.feed(line, seen=9.0)
+    f.feed('worker_2  | {"event":"processed","id":"t0abc1-000001","ts":5.0}', seen=9.0)
+    f.feed('worker_1  | {"event":"processed","id":"t0abc1-000002"}', seen=9.0)
+    f.feed('worker_1  | {"event":"processed","id":"t0abc1-000002"}', seen=9.5)
+    got = [(e.worker, e.id) for e in rec.snapshot()]
+    assert got == [("worker_1", "t0abc1-000001"), ("worker_2", "t0abc1-000001"),
+                   ("worker_1", "t0abc1-000002"), ("worker_1", "t0abc1-000002")]
+    assert f.replayed == 1
+
+
+def test_since_is_filled_and_spares_the_attach_wait(tmp_path: Path) -> None:
+    import time
+
+    ran: list[list[str]] = []
+    (tmp_path / "logs").mkdir()
+    ext, _ = cluster(tmp_path, ran)
+    ext.worker_logs = f"{sys.executable} -c 'import sys; print(sys.argv[1])' {{since}}"
+    t0 = time.monotonic()
+    ext.start_worker("worker-1", WorkerSpec())
+    assert time.monotonic() - t0 < 1.5  # no wait for the first output
+    assert ext.follower is not None
+    ext.follower.first_output.wait(10)
+    ext.stop()
+    text = (tmp_path / "logs" / "follower.log").read_text()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n", text), text
+
+
+def test_a_restart_needs_a_follower_that_replays() -> None:
+    sc = load_scenario(ROOT / "scenarios" / "health-check.yaml")
+    import dataclasses
+
+    restarting = dataclasses.replace(
+        sc, schedule=(), cluster=dataclasses.replace(sc.cluster, restart_policy="always"))
+    with pytest.raises(ScenarioError, match=r"restart_policy: .*\{since\}"):
+        check_external(restarting, ["kill", "restart"], allow_dlq=False)
+    check_external(restarting, ["kill", "restart"], allow_dlq=False, replays=True)

@@ -276,3 +276,37 @@ def test_queue_samples_as_csv_and_a_summary_line() -> None:
     assert "4 sample(s) over 3.5 s; deepest 40 (ready 30, unacked 10) at 1 s" in line
     assert "consumers 2..3; users up to 4" in line
     assert "none read" in queue_summary([QueueSample(0.0, 1, None, None, None)])
+
+
+def test_joined_sends_keep_the_bytes_in_order_through_partial_sends() -> None:
+    """Three frames a task become one send; a partial send puts the rest back first;
+    the buffered count drops by what went out; a frame over the bound goes alone."""
+    from collections import deque
+
+    from harness.loadgen import SEND_COALESCE_BYTES, coalescing_produce
+
+    class Transport:
+        def __init__(self, frames: list[bytes], limit: int) -> None:
+            self._tx_buffers = deque(frames)
+            self._tx_buffered_byte_count = sum(len(f) for f in frames)
+            self._sock = object()
+            self.sends: list[bytes] = []
+            self.limit = limit
+
+        def _sigint_safe_send(self, _sock: object, data: bytes) -> int:
+            n = min(len(data), self.limit)
+            self.sends.append(data[:n])
+            return n
+
+    frames = [b"M1", b"H1", b"B1", b"M2", b"H2", b"B2"]
+    t = Transport(frames, limit=1 << 20)
+    coalescing_produce(t)
+    assert t.sends == [b"M1H1B1M2H2B2"] and t._tx_buffered_byte_count == 0
+    t = Transport(frames, limit=5)  # the kernel takes 5 bytes a call
+    coalescing_produce(t)
+    assert b"".join(t.sends) == b"M1H1B1M2H2B2" and len(t.sends) == 3
+    assert t._tx_buffered_byte_count == 0 and not t._tx_buffers
+    big = b"x" * (SEND_COALESCE_BYTES + 1)
+    t = Transport([b"a", big, b"b"], limit=1 << 20)
+    coalescing_produce(t)
+    assert t.sends == [b"a", big, b"b"]
