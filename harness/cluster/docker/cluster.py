@@ -64,7 +64,11 @@ class _Worker:
     exit_requested: bool = False
     last_ns: int = 0  # docker timestamp of the last log line handled
     threads: list[threading.Thread] = field(default_factory=list)
+    # Held while a line is handled and while a new start takes over the log: a
+    # follower of an earlier start whose join timed out must not feed the lines the
+    # new follower reads again from ``last_ns`` (one event, never two).
     log_lock: threading.Lock = field(default_factory=threading.Lock)
+    generation: int = 0  # bumped by each start; a follower of an older one stops
     last_exit_code: int | None = None
 
 
@@ -222,9 +226,11 @@ class DockerCluster(BrokerSide, Cluster):
             vocab.WORKER_STARTED, "cluster", worker=w.name, container=w.container.short_id,
             image=w.spec.image or self.worker_image,
         )
-        since_ns = w.last_ns
+        with w.log_lock:
+            w.generation += 1
+            generation, since_ns = w.generation, w.last_ns
         t_log = threading.Thread(
-            target=self._follow_logs, args=(w, w.container, since_ns),
+            target=self._follow_logs, args=(w, w.container, since_ns, generation),
             name=f"docker-logs-{w.name}", daemon=True,
         )
         t_wait = threading.Thread(
@@ -240,7 +246,8 @@ class DockerCluster(BrokerSide, Cluster):
             if t is not threading.current_thread():
                 t.join(THREAD_JOIN_TIMEOUT_S)
 
-    def _follow_logs(self, w: _Worker, container: Any, since_ns: int) -> None:
+    def _follow_logs(self, w: _Worker, container: Any, since_ns: int,
+                     generation: int = 0) -> None:
         kwargs: dict[str, Any] = {}
         if since_ns:
             kwargs["since"] = max(since_ns / 1e9 - 0.001, 1.0)
@@ -254,9 +261,14 @@ class DockerCluster(BrokerSide, Cluster):
                     buf += chunk
                     while b"\n" in buf:
                         line, buf = buf.split(b"\n", 1)
-                        self._handle_line(w, line, out, since_ns)
+                        with w.log_lock:
+                            if generation and w.generation != generation:
+                                return  # superseded: the new start's follower reads on
+                            self._handle_line(w, line, out, since_ns)
                 if buf:
-                    self._handle_line(w, buf, out, since_ns)
+                    with w.log_lock:
+                        if not generation or w.generation == generation:
+                            self._handle_line(w, buf, out, since_ns)
         except Exception:
             return  # the container was removed, or the engine went away
 
