@@ -183,6 +183,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the correct worker's runs (the false-alarm control)")
     _run_options(m)
 
+    x = sub.add_parser("explore", help="generated fault schedules, run for real, until one "
+                       "breaks an invariant (kept as a scenario file)")
+    x.add_argument("scenario", type=Path, metavar="SCENARIO")
+    x.add_argument("--examples", type=_positive, default=20,
+                   help="schedules to run at most (default 20)")
+    x.add_argument("--time-budget-s", type=float, default=1800.0,
+                   help="start no example after this long (default 1800)")
+    x.add_argument("--faults", help="comma-separated faults to draw (default: every one the "
+                   "backend runs)")
+    x.add_argument("--max-steps", type=_positive, default=3,
+                   help="steps a schedule may have (default 3)")
+    x.add_argument("--shrink-runs", type=int, default=24,
+                   help="real runs the shrink of a found schedule may take (default 24; 0: "
+                   "no shrink)")
+    x.add_argument("--reruns", type=int, default=3,
+                   help="runs of each shrink candidate; it fails by majority (odd, default 3)")
+    x.add_argument("--rate-runs", type=int, default=5,
+                   help="fresh runs of the minimal schedule for its reproduction rate "
+                   "(default 5)")
+    _reporting_option(x)
+    _run_options(x)
+
     c = sub.add_parser("check", help="re-run the checkers on a recorded run directory")
     c.add_argument("run_dir", type=Path)
     c.add_argument("--claims", type=_gate, help="claims to check (default: the run's)")
@@ -311,6 +333,43 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
                     "audit needs workers of its own (local or docker)")
     try:
         return run_audit(opts, console, args.gate, args.only, args.junit)
+    except (ScenarioError, ClusterError) as exc:
+        return _err(str(exc))
+
+
+def cmd_explore(args: argparse.Namespace, console: Console) -> int:
+    """``harness explore``: see ``harness.explore``."""
+    from harness.cluster.base import ClusterError
+    from harness.explore import Bounds, ExploreError, faults_for, run_explore
+    from harness.options import new_seed
+    from harness.scenario import ScenarioError, load_scenario
+    from harness.signals import Interrupted
+
+    try:
+        sc = load_scenario(args.scenario)
+    except (ScenarioError, ValueError) as exc:
+        return _err(str(exc))
+    opts = _options(args)
+    if isinstance(opts, int):
+        return opts
+    if opts.backend == vocab.EXTERNAL:
+        return _err("--backend external: explore needs workers of its own (local or docker)")
+    seed = opts.seed if opts.seed is not None else new_seed()
+    try:
+        wanted = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults \
+            else None
+        bounds = Bounds(faults=faults_for(opts.backend, not opts.broker_url, wanted),
+                        max_steps=args.max_steps, tasks=sc.workload.tasks,
+                        concurrency=sc.cluster.concurrency)
+        return run_explore(args.scenario, sc, bounds, opts, console, examples=args.examples,
+                           time_budget_s=args.time_budget_s, seed=seed,
+                           shrink_runs=args.shrink_runs, reruns=args.reruns,
+                           rate_runs=args.rate_runs)
+    except ExploreError as exc:
+        return _err(str(exc))
+    except Interrupted:
+        console.print("interrupted: every process of the run was stopped")
+        return EXIT_UNDECIDED
     except (ScenarioError, ClusterError) as exc:
         return _err(str(exc))
 
@@ -448,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_audit(args, console)
         if args.command == "mutants":
             return cmd_mutants(args, console)
+        if args.command == "explore":
+            return cmd_explore(args, console)
         if args.command == "check":
             return cmd_check(args, console)
         if args.command == "show":

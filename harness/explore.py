@@ -1,0 +1,510 @@
+"""``harness explore SCENARIO``: generated fault schedules, each run for real and
+judged by the invariants; the first schedule that breaks one is shrunk to a
+minimal one, its reproduction rate measured, and both kept as scenario files that
+``harness run`` accepts as they are.
+
+The scenario gives the cluster and the workload; its schedule, if any, is the
+first example. Schedules are drawn whole and up front with Hypothesis strategies
+(``schedule_strategy``): a list of steps, each a trigger (after a quiet stretch of
+seconds, after k more tasks processed, when a worker holds at least k unacked), a
+fault of ``--faults``, a target (busiest, random, one) and, for a fault that lasts,
+a duration, so every lasting fault heals; the total faulted time is bounded. The
+cluster's state enters only through the triggers (and the schedule's own guards),
+so a schedule replays as the same schedule.
+
+Hypothesis drives the search (``Phase.reuse`` tries the failures its example
+database kept for this scenario first, then ``Phase.generate``) over a verdict
+cache: a real broker and real workers are not deterministic, and a schedule
+Hypothesis asks for again must get the verdict it got, or Hypothesis raises
+``Flaky``. Its shrinker is not used: it has a wall-clock limit of its own, cannot
+budget real runs, and needs a deterministic test. ``shrink`` is a delta-debugging
+shrinker of the project's own over the step list (fewer steps, earlier triggers,
+shorter faults, the simplest target), under an explicit budget of runs, and a
+candidate counts as failing only when most of its ``--reruns`` runs fail.
+
+Bounds: ``--examples`` (1..EXAMPLES_MAX), ``--time-budget-s`` (an example is not
+started past it), ``--max-steps`` (1..MAX_STEPS), durations up to
+``MAX_DURATION_S``, at most ``MAX_FAULTED_S`` of faulted time a schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from harness import vocab
+from harness.model import Scenario, Step, When
+
+EXAMPLES_MAX: Final = 1000
+MAX_STEPS: Final = 8
+TIME_BUDGET_MAX_S: Final = 24 * 3600.0
+MAX_AFTER_S: Final = 15.0
+MAX_DURATION_S: Final = 12.0
+MAX_FAULTED_S: Final = 30.0
+# A trigger waits this long at most (then the step is recorded as not fired).
+TRIGGER_TIMEOUT_S: Final = 30.0
+TARGETS: Final = ("busiest", "random", "one")
+# Runs of one candidate schedule: it counts as failing only when most of them fail
+# (real brokers and workers are not deterministic).
+RERUNS_DEFAULT: Final = 3
+RERUNS_MAX: Final = 9
+SHRINK_RUNS_DEFAULT: Final = 24
+SHRINK_RUNS_MAX: Final = 500
+RATE_RUNS_DEFAULT: Final = 5
+MIN_AFTER_S: Final = 0.5
+MIN_DURATION_S: Final = 0.5
+# The faults explore draws by default: those of one worker that a backend runs
+# (``vocab.FAULT_KINDS``), the broker's restart, and no housekeeping (heal, resume,
+# scale: its count needs the cluster's size, a later step).
+EXPLORABLE: Final = ("kill", "terminate", "pause", "restart", "close-connections",
+                     "partition", "blackhole", "reset", "broker-restart")
+
+
+class ExploreError(ValueError):
+    """Bad explore options; ``str()`` is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a generated schedule may hold."""
+
+    faults: tuple[str, ...]
+    max_steps: int = 3
+    tasks: int = 100
+    concurrency: int = 10
+    max_after_s: float = MAX_AFTER_S
+    max_duration_s: float = MAX_DURATION_S
+    max_faulted_s: float = MAX_FAULTED_S
+
+    def __post_init__(self) -> None:
+        if not self.faults:
+            raise ExploreError("--faults: name at least one fault")
+        unknown = [f for f in self.faults if f not in EXPLORABLE]
+        if unknown:
+            raise ExploreError(f"--faults {unknown[0]}: not a fault explore draws; use "
+                               f"{', '.join(EXPLORABLE)}")
+        if not 1 <= self.max_steps <= MAX_STEPS:
+            raise ExploreError(f"--max-steps must be 1..{MAX_STEPS}")
+
+
+def faults_for(backend: str, broker_owned: bool, wanted: Sequence[str] | None) -> tuple[str, ...]:
+    """The faults to draw: ``wanted`` (each checked), else every explorable fault the
+    backend runs (no broker restart on a broker the harness does not own)."""
+    usable = tuple(f for f in EXPLORABLE if vocab.unsupported(f, backend) is None
+                   and (broker_owned or f != "broker-restart"))
+    if wanted is None:
+        return usable
+    for f in wanted:
+        if f not in EXPLORABLE:
+            raise ExploreError(f"--faults {f}: not a fault explore draws; use "
+                               f"{', '.join(EXPLORABLE)}")
+        if f not in usable:
+            why = vocab.unsupported(f, backend) or "the broker is not the harness's own"
+            raise ExploreError(f"--faults {f}: {why}")
+    return tuple(dict.fromkeys(wanted))
+
+
+def schedule_strategy(bounds: Bounds) -> Any:
+    """A Hypothesis strategy of whole schedules (tuples of ``model.Step``)."""
+    from hypothesis import strategies as st
+
+    lasting = {n for n, k in vocab.FAULT_KINDS.items() if k.lasting}
+    whens = st.one_of(
+        st.builds(When, after_s=st.floats(0.5, bounds.max_after_s).map(lambda v: round(v, 1)),
+                  timeout_s=st.just(TRIGGER_TIMEOUT_S)),
+        st.builds(When, processed=st.integers(1, max(1, bounds.tasks // 2)),
+                  timeout_s=st.just(TRIGGER_TIMEOUT_S)),
+        st.builds(When, holding_unacked=st.integers(1, max(1, bounds.concurrency)),
+                  timeout_s=st.just(TRIGGER_TIMEOUT_S)),
+    )
+
+    @st.composite
+    def step(draw: Any) -> Step:
+        fault = draw(st.sampled_from(bounds.faults))
+        when = draw(whens)
+        if fault == "broker-restart":
+            return Step(when=when, fault=fault)  # the broker: no worker target
+        duration = (round(draw(st.floats(0.5, bounds.max_duration_s)), 1)
+                    if fault in lasting else None)
+        return Step(when=when, fault=fault, target=draw(st.sampled_from(TARGETS)),
+                    duration_s=duration)
+
+    return st.lists(step(), min_size=1, max_size=bounds.max_steps).map(tuple).filter(
+        lambda steps: faulted_s(steps) <= bounds.max_faulted_s)
+
+
+def faulted_s(steps: Sequence[Step]) -> float:
+    """The schedule's time under a lasting fault (durations summed)."""
+    return sum(s.duration_s or 0.0 for s in steps)
+
+
+def step_dict(step: Step) -> dict[str, Any]:
+    """One step as the scenario file writes it."""
+    when: dict[str, Any] = {}
+    for key in ("after_s", "processed", "holding_unacked"):
+        value = getattr(step.when, key)
+        if value is not None:
+            when[key] = value
+    when["timeout_s"] = step.when.timeout_s
+    out: dict[str, Any] = {"when": when, "fault": step.fault}
+    if vocab.FAULT_KINDS[step.fault].broker_level is False:
+        out["target"] = step.target
+    if step.duration_s is not None:
+        out["duration_s"] = step.duration_s
+    if step.count is not None:
+        out["count"] = step.count
+    return out
+
+
+def schedule_key(steps: Sequence[Step]) -> str:
+    """A schedule's identity (its steps as written), for the verdict cache."""
+    text = json.dumps([step_dict(s) for s in steps], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe(steps: Sequence[Step]) -> str:
+    """One line: ``kill busiest after 10 processed; pause random 3.5 s after 2.0 s``."""
+    parts = []
+    for s in steps:
+        w = s.when
+        trigger = (f"after {w.after_s:g} s" if w.after_s is not None else
+                   f"after {w.processed} processed" if w.processed is not None else
+                   f"when holding {w.holding_unacked} unacked")
+        lasting = f" {s.duration_s:g} s" if s.duration_s is not None else ""
+        parts.append(f"{s.fault} {s.target}{lasting} {trigger}")
+    return "; ".join(parts) or "no fault"
+
+
+def write_scenario(source: Path, scenario: Scenario, steps: Sequence[Step], out: Path,
+                   name: str) -> Path:
+    """The source scenario file with ``steps`` as its schedule and ``name`` as its
+    name, at ``out``: a file ``harness run`` accepts as it is (checked by loading it
+    back)."""
+    from harness.scenario import load_scenario
+
+    raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ExploreError(f"{source}: not a scenario mapping")
+    raw["name"] = name
+    raw["description"] = (f"Found by harness explore from {scenario.name}: "
+                          f"{describe(steps)}.")
+    raw["schedule"] = [step_dict(s) for s in steps]
+    if not steps:
+        raw.pop("schedule")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    load_scenario(out)  # ScenarioError if the harness would not run it
+    return out
+
+
+@dataclass
+class Example:
+    """One schedule run for real: its verdict (exit code) and where it is."""
+
+    steps: tuple[Step, ...]
+    exit_code: int
+    violated: tuple[str, ...]  # the claims whose invariant was false
+    run_dir: Path | None
+    scenario_file: Path
+    faults_injected: int
+
+
+@dataclass
+class Exploration:
+    examples: list[Example] = dataclasses.field(default_factory=list)
+    found: Example | None = None
+    stopped_by_budget: bool = False
+
+    @property
+    def faults_injected(self) -> int:
+        return sum(e.faults_injected for e in self.examples)
+
+    @property
+    def fault_kinds(self) -> set[str]:
+        return {s.fault for e in self.examples for s in e.steps}
+
+
+# A runner of one schedule: (scenario file, steps) -> the example.
+RunOne = Callable[[Path, tuple[Step, ...]], Example]
+
+
+class _Violation(Exception):
+    """Raised inside the Hypothesis test: this schedule broke an invariant."""
+
+
+def explore(source: Path, scenario: Scenario, bounds: Bounds, run_one: RunOne, *,
+            examples: int, time_budget_s: float, seed: int, out_dir: Path,
+            database_dir: Path | None, clock: Callable[[], float] = time.monotonic
+            ) -> Exploration:
+    """Run up to ``examples`` schedules (the scenario's own first, then the example
+    database's failures, then generated ones) until one breaks an invariant or the
+    time budget is spent. Each schedule runs once; Hypothesis gets its cached
+    verdict if it asks again."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hseed
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    if not 1 <= examples <= EXAMPLES_MAX:
+        raise ExploreError(f"--examples must be 1..{EXAMPLES_MAX}")
+    if not 0 < time_budget_s <= TIME_BUDGET_MAX_S:
+        raise ExploreError(f"--time-budget-s must be in (0, {TIME_BUDGET_MAX_S:g}]")
+    result = Exploration()
+    cache: dict[str, Example] = {}
+    deadline = clock() + time_budget_s
+    n = 0
+
+    def judge(steps: tuple[Step, ...]) -> Example | None:
+        nonlocal n
+        key = schedule_key(steps)
+        if key in cache:
+            return cache[key]
+        if clock() >= deadline or n >= examples:
+            result.stopped_by_budget = result.stopped_by_budget or clock() >= deadline
+            return None
+        n += 1
+        path = out_dir / f"example-{n:03d}.yaml"
+        write_scenario(source, scenario, steps, path, f"{scenario.name}-explore-{n:03d}")
+        ex = run_one(path, steps)
+        cache[key] = ex
+        result.examples.append(ex)
+        return ex
+
+    if scenario.schedule:
+        first = judge(tuple(scenario.schedule))
+        if first is not None and first.violated:
+            result.found = first
+            return result
+
+    db = DirectoryBasedExampleDatabase(str(database_dir)) if database_dir is not None else None
+
+    @settings(max_examples=examples, deadline=None, database=db,
+              phases=[Phase.explicit, Phase.reuse, Phase.generate],
+              suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
+    @hseed(seed)
+    @given(schedule_strategy(bounds))
+    def search(steps: tuple[Step, ...]) -> None:
+        ex = judge(steps)
+        if ex is not None and ex.violated:
+            result.found = ex
+            raise _Violation(schedule_key(steps))
+
+    with contextlib.suppress(_Violation):  # the found example is in ``result``
+        search()
+    return result
+
+
+# -- the command ---------------------------------------------------------------------------
+
+def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, console: Any,
+                *, examples: int, time_budget_s: float, seed: int,
+                shrink_runs: int = SHRINK_RUNS_DEFAULT, reruns: int = RERUNS_DEFAULT,
+                rate_runs: int = RATE_RUNS_DEFAULT) -> int:
+    """``harness explore``: the search on real runs (one broker for all on docker,
+    a vhost each), then the found schedule shrunk (``shrink``, at most
+    ``shrink_runs`` runs, a majority of ``reruns`` each) and its reproduction rate
+    measured (``rate_runs`` fresh runs); its report, and the exit code: 1 when a
+    schedule broke an invariant, 0 when none did, 2 when no example ran to a
+    verdict."""
+    if not 0 <= rate_runs <= RERUNS_MAX * 2:
+        raise ExploreError(f"--rate-runs must be 0..{RERUNS_MAX * 2}")
+    shrink(tuple(), lambda s: False, budget_runs=shrink_runs, reruns=reruns)  # checks both
+    import random
+    import shlex
+
+    from harness.options import portable_rerun
+    from harness.runner import run_scenario, suite_broker
+    from harness.scenario import load_scenario
+    from harness.verdicts import invariant_verdict
+
+    out_root = opts.out / f"explore-{time.strftime('%Y%m%d-%H%M%S')}-{scenario.name}"
+    out_root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    console.print(f"[bold]explore {scenario.name}[/bold]  seed={seed}  backend={opts.backend}  "
+                  f"faults={','.join(bounds.faults)}  max steps={bounds.max_steps}  "
+                  f"examples<={examples}  budget={time_budget_s:g} s  out={out_root}")
+    with suite_broker(opts) as run_opts:
+        def run_one(path: Path, steps: tuple[Step, ...]) -> Example:
+            sc = load_scenario(path)
+            one = dataclasses.replace(run_opts, seed=rng.randrange(2**32), out=out_root,
+                                      progress=False)
+            console.print(f"[bold]example[/bold] {path.name}: {describe(steps)}")
+            outcome = run_scenario(sc, one, console)
+            violated = tuple(r.claim for r in outcome.results if invariant_verdict(r) is False)
+            fired = _faults_fired(outcome.run_dir)
+            return Example(steps, outcome.exit_code, violated, outcome.run_dir, path, fired)
+
+        result = explore(source, scenario, bounds, run_one, examples=examples,
+                         time_budget_s=time_budget_s, seed=seed, out_dir=out_root,
+                         database_dir=opts.out / ".explore-db" / scenario.name)
+        shrunk: Shrunk | None = None
+        rate: tuple[int, int] | None = None
+        if result.found is not None:
+            later: list[Example] = []
+
+            def fails(steps: tuple[Step, ...]) -> bool:
+                n = len(later) + 1
+                path = out_root / f"shrink-{n:03d}.yaml"
+                write_scenario(source, scenario, steps, path, f"{scenario.name}-shrink-{n:03d}")
+                ex = run_one(path, steps)
+                later.append(ex)
+                return bool(ex.violated)
+
+            console.print(f"[bold]shrinking[/bold] {describe(result.found.steps)} (at most "
+                          f"{shrink_runs} runs, a majority of {reruns} each)")
+            shrunk = shrink(result.found.steps, fails, budget_runs=shrink_runs, reruns=reruns)
+            if rate_runs:
+                rate = reproduction_rate(shrunk.steps, fails, rate_runs)
+    console.print()
+    for i, ex in enumerate(result.examples, 1):
+        word = "FAIL" if ex.violated else ("PASS" if ex.exit_code == 0 else "UNKNOWN")
+        console.print(f"  {i:3d}. {word:7s} {describe(ex.steps)}  ({ex.run_dir})")
+    rerun_base = ["harness", "explore", portable_rerun(str(source)), "--seed", str(seed),
+                  "--backend", opts.backend, "--examples", str(examples),
+                  "--max-steps", str(bounds.max_steps), "--faults", ",".join(bounds.faults)]
+    console.print(f"rerun the search: {shlex.join(rerun_base)}")
+    if result.found is not None:
+        found = result.found
+        kept = out_root / f"{scenario.name}-found.yaml"
+        write_scenario(source, scenario, found.steps, kept, f"{scenario.name}-found")
+        console.print(f"[red]violated[/red]: {', '.join(found.violated)} by the schedule: "
+                      f"{describe(found.steps)}")
+        console.print(f"  scenario: {kept}  (its run: {found.run_dir})")
+        if shrunk is not None:
+            minimal = out_root / f"{scenario.name}-minimal.yaml"
+            write_scenario(source, scenario, shrunk.steps, minimal, f"{scenario.name}-minimal")
+            how = ("the budget of runs ended it" if shrunk.exhausted
+                   else "no simpler schedule fails in most of its runs")
+            console.print(f"[bold]minimal[/bold]: {describe(shrunk.steps)}  "
+                          f"({len(found.steps)} -> {len(shrunk.steps)} step(s); "
+                          f"{shrunk.runs_used} runs, {shrunk.tried} candidates; {how})")
+            if rate is not None:
+                console.print(f"  reproduces {rate[0]} of {rate[1]} fresh runs")
+            console.print(f"  scenario: {minimal}")
+            console.print(f"  run it again: harness run {minimal} --backend {opts.backend}")
+        return vocab.EXIT_VIOLATED
+    ran = len(result.examples)
+    decided = [e for e in result.examples if e.exit_code == vocab.EXIT_OK]
+    budget = " (the time budget ended the search)" if result.stopped_by_budget else ""
+    console.print(f"no violation in {ran} example(s){budget} ({result.faults_injected} "
+                  f"fault(s) injected, {len(result.fault_kinds)} distinct fault kind(s)); "
+                  f"{ran - len(decided)} undecided")
+    return vocab.EXIT_OK if decided else vocab.EXIT_UNDECIDED
+
+
+def _faults_fired(run_dir: Path) -> int:
+    """The fault invocations a run recorded (ok), from its history."""
+    path = run_dir / "history.jsonl"
+    n = 0
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if '"type":"fault"' in line and '"phase":"invoke"' in line and '"ok":true' in line:
+                    n += 1
+    except OSError:
+        return 0
+    return n
+
+
+# -- shrinking ---------------------------------------------------------------------------------
+
+
+
+def simpler(steps: tuple[Step, ...]) -> list[tuple[Step, ...]]:
+    """The candidates one step simpler than ``steps``, most aggressive first: a step
+    fewer; then per step an earlier trigger (half the seconds, half the count), a
+    shorter fault (half the duration), the simplest target (``one``). Each candidate
+    is strictly smaller in (steps, trigger values, durations, target), so shrinking
+    ends."""
+    out: list[tuple[Step, ...]] = []
+    for i in range(len(steps)):
+        out.append(steps[:i] + steps[i + 1:])
+    for i, s in enumerate(steps):
+        w = s.when
+        variants: list[Step] = []
+        if w.after_s is not None and w.after_s > MIN_AFTER_S:
+            variants.append(dataclasses.replace(s, when=dataclasses.replace(
+                w, after_s=max(MIN_AFTER_S, round(w.after_s / 2, 1)))))
+        if w.processed is not None and w.processed > 1:
+            variants.append(dataclasses.replace(s, when=dataclasses.replace(
+                w, processed=max(1, w.processed // 2))))
+        if w.holding_unacked is not None and w.holding_unacked > 1:
+            variants.append(dataclasses.replace(s, when=dataclasses.replace(
+                w, holding_unacked=max(1, w.holding_unacked // 2))))
+        if s.duration_s is not None and s.duration_s > MIN_DURATION_S:
+            variants.append(dataclasses.replace(
+                s, duration_s=max(MIN_DURATION_S, round(s.duration_s / 2, 1))))
+        if s.target not in ("one", "broker") and not vocab.FAULT_KINDS[s.fault].broker_level:
+            variants.append(dataclasses.replace(s, target="one"))
+        out.extend((*steps[:i], v, *steps[i + 1:]) for v in variants)
+    return out
+
+
+@dataclass
+class Shrunk:
+    """The smallest schedule found that still fails in most of its runs."""
+
+    steps: tuple[Step, ...]
+    runs_used: int
+    tried: int
+    # Every run of a schedule: key -> verdicts (True: it failed).
+    outcomes: dict[str, list[bool]] = dataclasses.field(default_factory=dict)
+    exhausted: bool = False  # the budget of runs ended the shrink
+
+
+def shrink(steps: tuple[Step, ...], fails: Callable[[tuple[Step, ...]], bool], *,
+           budget_runs: int, reruns: int = RERUNS_DEFAULT) -> Shrunk:
+    """Delta debugging of the project's own (not Hypothesis's shrinker, which has a
+    wall-clock limit of its own, cannot budget real runs and raises ``Flaky`` when a
+    replay disagrees): take the first simpler candidate (``simpler``) that fails in
+    a majority of ``reruns`` runs, and start again from it, until none does or
+    ``budget_runs`` runs are spent. ``fails`` runs a schedule once for real."""
+    if not 1 <= reruns <= RERUNS_MAX or reruns % 2 == 0:
+        raise ExploreError(f"--reruns must be odd, 1..{RERUNS_MAX}")
+    if not 0 <= budget_runs <= SHRINK_RUNS_MAX:
+        raise ExploreError(f"--shrink-runs must be 0..{SHRINK_RUNS_MAX}")
+    result = Shrunk(steps, 0, 0)
+    need = reruns // 2 + 1
+
+    def majority(candidate: tuple[Step, ...]) -> bool | None:
+        """True/False by majority, None when the budget ran out first."""
+        runs = result.outcomes.setdefault(schedule_key(candidate), [])
+        while runs.count(True) < need and runs.count(False) < need:
+            if result.runs_used >= budget_runs:
+                return None
+            result.runs_used += 1
+            runs.append(fails(candidate))
+        return runs.count(True) >= need
+
+    current = steps
+    while True:
+        progressed = False
+        for candidate in simpler(current):
+            result.tried += 1
+            verdict = majority(candidate)
+            if verdict is None:
+                result.exhausted = True
+                result.steps = current
+                return result
+            if verdict:
+                current = candidate
+                progressed = True
+                break
+        if not progressed:
+            result.steps = current
+            return result
+
+
+def reproduction_rate(steps: tuple[Step, ...], fails: Callable[[tuple[Step, ...]], bool],
+                      runs: int) -> tuple[int, int]:
+    """(failed, runs) of ``runs`` fresh runs of ``steps``."""
+    failed = sum(1 for _ in range(runs) if fails(steps))
+    return failed, runs

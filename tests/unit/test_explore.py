@@ -1,0 +1,214 @@
+"""harness explore (harness.explore): generated schedules stay in their bounds and
+write scenario files the harness runs as they are; the search runs each schedule
+once, stops at the first violation or the budget, and tries the failures its
+example database kept first. Runs are faked here (a function of the schedule)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness import vocab
+from harness.explore import (
+    Bounds,
+    Example,
+    ExploreError,
+    describe,
+    explore,
+    faults_for,
+    schedule_key,
+    schedule_strategy,
+    shrink,
+    step_dict,
+    write_scenario,
+)
+from harness.model import Step
+from harness.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "scenarios" / "load-balancing.yaml"
+BOUNDS = Bounds(faults=("kill", "pause", "partition", "broker-restart"), max_steps=3,
+                tasks=100, concurrency=10, max_faulted_s=12.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(schedule_strategy(BOUNDS))
+def test_a_generated_schedule_keeps_its_bounds(steps: tuple[Step, ...]) -> None:
+    assert 1 <= len(steps) <= BOUNDS.max_steps
+    assert sum(s.duration_s or 0 for s in steps) <= BOUNDS.max_faulted_s
+    for s in steps:
+        assert s.fault in BOUNDS.faults
+        lasting = vocab.FAULT_KINDS[s.fault].lasting
+        assert (s.duration_s is not None) == lasting  # every lasting fault heals
+        assert s.target in ("busiest", "random", "one")
+        w = s.when
+        assert [w.after_s, w.processed, w.holding_unacked].count(None) == 2
+
+
+@settings(max_examples=15, deadline=None)
+@given(schedule_strategy(BOUNDS), st.integers(0, 10**6))
+def test_a_schedule_written_out_is_the_scenario_harness_run_reads(
+        tmp_path_factory: pytest.TempPathFactory, steps: tuple[Step, ...], n: int) -> None:
+    sc = load_scenario(SOURCE)
+    out = tmp_path_factory.mktemp("sched") / f"found-{n}.yaml"
+    write_scenario(SOURCE, sc, steps, out, "load-balancing-found")
+    back = load_scenario(out)
+    assert [step_dict(s) for s in back.schedule] == [step_dict(s) for s in steps]
+    assert back.workload == sc.workload and back.cluster == sc.cluster
+    assert back.name == "load-balancing-found" and describe(steps) in back.description
+
+
+def fake_runs(bug: str | None) -> tuple[list[tuple[Step, ...]], object]:
+    """A run_one whose worker breaks no-loss when the schedule holds ``bug``."""
+    ran: list[tuple[Step, ...]] = []
+
+    def run_one(path: Path, steps: tuple[Step, ...]) -> Example:
+        ran.append(steps)
+        broken = bug is not None and any(s.fault == bug for s in steps)
+        return Example(steps, 1 if broken else 0, ("no-loss",) if broken else (),
+                       path.parent / f"run-{len(ran)}", path, len(steps))
+
+    return ran, run_one
+
+
+def test_the_search_stops_at_the_first_violation_and_runs_each_schedule_once(
+        tmp_path: Path) -> None:
+    sc = load_scenario(SOURCE)
+    ran, run_one = fake_runs("pause")
+    result = explore(SOURCE, sc, BOUNDS, run_one, examples=50, time_budget_s=600, seed=3,  # type: ignore[arg-type]
+                     out_dir=tmp_path / "out", database_dir=tmp_path / "db")
+    assert result.found is not None and "pause" in {s.fault for s in result.found.steps}
+    assert result.found.violated == ("no-loss",)
+    assert len({schedule_key(s) for s in ran}) == len(ran)  # none run twice
+    assert result.found.scenario_file.is_file()
+
+
+def test_a_correct_worker_gets_no_false_alarm_and_the_examples_are_listed(
+        tmp_path: Path) -> None:
+    sc = load_scenario(SOURCE)
+    ran, run_one = fake_runs(None)
+    result = explore(SOURCE, sc, BOUNDS, run_one, examples=8, time_budget_s=600, seed=4,  # type: ignore[arg-type]
+                     out_dir=tmp_path / "out", database_dir=None)
+    assert result.found is None
+    assert 1 <= len(result.examples) <= 8 and len(ran) == len(result.examples)
+    assert result.faults_injected == sum(len(s) for s in ran)
+
+
+def test_the_kept_failure_is_tried_first_next_time(tmp_path: Path) -> None:
+    sc = load_scenario(SOURCE)
+    _, run_one = fake_runs("broker-restart")
+    first = explore(SOURCE, sc, BOUNDS, run_one, examples=60, time_budget_s=600, seed=5,  # type: ignore[arg-type]
+                    out_dir=tmp_path / "a", database_dir=tmp_path / "db")
+    assert first.found is not None
+    again, run_one2 = fake_runs("broker-restart")
+    second = explore(SOURCE, sc, BOUNDS, run_one2, examples=60, time_budget_s=600,  # type: ignore[arg-type]
+                     seed=99, out_dir=tmp_path / "b", database_dir=tmp_path / "db")
+    assert second.found is not None and len(again) == 1  # the database's failure, first
+
+
+def test_the_time_budget_ends_the_search(tmp_path: Path) -> None:
+    sc = load_scenario(SOURCE)
+    ran, run_one = fake_runs(None)
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 100.0  # every look at the clock: 100 s later
+        return now[0]
+
+    result = explore(SOURCE, sc, BOUNDS, run_one, examples=50, time_budget_s=250, seed=6,  # type: ignore[arg-type]
+                     out_dir=tmp_path / "out", database_dir=None, clock=clock)
+    assert result.stopped_by_budget and len(ran) <= 2
+
+
+def test_the_scenarios_own_schedule_is_the_first_example(tmp_path: Path) -> None:
+    source = ROOT / "scenarios" / "crash-recovery.yaml"
+    sc = load_scenario(source)
+    ran, run_one = fake_runs("kill")
+    result = explore(source, sc, BOUNDS, run_one, examples=5, time_budget_s=600, seed=7,  # type: ignore[arg-type]
+                     out_dir=tmp_path / "out", database_dir=None)
+    assert ran == [tuple(sc.schedule)] and result.found is not None
+
+
+def test_faults_follow_the_backend_and_bad_options_are_one_line_errors() -> None:
+    assert "partition" not in faults_for("local", True, None)
+    assert "partition" in faults_for("docker", True, None)
+    assert "broker-restart" not in faults_for("docker", False, None)
+    with pytest.raises(ExploreError, match="--faults explode"):
+        faults_for("local", True, ["explode"])
+    with pytest.raises(ExploreError, match="partition needs --backend docker"):
+        faults_for("local", True, ["partition"])
+    with pytest.raises(ExploreError, match="--max-steps"):
+        Bounds(faults=("kill",), max_steps=0)
+    with pytest.raises(ExploreError, match="--examples"):
+        explore(SOURCE, load_scenario(SOURCE), BOUNDS, lambda p, s: None,  # type: ignore[arg-type,return-value]
+                examples=0, time_budget_s=1, seed=1, out_dir=Path("/nonexistent"),
+                database_dir=None)
+
+
+def test_explore_with_a_bad_fault_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+
+    code = main(["explore", str(SOURCE), "--backend", "local", "--faults", "kill,explode"])
+    err = capsys.readouterr().err
+    assert code == 2 and "explode" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# -- shrinking ---------------------------------------------------------------------------
+
+def steps_of(*items: tuple[str, dict[str, float], float | None, str]) -> tuple[Step, ...]:
+    from harness.model import When
+
+    return tuple(Step(when=When(**trigger, timeout_s=30.0), fault=fault,  # type: ignore[arg-type]
+                      duration_s=duration, target=target)
+                 for fault, trigger, duration, target in items)
+
+
+def test_shrinking_keeps_what_the_bug_needs_and_drops_the_rest() -> None:
+    """The bug: a kill after at least 3 processed, and a pause of at least 2 s."""
+    big = steps_of(("pause", {"after_s": 9.0}, 8.0, "random"),
+                   ("terminate", {"holding_unacked": 6}, None, "busiest"),
+                   ("kill", {"processed": 40}, None, "busiest"))
+
+    def fails(steps: tuple[Step, ...]) -> bool:
+        kill = any(s.fault == "kill" and (s.when.processed or 0) >= 3 for s in steps)
+        pause = any(s.fault == "pause" and (s.duration_s or 0) >= 2 for s in steps)
+        return kill and pause
+
+    out = shrink(big, fails, budget_runs=200, reruns=1)
+    assert not out.exhausted
+    assert [s.fault for s in out.steps] == ["pause", "kill"]
+    pause, kill = out.steps
+    assert pause.duration_s is not None and 2 <= pause.duration_s < 4
+    assert pause.when.after_s == 0.5 and pause.target == "one"
+    assert kill.when.processed is not None and 3 <= kill.when.processed < 6
+    assert kill.target == "one"
+
+
+def test_a_flaky_candidate_counts_by_majority_and_the_budget_holds() -> None:
+    """Real runs disagree: a candidate that fails one run in three is not accepted;
+    the budget of runs is never passed."""
+    import itertools
+
+    big = steps_of(("kill", {"processed": 8}, None, "busiest"),
+                   ("kill", {"processed": 4}, None, "busiest"))
+    pattern = itertools.cycle([True, False, False])
+
+    def fails(steps: tuple[Step, ...]) -> bool:
+        return len(steps) == 2 or next(pattern)  # the full schedule always fails
+
+    out = shrink(big, fails, budget_runs=12, reruns=3)
+    assert out.runs_used <= 12
+    assert len(out.steps) == 2  # no one-step candidate won a majority
+    with pytest.raises(ExploreError, match="odd"):
+        shrink(big, fails, budget_runs=1, reruns=2)
+
+
+def test_the_reproduction_rate_counts_fresh_runs() -> None:
+    from harness.explore import reproduction_rate
+
+    flips = iter([True, False, True, True, False])
+    assert reproduction_rate((), lambda s: next(flips), 5) == (3, 5)
