@@ -341,8 +341,8 @@ def cmd_explore(args: argparse.Namespace, console: Console) -> int:
     """``harness explore``: see ``harness.explore``."""
     from harness.cluster.base import ClusterError
     from harness.explore import Bounds, ExploreError, faults_for, run_explore
-    from harness.options import new_seed
-    from harness.scenario import ScenarioError, load_scenario
+    from harness.options import OptionsError, check_format, new_seed
+    from harness.scenario import ScenarioError, check_backend, load_scenario, restarts_broker
     from harness.signals import Interrupted
 
     try:
@@ -354,6 +354,14 @@ def cmd_explore(args: argparse.Namespace, console: Console) -> int:
         return opts
     if opts.backend == vocab.EXTERNAL:
         return _err("--backend external: explore needs workers of its own (local or docker)")
+    try:
+        check_backend(sc, opts.backend)
+        check_format(sc, opts)
+    except (ScenarioError, OptionsError) as exc:
+        return _err(str(exc))
+    if opts.broker_url and restarts_broker(sc):
+        return _err(f"{sc.path}: the scenario restarts the broker, and --broker-url's "
+                    "broker is not the harness's; explore it without --broker-url")
     seed = opts.seed if opts.seed is not None else new_seed()
     try:
         wanted = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults \

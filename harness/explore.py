@@ -121,7 +121,9 @@ def schedule_strategy(bounds: Bounds) -> Any:
     whens = st.one_of(
         st.builds(When, after_s=st.floats(0.5, bounds.max_after_s).map(lambda v: round(v, 1)),
                   timeout_s=st.just(TRIGGER_TIMEOUT_S)),
-        st.builds(When, processed=st.integers(1, max(1, bounds.tasks // 2)),
+        # Counted from the previous step's firing: all steps together within half the
+        # tasks, so every trigger can fire.
+        st.builds(When, processed=st.integers(1, max(1, bounds.tasks // (2 * bounds.max_steps))),
                   timeout_s=st.just(TRIGGER_TIMEOUT_S)),
         st.builds(When, holding_unacked=st.integers(1, max(1, bounds.concurrency)),
                   timeout_s=st.just(TRIGGER_TIMEOUT_S)),
@@ -212,10 +214,14 @@ class Example:
 
     steps: tuple[Step, ...]
     exit_code: int
-    violated: tuple[str, ...]  # the claims whose invariant was false
+    violated: tuple[str, ...]  # the gated claims whose invariant was false
     run_dir: Path | None
     scenario_file: Path
     faults_injected: int
+    fault_kinds: frozenset[str] = frozenset()  # the faults that fired
+    evidence: dict[str, str] = dataclasses.field(default_factory=dict)  # claim -> summary
+    rerun: str = ""  # the harness run command of this very run (its seed)
+    error: str | None = None  # the run could not be made (the harness's own failure)
 
 
 @dataclass
@@ -223,6 +229,7 @@ class Exploration:
     examples: list[Example] = dataclasses.field(default_factory=list)
     found: Example | None = None
     stopped_by_budget: bool = False
+    interrupted: bool = False
 
     @property
     def faults_injected(self) -> int:
@@ -230,28 +237,64 @@ class Exploration:
 
     @property
     def fault_kinds(self) -> set[str]:
-        return {s.fault for e in self.examples for s in e.steps}
+        return {k for e in self.examples for k in e.fault_kinds}
 
 
 # A runner of one schedule: (scenario file, steps) -> the example.
 RunOne = Callable[[Path, tuple[Step, ...]], Example]
 
 
-class _Violation(Exception):
-    """Raised inside the Hypothesis test: this schedule broke an invariant."""
+class _Stop(Exception):
+    """Raised inside the Hypothesis test: stop the search (a violation, Ctrl-C).
+    The verdict is cached, so a replay Hypothesis makes raises it again, never runs."""
+
+
+def database_key(scenario: Scenario, bounds: Bounds) -> bytes:
+    """Where the failures of one scenario under one set of bounds are kept."""
+    text = json.dumps({"scenario": scenario.name, "bounds": dataclasses.asdict(bounds)},
+                      sort_keys=True, default=str)
+    return b"rmq-harness-explore:" + hashlib.sha256(text.encode()).hexdigest().encode()
+
+
+def encode_steps(steps: Sequence[Step]) -> bytes:
+    return json.dumps([step_dict(s) for s in steps], sort_keys=True).encode()
+
+
+def decode_steps(raw: bytes) -> tuple[Step, ...] | None:
+    """A kept schedule, or None when it no longer reads (a changed format)."""
+    try:
+        items = json.loads(raw)
+        out = []
+        for d in items:
+            when = When(**{k: v for k, v in d["when"].items()
+                           if k in ("after_s", "processed", "holding_unacked", "timeout_s")})
+            out.append(Step(when=when, fault=str(d["fault"]), target=str(d.get("target", "one")),
+                            duration_s=d.get("duration_s"), count=d.get("count")))
+        return tuple(out)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def explore(source: Path, scenario: Scenario, bounds: Bounds, run_one: RunOne, *,
             examples: int, time_budget_s: float, seed: int, out_dir: Path,
             database_dir: Path | None, clock: Callable[[], float] = time.monotonic
             ) -> Exploration:
-    """Run up to ``examples`` schedules (the scenario's own first, then the example
-    database's failures, then generated ones) until one breaks an invariant or the
-    time budget is spent. Each schedule runs once; Hypothesis gets its cached
-    verdict if it asks again."""
+    """Run up to ``examples`` schedules until one breaks an invariant or the time
+    budget is spent: the failures kept for this scenario and these bounds first,
+    then the scenario's own schedule, then generated ones.
+
+    The failures are kept in Hypothesis's example database (``database_dir``) under
+    a key of the scenario and the bounds, written and read by this function only:
+    Hypothesis's own use of it would delete a kept failure that one replay did not
+    reproduce (a real run is not deterministic) or that the budget skipped. Each
+    schedule runs once; a replay Hypothesis asks for gets the cached verdict. A run
+    that raises is an example with an error (no verdict), never a failure; Ctrl-C
+    stops the search and is raised again after it."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
     from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from harness.signals import Interrupted
 
     if not 1 <= examples <= EXAMPLES_MAX:
         raise ExploreError(f"--examples must be 1..{EXAMPLES_MAX}")
@@ -261,76 +304,127 @@ def explore(source: Path, scenario: Scenario, bounds: Bounds, run_one: RunOne, *
     cache: dict[str, Example] = {}
     deadline = clock() + time_budget_s
     n = 0
+    interrupt: list[Interrupted] = []
 
     def judge(steps: tuple[Step, ...]) -> Example | None:
         nonlocal n
         key = schedule_key(steps)
         if key in cache:
             return cache[key]
-        if clock() >= deadline or n >= examples:
+        if interrupt or clock() >= deadline or n >= examples:
             result.stopped_by_budget = result.stopped_by_budget or clock() >= deadline
             return None
         n += 1
         path = out_dir / f"example-{n:03d}.yaml"
         write_scenario(source, scenario, steps, path, f"{scenario.name}-explore-{n:03d}")
-        ex = run_one(path, steps)
+        try:
+            ex = run_one(path, steps)
+        except Interrupted as exc:
+            interrupt.append(exc)
+            result.interrupted = True
+            return None
+        except Exception as exc:  # noqa: BLE001 - the harness's failure: no verdict, said
+            ex = Example(steps, vocab.EXIT_UNDECIDED, (), None, path, 0,
+                         error=f"{type(exc).__name__}: {exc}")
         cache[key] = ex
         result.examples.append(ex)
         return ex
 
-    if scenario.schedule:
-        first = judge(tuple(scenario.schedule))
-        if first is not None and first.violated:
-            result.found = first
-            return result
-
-    db = DirectoryBasedExampleDatabase(str(database_dir)) if database_dir is not None else None
-
-    @settings(max_examples=examples, deadline=None, database=db,
-              phases=[Phase.explicit, Phase.reuse, Phase.generate],
-              suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
-    @hseed(seed)
-    @given(schedule_strategy(bounds))
-    def search(steps: tuple[Step, ...]) -> None:
-        ex = judge(steps)
+    def found(ex: Example | None) -> bool:
         if ex is not None and ex.violated:
             result.found = ex
-            raise _Violation(schedule_key(steps))
+            return True
+        return False
 
-    with contextlib.suppress(_Violation):  # the found example is in ``result``
-        search()
+    db = DirectoryBasedExampleDatabase(str(database_dir)) if database_dir is not None else None
+    dbkey = database_key(scenario, bounds)
+    kept = [k for k in (decode_steps(raw) for raw in sorted(db.fetch(dbkey))) if k] if db else []
+    for steps in [*kept, *([tuple(scenario.schedule)] if scenario.schedule else [])]:
+        if found(judge(steps)):
+            break
+    if result.found is None and not interrupt:
+
+        @settings(max_examples=examples, deadline=None, database=None,
+                  phases=[Phase.generate], suppress_health_check=list(HealthCheck),
+                  report_multiple_bugs=False)
+        @hseed(seed)
+        @given(schedule_strategy(bounds))
+        def search(steps: tuple[Step, ...]) -> None:
+            ex = judge(steps)
+            if found(ex) or interrupt:
+                raise _Stop(schedule_key(steps))
+
+        with contextlib.suppress(_Stop):
+            search()
+    if interrupt:
+        raise interrupt[0]
+    if db is not None and result.found is not None:
+        db.save(dbkey, encode_steps(result.found.steps))
     return result
 
 
+def keep_failure(database_dir: Path | None, scenario: Scenario, bounds: Bounds,
+                 steps: Sequence[Step]) -> None:
+    """Keep ``steps`` (the minimal schedule) with the scenario's failures."""
+    if database_dir is None:
+        return
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    DirectoryBasedExampleDatabase(str(database_dir)).save(database_key(scenario, bounds),
+                                                           encode_steps(steps))
+
+
 # -- the command ---------------------------------------------------------------------------
+
+def explore_gate(scenario: Scenario, gate: frozenset[str] | None) -> frozenset[str]:
+    """The invariants a schedule is judged by: the user's ``--gate``, else the safety
+    invariants every run judges (``verdicts.ALWAYS_JUDGED``) and, where the scenario
+    names them, redelivery-after-crash and dead-letter. Not the scenario's other
+    claims: concurrency, distribution and scaling measure a fault-free run."""
+    from harness.verdicts import ALWAYS_JUDGED
+
+    if gate is not None:
+        return gate
+    return frozenset(ALWAYS_JUDGED) | (
+        frozenset(scenario.claims) & {"redelivery-after-crash", "dead-letter"})
+
 
 def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, console: Any,
                 *, examples: int, time_budget_s: float, seed: int,
                 shrink_runs: int = SHRINK_RUNS_DEFAULT, reruns: int = RERUNS_DEFAULT,
                 rate_runs: int = RATE_RUNS_DEFAULT) -> int:
     """``harness explore``: the search on real runs (one broker for all on docker,
-    a vhost each), then the found schedule shrunk (``shrink``, at most
+    a vhost each), then the found schedule confirmed and shrunk (``shrink``, at most
     ``shrink_runs`` runs, a majority of ``reruns`` each) and its reproduction rate
-    measured (``rate_runs`` fresh runs); its report, and the exit code: 1 when a
-    schedule broke an invariant, 0 when none did, 2 when no example ran to a
-    verdict."""
-    if not 0 <= rate_runs <= RERUNS_MAX * 2:
-        raise ExploreError(f"--rate-runs must be 0..{RERUNS_MAX * 2}")
-    shrink(tuple(), lambda s: False, budget_runs=shrink_runs, reruns=reruns)  # checks both
+    measured (``rate_runs`` fresh runs), all within ``time_budget_s``; its report,
+    and the exit code: 1 when a schedule broke a gated invariant (``explore_gate``),
+    0 when none did, 2 when no example ran to a verdict."""
     import random
     import shlex
 
     from harness.options import portable_rerun
     from harness.runner import run_scenario, suite_broker
     from harness.scenario import load_scenario
+    from harness.signals import Interrupted
     from harness.verdicts import invariant_verdict
 
+    if not 0 <= rate_runs <= RERUNS_MAX * 2:
+        raise ExploreError(f"--rate-runs must be 0..{RERUNS_MAX * 2}")
+    shrink((), lambda s: False, budget_runs=shrink_runs, reruns=reruns)  # checks both
+    gate = explore_gate(scenario, opts.gate)
+    deadline = time.monotonic() + time_budget_s
     out_root = opts.out / f"explore-{time.strftime('%Y%m%d-%H%M%S')}-{scenario.name}"
     out_root.mkdir(parents=True, exist_ok=True)
+    database_dir = opts.out / ".explore-db"
     rng = random.Random(seed)
     console.print(f"[bold]explore {scenario.name}[/bold]  seed={seed}  backend={opts.backend}  "
                   f"faults={','.join(bounds.faults)}  max steps={bounds.max_steps}  "
-                  f"examples<={examples}  budget={time_budget_s:g} s  out={out_root}")
+                  f"examples<={examples}  budget={time_budget_s:g} s  "
+                  f"invariants={','.join(sorted(gate))}  out={out_root}")
+    shrunk: Shrunk | None = None
+    rate: tuple[int, int] | None = None
+    later: list[Example] = []  # the runs of the confirmation, the shrink and the rate
+    interrupted = False
     with suite_broker(opts) as run_opts:
         def run_one(path: Path, steps: tuple[Step, ...]) -> Example:
             sc = load_scenario(path)
@@ -338,17 +432,17 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
                                       progress=False)
             console.print(f"[bold]example[/bold] {path.name}: {describe(steps)}")
             outcome = run_scenario(sc, one, console)
-            violated = tuple(r.claim for r in outcome.results if invariant_verdict(r) is False)
-            fired = _faults_fired(outcome.run_dir)
-            return Example(steps, outcome.exit_code, violated, outcome.run_dir, path, fired)
+            bad = {r.claim: r.summary for r in outcome.results
+                   if r.claim in gate and invariant_verdict(r) is False}
+            fired, kinds = _faults_fired(outcome.run_dir)
+            return Example(steps, outcome.exit_code, tuple(sorted(bad)), outcome.run_dir, path,
+                           fired, kinds, bad, outcome.rerun)
 
         result = explore(source, scenario, bounds, run_one, examples=examples,
                          time_budget_s=time_budget_s, seed=seed, out_dir=out_root,
-                         database_dir=opts.out / ".explore-db" / scenario.name)
-        shrunk: Shrunk | None = None
-        rate: tuple[int, int] | None = None
+                         database_dir=database_dir)
         if result.found is not None:
-            later: list[Example] = []
+            found = result.found
 
             def fails(steps: tuple[Step, ...]) -> bool:
                 n = len(later) + 1
@@ -356,62 +450,94 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
                 write_scenario(source, scenario, steps, path, f"{scenario.name}-shrink-{n:03d}")
                 ex = run_one(path, steps)
                 later.append(ex)
-                return bool(ex.violated)
+                return bool(set(ex.violated) & set(found.violated))  # the same invariant
 
-            console.print(f"[bold]shrinking[/bold] {describe(result.found.steps)} (at most "
-                          f"{shrink_runs} runs, a majority of {reruns} each)")
-            shrunk = shrink(result.found.steps, fails, budget_runs=shrink_runs, reruns=reruns)
-            if rate_runs:
-                rate = reproduction_rate(shrunk.steps, fails, rate_runs)
+            console.print(f"[bold]confirming and shrinking[/bold] {describe(found.steps)} "
+                          f"(at most {shrink_runs} runs, a majority of {reruns} each)")
+            try:
+                shrunk = shrink(found.steps, fails, budget_runs=shrink_runs, reruns=reruns,
+                                failed_once=True,
+                                should_stop=lambda: time.monotonic() >= deadline)
+                if shrunk.confirmed and rate_runs and time.monotonic() < deadline:
+                    rate = reproduction_rate(shrunk.steps, fails, rate_runs)
+            except Interrupted:
+                interrupted = True
     console.print()
     for i, ex in enumerate(result.examples, 1):
-        word = "FAIL" if ex.violated else ("PASS" if ex.exit_code == 0 else "UNKNOWN")
-        console.print(f"  {i:3d}. {word:7s} {describe(ex.steps)}  ({ex.run_dir})")
-    rerun_base = ["harness", "explore", portable_rerun(str(source)), "--seed", str(seed),
-                  "--backend", opts.backend, "--examples", str(examples),
-                  "--max-steps", str(bounds.max_steps), "--faults", ",".join(bounds.faults)]
-    console.print(f"rerun the search: {shlex.join(rerun_base)}")
-    if result.found is not None:
-        found = result.found
-        kept = out_root / f"{scenario.name}-found.yaml"
-        write_scenario(source, scenario, found.steps, kept, f"{scenario.name}-found")
-        console.print(f"[red]violated[/red]: {', '.join(found.violated)} by the schedule: "
-                      f"{describe(found.steps)}")
-        console.print(f"  scenario: {kept}  (its run: {found.run_dir})")
-        if shrunk is not None:
-            minimal = out_root / f"{scenario.name}-minimal.yaml"
-            write_scenario(source, scenario, shrunk.steps, minimal, f"{scenario.name}-minimal")
-            how = ("the budget of runs ended it" if shrunk.exhausted
-                   else "no simpler schedule fails in most of its runs")
-            console.print(f"[bold]minimal[/bold]: {describe(shrunk.steps)}  "
-                          f"({len(found.steps)} -> {len(shrunk.steps)} step(s); "
-                          f"{shrunk.runs_used} runs, {shrunk.tried} candidates; {how})")
-            if rate is not None:
-                console.print(f"  reproduces {rate[0]} of {rate[1]} fresh runs")
-            console.print(f"  scenario: {minimal}")
-            console.print(f"  run it again: harness run {minimal} --backend {opts.backend}")
-        return vocab.EXIT_VIOLATED
-    ran = len(result.examples)
-    decided = [e for e in result.examples if e.exit_code == vocab.EXIT_OK]
-    budget = " (the time budget ended the search)" if result.stopped_by_budget else ""
-    console.print(f"no violation in {ran} example(s){budget} ({result.faults_injected} "
-                  f"fault(s) injected, {len(result.fault_kinds)} distinct fault kind(s)); "
-                  f"{ran - len(decided)} undecided")
-    return vocab.EXIT_OK if decided else vocab.EXIT_UNDECIDED
+        word = ("FAIL" if ex.violated else "PASS" if ex.exit_code == vocab.EXIT_OK
+                else "ERROR" if ex.error else "UNKNOWN")
+        where = ex.error or str(ex.run_dir)
+        console.print(f"  {i:3d}. {word:7s} {describe(ex.steps)}  ({where})")
+    rerun = ["harness", "explore", portable_rerun(str(source)), "--seed", str(seed),
+             "--examples", str(examples), "--max-steps", str(bounds.max_steps),
+             "--faults", ",".join(bounds.faults), "--time-budget-s", f"{time_budget_s:g}"]
+    tail = result.examples[0].rerun.partition(f"--backend {opts.backend}")[2] \
+        if result.examples and result.examples[0].rerun else ""
+    console.print(f"rerun the search: {shlex.join(rerun)} --backend {opts.backend}{tail}")
+    if result.found is None:
+        ran = len(result.examples)
+        decided = [e for e in result.examples if e.exit_code == vocab.EXIT_OK]
+        budget = " (the time budget ended the search)" if result.stopped_by_budget else ""
+        console.print(f"no violation in {ran} example(s){budget} ({result.faults_injected} "
+                      f"fault(s) injected, {len(result.fault_kinds)} distinct fault kind(s): "
+                      f"{', '.join(sorted(result.fault_kinds)) or 'none'}); "
+                      f"{ran - len(decided)} undecided")
+        return vocab.EXIT_OK if decided else vocab.EXIT_UNDECIDED
+    found = result.found
+    kept = out_root / f"{scenario.name}-found.yaml"
+    write_scenario(source, scenario, found.steps, kept, f"{scenario.name}-found")
+    console.print(f"[red]violated[/red]: {', '.join(found.violated)} by the schedule: "
+                  f"{describe(found.steps)}")
+    for claim, summary in found.evidence.items():
+        console.print(f"  {claim}: {summary}")
+    console.print(f"  scenario: {kept}  (its run: {found.run_dir})")
+    console.print(f"  rerun that run: {found.rerun}")
+    if interrupted:
+        console.print("[yellow]interrupted while confirming or shrinking: the schedule above "
+                      "is the one found[/yellow]")
+    elif shrunk is not None and shrunk.confirmed is not True:
+        why = ("the budget ended before a majority of runs" if shrunk.confirmed is None
+               else "it did not fail again in a majority of runs: a flaky failure")
+        console.print(f"[yellow]not confirmed[/yellow]: {why} ({shrunk.runs_used} runs)")
+    elif shrunk is not None:
+        minimal = out_root / f"{scenario.name}-minimal.yaml"
+        write_scenario(source, scenario, shrunk.steps, minimal, f"{scenario.name}-minimal")
+        keep_failure(database_dir, scenario, bounds, shrunk.steps)
+        how = ("the budget ended it" if shrunk.exhausted
+               else "no simpler schedule fails in most of its runs")
+        console.print(f"[bold]minimal[/bold]: {describe(shrunk.steps)}  "
+                      f"({len(found.steps)} -> {len(shrunk.steps)} step(s); "
+                      f"{shrunk.runs_used} runs, {shrunk.tried} candidates; {how})")
+        if rate is not None:
+            console.print(f"  reproduces {rate[0]} of {rate[1]} fresh runs")
+        console.print(f"  scenario: {minimal}")
+        run_tail = found.rerun.partition(" --seed ")[2].partition(" ")[2]
+        console.print(f"  run it again: {shlex.join(['harness', 'run', str(minimal)])} "
+                      f"{run_tail}".rstrip())
+        key = schedule_key(shrunk.steps)
+        runs = [e for e in later if schedule_key(e.steps) == key
+                and set(e.violated) & set(found.violated)]
+        if runs:
+            console.print(f"  a failing run of it: {runs[-1].run_dir}")
+    return vocab.EXIT_VIOLATED
 
 
-def _faults_fired(run_dir: Path) -> int:
-    """The fault invocations a run recorded (ok), from its history."""
+def _faults_fired(run_dir: Path) -> tuple[int, frozenset[str]]:
+    """The fault invocations a run recorded (ok) and their kinds, from its history."""
     path = run_dir / "history.jsonl"
-    n = 0
+    n, kinds = 0, set()
     try:
         with path.open(encoding="utf-8") as f:
             for line in f:
-                if '"type":"fault"' in line and '"phase":"invoke"' in line and '"ok":true' in line:
+                if '"type":"fault"' not in line:
+                    continue
+                ev = json.loads(line)
+                if ev.get("phase", "invoke") == "invoke" and ev.get("ok") is True:
                     n += 1
-    except OSError:
-        return 0
-    return n
+                    kinds.add(str(ev.get("fault")))
+    except (OSError, ValueError):
+        return 0, frozenset()
+    return n, frozenset(kinds)
 
 
 # -- shrinking ---------------------------------------------------------------------------------
@@ -457,33 +583,46 @@ class Shrunk:
     tried: int
     # Every run of a schedule: key -> verdicts (True: it failed).
     outcomes: dict[str, list[bool]] = dataclasses.field(default_factory=dict)
-    exhausted: bool = False  # the budget of runs ended the shrink
+    exhausted: bool = False  # the budget (runs or time) ended the shrink
+    # The schedule given failed in most of its runs (None: the budget ran out first).
+    confirmed: bool | None = None
 
 
 def shrink(steps: tuple[Step, ...], fails: Callable[[tuple[Step, ...]], bool], *,
-           budget_runs: int, reruns: int = RERUNS_DEFAULT) -> Shrunk:
+           budget_runs: int, reruns: int = RERUNS_DEFAULT, failed_once: bool = False,
+           should_stop: Callable[[], bool] = lambda: False) -> Shrunk:
     """Delta debugging of the project's own (not Hypothesis's shrinker, which has a
     wall-clock limit of its own, cannot budget real runs and raises ``Flaky`` when a
-    replay disagrees): take the first simpler candidate (``simpler``) that fails in
-    a majority of ``reruns`` runs, and start again from it, until none does or
-    ``budget_runs`` runs are spent. ``fails`` runs a schedule once for real."""
+    replay disagrees): first the schedule given must fail in a majority of
+    ``reruns`` runs (``failed_once``: its first run, the search's, counts), else it
+    is reported unconfirmed and not shrunk; then take the first simpler candidate
+    (``simpler``) that fails by majority, and start again from it, until none does,
+    ``budget_runs`` runs are spent or ``should_stop`` says the time is up. The
+    schedule returned always failed by majority, unless ``confirmed`` is not True.
+    ``fails`` runs a schedule once for real."""
     if not 1 <= reruns <= RERUNS_MAX or reruns % 2 == 0:
         raise ExploreError(f"--reruns must be odd, 1..{RERUNS_MAX}")
     if not 0 <= budget_runs <= SHRINK_RUNS_MAX:
         raise ExploreError(f"--shrink-runs must be 0..{SHRINK_RUNS_MAX}")
     result = Shrunk(steps, 0, 0)
     need = reruns // 2 + 1
+    if failed_once:
+        result.outcomes[schedule_key(steps)] = [True]
 
     def majority(candidate: tuple[Step, ...]) -> bool | None:
         """True/False by majority, None when the budget ran out first."""
         runs = result.outcomes.setdefault(schedule_key(candidate), [])
         while runs.count(True) < need and runs.count(False) < need:
-            if result.runs_used >= budget_runs:
+            if result.runs_used >= budget_runs or should_stop():
                 return None
             result.runs_used += 1
             runs.append(fails(candidate))
         return runs.count(True) >= need
 
+    result.confirmed = majority(steps)
+    if result.confirmed is not True:
+        result.exhausted = result.confirmed is None
+        return result
     current = steps
     while True:
         progressed = False

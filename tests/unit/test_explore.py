@@ -212,3 +212,83 @@ def test_the_reproduction_rate_counts_fresh_runs() -> None:
 
     flips = iter([True, False, True, True, False])
     assert reproduction_rate((), lambda s: next(flips), 5) == (3, 5)
+
+
+def test_a_run_that_raises_is_an_error_not_a_failure_and_runs_once(tmp_path: Path) -> None:
+    sc = load_scenario(SOURCE)
+    calls: list[tuple[Step, ...]] = []
+
+    def run_one(path: Path, steps: tuple[Step, ...]) -> Example:
+        calls.append(steps)
+        raise RuntimeError("the engine went away")
+
+    result = explore(SOURCE, sc, BOUNDS, run_one, examples=4, time_budget_s=600, seed=8,
+                     out_dir=tmp_path / "out", database_dir=tmp_path / "db")
+    assert result.found is None and len(calls) == len({schedule_key(c) for c in calls})
+    assert all(e.error == "RuntimeError: the engine went away" for e in result.examples)
+    assert not list((tmp_path / "db").rglob("*")) or not any(
+        p.is_file() for p in (tmp_path / "db").rglob("*"))  # nothing kept as a failure
+
+
+def test_ctrl_c_stops_the_search_and_nothing_is_kept(tmp_path: Path) -> None:
+    from harness.signals import Interrupted
+
+    sc = load_scenario(SOURCE)
+    calls: list[tuple[Step, ...]] = []
+
+    def run_one(path: Path, steps: tuple[Step, ...]) -> Example:
+        calls.append(steps)
+        raise Interrupted("SIGINT")
+
+    with pytest.raises(Interrupted):
+        explore(SOURCE, sc, BOUNDS, run_one, examples=10, time_budget_s=600, seed=9,
+                out_dir=tmp_path / "out", database_dir=tmp_path / "db")
+    assert len(calls) == 1  # not run again by a replay
+
+
+def test_a_kept_failure_survives_a_search_that_could_not_replay_it(tmp_path: Path) -> None:
+    """The budget spent before it, or other bounds: it stays for the next search."""
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from harness.explore import database_key, keep_failure
+
+    sc = load_scenario(SOURCE)
+    kept = steps_of(("pause", {"after_s": 2.0}, 3.0, "one"))
+    keep_failure(tmp_path / "db", sc, BOUNDS, kept)
+    _, run_one = fake_runs(None)
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1000.0
+        return now[0]
+
+    explore(SOURCE, sc, BOUNDS, run_one, examples=5, time_budget_s=10, seed=1,  # type: ignore[arg-type]
+            out_dir=tmp_path / "o1", database_dir=tmp_path / "db", clock=clock)
+    other = Bounds(faults=("kill",), max_steps=1, tasks=100, concurrency=10)
+    ran2, run_one2 = fake_runs(None)
+    explore(SOURCE, sc, other, run_one2, examples=2, time_budget_s=600, seed=1,  # type: ignore[arg-type]
+            out_dir=tmp_path / "o2", database_dir=tmp_path / "db")
+    assert kept not in ran2  # another set of bounds: not this failure's
+    db = DirectoryBasedExampleDatabase(str(tmp_path / "db"))
+    assert len(list(db.fetch(database_key(sc, BOUNDS)))) == 1
+
+
+def test_an_unconfirmed_failure_is_not_shrunk() -> None:
+    """Found once, then it never fails again: a flaky failure, reported as such."""
+    big = steps_of(("kill", {"processed": 8}, None, "busiest"),
+                   ("pause", {"after_s": 4.0}, 2.0, "random"))
+    out = shrink(big, lambda s: False, budget_runs=10, reruns=3, failed_once=True)
+    assert out.confirmed is False and out.steps == big and out.runs_used == 2
+    out = shrink(big, lambda s: True, budget_runs=1, reruns=3, failed_once=True)
+    assert out.confirmed is True  # the search's run and one more: 2 of 3
+
+
+def test_explore_judges_the_safety_invariants_not_fault_free_measures() -> None:
+    from harness.explore import explore_gate
+
+    sc = load_scenario(ROOT / "scenarios" / "concurrency.yaml")
+    gate = explore_gate(sc, None)
+    assert "concurrency" not in gate and {"no-loss", "exactly-once-ack"} <= gate
+    assert explore_gate(sc, frozenset({"concurrency"})) == {"concurrency"}
+    crash = load_scenario(ROOT / "scenarios" / "crash-recovery.yaml")
+    assert "redelivery-after-crash" in explore_gate(crash, None)
