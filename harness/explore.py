@@ -429,7 +429,7 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
         def run_one(path: Path, steps: tuple[Step, ...]) -> Example:
             sc = load_scenario(path)
             one = dataclasses.replace(run_opts, seed=rng.randrange(2**32), out=out_root,
-                                      progress=False)
+                                      progress=False, steps_optional=True)
             console.print(f"[bold]example[/bold] {path.name}: {describe(steps)}")
             outcome = run_scenario(sc, one, console)
             bad = {r.claim: r.summary for r in outcome.results

@@ -137,6 +137,10 @@ class RunOptions:
     worker_logs: str | None = None
     fault_cmds: tuple[str, ...] = ()
     allow_dlq: bool = False
+    # harness explore: a generated step that never fired (its trigger not met, its
+    # fault refused) is a note, not a run problem: the invariants judge what
+    # happened, and the fault record says which faults did.
+    steps_optional: bool = False
 
     @property
     def brought_worker(self) -> bool:

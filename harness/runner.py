@@ -129,7 +129,8 @@ class Run:
 
         tasks = make_tasks(wl, self.rng, id_prefix=self.id_prefix)
         self.schedule = Schedule(sc.schedule, self.cluster, self.nemesis, self.live,
-                                 self.recorder, self.rng, scale=sup.scale)
+                                 self.recorder, self.rng, scale=sup.scale,
+                                 guard_last_worker=self.opts.steps_optional)
         # --no-progress: the display writes to nowhere rather than being special-cased.
         progress = report.Progress(self.console if self.opts.progress
                                    else Console(file=io.StringIO()))
@@ -160,7 +161,11 @@ class Run:
         finally:
             progress.stop()
         held = watch.drain_held()
-        self.problems.extend(self.schedule.problems())
+        if self.opts.steps_optional:
+            for note in self.schedule.problems():
+                self.console.print(f"[dim]explore: {note} (not a problem here)[/dim]")
+        else:
+            self.problems.extend(self.schedule.problems())
         if stats.ok == 0:
             self.problems.append("no task was confirmed by the broker")
         if self.live.processed == 0:

@@ -17,12 +17,16 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from typing import Final
 
 from harness.cluster.base import Cluster
 from harness.history import Recorder
 from harness.live import LiveState
 from harness.model import Step
 from harness.nemesis import BROKER_TARGET, Nemesis
+
+# The faults after which a worker no longer consumes until healed or restarted.
+_STOPS_A_WORKER: Final = frozenset({"kill", "terminate", "pause", "partition", "blackhole"})
 
 
 class TargetError(Exception):
@@ -39,8 +43,12 @@ class Schedule:
         recorder: Recorder,
         rng: random.Random,
         scale: Callable[[int], list[str]] | None = None,
+        guard_last_worker: bool = False,
     ) -> None:
         self.steps = steps
+        # harness explore's run-time guard: a step that would leave no worker running
+        # (kill, terminate, pause of the last ones) is not taken, and recorded so.
+        self.guard_last_worker = guard_last_worker
         self.cluster = cluster
         self.nemesis = nemesis
         self.live = live
@@ -123,6 +131,13 @@ class Schedule:
             self.nemesis.not_taken(step.fault, step.target, str(exc), index)
             self.fired.append((index, False))
             return
+        if self.guard_last_worker and step.fault in _STOPS_A_WORKER:
+            running = {w for w in self.cluster.workers() if self.cluster.is_running(w)}
+            if running and running <= set(targets):
+                self.nemesis.not_taken(step.fault, step.target,
+                                       "guard: it would leave no worker running", index)
+                self.fired.append((index, False))
+                return
         ok_all = bool(targets)
         for target in targets:
             ok = self.nemesis.invoke(step.fault, target)

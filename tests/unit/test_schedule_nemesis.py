@@ -186,3 +186,20 @@ def test_the_schedule_names_its_steps_that_did_not_take_effect() -> None:
     problems = sched.problems()
     assert "schedule step 2 (kill one, line 14) did not take effect" in problems
     assert "schedule step 1" not in " ".join(problems)
+
+
+def test_the_explore_guard_keeps_the_last_worker_running() -> None:
+    """harness explore's guard: the second kill would leave no worker: not taken, and
+    recorded as not taken with the reason; without the guard it is made."""
+    steps = (Step(When(after_s=0.0), "kill", "one"), Step(When(after_s=0.0), "kill", "one"))
+    cluster, rec, _, sched, _ = setup(steps)
+    sched.guard_last_worker = True
+    run(sched)
+    assert cluster.is_running(W2)
+    made = [(f.get("target"), f.get("ok")) for f in faults(rec)]
+    assert made[0] == (W1, True) and made[1][1] is False
+    assert any("leave no worker running" in str(f.get("error")) for f in faults(rec))
+    assert sched.fired == [(0, True), (1, False)]
+    cluster2, _, _, sched2, _ = setup(steps)
+    run(sched2)
+    assert not cluster2.is_running(W1) and not cluster2.is_running(W2)
