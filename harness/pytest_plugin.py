@@ -508,9 +508,12 @@ def harness_run(request: pytest.FixtureRequest,
 
 def _fields(opts: RunOptions) -> dict[str, Any]:
     """``build_options`` keywords from built options (a harness_run override's base):
-    every field but the suite's shared broker, which ``build_options`` never takes."""
-    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)
-            if f.name != "shared_broker"}
+    every field ``build_options`` takes (not the suite's shared broker, nor what
+    only a command sets, such as explore's ``steps_optional``)."""
+    import inspect
+
+    takes = inspect.signature(build_options).parameters
+    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name in takes}
 
 
 @pytest.fixture(scope="session")
