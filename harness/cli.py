@@ -21,6 +21,7 @@ from harness.model import CLAIMS, REPORTING_MODES
 from harness.vocab import EXIT_OK, EXIT_UNDECIDED
 
 if TYPE_CHECKING:
+    from harness.model import Scenario
     from harness.options import RunOptions
 
 
@@ -238,15 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from harness.cluster.base import ClusterError
-    from harness.options import OptionsError, check_format
     from harness.runner import run_scenario
     from harness.scenario import (
         ScenarioError,
         apply_overrides,
-        check_backend,
-        check_external,
         load_scenario,
-        restarts_broker,
     )
     from harness.signals import Interrupted
 
@@ -259,18 +256,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if isinstance(opts, int):
         return opts
     for sc in scenarios:
-        try:
-            if opts.backend == vocab.EXTERNAL:
-                check_external(sc, [i.partition("=")[0].strip() for i in opts.fault_cmds],
-                               opts.allow_dlq, replays="{since}" in (opts.worker_logs or ""))
-            else:
-                check_backend(sc, opts.backend)
-            check_format(sc, opts)
-        except (ScenarioError, OptionsError) as exc:
-            return _err(str(exc))
-        if opts.broker_url and restarts_broker(sc):
-            return _err(f"{sc.path}: the scenario restarts the broker, and --broker-url's "
-                        "broker is not the harness's; run it without --broker-url")
+        why = _unfit(sc, opts, "run")
+        if why is not None:
+            return _err(why)
     worst = EXIT_OK
     outcomes = []
     for sc in scenarios:
@@ -337,12 +325,35 @@ def cmd_audit(args: argparse.Namespace, console: Console) -> int:
         return _err(str(exc))
 
 
+def _unfit(sc: Scenario, opts: RunOptions, verb: str) -> str | None:
+    """Why the scenario cannot run with these options (one line), checked before
+    anything starts: a fault the backend lacks (or, external, a template missing),
+    a format it cannot carry, a broker restart on a broker not the harness's."""
+    from harness.cluster.external import FaultCommands
+    from harness.options import OptionsError, check_format
+    from harness.scenario import ScenarioError, check_backend, check_external, restarts_broker
+
+    try:
+        if opts.backend == vocab.EXTERNAL:
+            check_external(sc, FaultCommands.parse(opts.fault_cmds).templates, opts.allow_dlq,
+                           replays="{since}" in (opts.worker_logs or ""))
+        else:
+            check_backend(sc, opts.backend)
+        check_format(sc, opts)
+    except (ScenarioError, OptionsError, ValueError) as exc:
+        return str(exc)
+    if opts.broker_url and restarts_broker(sc):
+        return (f"{sc.path}: the scenario restarts the broker, and --broker-url's broker is "
+                f"not the harness's; {verb} it without --broker-url")
+    return None
+
+
 def cmd_explore(args: argparse.Namespace, console: Console) -> int:
     """``harness explore``: see ``harness.explore``."""
     from harness.cluster.base import ClusterError
     from harness.explore import Bounds, ExploreError, faults_for, run_explore
-    from harness.options import OptionsError, check_format, new_seed
-    from harness.scenario import ScenarioError, check_backend, load_scenario, restarts_broker
+    from harness.options import new_seed
+    from harness.scenario import ScenarioError, load_scenario
     from harness.signals import Interrupted
 
     try:
@@ -354,14 +365,9 @@ def cmd_explore(args: argparse.Namespace, console: Console) -> int:
         return opts
     if opts.backend == vocab.EXTERNAL:
         return _err("--backend external: explore needs workers of its own (local or docker)")
-    try:
-        check_backend(sc, opts.backend)
-        check_format(sc, opts)
-    except (ScenarioError, OptionsError) as exc:
-        return _err(str(exc))
-    if opts.broker_url and restarts_broker(sc):
-        return _err(f"{sc.path}: the scenario restarts the broker, and --broker-url's "
-                    "broker is not the harness's; explore it without --broker-url")
+    why = _unfit(sc, opts, "explore")
+    if why is not None:
+        return _err(why)
     seed = opts.seed if opts.seed is not None else new_seed()
     try:
         wanted = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults \

@@ -172,6 +172,18 @@ CUT_AFTER_KILL_S: Final = 2.0
 CUT_SLACK_S: Final = 2.0
 
 
+def worker_starts(idx: Index) -> dict[str, list[float]]:
+    """worker -> the ts of each of its ``worker_started`` (the harness's record), sorted."""
+    out: dict[str, list[float]] = {}
+    for ev in idx.worker_started:
+        w = worker_of(ev)
+        if w is not None:
+            out.setdefault(w, []).append(ev.ts)
+    for lst in out.values():
+        lst.sort()
+    return out
+
+
 def sudden_deaths(idx: Index) -> list[tuple[str, float]]:
     """(worker, ts) of every sudden death of a worker process in the run proper, from
     the harness's own record: a ``kill`` or ``crash`` fault it invoked (ok), or an exit
@@ -240,11 +252,7 @@ def cut_by_kill(idx: Index, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return {}
     for lst in by_worker.values():
         lst.sort()
-    starts: dict[str, list[float]] = {}
-    for ev in idx.worker_started:
-        started = worker_of(ev)
-        if started is not None:
-            starts.setdefault(started, []).append(ev.ts)
+    starts = worker_starts(idx)
     held = idx.final.remaining | idx.final.ids["dlq"]
     wanted = [i for i in ids if i not in held and not idx.processed.of(i)]
     if not wanted:

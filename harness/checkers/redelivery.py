@@ -78,7 +78,7 @@ def find_kills(idx: ix.Index, merge_s: float = MERGE_S) -> list[Kill]:
         w = ix.worker_of(ev)
         if w is not None and not ev.get("requested", False):
             raw.append(Kill(w, ev.ts, "crash"))
-    starts = _starts(idx)
+    starts = facts.worker_starts(idx)
     raw.sort(key=lambda k: (k.worker, k.ts))
     kills: list[Kill] = []
     for k in raw:
@@ -89,17 +89,6 @@ def find_kills(idx: ix.Index, merge_s: float = MERGE_S) -> list[Kill]:
         kills.append(k)
     kills.sort(key=lambda k: k.ts)
     return kills
-
-
-def _starts(idx: ix.Index) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for ev in idx.worker_started:
-        w = ix.worker_of(ev)
-        if w is not None:
-            out.setdefault(w, []).append(ev.ts)
-    for lst in out.values():
-        lst.sort()
-    return out
 
 
 def _next_start(starts: dict[str, list[float]], worker: str, after: float) -> float:
@@ -138,7 +127,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         recs.sort()
         by_worker[w] = recs
     settlements = {w: _settlements_by(idx, w) for w in killed}
-    starts = _starts(idx)
+    starts = facts.worker_starts(idx)
     dlq = idx.final.ids["dlq"]
     asked = facts.asked_to_fail(idx, params)
     remaining = idx.final.remaining
