@@ -142,8 +142,8 @@ def _run_options(r: argparse.ArgumentParser) -> None:
                    "--tail 0 worker'")
     r.add_argument("--fault-cmd", action="append", default=[], metavar="FAULT=COMMAND",
                    help="--backend external: the command of a fault (kill, terminate, pause, "
-                   "resume, restart) with {worker}, e.g. kill='docker kill app-{worker}' "
-                   "(repeatable)")
+                   "resume, restart) with {worker}, e.g. kill='docker kill app-{worker}', or "
+                   "scale with {n} (repeatable)")
     r.add_argument("--allow-dlq", action="store_true",
                    help="--backend external: allow tasks that end in the deployment's "
                    "dead-letter queue (poison, fail_always, retries past the limit)")

@@ -199,13 +199,26 @@ class Nemesis:
         issued_ts = time.time()
         changed: list[str] = []
         ok = False
+        error: str | None = None
         if fn is not None and count is not None:
-            changed = fn(count)
-            ok = True
+            try:
+                changed = fn(count)
+                ok = True
+            except (ClusterError, OSError) as exc:
+                error = str(exc)
         self.recorder.record(vocab.FAULT, "nemesis", fault="scale", target="cluster",
                              phase="invoke", ok=ok, count=count, step=step, workers=changed,
-                             ts=issued_ts, completed_ts=time.time())
+                             ts=issued_ts, completed_ts=time.time(),
+                             **({"error": error} if error else {}))
         return ok
+
+    def observed(self, fault_name: str, target: str, issued_ts: float, via: str) -> None:
+        """Record a fault that an orchestrator made at the harness's request (a
+        scale-down's terminations, ``via`` "scale"): issued at ``issued_ts``, seen
+        done by the harness (the cluster checked it against the broker)."""
+        self.recorder.record(vocab.FAULT, "nemesis", fault=fault_name, target=target,
+                             phase="invoke", ok=True, ts=issued_ts, completed_ts=time.time(),
+                             via=via)
 
     def heal(self, target: str | None = None) -> None:
         """Heal the active faults on ``target`` (all targets when None)."""

@@ -64,6 +64,7 @@ and crash points take a constant or a choice only.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -572,13 +573,27 @@ def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool
                    replays: bool = False) -> None:
     """ScenarioError (file, line, field) for what ``--backend external`` cannot run or
     must not do unasked: a fault without a ``--fault-cmd`` template (or one no
-    template can carry: broker and network faults, scale, close-connections), and,
+    template can carry: broker and network faults, close-connections), and,
     without ``--allow-dlq``, tasks that end in the deployment's dead-letter queue
     (poison, ``fail_always``, ``fail_times`` reaching ``max_attempts``); and a worker
     restarted during the run (``restart_policy: always``, a ``restart`` step) when
     the follower replays nothing (``replays`` False: no ``{since}``), which would miss
-    the new process's first lines (a duplicate among them unseen)."""
+    the new process's first lines (a duplicate among them unseen); for the same
+    reason, without ``{since}``, a ``scale`` step above an earlier one's count (a
+    scale-up the scenario makes for sure; the first scale's direction is known only
+    at run time, where the cluster refuses an up-scale)."""
     given = set(templates)
+    if not replays:
+        counts = [(i, s) for i, s in enumerate(scenario.schedule)
+                  if s.fault == "scale" and s.count is not None]
+        for (_, prev), (i, step) in itertools.pairwise(counts):
+            assert prev.count is not None and step.count is not None
+            if step.count > prev.count:
+                raise ScenarioError(
+                    scenario.path, step.line, f"schedule[{i}].count",
+                    "a scale-up on --backend external needs a follower that replays from "
+                    "the run's start (--worker-logs with {since}): one that attaches late "
+                    "to a new worker misses its first lines")
     restarts = scenario.cluster.restart_policy == "always" or any(
         s.fault == "restart" for s in scenario.schedule)
     if restarts and not replays:
@@ -600,12 +615,13 @@ def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool
                 "restarts workers itself, a command that waits for that)")
         if step.fault in _EXTERNAL_NATIVE or step.fault in given:
             continue
-        if step.fault in ("kill", "terminate", "pause", "resume", "restart"):
+        if step.fault in ("kill", "terminate", "pause", "resume", "restart", "scale"):
+            slot = "{n}" if step.fault == "scale" else "{worker}"
             why = (f"{step.fault} on --backend external needs --fault-cmd "
-                   f"{step.fault}=COMMAND (with {{worker}}): see docs/external.md")
+                   f"{step.fault}=COMMAND (with {slot}): see docs/external.md")
         else:
             why = (f"{step.fault} is not available on --backend external: its faults are "
-                   "the --fault-cmd templates (kill, terminate, pause, restart)")
+                   "the --fault-cmd templates (kill, terminate, pause, restart, scale)")
         raise ScenarioError(scenario.path, step.line, f"schedule[{i}].fault", why)
     wl = scenario.workload
     sets_all = [("workload.directives", wl.directives)] + [

@@ -90,6 +90,12 @@ class Supervisor:
         (all at once, like a Deployment scaling down), each recorded as a
         ``terminate`` fault. Returns the names started or terminated."""
         assert self.nemesis is not None
+        grace_s = self.scenario.cluster.grace_s
+        done = self.cluster.scale_to(count, self.scenario.cluster.queue, grace_s)
+        if done is not None:  # the orchestrator scaled (--backend external)
+            for name in done.terminated:
+                self.nemesis.observed("terminate", name, done.issued_ts, via="scale")
+            return [*done.started, *done.terminated]
         running = [w for w in self.cluster.workers() if self.cluster.is_running(w)]
         started = [self.add_worker() for _ in range(count - len(running))]
         victims = sorted(running, key=lambda w: int(w.rsplit("-", 1)[-1]))[count:]
@@ -99,7 +105,7 @@ class Supervisor:
         for t in threads:
             t.start()
         for t in threads:
-            t.join(self.scenario.cluster.grace_s + 30)
+            t.join(grace_s + 30)
         return started + victims
 
     def on_event(self, ev: Event) -> None:

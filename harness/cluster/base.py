@@ -116,6 +116,17 @@ def contract_env(name: str, *, host: str, port: int, user: str, password: str, v
     }
 
 
+@dataclass(frozen=True)
+class ScaleDone:
+    """What an orchestrator's scale did, as the harness saw it: the workers that
+    started and those it terminated (each with its exit code as seen), from
+    ``issued_ts`` (the command's start)."""
+
+    issued_ts: float
+    started: tuple[str, ...] = ()
+    terminated: tuple[str, ...] = ()
+
+
 class Cluster(abc.ABC):
     """Base class of the backends (``local``, ``docker``)."""
 
@@ -242,6 +253,13 @@ class Cluster(abc.ABC):
         for c in conns:
             admin.close_connection(c.mgmt_name, "rmq-harness fault close-connections")
         return len(conns)
+
+    def scale_to(self, count: int, queue: str, grace_s: float) -> ScaleDone | None:
+        """Scale the workers to ``count`` through the backend's orchestrator. None (the
+        default): the backend has none, and the supervisor starts and terminates
+        workers itself. ClusterError when the orchestrator's scale was not seen to
+        happen."""
+        return None
 
     def heal_all(self) -> None:  # noqa: B027 - optional hook: a backend may have nothing to heal
         """Undo every fault this backend can have applied (resume paused, etc.)."""

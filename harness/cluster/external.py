@@ -50,13 +50,14 @@ from pathlib import Path
 from typing import IO, Final
 
 from harness import vocab
-from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, WorkerSpec
+from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError, ScaleDone, WorkerSpec
 from harness.cluster.lines import LineReader
 from harness.history import Recorder
 
 # The faults a template can carry (``resume`` heals ``pause``; ``restart`` starts a
-# worker again where the scenario's restart policy asks for it).
-TEMPLATE_FAULTS: Final = ("kill", "terminate", "pause", "resume", "restart")
+# worker again where the scenario's restart policy asks for it; ``scale`` sets the
+# number of workers, ``{n}``).
+TEMPLATE_FAULTS: Final = ("kill", "terminate", "pause", "resume", "restart", "scale")
 PLACEHOLDERS: Final = frozenset({"worker", "n"})
 FAULT_CMD_TIMEOUT_S: Final = 60.0
 FOLLOWER_STOP_S: Final = 5.0
@@ -82,6 +83,13 @@ OWN_CONNECTION_PREFIX: Final = "harness-"
 FOLLOWER_ATTACH_S: Final = 10.0
 FOLLOWER_SETTLE_S: Final = 2.0
 SINCE_SLACK_S: Final = 2.0
+# A scale-up is done when the broker shows the new count of consumers of the queue;
+# an orchestrator pulls nothing here (local images), a pod can take a while.
+SCALE_UP_WAIT_S: Final = 90.0
+# Compose's own line when a container it follows stops (v1 and v2, stdout or
+# stderr): the follower's observation of the orchestrator, never a worker's line
+# (a worker's lines all carry its prefix).
+EXIT_LINE: Final = re.compile(r"^(?P<name>[A-Za-z0-9][\w.-]*) exited with code (?P<code>-?\d+)\s*$")
 # Fresh-process events of worker contract v1.
 _FRESH_EVENTS: Final = frozenset({vocab.CONNECTED, vocab.READY})
 WORKER_NAME_MAX: Final = 64
@@ -151,6 +159,11 @@ class FaultCommands:
                     arg.format_map({"worker": "w", "n": ""})
                 except (ValueError, KeyError, IndexError) as exc:
                     raise ValueError(f"--fault-cmd {name}: {arg!r}: {exc}") from None
+            fields = {f for arg in argv for f in _fields(arg)}
+            if name == "scale" and ("n" not in fields or "worker" in fields):
+                raise ValueError("--fault-cmd scale: the command sets the number of workers: "
+                                 "give {n} (and no {worker}), e.g. scale='docker compose -p "
+                                 "shop up -d --no-recreate --scale worker={n} worker'")
             for faults, pattern, why in _MISLABELLED:
                 if name in faults and pattern.search(template):
                     raise ValueError(f"--fault-cmd {name}: {why}")
@@ -209,8 +222,10 @@ class LogFollower:
 
     def __init__(self, argv: list[str], recorder: Recorder, spec: WorkerSpec,
                  id_prefix: str, log_dir: Path,
-                 on_line: Callable[[str, str, float], None]) -> None:
+                 on_line: Callable[[str, str, float], None],
+                 on_exit: Callable[[str, int, float], None] | None = None) -> None:
         self.argv = argv
+        self.on_exit = on_exit
         self.recorder = recorder
         self.spec = spec
         self.id_prefix = id_prefix
@@ -257,7 +272,7 @@ class LogFollower:
         split = split_prefix(raw.rstrip("\n"))
         if split is None:
             self.unprefixed += 1
-            self._write("follower", raw.rstrip("\n") + "\n")
+            self._own_line(raw.rstrip("\n"), seen)
             return
         name, line = split
         if _stamped_event(line):
@@ -301,6 +316,10 @@ class LogFollower:
                     f.close()
             self._logs.clear()
 
+    def note(self, text: str) -> None:
+        """A line of the harness's own in follower.log."""
+        self._write("follower", text + "\n")
+
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
@@ -313,7 +332,15 @@ class LogFollower:
         with contextlib.suppress(ValueError, OSError):
             for raw in _lines(stream):
                 self.first_output.set()
-                self._write("follower", raw + "\n")
+                self._own_line(raw, time.time())
+
+    def _own_line(self, line: str, seen: float) -> None:
+        """A line of the follower itself: kept in follower.log; an exit it announces
+        goes to ``on_exit``."""
+        self._write("follower", line + "\n")
+        m = EXIT_LINE.match(line.strip())
+        if m is not None and self.on_exit is not None:
+            self.on_exit(m.group("name"), int(m.group("code")), seen)
 
     def _write(self, name: str, text: str) -> None:
         from harness import credentials
@@ -356,7 +383,8 @@ class ExternalCluster(Cluster):
                  faults: FaultCommands, id_prefix: str,
                  runner: Callable[[list[str], float], subprocess.CompletedProcess[str]]
                  | None = None,
-                 connections: Callable[[], set[str] | None] | None = None) -> None:
+                 connections: Callable[[], set[str] | None] | None = None,
+                 consumers: Callable[[str], int | None] | None = None) -> None:
         super().__init__(run_id, run_dir, recorder)
         self.worker_logs = worker_logs
         self.faults = faults
@@ -366,7 +394,18 @@ class ExternalCluster(Cluster):
         # The deployment's connections to the broker by the management API's name
         # (None: it did not answer); set once the broker answers.
         self._connections = connections
+        # The consumers of a queue as the broker counts them (one per worker of
+        # contract v1), for ``scale``.
+        self._consumers = consumers
+        self.replays = "{since}" in worker_logs
         self._lock = threading.Lock()
+        # The follower's "NAME exited with code N" lines: (name, code, seen), in order.
+        self._exits: list[tuple[str, int, float]] = []
+        # The deployment's worker count before the run's first scale: the end of the
+        # run scales back to it.
+        self._restore_count: int | None = None
+        # (name, seen) of every worker start the lines showed, in order.
+        self._starts: list[tuple[str, float]] = []
         # Names the harness took down (kill, terminate) -> when the fault returned.
         self._down: dict[str, float] = {}
         # Every name it took down and did not start again with the restart template:
@@ -389,6 +428,8 @@ class ExternalCluster(Cluster):
             admin.close()
         if self._connections is None:
             self._connections = _connection_names(external)
+        if self._consumers is None:
+            self._consumers = _consumer_count(external)
         if while_booting is not None:
             while_booting()
         return external
@@ -402,7 +443,8 @@ class ExternalCluster(Cluster):
                                   time.gmtime(time.time() - SINCE_SLACK_S))
             argv = [a.replace("{since}", since) for a in shlex.split(self.worker_logs)]
             follower = self.follower = LogFollower(argv, self.recorder, spec, self.id_prefix,
-                                                   self.run_dir / "logs", self._on_line)
+                                                   self.run_dir / "logs", self._on_line,
+                                                   self._on_exit)
         follower.start()
         if "{since}" not in self.worker_logs:
             follower.first_output.wait(FOLLOWER_ATTACH_S)
@@ -422,6 +464,14 @@ class ExternalCluster(Cluster):
                 for name in down:
                     with contextlib.suppress(Exception):
                         self._fault("restart", name)
+            restore = self._restore_count
+            if restore is not None:
+                try:
+                    self._run_template(self.faults.argv("scale", "", restore), "scale",
+                                       f"back to {restore}", FAULT_CMD_TIMEOUT_S)
+                except ClusterError as exc:
+                    if self.follower is not None:
+                        self.follower.note(f"[rmq-harness] could not scale back: {exc}")
         finally:
             follower = self.follower
             if follower is not None:
@@ -470,6 +520,109 @@ class ExternalCluster(Cluster):
             with self._lock:
                 self._to_restart.discard(name)
 
+    def scale_to(self, count: int, queue: str, grace_s: float) -> ScaleDone:
+        """The ``scale`` template with ``{n}`` = ``count``, checked against the broker
+        and the follower: a scale-down is done when the broker counts at most
+        ``count`` consumers of ``queue`` (one per contract v1 worker) and the follower
+        named each worker that stopped ("NAME exited with code N"): those are
+        terminations, recorded with their exits; a scale-up when the broker counts
+        ``count`` consumers, the new workers being whatever names then write. ClusterError
+        otherwise (the step did not happen as asked, and the claims that need it say
+        so)."""
+        # Both counts are lower bounds of the workers running (the broker's lags a
+        # worker that just connected; the follower's misses one that wrote nothing),
+        # and both errors fail safe: too few expected stops meet an extra exit, too
+        # many wait for exits that never come; either way the step is not taken.
+        running = [n for n in self.workers() if self.is_running(n)]
+        before = max(self._consuming(queue, "scale"), len(running))
+        with self._lock:
+            if self._restore_count is None:
+                self._restore_count = before
+            mark = len(self._exits)
+            starts_mark = len(self._starts)
+        down = before - count
+        if down < 0 and not self.replays:
+            raise ClusterError(
+                f"--fault-cmd scale to {count}: a scale-up on --backend external needs a "
+                "follower that replays from the run's start (--worker-logs with {since}): "
+                "one that attaches late to a new worker misses its first lines")
+        issued_ts = time.time()
+        self._run_template(self.faults.argv("scale", "", count), "scale", f"to {count}",
+                           grace_s + FAULT_CMD_TIMEOUT_S)
+        if down > 0:
+            victims = self._scaled_down(queue, count, down, mark, grace_s + CLOSE_SEEN_WAIT_S)
+            return ScaleDone(issued_ts, terminated=tuple(victims))
+        if down < 0:
+            self._await_consumers(queue, count, SCALE_UP_WAIT_S)
+        with self._lock:
+            started = tuple(dict.fromkeys(n for n, _ in self._starts[starts_mark:]))
+        return ScaleDone(issued_ts, started=started)
+
+    def _scaled_down(self, queue: str, count: int, down: int, mark: int,
+                     wait_s: float) -> list[str]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            now = self._consumers(queue) if self._consumers is not None else None
+            with self._lock:
+                exits = self._exits[mark:]
+            names = list(dict.fromkeys(self._name_of(n) for n, _, _ in exits))
+            if now is not None and now <= count and len(names) >= down:
+                break
+            if time.monotonic() >= deadline:
+                counted = "did not answer" if now is None else f"count {now}"
+                raise ClusterError(
+                    f"--fault-cmd scale to {count}: after {wait_s:g} s the broker's consumers "
+                    f"of {queue!r} {counted}, and the follower named {len(names)} of the {down} "
+                    "workers that had to stop (it must print 'NAME exited with code N' as "
+                    "docker compose logs -f does): the terminations are not known")
+            time.sleep(CLOSE_POLL_S)
+        if len(names) > down:
+            raise ClusterError(
+                f"--fault-cmd scale to {count}: {len(names)} workers exited ({', '.join(names)}) "
+                f"where the scale stops {down}: a scale's terminations cannot be told from "
+                "a crash")
+        by_name = {self._name_of(n): (code, seen) for n, code, seen in exits}
+        for name in names:
+            code, exit_ts = by_name[name]
+            self._went_down(name, requested=True, signal=_signal_of(code), ts=exit_ts,
+                            code=code, restart=False, how="follower: exited")
+        return names
+
+    def _await_consumers(self, queue: str, count: int, wait_s: float) -> None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            now = self._consumers(queue) if self._consumers is not None else None
+            if now is not None and now >= count:
+                return
+            if time.monotonic() >= deadline:
+                seen = "did not answer" if now is None else f"count {now}"
+                raise ClusterError(f"--fault-cmd scale to {count}: after {wait_s:g} s the "
+                                   f"broker's consumers of {queue!r} {seen}")
+            time.sleep(CLOSE_POLL_S)
+
+    def _consuming(self, queue: str, fault: str) -> int:
+        found = self._consumers(queue) if self._consumers is not None else None
+        if found is None:
+            raise ClusterError(f"--fault-cmd {fault}: the management API did not list the "
+                               f"consumers of {queue!r}, so the fault could not be checked")
+        return found
+
+    def _name_of(self, exited: str) -> str:
+        """The worker name (the follower's prefix) of a container the follower saw
+        exit: Compose names the container ``<project>_worker_1`` (v1) or
+        ``<project>-worker-1`` (v2) and prefixes its lines ``worker_1`` /
+        ``worker-1``."""
+        with self._lock:
+            seen = set(self._seen)
+        if exited in seen:
+            return exited
+        match = sorted(n for n in seen if exited.endswith(("_" + n, "-" + n)))
+        return max(match, key=len) if match else exited[:WORKER_NAME_MAX]
+
+    def _on_exit(self, name: str, code: int, seen: float) -> None:
+        with self._lock:
+            self._exits.append((name, code, seen))
+
     def heal_all(self) -> None:
         with self._lock:
             paused = sorted(self._paused)
@@ -479,17 +632,19 @@ class ExternalCluster(Cluster):
 
     # -- internals -----------------------------------------------------------------------
     def _fault(self, fault: str, name: str, timeout_s: float = FAULT_CMD_TIMEOUT_S) -> None:
-        argv = self.faults.argv(fault, name)
+        self._run_template(self.faults.argv(fault, name), fault, f"on {name}", timeout_s)
+
+    def _run_template(self, argv: list[str], fault: str, what: str, timeout_s: float) -> None:
         try:
             done = self._run_cmd(argv, timeout_s)
         except subprocess.TimeoutExpired:
-            raise ClusterError(f"--fault-cmd {fault} on {name}: no answer in {timeout_s:g} s "
+            raise ClusterError(f"--fault-cmd {fault} {what}: no answer in {timeout_s:g} s "
                                f"({masked(shlex.join(argv))})") from None
         except OSError as exc:
-            raise ClusterError(f"--fault-cmd {fault} on {name}: {exc}") from None
+            raise ClusterError(f"--fault-cmd {fault} {what}: {exc}") from None
         if done.returncode != 0:
             tail = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or [""]
-            raise ClusterError(f"--fault-cmd {fault} on {name} exited {done.returncode}: "
+            raise ClusterError(f"--fault-cmd {fault} {what} exited {done.returncode}: "
                                f"{tail[0][:300]}")
 
     def _open_connections(self, fault: str, name: str) -> set[str]:
@@ -518,16 +673,19 @@ class ExternalCluster(Cluster):
                     "worker (docs/external.md)")
             time.sleep(CLOSE_POLL_S)
 
-    def _went_down(self, name: str, requested: bool, signal: int) -> None:
-        now = time.time()
+    def _went_down(self, name: str, requested: bool, signal: int | None,
+                   ts: float | None = None, code: int | None = None, restart: bool = True,
+                   how: str = "fault command") -> None:
+        now = time.time() if ts is None else ts
         with self._lock:
             self._down[name] = now
-            self._to_restart.add(name)
+            if restart:
+                self._to_restart.add(name)
         # The orchestrator said the command worked: the harness records the exit it
         # caused (it cannot watch the process of a worker it does not own).
         self.recorder.record(vocab.WORKER_EXITED, "cluster", worker=name, ts=now,
-                             code=-signal, signal=signal, requested=requested,
-                             seen="fault command")
+                             code=code if code is not None else -(signal or 0), signal=signal,
+                             requested=requested, seen=how)
 
     def _on_line(self, name: str, line: str, seen: float) -> None:
         """A line of ``name``: its first ever starts a worker of that name in the
@@ -543,6 +701,8 @@ class ExternalCluster(Cluster):
             if reborn:
                 del self._down[name]
         if first or reborn:
+            with self._lock:
+                self._starts.append((name, seen))
             self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name, ts=seen,
                                  seen="log line")
 
@@ -586,6 +746,29 @@ def _connection_names(endpoint: BrokerEndpoint) -> Callable[[], set[str] | None]
         return {n for n, label in found if not label.startswith(OWN_CONNECTION_PREFIX)}
 
     return names
+
+
+def _consumer_count(endpoint: BrokerEndpoint) -> Callable[[str], int | None]:
+    """The consumers of a queue of the endpoint's vhost (the harness consumes none
+    there); None when the management API does not answer or the queue is gone."""
+    from harness.broker import BrokerAdmin
+
+    def consumers(queue: str) -> int | None:
+        admin = BrokerAdmin(endpoint)
+        try:
+            info = admin.queue_info(queue)
+            return None if info is None else info.consumers
+        except (ClusterError, OSError):
+            return None
+        finally:
+            admin.close()
+
+    return consumers
+
+
+def _signal_of(code: int) -> int | None:
+    """The signal a container's exit code says ended it (128 + N), if any."""
+    return code - 128 if 128 < code < 160 else None
 
 
 def _run(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:

@@ -33,6 +33,56 @@ def queues(dep: Deployment) -> dict[str, int]:
         admin.close()
 
 
+SCALE_DOWN = """\
+name: scale-down-external
+description: The deployment scaled from 3 workers to 1 while they work.
+claims: [no-loss, exactly-once-ack, graceful-shutdown]
+cluster: {workers: 3, queue: go.logger, grace_s: 10}
+workload:
+  tasks: 60
+  drain_timeout_s: 90
+  publish_timeout_s: 30
+  directives: {sleep_ms: {uniform: [300, 600]}}
+schedule:
+  - when: {processed: 10}
+    fault: scale
+    count: 1
+"""
+
+
+def scale_down_through_compose(dep: Deployment, out: Path, before_queues: dict[str, int],
+                               before_running: list[str]) -> None:
+    """The HPA's "scales back" through Compose's own scale: the workers Compose stops
+    are named by its follower ("..._worker_3 exited with code 0") and counted by the
+    broker; each is a termination, judged by graceful-shutdown; nothing is lost, and the
+    end of the run scales the deployment back to three."""
+    scenario = out / "scale-down.yaml"
+    out.mkdir()
+    scenario.write_text(SCALE_DOWN)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(scenario), "--backend", "external",
+         "--broker-url", f"{dep.url}?management_port={dep.mgmt_port}",
+         "--worker-logs", " ".join([*dep.base, "logs", "-f", "--no-color", "--tail=0",
+                                    "worker"]),
+         "--fault-cmd", "scale=" + " ".join([*dep.base, "up", "-d", "--no-recreate",
+                                            "--scale", "worker={n}", "worker"]),
+         "--capabilities", "directives", "--out", str(out), "--no-progress"],
+        cwd=ROOT, env=dep.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        check=False)
+    results = sorted(out.glob("*/result.json"))
+    assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
+    data = json.loads(results[-1].read_text())
+    claims = {c["claim"]: c for c in data["claims"]}
+    assert claims["no-loss"]["valid"] == "true", claims["no-loss"]
+    assert claims["exactly-once-ack"]["valid"] == "true", claims["exactly-once-ack"]
+    shutdown = claims["graceful-shutdown"]
+    assert shutdown["valid"] == "true", shutdown
+    assert shutdown["evidence"]["terminations"] == 2, shutdown["evidence"]
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert queues(dep) == before_queues
+    assert dep.containers() == before_running  # scaled back to three
+
+
 def test_crash_recovery_on_a_compose_deployment_through_its_hooks(tmp_path: Path) -> None:
     dep = Deployment(f"rmqh-ext-{os.getpid()}")
     try:
@@ -73,6 +123,7 @@ def test_crash_recovery_on_a_compose_deployment_through_its_hooks(tmp_path: Path
         # from them), and every worker runs again.
         assert queues(dep) == before_queues
         assert dep.containers() == before_running
+        scale_down_through_compose(dep, tmp_path / "scale", before_queues, before_running)
     finally:
         dep.down()
     assert dep.containers(running_only=False) == []

@@ -55,6 +55,8 @@ def test_a_template_fills_the_worker_per_argument_never_through_a_shell() -> Non
     ("kill=docker restart {worker}", "a terminate, not a kill"),
     ("kill=nerdctl stop {worker}", "a terminate, not a kill"),
     ("kill=", "give NAME=COMMAND"),
+    ("scale=docker compose up -d --scale worker=3", "give {n}"),
+    ("scale=kubectl scale --replicas={n} {worker}", "give {n} .and no {worker}."),
 ])
 def test_a_bad_or_mislabelled_template_is_a_one_line_error(item: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
@@ -98,7 +100,9 @@ def test_prefixes_of_compose_and_kubectl_name_the_worker(
 def follower(rec: Recorder, tmp_path: Path, cluster: ExternalCluster | None = None,
              events: str = "json") -> LogFollower:
     on_line = cluster._on_line if cluster is not None else (lambda name, line, seen: None)
-    return LogFollower([], rec, WorkerSpec(events=events), "t0abc1-", tmp_path, on_line)
+    on_exit = cluster._on_exit if cluster is not None else None
+    return LogFollower([], rec, WorkerSpec(events=events), "t0abc1-", tmp_path, on_line,
+                       on_exit)
 
 
 def test_only_the_runs_tasks_and_id_less_events_are_recorded(tmp_path: Path) -> None:
@@ -364,3 +368,140 @@ def test_a_restart_needs_a_follower_that_replays() -> None:
     with pytest.raises(ScenarioError, match=r"restart_policy: .*\{since\}"):
         check_external(restarting, ["kill", "restart"], allow_dlq=False)
     check_external(restarting, ["kill", "restart"], allow_dlq=False, replays=True)
+
+
+# -- scale through the orchestrator ------------------------------------------------------
+
+SCALE = "scale=docker-compose -p app up -d --no-recreate --scale worker={n} worker"
+
+
+def scaling(tmp_path: Path, ran: list[list[str]], logs: str = LOGS, exits: int | None = None,
+            settle: bool = True) -> tuple[ExternalCluster, Recorder, LogFollower]:
+    """A deployment of three workers consuming ``go.logger``; the fake orchestrator's
+    scale sets the consumers to n and, for each worker it removes (the highest
+    numbers, as Compose does), prints Compose's exit line (``exits`` of them when
+    given); ``settle`` False: the consumers stay as they were."""
+    rec = Recorder(None)
+    consumers = {"c1", "c2", "c3"}
+    holder: list[LogFollower] = []
+
+    def runner(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        n = int(argv[-2].split("=")[1])
+        gone = sorted(consumers)[n:]
+        if settle:
+            consumers.clear()
+            consumers.update(f"c{i}" for i in range(1, n + 1))
+        for c in gone[:exits]:
+            holder[0].feed(f"app_worker_{c[1:]} exited with code 0", seen=None)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    ext = ExternalCluster("20261206-000000-abc1", tmp_path, rec, logs,
+                          FaultCommands.parse([SCALE]), "t0abc1-", runner,
+                          connections=lambda: set(consumers),
+                          consumers=lambda queue: len(consumers) if queue == "go.logger"
+                          else None)
+    f = ext.follower = follower(rec, tmp_path, ext)
+    holder.append(f)
+    for i in (1, 2, 3):
+        f.feed(f'worker_{i}  | {{"event":"ready"}}', seen=100.0)
+    return ext, rec, f
+
+
+def test_a_scale_down_terminates_the_workers_the_follower_saw_exit(tmp_path: Path) -> None:
+    """Compose prints 'app_worker_3 exited with code 0' for a container it follows: the
+    harness's observation of the orchestrator, checked against the broker's consumers;
+    each worker it names is a termination, recorded with its exit; the end of the run
+    scales back to the count before the first scale."""
+    ran: list[list[str]] = []
+    ext, rec, _ = scaling(tmp_path, ran)
+    done = ext.scale_to(1, "go.logger", grace_s=10)
+    assert done.terminated == ("worker_2", "worker_3") and done.started == ()
+    assert ran == [["docker-compose", "-p", "app", "up", "-d", "--no-recreate", "--scale",
+                    "worker=1", "worker"]]
+    exits = [(e.worker, e.get("requested"), e.get("code"), e.get("signal"))
+             for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+    assert exits == [("worker_2", True, 0, None), ("worker_3", True, 0, None)]
+    assert not ext.is_running("worker_3") and ext.is_running("worker_1")
+    ext.stop()
+    assert ran[-1][-2:] == ["worker=3", "worker"]  # left as found: three workers
+
+
+def test_a_scale_down_whose_stops_nobody_named_is_not_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker saw consumers go, but the follower (kubectl logs) names no exit: the
+    terminations are unknown, so the step fails rather than guess; and more exits than
+    the scale stops (a crash among them) cannot be told apart either."""
+    import harness.cluster.external as external
+
+    monkeypatch.setattr(external, "CLOSE_SEEN_WAIT_S", 0.2)
+    ext, rec, _ = scaling(tmp_path, [], exits=0)
+    with pytest.raises(ClusterError, match="named 0 of the 2 workers that had to stop"):
+        ext.scale_to(1, "go.logger", grace_s=0)
+    assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+    stuck, _, _ = scaling(tmp_path, [], settle=False)
+    with pytest.raises(ClusterError, match=r"consumers of 'go.logger' count 3"):
+        stuck.scale_to(1, "go.logger", grace_s=0)
+    crowd, rec, f = scaling(tmp_path, [])
+    scale = crowd._run_cmd
+    crowd._run_cmd = lambda argv, timeout_s: (
+        f.feed("app_worker_1 exited with code 137"), scale(argv, timeout_s))[-1]
+    with pytest.raises(ClusterError, match=r"2 workers exited .* where the scale stops 1"):
+        crowd.scale_to(2, "go.logger", grace_s=0)
+    assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+
+
+def test_a_scale_up_needs_a_follower_that_replays_and_the_brokers_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.cluster.external as external
+
+    ran: list[list[str]] = []
+    ext, _, _ = scaling(tmp_path, ran)
+    with pytest.raises(ClusterError, match=r"a scale-up .* needs .*\{since\}"):
+        ext.scale_to(5, "go.logger", grace_s=10)
+    assert ran == []  # refused before the command ran
+    replaying, _, _ = scaling(tmp_path, ran, logs=LOGS + " --since {since}")
+    done = replaying.scale_to(4, "go.logger", grace_s=10)
+    assert done.terminated == ()
+    monkeypatch.setattr(external, "SCALE_UP_WAIT_S", 0.2)
+    replaying._consumers = lambda queue: 1
+    with pytest.raises(ClusterError, match="count 1"):
+        replaying.scale_to(6, "go.logger", grace_s=10)
+
+
+def test_a_scale_is_refused_without_its_template_or_up_without_since() -> None:
+    import dataclasses
+
+    sc = load_scenario(ROOT / "scenarios" / "linear-scaling.yaml")
+    with pytest.raises(ScenarioError, match=r"schedule\[0\].fault: scale .* --fault-cmd "
+                                            r"scale=COMMAND \(with \{n\}\)"):
+        check_external(sc, [], allow_dlq=False, replays=True)
+    with pytest.raises(ScenarioError, match=r"schedule\[1\].count: a scale-up .*\{since\}"):
+        check_external(sc, ["scale"], allow_dlq=False)
+    check_external(sc, ["scale"], allow_dlq=False, replays=True)
+    down = load_scenario(ROOT / "scenarios" / "graceful-shutdown.yaml")
+    check_external(dataclasses.replace(down, schedule=down.schedule[1:]), ["scale"],
+                   allow_dlq=False)
+
+
+def test_an_orchestrators_terminations_are_the_scales_and_a_failed_scale_is_recorded() -> None:
+    """What the supervisor records for the external scale: a terminate per worker the
+    orchestrator stopped (graceful-shutdown reads them), and a scale that could not be
+    checked as a failed step with its reason."""
+    from harness.checkers import index as ix
+    from harness.checkers.graceful_shutdown import terminations
+    from harness.history import History
+    from harness.nemesis import Nemesis
+
+    rec = Recorder(None)
+    nem = Nemesis(None, rec, grace_s=10)  # type: ignore[arg-type]
+    nem.observed("terminate", "worker_3", 100.0, via="scale")
+
+    def fails(count: int) -> list[str]:
+        raise ClusterError("the follower named 0 of the 1 workers")
+
+    assert nem.scale(1, fails, step=0) is False
+    history = History(rec.snapshot())
+    assert [(w, ts) for w, ts, _ in terminations(ix.get(history))] == [("worker_3", 100.0)]
+    failed = [e for e in rec.snapshot() if e.get("fault") == "scale"]
+    assert failed[0].get("ok") is False and "named 0" in str(failed[0].get("error"))
