@@ -586,11 +586,11 @@ def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool
     if not replays:
         counts = [(i, s) for i, s in enumerate(scenario.schedule)
                   if s.fault == "scale" and s.count is not None]
-        for (_, prev), (i, step) in itertools.pairwise(counts):
-            assert prev.count is not None and step.count is not None
-            if step.count > prev.count:
+        for (_, prev), (i, up) in itertools.pairwise(counts):
+            assert prev.count is not None and up.count is not None
+            if up.count > prev.count:
                 raise ScenarioError(
-                    scenario.path, step.line, f"schedule[{i}].count",
+                    scenario.path, up.line, f"schedule[{i}].count",
                     "a scale-up on --backend external needs a follower that replays from "
                     "the run's start (--worker-logs with {since}): one that attaches late "
                     "to a new worker misses its first lines")

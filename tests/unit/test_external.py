@@ -444,8 +444,12 @@ def test_a_scale_down_whose_stops_nobody_named_is_not_made(
         stuck.scale_to(1, "go.logger", grace_s=0)
     crowd, rec, f = scaling(tmp_path, [])
     scale = crowd._run_cmd
-    crowd._run_cmd = lambda argv, timeout_s: (
-        f.feed("app_worker_1 exited with code 137"), scale(argv, timeout_s))[-1]
+
+    def crash_then_scale(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+        f.feed("app_worker_1 exited with code 137")  # a crash during the scale
+        return scale(argv, timeout_s)
+
+    crowd._run_cmd = crash_then_scale
     with pytest.raises(ClusterError, match=r"2 workers exited .* where the scale stops 1"):
         crowd.scale_to(2, "go.logger", grace_s=0)
     assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
