@@ -33,7 +33,7 @@ def main() -> int:
         return 2
     if cfg.bug:
         logging.getLogger("worker").warning("planted bug WORKER_BUG=%s is on", cfg.bug)
-    state = HealthState(cfg.worker_id)
+    state = HealthState(cfg.worker_id, stale_s=cfg.liveness_stale_s)
     server: HealthServer | None = None
     if cfg.health_port:
         try:

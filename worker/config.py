@@ -47,6 +47,7 @@ class Config:
     heartbeat_s: int
     shutdown_grace_s: float
     reconnect_max_s: float
+    liveness_stale_s: float
     dlx: str
     dlq: str
     queue_type: str
@@ -203,6 +204,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         heartbeat_s=_int(env, "RABBITMQ_HEARTBEAT_S", 10, 0, 600),
         shutdown_grace_s=_float(env, "WORKER_SHUTDOWN_GRACE_S", 10.0, 0.0, 3600.0),
         reconnect_max_s=_float(env, "WORKER_RECONNECT_MAX_S", 5.0, 0.25, 300.0),
+        liveness_stale_s=_float(env, "WORKER_LIVENESS_STALE_S", 90.0, 5.0, 3600.0),
         dlx=_name(env, "RABBITMQ_DLX", f"{queue}.dlx"),
         dlq=_name(env, "RABBITMQ_DLQ", f"{queue}.dlq"),
         queue_type=queue_type,

@@ -441,6 +441,9 @@ class Worker:
 
     # -- settlement on the connection thread -----------------------------------------
     def _drain(self) -> None:
+        # Every loop of the worker (consuming, waiting to reconnect, shutting down)
+        # comes here each POLL_S: the liveness beat (worker/health.py).
+        self.health.beat()
         if self._draining:  # no reentrance from a callback inside a blocking call
             return
         self._draining = True

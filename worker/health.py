@@ -1,4 +1,18 @@
-"""``GET /healthcheck``: 200 while connected and consuming, 503 otherwise.
+"""``GET /healthcheck``: 200 while connected and consuming, 503 otherwise;
+``GET /livez``: 200 while the worker's main loop turns, whatever the broker does.
+
+The two answer different questions, and an orchestrator must not mix them up:
+
+- ``/healthcheck`` is *readiness*: is this worker consuming now? It goes 503
+  during a broker outage, on every pod at once. As a Kubernetes liveness probe it
+  would restart the whole fleet while the broker is away, for nothing: the worker
+  reconnects by itself (and the restarts would only add load when it comes back).
+- ``/livez`` is *liveness*: is the process alive and not stuck? The consumer's
+  loop beats (``HealthState.beat``) on each turn, every ``POLL_S`` (0.2 s) whether
+  connected, reconnecting or draining; ``/livez`` answers 503 once no beat came for
+  ``stale_s`` (``WORKER_LIVENESS_STALE_S``, 90 s by default: longer than the longest
+  blocking call of the loop, pika's 60 s blocked-connection timeout, so a broker's
+  memory alarm does not read as a hang).
 
 The server runs in a daemon thread (``ThreadingHTTPServer``); the state it
 reports is a small lock-protected object the consumer updates.
@@ -8,14 +22,17 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
 class HealthState:
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, stale_s: float = 90.0) -> None:
         self.worker_id = worker_id
+        self.stale_s = stale_s
         self._lock = threading.Lock()
+        self._beat = time.monotonic()
         self._connected = False
         self._consuming = False
         self._shutting_down = False
@@ -39,6 +56,20 @@ class HealthState:
             if in_flight is not None:
                 self._in_flight = in_flight
 
+    def beat(self) -> None:
+        """The main loop turned (see the module doc)."""
+        now = time.monotonic()
+        with self._lock:
+            self._beat = now
+
+    def liveness(self) -> dict[str, Any]:
+        """``/livez``'s body: ``alive`` unless the loop has not turned for ``stale_s``."""
+        with self._lock:
+            since_s = time.monotonic() - self._beat
+        return {"status": "alive" if since_s <= self.stale_s else "stuck",
+                "worker": self.worker_id, "since_beat_s": round(since_s, 3),
+                "stale_s": self.stale_s}
+
     def healthy(self) -> bool:
         with self._lock:
             return self._connected and self._consuming and not self._shutting_down
@@ -61,8 +92,13 @@ def _handler_for(state: HealthState, always_ok: bool) -> type[BaseHTTPRequestHan
         timeout = 5.0  # seconds a client may take to send its request
 
         def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/healthcheck":
-                self._reply(404, {"status": "not found", "path": "/healthcheck"})
+            path = self.path.split("?", 1)[0]
+            if path == "/livez":
+                live = state.liveness()
+                self._reply(200 if live["status"] == "alive" else 503, live)
+                return
+            if path != "/healthcheck":
+                self._reply(404, {"status": "not found", "paths": ["/healthcheck", "/livez"]})
                 return
             snap = state.snapshot()
             if always_ok:

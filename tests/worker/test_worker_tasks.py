@@ -6,6 +6,7 @@ import io
 import json
 import random
 import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -196,6 +197,36 @@ def test_health_server_200_only_when_connected_and_consuming() -> None:
         state.set(shutting_down=True)
         assert get() == 503
         assert get("/other") == 404
+    finally:
+        server.stop()
+
+
+def test_livez_stays_200_through_a_broker_outage_and_503_once_the_loop_stops() -> None:
+    """Liveness is not readiness: a worker that lost its broker is alive (a liveness
+    probe on /healthcheck would restart every pod during an outage); one whose loop
+    stopped turning for stale_s is stuck."""
+    state = HealthState("w", stale_s=0.5)
+    server = HealthServer(state, 0, bind="127.0.0.1")
+    server.start()
+
+    def get(path: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}",
+                                        timeout=2) as r:
+                return int(r.status), json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return int(e.code), json.loads(e.read())
+
+    try:
+        state.beat()
+        assert get("/healthcheck")[0] == 503  # not connected: not ready
+        code, body = get("/livez")
+        assert code == 200 and body["status"] == "alive"
+        time.sleep(0.7)  # no beat for longer than stale_s
+        code, body = get("/livez")
+        assert code == 503 and body["status"] == "stuck" and body["since_beat_s"] >= 0.5
+        state.beat()
+        assert get("/livez")[0] == 200
     finally:
         server.stop()
 
