@@ -37,6 +37,7 @@ import bisect
 from collections.abc import Mapping
 from typing import Any, Final
 
+from harness import vocab
 from harness.checkers import index as ix
 from harness.checkers.base import ClaimResult, unknown
 from harness.history import History
@@ -52,7 +53,11 @@ def phases(idx: ix.Index, ready_wait_s: float = READY_WAIT_S) -> list[tuple[int,
     """(workers, ts0, how) of every phase, in order."""
     out: list[tuple[int, float, str]] = []
     n0 = idx.cluster.get("workers")
-    if idx.publish_started is not None and isinstance(n0, int):
+    # On --backend external the deployment runs as many workers as it does, not the
+    # scenario's count: the first phase's size is unknown, so it is not measured.
+    external = (idx.run_started is not None
+                and idx.run_started.get("backend") == vocab.EXTERNAL)
+    if idx.publish_started is not None and isinstance(n0, int) and not external:
         out.append((n0, idx.publish_started.ts, "publish_started"))
     ready_first: dict[str, float] = {}
     for e in sorted(idx.ready, key=lambda e: e.ts):

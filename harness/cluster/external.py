@@ -42,6 +42,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -86,10 +87,28 @@ SINCE_SLACK_S: Final = 2.0
 # A scale-up is done when the broker shows the new count of consumers of the queue;
 # an orchestrator pulls nothing here (local images), a pod can take a while.
 SCALE_UP_WAIT_S: Final = 90.0
-# Compose's own line when a container it follows stops (v1 and v2, stdout or
-# stderr): the follower's observation of the orchestrator, never a worker's line
-# (a worker's lines all carry its prefix).
+# Compose's own line when a container it follows stops (v1; v2 since 2.27 after
+# "\r\x1b[K", see _plain): the follower's observation of the orchestrator, never a
+# worker's line (a worker's lines all carry its prefix). " (restarting)" after it
+# is a restart policy at work, not a stop: it does not match.
 EXIT_LINE: Final = re.compile(r"^(?P<name>[A-Za-z0-9][\w.-]*) exited with code (?P<code>-?\d+)\s*$")
+# The exit codes of a stop by an orchestrator: a clean exit on SIGTERM, the
+# default SIGTERM disposition (128 + 15), the SIGKILL after the grace period
+# (128 + 9). Any other code during a scale is a crash, which a scale must never
+# be taken for: a requested stop explains duplicates, a crash does not.
+STOP_EXIT_CODES: Final = frozenset({0, 128 + 15, 128 + 9})
+# What the scale command itself says it stopped or created: Compose v1 ("Stopping
+# and removing shop_worker_3 ... done", "Creating shop_worker_4 ... done") and v2
+# ("Container shop-worker-3  Stopping", "Container shop-worker-4  Created").
+_STOPPED_BY_COMMAND: Final = re.compile(
+    r"^(?:Stopping and removing|Stopping|Removing) (?P<v1>[\w.-]+)\s+\.\.\."
+    r"|^Container (?P<v2>[\w.-]+)\s+(?:Stopping|Stopped|Removing|Removed)\b")
+_CREATED_BY_COMMAND: Final = re.compile(
+    r"^Creating (?P<v1>[\w.-]+)\s+\.\.\.|^Container (?P<v2>[\w.-]+)\s+(?:Creating|Created)\b")
+_ANSI: Final = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# The end of the run waits this long for a scale still in flight (its command and
+# checks are bounded by about twice the grace period and 72 s) before scaling back.
+SCALE_LOCK_WAIT_S: Final = 300.0
 # Fresh-process events of worker contract v1.
 _FRESH_EVENTS: Final = frozenset({vocab.CONNECTED, vocab.READY})
 WORKER_NAME_MAX: Final = 64
@@ -338,7 +357,7 @@ class LogFollower:
         """A line of the follower itself: kept in follower.log; an exit it announces
         goes to ``on_exit``."""
         self._write("follower", line + "\n")
-        m = EXIT_LINE.match(line.strip())
+        m = EXIT_LINE.match(_plain(line))
         if m is not None and self.on_exit is not None:
             self.on_exit(m.group("name"), int(m.group("code")), seen)
 
@@ -404,6 +423,8 @@ class ExternalCluster(Cluster):
         # The deployment's worker count before the run's first scale: the end of the
         # run scales back to it.
         self._restore_count: int | None = None
+        # One scale at a time, and the scale-back at the end after it.
+        self._scale_lock = threading.Lock()
         # (name, seen) of every worker start the lines showed, in order.
         self._starts: list[tuple[str, float]] = []
         # Names the harness took down (kill, terminate) -> when the fault returned.
@@ -464,18 +485,33 @@ class ExternalCluster(Cluster):
                 for name in down:
                     with contextlib.suppress(Exception):
                         self._fault("restart", name)
-            restore = self._restore_count
-            if restore is not None:
-                try:
-                    self._run_template(self.faults.argv("scale", "", restore), "scale",
-                                       f"back to {restore}", FAULT_CMD_TIMEOUT_S)
-                except ClusterError as exc:
-                    if self.follower is not None:
-                        self.follower.note(f"[rmq-harness] could not scale back: {exc}")
+            self._scale_back()
         finally:
             follower = self.follower
             if follower is not None:
                 follower.stop()
+
+    def _scale_back(self) -> None:
+        """The deployment's worker count before the run's first scale, restored (the
+        command's own word where it named what it stopped or created, else the
+        count the step started from). A failure is printed with what to run."""
+        got = self._scale_lock.acquire(timeout=SCALE_LOCK_WAIT_S)
+        try:
+            restore = self._restore_count
+            if restore is None:
+                return
+            try:
+                self._run_template(self.faults.argv("scale", "", restore), "scale",
+                                   f"back to {restore}", FAULT_CMD_TIMEOUT_S)
+            except ClusterError as exc:
+                why = (f"rmq-harness: the deployment was not scaled back to {restore} "
+                       f"worker(s) ({exc}): run your scale command with {restore}")
+                print(why, file=sys.stderr, flush=True)
+                if self.follower is not None:
+                    self.follower.note(why)
+        finally:
+            if got:
+                self._scale_lock.release()
 
     # -- what is there ---------------------------------------------------------------
     def workers(self) -> list[str]:
@@ -521,36 +557,55 @@ class ExternalCluster(Cluster):
                 self._to_restart.discard(name)
 
     def scale_to(self, count: int, queue: str, grace_s: float) -> ScaleDone:
-        """The ``scale`` template with ``{n}`` = ``count``, checked against the broker
-        and the follower: a scale-down is done when the broker counts at most
-        ``count`` consumers of ``queue`` (one per contract v1 worker) and the follower
-        named each worker that stopped ("NAME exited with code N"): those are
-        terminations, recorded with their exits; a scale-up when the broker counts
-        ``count`` consumers, the new workers being whatever names then write. ClusterError
-        otherwise (the step did not happen as asked, and the claims that need it say
-        so)."""
+        """The ``scale`` template with ``{n}`` = ``count``, checked by three witnesses,
+        none of them a worker: the broker (its consumer count of ``queue``, one per
+        contract v1 worker), the follower (Compose's "NAME exited with code N") and
+        the command's own output (Compose's "Stopping ..." / "Container ... Stopped").
+
+        A scale-down is done when the broker counts at most ``count`` consumers and
+        the follower saw each worker stop that the command says it stopped (where it
+        says nothing, as ``kubectl scale``, as many as the count fell), with a stop's
+        exit code: those are terminations, recorded with their exits. A scale-up is
+        done when the broker counts ``count`` consumers; the new workers are the
+        names that then write. ClusterError otherwise: the step did not happen as
+        asked, and the claims that need it say so. One scale at a time."""
+        if not self._scale_lock.acquire(timeout=SCALE_LOCK_WAIT_S):
+            raise ClusterError(f"--fault-cmd scale to {count}: an earlier scale is still running")
+        try:
+            return self._scale(count, queue, grace_s)
+        finally:
+            self._scale_lock.release()
+
+    def _scale(self, count: int, queue: str, grace_s: float) -> ScaleDone:
         # Both counts are lower bounds of the workers running (the broker's lags a
         # worker that just connected; the follower's misses one that wrote nothing),
         # and both errors fail safe: too few expected stops meet an extra exit, too
         # many wait for exits that never come; either way the step is not taken.
         running = [n for n in self.workers() if self.is_running(n)]
         before = max(self._consuming(queue, "scale"), len(running))
-        with self._lock:
-            if self._restore_count is None:
-                self._restore_count = before
-            mark = len(self._exits)
-            starts_mark = len(self._starts)
         down = before - count
         if down < 0 and not self.replays:
             raise ClusterError(
                 f"--fault-cmd scale to {count}: a scale-up on --backend external needs a "
                 "follower that replays from the run's start (--worker-logs with {since}): "
                 "one that attaches late to a new worker misses its first lines")
+        with self._lock:
+            mark = len(self._exits)
+            starts_mark = len(self._starts)
         issued_ts = time.time()
-        self._run_template(self.faults.argv("scale", "", count), "scale", f"to {count}",
-                           grace_s + FAULT_CMD_TIMEOUT_S)
-        if down > 0:
-            victims = self._scaled_down(queue, count, down, mark, grace_s + CLOSE_SEEN_WAIT_S)
+        try:
+            out = self._run_template(self.faults.argv("scale", "", count), "scale",
+                                     f"to {count}", grace_s + FAULT_CMD_TIMEOUT_S)
+        except ClusterError:
+            self._remember_count(before)  # it may have scaled some of the way
+            raise
+        stopped = {self._name_of(n) for n in _named(out, _STOPPED_BY_COMMAND)}
+        created = _named(out, _CREATED_BY_COMMAND)
+        self._remember_count(count + len(stopped) - len(created) if stopped or created
+                             else before)
+        if stopped or down > 0:
+            victims = self._scaled_down(queue, count, stopped or down, mark,
+                                        grace_s + CLOSE_SEEN_WAIT_S)
             return ScaleDone(issued_ts, terminated=tuple(victims))
         if down < 0:
             self._await_consumers(queue, count, SCALE_UP_WAIT_S)
@@ -558,30 +613,51 @@ class ExternalCluster(Cluster):
             started = tuple(dict.fromkeys(n for n, _ in self._starts[starts_mark:]))
         return ScaleDone(issued_ts, started=started)
 
-    def _scaled_down(self, queue: str, count: int, down: int, mark: int,
+    def _remember_count(self, workers: int) -> None:
+        """The count before the run's first scale, for the scale-back at the end."""
+        with self._lock:
+            if self._restore_count is None:
+                self._restore_count = workers
+
+    def _scaled_down(self, queue: str, count: int, expected: set[str] | int, mark: int,
                      wait_s: float) -> list[str]:
+        """Wait (bounded) for the broker's count and the follower's exits (read after
+        ``mark``) to show the scale-down; ``expected``: the workers the command said
+        it stopped, or how many must stop. Records each stop as requested, with the
+        code Compose printed; ClusterError when the witnesses disagree."""
+        want = len(expected) if isinstance(expected, set) else expected
         deadline = time.monotonic() + wait_s
         while True:
             now = self._consumers(queue) if self._consumers is not None else None
             with self._lock:
                 exits = self._exits[mark:]
             names = list(dict.fromkeys(self._name_of(n) for n, _, _ in exits))
-            if now is not None and now <= count and len(names) >= down:
+            complete = (expected <= set(names) if isinstance(expected, set)
+                        else len(names) >= expected)
+            if now is not None and now <= count and complete:
                 break
             if time.monotonic() >= deadline:
                 counted = "did not answer" if now is None else f"count {now}"
                 raise ClusterError(
                     f"--fault-cmd scale to {count}: after {wait_s:g} s the broker's consumers "
-                    f"of {queue!r} {counted}, and the follower named {len(names)} of the {down} "
+                    f"of {queue!r} {counted}, and the follower named {len(names)} of the {want} "
                     "workers that had to stop (it must print 'NAME exited with code N' as "
                     "docker compose logs -f does): the terminations are not known")
             time.sleep(CLOSE_POLL_S)
-        if len(names) > down:
-            raise ClusterError(
-                f"--fault-cmd scale to {count}: {len(names)} workers exited ({', '.join(names)}) "
-                f"where the scale stops {down}: a scale's terminations cannot be told from "
-                "a crash")
+        extra = sorted(set(names) - expected) if isinstance(expected, set) else []
+        if extra or len(names) > want:
+            said = (f"{', '.join(extra)} exited besides the {want} the command stopped" if extra
+                    else f"{len(names)} workers exited ({', '.join(names)}) where the scale "
+                    f"stops {want}")
+            raise ClusterError(f"--fault-cmd scale to {count}: {said}: a crash during a scale "
+                               "cannot be told from its stops")
         by_name = {self._name_of(n): (code, seen) for n, code, seen in exits}
+        crashed = sorted(n for n in names if by_name[n][0] not in STOP_EXIT_CODES)
+        if crashed:
+            raise ClusterError(
+                f"--fault-cmd scale to {count}: {', '.join(crashed)} exited with code "
+                f"{by_name[crashed[0]][0]}, not a stop's (0, 143, 137): a crash during a scale "
+                "cannot be told from its stops")
         for name in names:
             code, exit_ts = by_name[name]
             self._went_down(name, requested=True, signal=_signal_of(code), ts=exit_ts,
@@ -634,7 +710,8 @@ class ExternalCluster(Cluster):
     def _fault(self, fault: str, name: str, timeout_s: float = FAULT_CMD_TIMEOUT_S) -> None:
         self._run_template(self.faults.argv(fault, name), fault, f"on {name}", timeout_s)
 
-    def _run_template(self, argv: list[str], fault: str, what: str, timeout_s: float) -> None:
+    def _run_template(self, argv: list[str], fault: str, what: str,
+                      timeout_s: float) -> subprocess.CompletedProcess[str]:
         try:
             done = self._run_cmd(argv, timeout_s)
         except subprocess.TimeoutExpired:
@@ -646,6 +723,7 @@ class ExternalCluster(Cluster):
             tail = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or [""]
             raise ClusterError(f"--fault-cmd {fault} {what} exited {done.returncode}: "
                                f"{tail[0][:300]}")
+        return done
 
     def _open_connections(self, fault: str, name: str) -> set[str]:
         """The deployment's connections before a kill or terminate (ClusterError when
@@ -764,6 +842,22 @@ def _consumer_count(endpoint: BrokerEndpoint) -> Callable[[str], int | None]:
             admin.close()
 
     return consumers
+
+
+def _plain(line: str) -> str:
+    """A follower's or command's line without terminal control (Compose v2 writes
+    "\\r\\x1b[K" before its status lines, even with --no-color)."""
+    return _ANSI.sub("", line).replace("\r", "").strip()
+
+
+def _named(done: subprocess.CompletedProcess[str], pattern: re.Pattern[str]) -> set[str]:
+    """The containers the command's output names with ``pattern``."""
+    out: set[str] = set()
+    for line in re.split(r"[\r\n]", (done.stdout or "") + "\n" + (done.stderr or "")):
+        m = pattern.match(_plain(line))
+        if m is not None:
+            out.add(m.group("v1") or m.group("v2"))
+    return out
 
 
 def _signal_of(code: int) -> int | None:

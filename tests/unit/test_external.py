@@ -376,14 +376,18 @@ SCALE = "scale=docker-compose -p app up -d --no-recreate --scale worker={n} work
 
 
 def scaling(tmp_path: Path, ran: list[list[str]], logs: str = LOGS, exits: int | None = None,
-            settle: bool = True) -> tuple[ExternalCluster, Recorder, LogFollower]:
+            settle: bool = True, says: bool = False, v2: bool = False
+            ) -> tuple[ExternalCluster, Recorder, LogFollower]:
     """A deployment of three workers consuming ``go.logger``; the fake orchestrator's
     scale sets the consumers to n and, for each worker it removes (the highest
     numbers, as Compose does), prints Compose's exit line (``exits`` of them when
-    given); ``settle`` False: the consumers stay as they were."""
+    given); ``settle`` False: the consumers stay as they were; ``says``: the command
+    prints what it stopped, as Compose does; ``v2``: Compose v2's names and its
+    exit line after terminal control."""
     rec = Recorder(None)
     consumers = {"c1", "c2", "c3"}
     holder: list[LogFollower] = []
+    sep = "-" if v2 else "_"
 
     def runner(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
         ran.append(argv)
@@ -393,8 +397,11 @@ def scaling(tmp_path: Path, ran: list[list[str]], logs: str = LOGS, exits: int |
             consumers.clear()
             consumers.update(f"c{i}" for i in range(1, n + 1))
         for c in gone[:exits]:
-            holder[0].feed(f"app_worker_{c[1:]} exited with code 0", seen=None)
-        return subprocess.CompletedProcess(argv, 0, "", "")
+            line = f"app{sep}worker{sep}{c[1:]} exited with code 0"
+            holder[0].feed("\r\x1b[K" + line if v2 else line, seen=None)
+        said = "".join(f"Container app-worker-{c[1:]}  Stopped\n" if v2 else
+                       f"Stopping and removing app_worker_{c[1:]} ... done\n" for c in gone)
+        return subprocess.CompletedProcess(argv, 0, "", said if says else "")
 
     ext = ExternalCluster("20261206-000000-abc1", tmp_path, rec, logs,
                           FaultCommands.parse([SCALE]), "t0abc1-", runner,
@@ -404,7 +411,7 @@ def scaling(tmp_path: Path, ran: list[list[str]], logs: str = LOGS, exits: int |
     f = ext.follower = follower(rec, tmp_path, ext)
     holder.append(f)
     for i in (1, 2, 3):
-        f.feed(f'worker_{i}  | {{"event":"ready"}}', seen=100.0)
+        f.feed(f'worker{sep}{i}  | {{"event":"ready"}}', seen=100.0)
     return ext, rec, f
 
 
@@ -450,7 +457,8 @@ def test_a_scale_down_whose_stops_nobody_named_is_not_made(
         return scale(argv, timeout_s)
 
     crowd._run_cmd = crash_then_scale
-    with pytest.raises(ClusterError, match=r"2 workers exited .* where the scale stops 1"):
+    with pytest.raises(ClusterError, match=r"2 workers exited \(worker_1, worker_3\) where "
+                                           r"the scale stops 1"):
         crowd.scale_to(2, "go.logger", grace_s=0)
     assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
 
@@ -509,3 +517,74 @@ def test_an_orchestrators_terminations_are_the_scales_and_a_failed_scale_is_reco
     assert [(w, ts) for w, ts, _ in terminations(ix.get(history))] == [("worker_3", 100.0)]
     failed = [e for e in rec.snapshot() if e.get("fault") == "scale"]
     assert failed[0].get("ok") is False and "named 0" in str(failed[0].get("error"))
+
+
+def test_a_crash_during_a_scale_is_never_taken_for_one_of_its_stops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """worker_3 crashes (its exit line read before the scale began) and Compose then
+    removes it with worker_2: the command says it stopped both, the follower saw only
+    worker_2 stop in the scale, so the step is not taken (a requested stop would
+    explain worker_3's duplicates). A worker that exits with a crash's code during a
+    scale whose command says nothing (kubectl) is not taken for a stop either."""
+    import harness.cluster.external as external
+
+    monkeypatch.setattr(external, "CLOSE_SEEN_WAIT_S", 0.2)
+    ext, rec, f = scaling(tmp_path, [], says=True, exits=1)
+    f.feed("app_worker_3 exited with code 1")
+    with pytest.raises(ClusterError, match="named 1 of the 2 workers"):
+        ext.scale_to(1, "go.logger", grace_s=0)
+    assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+    crash, rec, f = scaling(tmp_path, [], exits=0)
+    scale = crash._run_cmd
+
+    def crash_then_scale(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+        f.feed("app_worker_3 exited with code 139")
+        return scale(argv, timeout_s)
+
+    crash._run_cmd = crash_then_scale
+    with pytest.raises(ClusterError, match="worker_3 exited with code 139, not a stop's"):
+        crash.scale_to(2, "go.logger", grace_s=0)
+    assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+
+
+def test_compose_v2_names_and_its_exit_line_after_terminal_control(tmp_path: Path) -> None:
+    """Compose v2 (2.27+) writes a carriage return and an erase-line sequence before
+    its exit line, even with --no-color; its command output names what it stopped."""
+    ran: list[list[str]] = []
+    ext, rec, _ = scaling(tmp_path, ran, says=True, v2=True)
+    done = ext.scale_to(2, "go.logger", grace_s=10)
+    assert done.terminated == ("worker-3",)
+    exits = [e.worker for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+    assert exits == ["worker-3"]
+    ext.stop()
+    assert ran[-1][-2] == "worker=3"  # 2 + the 1 the command stopped
+
+
+def test_a_refused_scale_up_leaves_nothing_to_scale_back(tmp_path: Path) -> None:
+    ran: list[list[str]] = []
+    ext, _, _ = scaling(tmp_path, ran)
+    with pytest.raises(ClusterError, match="scale-up"):
+        ext.scale_to(5, "go.logger", grace_s=10)
+    ext.stop()
+    assert ran == []  # the command never ran: the deployment was never scaled
+
+
+def test_linear_scaling_does_not_take_the_scenarios_count_for_a_deployments() -> None:
+    """On --backend external the first phase's size is the deployment's, unknown: only
+    the phases the scale steps set are measured."""
+    from harness.checkers import index as ix
+    from harness.checkers.scaling import phases
+    from harness.history import Event, History
+
+    def history(backend: str) -> History:
+        return History([
+            Event(ts=1.0, source="harness", type=vocab.RUN_STARTED,
+                  data={"backend": backend, "cluster": {"workers": 2}}),
+            Event(ts=2.0, source="harness", type=vocab.PUBLISH_STARTED, data={}),
+            Event(ts=10.0, source="nemesis", type=vocab.FAULT,
+                  data={"fault": "scale", "target": "cluster", "phase": "invoke", "ok": True,
+                        "count": 1}),
+        ])
+
+    assert [n for n, _, _ in phases(ix.get(history("docker")))] == [2, 1]
+    assert [n for n, _, _ in phases(ix.get(history(vocab.EXTERNAL)))] == [1]
