@@ -106,8 +106,9 @@ _STOPPED_BY_COMMAND: Final = re.compile(
 _CREATED_BY_COMMAND: Final = re.compile(
     r"^Creating (?P<v1>[\w.-]+)\s+\.\.\.|^Container (?P<v2>[\w.-]+)\s+(?:Creating|Created)\b")
 _ANSI: Final = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# The end of the run waits this long for a scale still in flight (its command and
-# checks are bounded by about twice the grace period and 72 s) before scaling back.
+# A scale waits this long for an earlier one (the schedule runs one step at a time:
+# only a bug makes two); the end of the run waits for one in flight as long as its
+# command can take (see ExternalCluster._scale_bound_s).
 SCALE_LOCK_WAIT_S: Final = 300.0
 # Fresh-process events of worker contract v1.
 _FRESH_EVENTS: Final = frozenset({vocab.CONNECTED, vocab.READY})
@@ -423,8 +424,13 @@ class ExternalCluster(Cluster):
         # The deployment's worker count before the run's first scale: the end of the
         # run scales back to it.
         self._restore_count: int | None = None
-        # One scale at a time, and the scale-back at the end after it.
+        self._scaled = False  # a scale command ran (the scale-back is due)
+        # One scale at a time, and the scale-back at the end after it; the end of the
+        # run waits for a scale in flight up to its own bound (_scale_bound_s), and
+        # tells its waits to give up (_stopping).
         self._scale_lock = threading.Lock()
+        self._scale_bound_s = 0.0
+        self._stopping = threading.Event()
         # (name, seen) of every worker start the lines showed, in order.
         self._starts: list[tuple[str, float]] = []
         # Names the harness took down (kill, terminate) -> when the fault returned.
@@ -495,10 +501,20 @@ class ExternalCluster(Cluster):
         """The deployment's worker count before the run's first scale, restored (the
         command's own word where it named what it stopped or created, else the
         count the step started from). A failure is printed with what to run."""
-        got = self._scale_lock.acquire(timeout=SCALE_LOCK_WAIT_S)
+        self._stopping.set()
+        got = self._scale_lock.acquire(timeout=self._scale_bound_s + FAULT_CMD_TIMEOUT_S)
         try:
+            if not self._scaled:
+                return
             restore = self._restore_count
             if restore is None:
+                why = ("rmq-harness: the run scaled the deployment and cannot tell its count "
+                       "before (the command did not say what it stopped or created, and the "
+                       "broker's consumers and the workers seen disagree): scale it back "
+                       "yourself")
+                print(why, file=sys.stderr, flush=True)
+                if self.follower is not None:
+                    self.follower.note(why)
                 return
             try:
                 self._run_template(self.faults.argv("scale", "", restore), "scale",
@@ -578,13 +594,13 @@ class ExternalCluster(Cluster):
 
     def _scale(self, count: int, queue: str, grace_s: float) -> ScaleDone:
         # Both counts are lower bounds of the workers running (the broker's lags a
-        # worker that just connected; the follower's misses one that wrote nothing),
-        # and both errors fail safe: too few expected stops meet an extra exit, too
-        # many wait for exits that never come; either way the step is not taken.
+        # worker that just connected; the follower's misses one that wrote nothing):
+        # the larger says whether the step scales up, and only where they agree is it
+        # the count to scale back to (the command's own word is better, below).
         running = [n for n in self.workers() if self.is_running(n)]
-        before = max(self._consuming(queue, "scale"), len(running))
-        down = before - count
-        if down < 0 and not self.replays:
+        consumers = self._consuming(queue, "scale")
+        before = max(consumers, len(running))
+        if count > before and not self.replays:
             raise ClusterError(
                 f"--fault-cmd scale to {count}: a scale-up on --backend external needs a "
                 "follower that replays from the run's start (--worker-logs with {since}): "
@@ -592,77 +608,83 @@ class ExternalCluster(Cluster):
         with self._lock:
             mark = len(self._exits)
             starts_mark = len(self._starts)
+            self._scale_bound_s = max(self._scale_bound_s,
+                                      2 * grace_s + FAULT_CMD_TIMEOUT_S + CLOSE_SEEN_WAIT_S
+                                      + SCALE_UP_WAIT_S)
         issued_ts = time.time()
+        agreed = before if consumers == len(running) else None
         try:
             out = self._run_template(self.faults.argv("scale", "", count), "scale",
                                      f"to {count}", grace_s + FAULT_CMD_TIMEOUT_S)
         except ClusterError:
-            self._remember_count(before)  # it may have scaled some of the way
+            self._remember_count(agreed)  # it may have scaled some of the way
             raise
         stopped = {self._name_of(n) for n in _named(out, _STOPPED_BY_COMMAND)}
         created = _named(out, _CREATED_BY_COMMAND)
         self._remember_count(count + len(stopped) - len(created) if stopped or created
-                             else before)
-        if stopped or down > 0:
-            victims = self._scaled_down(queue, count, stopped or down, mark,
-                                        grace_s + CLOSE_SEEN_WAIT_S)
+                             else agreed)
+        if stopped:
+            victims = self._scaled_down(queue, count, stopped, mark, grace_s + CLOSE_SEEN_WAIT_S)
             return ScaleDone(issued_ts, terminated=tuple(victims))
-        if down < 0:
+        if count < before:
+            raise ClusterError(
+                f"--fault-cmd scale to {count}: the command did not say which workers it "
+                "stopped (Compose says 'Stopping and removing NAME' or 'Container NAME "
+                "Stopped'; kubectl scale says nothing): the terminations cannot be known, and "
+                "a crash could pass for one of them")
+        if count > before:
             self._await_consumers(queue, count, SCALE_UP_WAIT_S)
         with self._lock:
             started = tuple(dict.fromkeys(n for n, _ in self._starts[starts_mark:]))
         return ScaleDone(issued_ts, started=started)
 
-    def _remember_count(self, workers: int) -> None:
-        """The count before the run's first scale, for the scale-back at the end."""
+    def _remember_count(self, workers: int | None) -> None:
+        """The count before the run's first scale, for the scale-back at the end
+        (None: not known)."""
         with self._lock:
-            if self._restore_count is None:
+            if not self._scaled:
+                self._scaled = True
                 self._restore_count = workers
 
-    def _scaled_down(self, queue: str, count: int, expected: set[str] | int, mark: int,
+    def _scaled_down(self, queue: str, count: int, expected: set[str], mark: int,
                      wait_s: float) -> list[str]:
-        """Wait (bounded) for the broker's count and the follower's exits (read after
-        ``mark``) to show the scale-down; ``expected``: the workers the command said
-        it stopped, or how many must stop. Records each stop as requested, with the
-        code Compose printed; ClusterError when the witnesses disagree."""
-        want = len(expected) if isinstance(expected, set) else expected
+        """Wait (bounded) until the broker counts at most ``count`` consumers and the
+        follower saw each worker of ``expected`` (the command's word) exit after
+        ``mark``; then every exit since ``mark`` must be one of them, once, with a
+        stop's code. Records each stop as requested, with the code Compose printed;
+        ClusterError when the witnesses disagree."""
         deadline = time.monotonic() + wait_s
         while True:
             now = self._consumers(queue) if self._consumers is not None else None
             with self._lock:
                 exits = self._exits[mark:]
-            names = list(dict.fromkeys(self._name_of(n) for n, _, _ in exits))
-            complete = (expected <= set(names) if isinstance(expected, set)
-                        else len(names) >= expected)
-            if now is not None and now <= count and complete:
+            names = [self._name_of(n) for n, _, _ in exits]
+            if now is not None and now <= count and expected <= set(names):
                 break
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self._stopping.is_set():
                 counted = "did not answer" if now is None else f"count {now}"
                 raise ClusterError(
                     f"--fault-cmd scale to {count}: after {wait_s:g} s the broker's consumers "
-                    f"of {queue!r} {counted}, and the follower named {len(names)} of the {want} "
-                    "workers that had to stop (it must print 'NAME exited with code N' as "
-                    "docker compose logs -f does): the terminations are not known")
+                    f"of {queue!r} {counted}, and the follower named "
+                    f"{len(expected & set(names))} of the {len(expected)} workers the command "
+                    "stopped (it must print 'NAME exited with code N' as docker compose logs "
+                    "-f does): the terminations are not known")
             time.sleep(CLOSE_POLL_S)
-        extra = sorted(set(names) - expected) if isinstance(expected, set) else []
-        if extra or len(names) > want:
-            said = (f"{', '.join(extra)} exited besides the {want} the command stopped" if extra
-                    else f"{len(names)} workers exited ({', '.join(names)}) where the scale "
-                    f"stops {want}")
+        extra = sorted(set(names) - expected)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        crashed = sorted({self._name_of(n) for n, code, _ in exits
+                          if code not in STOP_EXIT_CODES})
+        if extra or twice or crashed:
+            said = (f"{', '.join(extra)} exited besides the {len(expected)} the command "
+                    "stopped" if extra else
+                    f"{', '.join(twice)} exited more than once" if twice else
+                    f"{', '.join(crashed)} exited with a code not a stop's (0, 143, 137)")
             raise ClusterError(f"--fault-cmd scale to {count}: {said}: a crash during a scale "
                                "cannot be told from its stops")
-        by_name = {self._name_of(n): (code, seen) for n, code, seen in exits}
-        crashed = sorted(n for n in names if by_name[n][0] not in STOP_EXIT_CODES)
-        if crashed:
-            raise ClusterError(
-                f"--fault-cmd scale to {count}: {', '.join(crashed)} exited with code "
-                f"{by_name[crashed[0]][0]}, not a stop's (0, 143, 137): a crash during a scale "
-                "cannot be told from its stops")
-        for name in names:
-            code, exit_ts = by_name[name]
-            self._went_down(name, requested=True, signal=_signal_of(code), ts=exit_ts,
-                            code=code, restart=False, how="follower: exited")
-        return names
+        for name, code, exit_ts in exits:
+            self._went_down(self._name_of(name), requested=True, signal=_signal_of(code),
+                            ts=exit_ts, code=code, restart=False, how="follower: exited")
+        return list(dict.fromkeys(names))
 
     def _await_consumers(self, queue: str, count: int, wait_s: float) -> None:
         deadline = time.monotonic() + wait_s
@@ -670,7 +692,7 @@ class ExternalCluster(Cluster):
             now = self._consumers(queue) if self._consumers is not None else None
             if now is not None and now >= count:
                 return
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or self._stopping.is_set():
                 seen = "did not answer" if now is None else f"count {now}"
                 raise ClusterError(f"--fault-cmd scale to {count}: after {wait_s:g} s the "
                                    f"broker's consumers of {queue!r} {seen}")

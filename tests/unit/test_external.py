@@ -10,6 +10,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -376,14 +377,14 @@ SCALE = "scale=docker-compose -p app up -d --no-recreate --scale worker={n} work
 
 
 def scaling(tmp_path: Path, ran: list[list[str]], logs: str = LOGS, exits: int | None = None,
-            settle: bool = True, says: bool = False, v2: bool = False
+            settle: bool = True, says: bool = True, v2: bool = False
             ) -> tuple[ExternalCluster, Recorder, LogFollower]:
     """A deployment of three workers consuming ``go.logger``; the fake orchestrator's
     scale sets the consumers to n and, for each worker it removes (the highest
     numbers, as Compose does), prints Compose's exit line (``exits`` of them when
-    given); ``settle`` False: the consumers stay as they were; ``says``: the command
-    prints what it stopped, as Compose does; ``v2``: Compose v2's names and its
-    exit line after terminal control."""
+    given); ``settle`` False: the consumers stay as they were; ``says`` False: the
+    command does not say what it stopped (as kubectl scale); ``v2``: Compose v2's
+    names and its exit line after terminal control."""
     rec = Recorder(None)
     consumers = {"c1", "c2", "c3"}
     holder: list[LogFollower] = []
@@ -436,15 +437,20 @@ def test_a_scale_down_terminates_the_workers_the_follower_saw_exit(tmp_path: Pat
 
 def test_a_scale_down_whose_stops_nobody_named_is_not_made(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The broker saw consumers go, but the follower (kubectl logs) names no exit: the
-    terminations are unknown, so the step fails rather than guess; and more exits than
-    the scale stops (a crash among them) cannot be told apart either."""
+    """The broker saw consumers go, but the follower names no exit, or the command
+    does not say what it stopped (kubectl scale): the terminations are unknown, so the
+    step fails rather than guess; and an exit besides those the command stopped (a
+    crash among them) cannot be told apart either."""
     import harness.cluster.external as external
 
     monkeypatch.setattr(external, "CLOSE_SEEN_WAIT_S", 0.2)
     ext, rec, _ = scaling(tmp_path, [], exits=0)
-    with pytest.raises(ClusterError, match="named 0 of the 2 workers that had to stop"):
+    with pytest.raises(ClusterError, match="named 0 of the 2 workers the command stopped"):
         ext.scale_to(1, "go.logger", grace_s=0)
+    assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+    silent, rec, _ = scaling(tmp_path, [], says=False)
+    with pytest.raises(ClusterError, match="did not say which workers it stopped"):
+        silent.scale_to(1, "go.logger", grace_s=0)
     assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
     stuck, _, _ = scaling(tmp_path, [], settle=False)
     with pytest.raises(ClusterError, match=r"consumers of 'go.logger' count 3"):
@@ -457,8 +463,7 @@ def test_a_scale_down_whose_stops_nobody_named_is_not_made(
         return scale(argv, timeout_s)
 
     crowd._run_cmd = crash_then_scale
-    with pytest.raises(ClusterError, match=r"2 workers exited \(worker_1, worker_3\) where "
-                                           r"the scale stops 1"):
+    with pytest.raises(ClusterError, match="worker_1 exited besides the 1 the command stopped"):
         crowd.scale_to(2, "go.logger", grace_s=0)
     assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
 
@@ -524,27 +529,82 @@ def test_a_crash_during_a_scale_is_never_taken_for_one_of_its_stops(
     """worker_3 crashes (its exit line read before the scale began) and Compose then
     removes it with worker_2: the command says it stopped both, the follower saw only
     worker_2 stop in the scale, so the step is not taken (a requested stop would
-    explain worker_3's duplicates). A worker that exits with a crash's code during a
-    scale whose command says nothing (kubectl) is not taken for a stop either."""
+    explain worker_3's duplicates). Nor is one whose worker crashed during the scale
+    (a crash's code), or crashed and was restarted before the stop (two exits)."""
     import harness.cluster.external as external
 
     monkeypatch.setattr(external, "CLOSE_SEEN_WAIT_S", 0.2)
-    ext, rec, f = scaling(tmp_path, [], says=True, exits=1)
+    ext, rec, f = scaling(tmp_path, [], exits=1)
     f.feed("app_worker_3 exited with code 1")
     with pytest.raises(ClusterError, match="named 1 of the 2 workers"):
         ext.scale_to(1, "go.logger", grace_s=0)
     assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
-    crash, rec, f = scaling(tmp_path, [], exits=0)
-    scale = crash._run_cmd
+    for exits, why in ((0, "worker_3 exited with a code not a stop's"),
+                       (None, "worker_3 exited more than once")):
+        crash, rec, f = scaling(tmp_path, [], exits=exits)
+        scale = crash._run_cmd
 
-    def crash_then_scale(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-        f.feed("app_worker_3 exited with code 139")
+        def crash_then_scale(argv: list[str], timeout_s: float,
+                             f: LogFollower = f, scale: object = scale
+                             ) -> subprocess.CompletedProcess[str]:
+            f.feed("app_worker_3 exited with code 139")
+            assert callable(scale)
+            done: subprocess.CompletedProcess[str] = scale(argv, timeout_s)
+            return done
+
+        crash._run_cmd = crash_then_scale
+        with pytest.raises(ClusterError, match=why):
+            crash.scale_to(2, "go.logger", grace_s=0)
+        assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+
+
+def test_the_scale_back_count_is_the_commands_word_or_none(tmp_path: Path) -> None:
+    """The end of the run scales back to the count the command's output implies (here
+    3: it stopped one of three workers, though the broker counted 4 consumers, one
+    worker holding two); where the command says nothing and the two lower bounds
+    disagree, it scales nothing back and says so."""
+    ran: list[list[str]] = []
+    ext, _, _ = scaling(tmp_path, ran)
+    ext._consumers = lambda queue: 4 if not ran else 2
+    ext.scale_to(2, "go.logger", grace_s=10)
+    ext.stop()
+    assert ran[-1][-2] == "worker=3"
+    quiet: list[list[str]] = []
+    ext, _, _ = scaling(tmp_path, quiet, says=False)
+    ext._consumers = lambda queue: 4 if not quiet else 5
+    ext.replays = True
+    ext.scale_to(5, "go.logger", grace_s=10)  # a scale-up from 4 consumers, 3 seen
+    ext.stop()
+    assert quiet == [quiet[0]]  # the scale only: no count to go back to
+
+
+def test_the_end_of_the_run_scales_back_after_a_scale_in_flight(tmp_path: Path) -> None:
+    """Ctrl-C during a scale: the scale-back waits for the command in flight, then
+    runs; it never races it."""
+    import threading
+
+    ran: list[list[str]] = []
+    ext, _, _ = scaling(tmp_path, ran)
+    release = threading.Event()
+    scale = ext._run_cmd
+
+    def slow(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+        if not ran:
+            release.wait(5)
         return scale(argv, timeout_s)
 
-    crash._run_cmd = crash_then_scale
-    with pytest.raises(ClusterError, match="worker_3 exited with code 139, not a stop's"):
-        crash.scale_to(2, "go.logger", grace_s=0)
-    assert not [e for e in rec.snapshot() if e.type == vocab.WORKER_EXITED]
+    ext._run_cmd = slow
+    t = threading.Thread(target=lambda: ext.scale_to(2, "go.logger", grace_s=1), daemon=True)
+    t.start()
+    time.sleep(0.2)
+    stopper = threading.Thread(target=ext.stop, daemon=True)
+    stopper.start()
+    time.sleep(0.2)
+    assert ran == []  # the scale-back waits for the scale's command
+    release.set()
+    stopper.join(10)
+    t.join(10)
+    assert [a[-2] for a in ran] == ["worker=2", "worker=3"]
 
 
 def test_compose_v2_names_and_its_exit_line_after_terminal_control(tmp_path: Path) -> None:
