@@ -29,6 +29,9 @@ FIXED_DELAY_RETRY: Final = "fixed-delay-retry"
 ACK_AND_DROP_WHEN_BUSY: Final = "ack-and-drop-when-busy"
 NEVER_ACK_REDELIVERED: Final = "never-ack-redelivered"
 SIDE_EFFECT_EVERY_ATTEMPT: Final = "side-effect-every-attempt"
+# Bugs no hand-written scenario provokes: they need a combination of faults or a
+# timing that only a search of the fault space (``harness explore``) finds.
+STALE_ACK_AFTER_TWO_RECONNECTS: Final = "stale-ack-after-two-reconnects"
 
 KNOWN_BUGS: Final[tuple[str, ...]] = (
     AUTO_ACK,
@@ -51,6 +54,13 @@ KNOWN_BUGS: Final[tuple[str, ...]] = (
     SIDE_EFFECT_EVERY_ATTEMPT,
 )
 
+# Planted bugs that need a search (``harness explore`` from a fault-free scenario):
+# the worker accepts them like the others; ``harness mutants`` does not run them,
+# because no one scenario of scenarios/ provokes them.
+SEARCH_BUGS: Final[tuple[str, ...]] = (
+    STALE_ACK_AFTER_TWO_RECONNECTS,
+)
+
 # bug -> claim ids (docs/claims.md) that a suitable scenario must turn false.
 BUG_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
     AUTO_ACK: ("no-loss", "redelivery-after-crash"),
@@ -71,4 +81,5 @@ BUG_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
     ACK_AND_DROP_WHEN_BUSY: ("no-loss",),
     NEVER_ACK_REDELIVERED: ("exactly-once-ack",),
     SIDE_EFFECT_EVERY_ATTEMPT: ("no-duplicate-processing",),
+    STALE_ACK_AFTER_TWO_RECONNECTS: ("no-duplicate-processing", "exactly-once-ack"),
 }

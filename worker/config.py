@@ -15,7 +15,7 @@ from typing import Final
 
 import pika
 
-from worker.bugs import KNOWN_BUGS
+from worker.bugs import KNOWN_BUGS, SEARCH_BUGS
 
 EVENT_MODES = ("full", "minimal")
 
@@ -176,10 +176,10 @@ def load_config(env: Mapping[str, str]) -> Config:
     if queue_type not in QUEUE_TYPES:
         raise ConfigError(f"RABBITMQ_QUEUE_TYPE={queue_type!r} (expected classic or quorum)")
     bug = _get(env, "WORKER_BUG") or ""
-    if bug and bug not in KNOWN_BUGS:
+    if bug and bug not in KNOWN_BUGS + SEARCH_BUGS:
         raise ConfigError(
             f"WORKER_BUG={bug!r} is not a known planted bug (expected empty or one of: "
-            f"{', '.join(KNOWN_BUGS)})"
+            f"{', '.join(KNOWN_BUGS + SEARCH_BUGS)})"
         )
     events = (_get(env, "WORKER_EVENTS") or "full").lower()
     if events not in EVENT_MODES:

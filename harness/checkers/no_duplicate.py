@@ -40,7 +40,13 @@ hit that very connection, for the stale-copy rule).
 ``evidence["invariant_holds"]`` is True when no duplicate is unexplained, so an
 audit can gate a release on the invariant rather than on the guide's wording.
 A processing's start is its ``started_ts``, else the worker's latest receipt of
-the id before it, else the ``processed`` ts. Unknown when nothing was processed.
+the id before it, else the ``processed`` ts, each processing anchored to a
+receipt of its own where the worker has as many receipts of the id as
+processings (``_anchored_starts``): a delivery cut off by a fault and redelivered
+to the same worker before its first processing ends is two receipts and two
+processings, and the first belongs to the first receipt, not to the redelivery
+(which would take the fault out of the pair). Two processings off one receipt
+stay anchored to that one receipt. Unknown when nothing was processed.
 Read from an event preset in a run where a worker process died
 (``UNSEEN_PROCESSINGS``), a processing may have left no line: a duplicate the lines
 show is judged as always, and no duplicate seen is unknown and not observable.
@@ -65,18 +71,6 @@ CLAIM: Final = "no-duplicate-processing"
 UNSEEN_PROCESSINGS: Final = "unseen_processings"
 
 
-def _receipt(recs: list[tuple[float, str | None]], worker: str | None,
-             start: float) -> float | None:
-    """The worker's latest receipt of the id at or before ``start`` (ts-sorted list)."""
-    found: float | None = None
-    for ts, w in recs:
-        if ts > start:
-            break
-        if w == worker:
-            found = ts
-    return found
-
-
 def _receipt_event(recs: list[Event], worker: str | None, start: float) -> Event | None:
     """The event of the worker's latest receipt at or before ``start``."""
     found: Event | None = None
@@ -86,6 +80,50 @@ def _receipt_event(recs: list[Event], worker: str | None, start: float) -> Event
         if e.worker == worker:
             found = e
     return found
+
+
+Run = tuple[float, float, str | None, Event | None]
+
+
+def _anchored_starts(idx: ix.Index, processings: list[Event],
+                     rec_events: list[Event]) -> list[Run]:
+    """(start, processed ts, worker, its receipt) of each processing of one id,
+    sorted by start.
+
+    ``facts.start_ts`` clamps a reported ``started_ts`` to the worker's latest
+    receipt before the ``processed`` event. When a fault cut the worker's
+    connection and the broker redelivered the id to the same worker while its first
+    copy still ran (or waited in its pool), that latest receipt is the redelivery's,
+    and two processings would share it. So each processing, in the order they
+    started, is anchored to the earliest receipt of the worker's not yet taken, at
+    or before its start (else before its end): a worker's pool takes deliveries in
+    the order they came. Each receipt anchors at most one processing; without a
+    free receipt the clamp of ``facts.start_ts`` stands, so two processings off one
+    receipt keep one start. A worker can thus only pair each processing with a
+    receipt of its own, as many processings as receipts, as a correct worker does;
+    the pair is then explained only by a fault between the two receipts."""
+    taken: set[int] = set()
+    out: list[Run] = []
+
+    def began(e: Event) -> float:
+        st = facts.as_float(e.get("started_ts"))
+        return min(st, e.ts) if st is not None else e.ts
+
+    for e in sorted(processings, key=lambda e: (began(e), e.ts)):
+        free = [i for i, r in enumerate(rec_events)
+                if r.worker == e.worker and r.ts <= e.ts and i not in taken]
+        st = facts.as_float(e.get("started_ts"))
+        chosen = [i for i in free if st is not None and rec_events[i].ts <= st] or free
+        if not chosen:
+            start = facts.start_ts(idx, e)
+            out.append((start, e.ts, e.worker, _receipt_event(rec_events, e.worker, start)))
+            continue
+        anchor = min(chosen, key=lambda i: rec_events[i].ts)
+        taken.add(anchor)
+        lo = rec_events[anchor].ts
+        out.append((min(max(st, lo), e.ts) if st is not None else lo, e.ts, e.worker,
+                    rec_events[anchor]))
+    return sorted(out, key=lambda r: (r[0], r[1]))
 
 
 def _stale_copy_fault(idx: ix.Index, ident: str, worker: str | None,
@@ -175,21 +213,22 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         rec_events = sorted(receipts.get(ident, ()), key=lambda e: e.ts)
         recs = [(e.ts, e.worker) for e in rec_events]
         fresh = facts.fresh_receipts(rec_events)
-        runs = sorted(((facts.start_ts(idx, e), e.ts, e.worker) for e in processings[ident]),
-                      key=lambda r: (r[0], r[1]))
-        for n, ((s1, _p1, w1), (s2, p2, w2)) in enumerate(pairwise(runs)):
+        runs = _anchored_starts(idx, processings[ident], rec_events)
+        for n, ((s1, _p1, w1, e1), (s2, p2, w2, e2)) in enumerate(pairwise(runs)):
+            # Each processing's own receipt (``_anchored_starts``), not the latest
+            # receipt before its start: a redelivery can come before a copy starts.
+            r1 = e1.ts if e1 is not None else None
+            r2 = e2.ts if e2 is not None else None
             extra += 1
             fault = idx.connection_fault(w1, s1, s2)
             if fault is None:
-                fault = idx.crash_span(w1, _receipt(recs, w1, s1), _receipt(recs, w2, s2))
+                fault = idx.crash_span(w1, r1, r2)
             if fault is None and n == 0:
-                fault = _own_crash(idx, ident, w1, s1, _receipt_event(rec_events, w1, s1),
-                                   _receipt_event(rec_events, w2, s2))
+                fault = _own_crash(idx, ident, w1, s1, e1, e2)
             if fault is None:
                 # By delivery order: a zombie (paused, cut off) may start its copy
                 # after the redelivered one; what explains the pair is a fault of
                 # whichever worker received the id first, between the two receipts.
-                r1, r2 = _receipt(recs, w1, s1), _receipt(recs, w2, s2)
                 if r1 is not None and r2 is not None:
                     (ra, wa), (rb, _wb) = sorted(((r1, w1), (r2, w2)))
                     fault = idx.connection_fault(wa, ra, rb)
@@ -198,8 +237,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                              or _stale_copy_fault(idx, ident, w1, recs, r1, r2))
             # A copy that is a second message is explained by its lineage, and only
             # by it (of two such copies, the later one's).
-            copies = [c for c in (_receipt_event(rec_events, w1, s1),
-                                  _receipt_event(rec_events, w2, s2))
+            copies = [c for c in (e1, e2)
                       if c is not None and any(c is f for f in fresh)]
             if copies:
                 fault = facts.lineage_fault(idx, ident, max(copies, key=lambda e: e.ts), rec_events)

@@ -19,7 +19,7 @@ import pytest
 from pika.spec import Basic, BasicProperties
 
 from worker import bugs
-from worker.bugs import BUG_CLAIMS, KNOWN_BUGS
+from worker.bugs import BUG_CLAIMS, KNOWN_BUGS, SEARCH_BUGS
 from worker.config import ConfigError, load_config
 from worker.consumer import Completion, Delivery, Worker
 from worker.events import EventEmitter
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # -- config ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", KNOWN_BUGS)
+@pytest.mark.parametrize("name", KNOWN_BUGS + SEARCH_BUGS)
 def test_every_known_bug_is_accepted(name: str) -> None:
     assert load_config({"WORKER_BUG": name}).bug == name
     assert load_config({"WORKER_BUG": f"  {name} "}).bug == name
@@ -41,7 +41,8 @@ def test_known_bugs_is_the_public_tuple() -> None:
 
     assert from_config is KNOWN_BUGS
     assert len(KNOWN_BUGS) == 18 and len(set(KNOWN_BUGS)) == 18
-    assert set(BUG_CLAIMS) == set(KNOWN_BUGS)
+    assert set(BUG_CLAIMS) == set(KNOWN_BUGS) | set(SEARCH_BUGS)
+    assert not set(KNOWN_BUGS) & set(SEARCH_BUGS)
     assert all(isinstance(n, str) and n == n.strip().lower() for n in KNOWN_BUGS)
 
 
@@ -445,6 +446,22 @@ def test_double_ack_acks_the_same_tag_twice_once_per_connection() -> None:
     w._settle(Completion(delivery(tag=8), "ack", "processed"))
     assert ch.calls == [("ack", 7, False), ("ack", 7, False), ("ack", 8, False)]
     w._pool.shutdown()
+
+
+@pytest.mark.parametrize(("bug", "acked_at"), [("", {3: False, 4: False}),
+                                              (bugs.STALE_ACK_AFTER_TWO_RECONNECTS,
+                                               {3: False, 4: True})])
+def test_stale_ack_after_two_reconnects_acks_an_old_tag_on_the_new_channel(
+        bug: str, acked_at: dict[int, bool]) -> None:
+    """A delivery of connection 2 that ends on connection 3 is stale for both; on
+    connection 4 the buggy worker takes it for current and acks its tag there."""
+    for gen, acked in acked_at.items():
+        w, ch, _, buf = make_worker(bug)
+        w._generation = gen
+        w._settle(Completion(delivery(tag=7), "ack", "processed"))
+        assert (ch.calls == [("ack", 7, False)]) is acked
+        assert names(buf) == (["acked"] if acked else ["ack_failed"])
+        w._pool.shutdown()
 
 
 def test_fixed_delay_retry_uses_the_first_tier_for_every_attempt() -> None:

@@ -116,6 +116,78 @@ def test_dup_stale_copy_needs_the_workers_connection_record() -> None:
     assert r.evidence["invariant_holds"] is False
 
 
+def redelivered_before_the_first_processing_ends(started: bool, worker_lies: bool = False,
+                                                 cut: bool = True) -> H:
+    """Seen on docker (two close-connections, tasks of 2-4 s): W1 receives x, the
+    broker closes W1's connection (the fault's close lands 4 s after it was issued,
+    while the management API lists the connection), W1 reconnects and gets x again
+    (redelivered) while it still runs the first copy, which then ends: its ack fails;
+    the second copy is processed and acked."""
+    h = clean(2).publish("x", ts=1007.9)
+    if cut:
+        h.fault("close-connections", W1, ts=1007.911, completed_ts=1012.322)
+    h.received("x", W1, ts=1010.343)
+    h.received("x", W1, redelivered=True, ts=1012.584)
+    h.processed("x", W1, ts=1013.919, started_ts=(1012.6 if worker_lies else 1010.343)
+                if started else None)
+    h.ack_failed("x", W1, ts=1013.92)
+    h.processed("x", W1, ts=1016.425, started_ts=1012.848 if started else None)
+    return h.acked("x", W1, ts=1016.425)
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["started_ts", "no_started_ts"])
+def test_dup_redelivered_to_the_same_worker_mid_processing_is_explained(started: bool) -> None:
+    """Each processing is anchored to a receipt of its own: the first to the first
+    delivery (before the cut), not to the redelivery (after it). Without that, the
+    correct worker failed the invariant (a false FAIL, 10 of 150 tasks)."""
+    r = no_duplicate.check(redelivered_before_the_first_processing_ends(started).finish()
+                           .build(), {})
+    assert r.evidence["invariant_holds"] is True, r.evidence
+    assert r.explained["by"]["x"][0]["explained_by"]["fault"] == "fault:close-connections"
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["started_ts", "no_started_ts"])
+def test_dup_two_cuts_and_copies_waiting_in_the_pool_are_each_explained(started: bool) -> None:
+    """Seen on docker (two close-connections 5 s apart, tasks of 11-14 s, a pool of 10
+    busy): x is received three times by W1 (a cut before each redelivery), the two
+    redeliveries wait in the pool, and the copies run one after the other. Each
+    processing takes its own receipt in arrival order; each pair has its cut."""
+    h = clean(2).publish("x", ts=1006.09).received("x", W1, ts=1006.071)
+    h.fault("close-connections", W1, ts=1006.087, completed_ts=1010.45)
+    h.received("x", W1, redelivered=True, ts=1010.707)
+    h.fault("close-connections", W1, ts=1010.461, completed_ts=1015.35)
+    h.received("x", W1, redelivered=True, ts=1015.544)
+    for start, end in ((1006.072, 1017.938), (1017.27, 1029.136), (1029.136, 1041.002)):
+        h.processed("x", W1, ts=end, started_ts=start if started else None)
+        if end < 1041:
+            h.ack_failed("x", W1, ts=end + 0.001)
+    h.acked("x", W1, ts=1041.003)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is True, r.evidence
+    assert r.evidence["explained_processings"] == 2
+
+
+def test_dup_two_receipts_explain_nothing_without_a_cut_between() -> None:
+    """The same receipts and processings with no fault: the worker received x twice
+    with no cut to make the broker redeliver it; the anchoring explains nothing."""
+    h = redelivered_before_the_first_processing_ends(True, cut=False)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False and r.evidence["unexplained_ids"] == ["x"]
+
+
+def test_dup_two_processings_off_one_receipt_stay_unexplained() -> None:
+    """One delivery after the cut, processed twice (the worker's own doing), with a
+    started_ts before the cut on one of them: there is no second receipt to anchor
+    it to, so its start stays at the one receipt, after the cut."""
+    h = clean(2).publish("x", ts=1007.9)
+    h.fault("close-connections", W1, ts=1007.911, completed_ts=1012.322)
+    h.received("x", W1, redelivered=True, ts=1012.584)
+    h.processed("x", W1, ts=1013.919, started_ts=1010.0).ack_failed("x", W1, ts=1013.92)
+    h.processed("x", W1, ts=1016.425, started_ts=1012.848).acked("x", W1, ts=1016.425)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False and r.evidence["unexplained_ids"] == ["x"]
+
+
 def test_dup_false_unexplained() -> None:
     h = clean(4).task("t0001", W2, redelivered=True).finish()
     r = no_duplicate.check(h.build(), {})
