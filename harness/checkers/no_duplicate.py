@@ -40,13 +40,19 @@ hit that very connection, for the stale-copy rule).
 ``evidence["invariant_holds"]`` is True when no duplicate is unexplained, so an
 audit can gate a release on the invariant rather than on the guide's wording.
 A processing's start is its ``started_ts``, else the worker's latest receipt of
-the id before it, else the ``processed`` ts, each processing anchored to a
-receipt of its own where the worker has as many receipts of the id as
-processings (``_anchored_starts``): a delivery cut off by a fault and redelivered
-to the same worker before its first processing ends is two receipts and two
-processings, and the first belongs to the first receipt, not to the redelivery
-(which would take the fault out of the pair). Two processings off one receipt
-stay anchored to that one receipt. Unknown when nothing was processed.
+the id before it, else the ``processed`` ts. Which receipt a processing came from
+is the worker's secret, so two pairings are tried, and a pair is judged by the
+one that explains it: the latest receipt before each start (``facts.start_ts``),
+and each processing anchored to a receipt of its own, in arrival order, of the
+same process and attempt, a failed attempt taking one too (``_anchored_starts``).
+The second is what a copy redelivered to the same worker while its first copy
+still runs needs (seen on docker: the first copy would take the redelivery's
+receipt, after the cut). Neither lets two processings share one receipt or take a
+receipt of a killed process, so a worker that processes one delivery twice stays
+unexplained; one that dropped an earlier delivery of its own and processed a later
+one twice is taken for the correct worker it cannot be told from (as many
+processings as deliveries, the extra delivery the fault's). Unknown when nothing
+was processed.
 Read from an event preset in a run where a worker process died
 (``UNSEEN_PROCESSINGS``), a processing may have left no line: a duplicate the lines
 show is judged as always, and no duplicate seen is unknown and not observable.
@@ -85,8 +91,8 @@ def _receipt_event(recs: list[Event], worker: str | None, start: float) -> Event
 Run = tuple[float, float, str | None, Event | None]
 
 
-def _anchored_starts(idx: ix.Index, processings: list[Event],
-                     rec_events: list[Event]) -> list[Run]:
+def _anchored_starts(idx: ix.Index, processings: list[Event], rec_events: list[Event],
+                     failures: list[Event]) -> list[Run]:
     """(start, processed ts, worker, its receipt) of each processing of one id,
     sorted by start.
 
@@ -97,11 +103,22 @@ def _anchored_starts(idx: ix.Index, processings: list[Event],
     and two processings would share it. So each processing, in the order they
     started, is anchored to the earliest receipt of the worker's not yet taken, at
     or before its start (else before its end): a worker's pool takes deliveries in
-    the order they came. Each receipt anchors at most one processing; without a
-    free receipt the clamp of ``facts.start_ts`` stands, so two processings off one
-    receipt keep one start. A worker can thus only pair each processing with a
-    receipt of its own, as many processings as receipts, as a correct worker does;
-    the pair is then explained only by a fault between the two receipts."""
+    the order they came. A receipt can anchor a processing only
+
+    - of the same process: no start or exit of the worker (the harness's record)
+      between the receipt and the processing's start. A delivery of a killed
+      process is never processed by its successor;
+    - of the same attempt (both events carry it);
+    - once: a ``failed`` attempt takes its receipt too, in the same order.
+
+    Without such a receipt the clamp of ``facts.start_ts`` stands, so two
+    processings off one receipt keep one start. A worker can thus only pair each
+    processing with a delivery of its own process, as many processings as
+    deliveries, as a correct worker does; the pair is then explained only by a
+    fault between the two receipts."""
+    bounds_of: dict[str | None, list[float]] = {}
+    for e in (*idx.worker_started, *idx.worker_exited):
+        bounds_of.setdefault(ix.worker_of(e), []).append(e.ts)
     taken: set[int] = set()
     out: list[Run] = []
 
@@ -109,17 +126,29 @@ def _anchored_starts(idx: ix.Index, processings: list[Event],
         st = facts.as_float(e.get("started_ts"))
         return min(st, e.ts) if st is not None else e.ts
 
-    for e in sorted(processings, key=lambda e: (began(e), e.ts)):
+    def fits(r: Event, e: Event, start: float) -> bool:
+        ra, ea = r.get("attempt"), e.get("attempt")
+        if isinstance(ra, int) and isinstance(ea, int) and ra != ea:
+            return False
+        return not any(r.ts < b <= start for b in bounds_of.get(e.worker, ()))
+
+    failed_ids = {id(f) for f in failures}
+    for e in sorted([*processings, *failures], key=lambda e: (began(e), e.ts)):
+        start0 = began(e)
         free = [i for i, r in enumerate(rec_events)
-                if r.worker == e.worker and r.ts <= e.ts and i not in taken]
+                if r.worker == e.worker and r.ts <= e.ts and i not in taken
+                and fits(r, e, start0)]
         st = facts.as_float(e.get("started_ts"))
         chosen = [i for i in free if st is not None and rec_events[i].ts <= st] or free
-        if not chosen:
+        anchor = min(chosen, key=lambda i: rec_events[i].ts) if chosen else None
+        if anchor is not None:
+            taken.add(anchor)
+        if id(e) in failed_ids:
+            continue  # a failed attempt: it takes a receipt, it is not a processing
+        if anchor is None:
             start = facts.start_ts(idx, e)
             out.append((start, e.ts, e.worker, _receipt_event(rec_events, e.worker, start)))
             continue
-        anchor = min(chosen, key=lambda i: rec_events[i].ts)
-        taken.add(anchor)
         lo = rec_events[anchor].ts
         out.append((min(max(st, lo), e.ts) if st is not None else lo, e.ts, e.worker,
                     rec_events[anchor]))
@@ -195,6 +224,43 @@ def _own_crash(idx: ix.Index, ident: str, worker: str | None, start: float,
     return ix.ConnFault(start, "crash:after_process", worker)
 
 
+def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
+           ) -> list[tuple[dict[str, Any], ix.ConnFault | None]]:
+    """Each consecutive pair of processings of ``ident`` (``runs``, by start) with
+    the injected fault that explains it, or None."""
+    recs = [(e.ts, e.worker) for e in rec_events]
+    fresh = facts.fresh_receipts(rec_events)
+    out: list[tuple[dict[str, Any], ix.ConnFault | None]] = []
+    for n, ((s1, _p1, w1, e1), (s2, p2, w2, e2)) in enumerate(pairwise(runs)):
+        r1 = e1.ts if e1 is not None else None
+        r2 = e2.ts if e2 is not None else None
+        fault = idx.connection_fault(w1, s1, s2)
+        if fault is None:
+            fault = idx.crash_span(w1, r1, r2)
+        if fault is None and n == 0:
+            fault = _own_crash(idx, ident, w1, s1, e1, e2)
+        if fault is None:
+            # By delivery order: a zombie (paused, cut off) may start its copy
+            # after the redelivered one; what explains the pair is a fault of
+            # whichever worker received the id first, between the two receipts.
+            if r1 is not None and r2 is not None:
+                (ra, wa), (rb, _wb) = sorted(((r1, w1), (r2, w2)))
+                fault = idx.connection_fault(wa, ra, rb)
+            if fault is None:
+                fault = (_stale_copy_fault(idx, ident, w2, recs, r2, r1)
+                         or _stale_copy_fault(idx, ident, w1, recs, r1, r2))
+        # A copy that is a second message is explained by its lineage, and only
+        # by it (of two such copies, the later one's).
+        copies = [c for c in (e1, e2) if c is not None and any(c is f for f in fresh)]
+        if copies:
+            fault = facts.lineage_fault(idx, ident, max(copies, key=lambda e: e.ts), rec_events)
+        item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,
+                                "again_worker": w2, "again_start_ts": s2,
+                                "again_processed_ts": p2}
+        out.append((item, fault))
+    return out
+
+
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx = ix.get(history)
     n_ids = idx.count_where(lambda v: bool(v & ix.PROC))
@@ -211,39 +277,24 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     receipts = idx.received.events(dups)
     for ident in dups:
         rec_events = sorted(receipts.get(ident, ()), key=lambda e: e.ts)
-        recs = [(e.ts, e.worker) for e in rec_events]
-        fresh = facts.fresh_receipts(rec_events)
-        runs = _anchored_starts(idx, processings[ident], rec_events)
-        for n, ((s1, _p1, w1, e1), (s2, p2, w2, e2)) in enumerate(pairwise(runs)):
-            # Each processing's own receipt (``_anchored_starts``), not the latest
-            # receipt before its start: a redelivery can come before a copy starts.
-            r1 = e1.ts if e1 is not None else None
-            r2 = e2.ts if e2 is not None else None
+        # Two pairings of processings with receipts: each its own receipt in arrival
+        # order (``_anchored_starts``), and the latest receipt before each start
+        # (``facts.start_ts``). Without a reported start neither is sure to be the
+        # worker's, so a pair is judged under the one that explains more: a false
+        # explanation needs one that a pairing of the worker's own receipts allows.
+        anchored = _anchored_starts(idx, processings[ident], rec_events,
+                                    list(idx.failed.all(ident)))
+        found = _judge(idx, ident, anchored, rec_events)
+        if any(fault is None for _, fault in found):
+            clamped = sorted(((st, e.ts, e.worker, _receipt_event(rec_events, e.worker, st))
+                              for e in processings[ident]
+                              for st in (facts.start_ts(idx, e),)),
+                             key=lambda r: (r[0], r[1]))
+            other = _judge(idx, ident, clamped, rec_events)
+            if (sum(f is None for _, f in other) < sum(f is None for _, f in found)):
+                found = other
+        for item, fault in found:
             extra += 1
-            fault = idx.connection_fault(w1, s1, s2)
-            if fault is None:
-                fault = idx.crash_span(w1, r1, r2)
-            if fault is None and n == 0:
-                fault = _own_crash(idx, ident, w1, s1, e1, e2)
-            if fault is None:
-                # By delivery order: a zombie (paused, cut off) may start its copy
-                # after the redelivered one; what explains the pair is a fault of
-                # whichever worker received the id first, between the two receipts.
-                if r1 is not None and r2 is not None:
-                    (ra, wa), (rb, _wb) = sorted(((r1, w1), (r2, w2)))
-                    fault = idx.connection_fault(wa, ra, rb)
-                if fault is None:
-                    fault = (_stale_copy_fault(idx, ident, w2, recs, r2, r1)
-                             or _stale_copy_fault(idx, ident, w1, recs, r1, r2))
-            # A copy that is a second message is explained by its lineage, and only
-            # by it (of two such copies, the later one's).
-            copies = [c for c in (e1, e2)
-                      if c is not None and any(c is f for f in fresh)]
-            if copies:
-                fault = facts.lineage_fault(idx, ident, max(copies, key=lambda e: e.ts), rec_events)
-            item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,
-                                    "again_worker": w2, "again_start_ts": s2,
-                                    "again_processed_ts": p2}
             if fault is not None:
                 extra_explained += 1
                 item["explained_by"] = fault.describe()

@@ -188,6 +188,50 @@ def test_dup_two_processings_off_one_receipt_stay_unexplained() -> None:
     assert r.evidence["invariant_holds"] is False and r.evidence["unexplained_ids"] == ["x"]
 
 
+def test_dup_a_receipt_of_a_killed_process_anchors_nothing_after_it() -> None:
+    """The restarted process processes its one delivery twice (a bug); the killed
+    process's receipt before the kill must not be taken for the first copy's, or the
+    kill would explain the pair (seen by a skeptic's review)."""
+    for started in (True, False):
+        h = clean(2).publish("x", ts=1000.0).received("x", W1, ts=1000.1)
+        h.fault("kill", W1, ts=1001.0).worker_exited(W1, requested=True, ts=1001.05)
+        h.worker_started(W1, ts=1001.5).ready(W1, ts=1001.6)
+        h.received("x", W1, redelivered=True, ts=1002.0)
+        h.processed("x", W1, ts=1002.5, started_ts=1002.01 if started else None)
+        h.processed("x", W1, ts=1003.0, started_ts=1002.6 if started else None)
+        r = no_duplicate.check(h.acked("x", W1, ts=1003.0).finish().build(), {})
+        assert r.evidence["invariant_holds"] is False, (started, r.evidence)
+
+
+def test_dup_a_failed_attempt_takes_its_receipt() -> None:
+    """x fails (nacked, requeued) on its first receipt; after an unrelated cut its
+    one redelivery is processed twice (a bug): the failed attempt's receipt is taken,
+    so the second processing has none of its own."""
+    h = clean(2).publish("x", ts=1000.0, directives={"fail_times": 1})
+    h.received("x", W1, ts=1000.1).failed("x", W1, ts=1000.2)
+    h.fault("close-connections", W1, ts=1000.5, completed_ts=1000.6).ready(W1, ts=1000.7)
+    h.received("x", W1, redelivered=True, ts=1001.0)
+    h.processed("x", W1, ts=1001.5, started_ts=1001.01)
+    h.processed("x", W1, ts=1002.0, started_ts=1001.6).acked("x", W1, ts=1002.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False, r.evidence
+
+
+def test_dup_an_unprocessed_receipt_before_a_cut_keeps_the_latest_receipt_pairing() -> None:
+    """A worker without started_ts drops its copy on its own connection loss (x is
+    redelivered to it), processes the redelivery, is cut by a fault and processes the
+    next redelivery: the arrival-order pairing misses the cut, the latest-receipt
+    pairing finds it, and the pair is judged by the one that explains."""
+    h = clean(2).publish("x", ts=1000.0)
+    h.received("x", W1, ts=1000.1).connection_lost(W1, ts=1000.5).ready(W1, ts=1000.6)
+    h.received("x", W1, redelivered=True, ts=1001.0).processed("x", W1, ts=1002.0)
+    h.fault("close-connections", W1, ts=1002.1, completed_ts=1002.2)
+    h.ack_failed("x", W1, ts=1002.25).ready(W1, ts=1002.3)
+    h.received("x", W1, redelivered=True, ts=1002.5).processed("x", W1, ts=1003.0)
+    r = no_duplicate.check(h.acked("x", W1, ts=1003.0).finish().build(), {})
+    assert r.evidence["invariant_holds"] is True, r.evidence
+
+
 def test_dup_false_unexplained() -> None:
     h = clean(4).task("t0001", W2, redelivered=True).finish()
     r = no_duplicate.check(h.build(), {})
