@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from compose import Deployment
@@ -50,6 +51,26 @@ schedule:
 """
 
 
+def run_external(dep: Deployment, scenario: Path, out: Path, *hooks: str
+                 ) -> tuple[subprocess.CompletedProcess[str], Path, dict[str, Any]]:
+    """``harness run SCENARIO --backend external`` on the deployment, its logs
+    followed through Compose, with the ``--fault-cmd`` hooks given: (the process, the
+    run directory, claim -> its row of result.json)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(scenario), "--backend", "external",
+         "--broker-url", f"{dep.url}?management_port={dep.mgmt_port}",
+         "--worker-logs", " ".join([*dep.base, "logs", "-f", "--no-color", "--tail=0",
+                                    "worker"]),
+         *[a for hook in hooks for a in ("--fault-cmd", hook)],
+         "--capabilities", "directives", "--out", str(out), "--no-progress"],
+        cwd=ROOT, env=dep.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        check=False)
+    results = sorted(out.glob("*/result.json"))
+    assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
+    data = json.loads(results[-1].read_text())
+    return proc, results[-1].parent, {c["claim"]: c for c in data["claims"]}
+
+
 def scale_down_through_compose(dep: Deployment, out: Path, before_queues: dict[str, int],
                                before_running: list[str]) -> None:
     """The HPA's "scales back" through Compose's own scale: the workers Compose stops
@@ -59,20 +80,9 @@ def scale_down_through_compose(dep: Deployment, out: Path, before_queues: dict[s
     scenario = out / "scale-down.yaml"
     out.mkdir()
     scenario.write_text(SCALE_DOWN)
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness", "run", str(scenario), "--backend", "external",
-         "--broker-url", f"{dep.url}?management_port={dep.mgmt_port}",
-         "--worker-logs", " ".join([*dep.base, "logs", "-f", "--no-color", "--tail=0",
-                                    "worker"]),
-         "--fault-cmd", "scale=" + " ".join([*dep.base, "up", "-d", "--no-recreate",
-                                            "--scale", "worker={n}", "worker"]),
-         "--capabilities", "directives", "--out", str(out), "--no-progress"],
-        cwd=ROOT, env=dep.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-        check=False)
-    results = sorted(out.glob("*/result.json"))
-    assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
-    data = json.loads(results[-1].read_text())
-    claims = {c["claim"]: c for c in data["claims"]}
+    proc, _, claims = run_external(
+        dep, scenario, out, "scale=" + " ".join([*dep.base, "up", "-d", "--no-recreate",
+                                                  "--scale", "worker={n}", "worker"]))
     assert claims["no-loss"]["valid"] == "true", claims["no-loss"]
     assert claims["exactly-once-ack"]["valid"] == "true", claims["exactly-once-ack"]
     shutdown = claims["graceful-shutdown"]
@@ -91,21 +101,10 @@ def test_crash_recovery_on_a_compose_deployment_through_its_hooks(tmp_path: Path
         before_running = dep.containers()
         assert len(before_running) == 4  # the broker and three workers
         sep = dep.separator
-        proc = subprocess.run(
-            [sys.executable, "-m", "harness", "run",
-             str(ROOT / "scenarios" / "crash-recovery.yaml"), "--backend", "external",
-             "--broker-url", f"{dep.url}?management_port={dep.mgmt_port}",
-             "--worker-logs", " ".join([*dep.base, "logs", "-f", "--no-color", "--tail=0",
-                                        "worker"]),
-             "--fault-cmd", f"kill=docker kill {dep.project}{sep}{{worker}}",
-             "--fault-cmd", f"restart=docker start {dep.project}{sep}{{worker}}",
-             "--capabilities", "directives", "--out", str(tmp_path), "--no-progress"],
-            cwd=ROOT, env=dep.env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-            check=False)
-        results = sorted(tmp_path.glob("*/result.json"))
-        assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
-        data = json.loads(results[-1].read_text())
-        claims = {c["claim"]: c for c in data["claims"]}
+        proc, run_dir, claims = run_external(
+            dep, ROOT / "scenarios" / "crash-recovery.yaml", tmp_path,
+            f"kill=docker kill {dep.project}{sep}{{worker}}",
+            f"restart=docker start {dep.project}{sep}{{worker}}")
         # The docker backend's verdicts on the reference worker: every invariant holds.
         for claim in ("no-loss", "exactly-once-ack", "redelivery-after-crash",
                       "no-duplicate-processing"):
@@ -114,7 +113,7 @@ def test_crash_recovery_on_a_compose_deployment_through_its_hooks(tmp_path: Path
         assert evidence["kills"] == 1 and evidence["in_flight"] > 0, evidence
         assert proc.returncode == 0, proc.stdout[-3000:]
         assert "guest:guest" not in proc.stdout + proc.stderr  # the password is never printed
-        history = (results[-1].parent / "history.jsonl").read_text()
+        history = (run_dir / "history.jsonl").read_text()
         assert "guest:guest" not in history
         # The workers are named by Compose's log prefixes, the harness's record of them.
         killed = evidence["per_kill"][0]["worker"]
