@@ -108,6 +108,43 @@ def _started_between(starts: dict[str, list[float]], worker: str, lo: float,
     return i < len(lst) and lst[i] <= hi
 
 
+def _held_unreported(history: History, idx: ix.Index, kills: list[Kill],
+                     in_flight_by_kill: list[list[str]], slack_s: float
+                     ) -> list[tuple[int, str]]:
+    """(kill index, id) of the tasks a killed worker held without a report: a
+    worker that reports a receipt only when it starts a task (a serial consumer
+    with a prefetch) holds more than it says. Such an id's first receipt by anyone
+    came after the kill and says ``redelivered`` (the broker handed it out before,
+    to a connection that died), and between its publish and that receipt nothing
+    but this kill cut a connection (the harness's record: faults, exits, broker
+    faults; and any worker's own ``connection_lost``). Only then is the killed
+    worker the one that held it, and it must come back and be completed like the
+    others. The ``redelivered`` flag is the worker's word, and it can only add a
+    task that must come back."""
+    if not kills:
+        return []
+    published: dict[str, float] = {}
+    for ev in history.events:
+        if ev.type == "publish" and ev.id is not None:
+            published.setdefault(ev.id, ev.ts)
+    known = {i for lst in in_flight_by_kill for i in lst}
+    cuts = [(f.ts, f.worker) for fs in idx.conn_faults.values() for f in fs]
+    cuts += [(f.ts, None) for f in idx.broker_faults]
+    out: list[tuple[int, str]] = []
+    for ident, p_ts in published.items():
+        recs = idx.received.of(ident)
+        if ident in known or not recs:
+            continue
+        first_r = min(recs, key=lambda e: e.ts)
+        if first_r.get("redelivered") is not True:
+            continue
+        causes = {w for ts, w in cuts if p_ts <= ts <= first_r.ts}
+        hits = [n for n, k in enumerate(kills) if p_ts <= k.ts <= first_r.ts + slack_s]
+        if len(hits) == 1 and causes <= {kills[hits[0]].worker}:
+            out.append((hits[0], ident))
+    return out
+
+
 def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     idx = ix.get(history)
     slack_s = float(params.get("slack_s", SLACK_S))
@@ -157,6 +194,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                      if not idx.superseded(i, r_ts, k.ts)
                      and not any(r_ts <= ts < end for ts in settled.get(i, ()))]
         in_flight_by_kill.append(in_flight)
+    for n, ident in _held_unreported(history, idx, kills, in_flight_by_kill, slack_s):
+        in_flight_by_kill[n].append(ident)
     # The events of the in-flight ids, gathered in one pass each.
     all_in_flight = {i for lst in in_flight_by_kill for i in lst}
     received_ev = idx.received.events(all_in_flight)

@@ -119,7 +119,7 @@ def contract_env(name: str, *, host: str, port: int, user: str, password: str, v
 @dataclass(frozen=True)
 class ScaleDone:
     """What an orchestrator's scale did, as the harness saw it: the workers that
-    started and those it terminated (each with its exit code as seen), from
+    started and those it terminated (their exits are recorded by the cluster), from
     ``issued_ts`` (the command's start)."""
 
     issued_ts: float
@@ -128,7 +128,7 @@ class ScaleDone:
 
 
 class Cluster(abc.ABC):
-    """Base class of the backends (``local``, ``docker``)."""
+    """Base class of the backends (``local``, ``docker``, ``external``)."""
 
     backend: str = "?"
     # The harness started the workers and owns the queues: it stops the one at the

@@ -148,3 +148,35 @@ def test_a_delivery_handed_out_again_before_the_kill_was_not_in_flight() -> None
     assert nothing.valid is None and nothing.evidence["in_flight"] == 0, nothing.summary
     caught = redelivery.check(run(True).build(), {})
     assert caught.valid is True and caught.evidence["in_flight"] == 1, caught.summary
+
+
+def _unreported_hold(complete: bool, other_cut: bool = False) -> H:
+    """Seen on the local backend with a serial brought worker (prefetch 10, a receipt
+    reported only when a task starts): W3 processed all it reported, and was killed
+    holding y unreported; y's first receipt, by W1 after the kill, says redelivered."""
+    h = clean(2).publish("x", ts=1001.0).publish("y", ts=1001.1)
+    h.received("x", W3, ts=1002.0).processed("x", W3, ts=1002.5)
+    if other_cut:
+        h.fault("close-connections", W2, ts=1002.6, completed_ts=1002.7)
+    h.fault("kill", W3, ts=1002.9).worker_exited(W3, requested=True, ts=1003.0)
+    h.received("y", W1, redelivered=True, ts=1003.2)
+    if complete:
+        h.processed("y", W1, ts=1003.5).acked("y", W1, ts=1003.5)
+    else:
+        h.dead_lettered("y", W1, reason="poison guard", ts=1003.3)
+    return h
+
+
+def test_a_task_the_killed_worker_held_unreported_must_come_back_completed() -> None:
+    dropped = _unreported_hold(complete=False).finish(dlq=["y"]).build()
+    r = redelivery.check(dropped, {})
+    assert r.valid is False and r.evidence["not_completed_ids"] == ["y"], r.evidence
+    done = redelivery.check(_unreported_hold(complete=True).finish().build(), {})
+    assert done.valid is True and done.evidence["in_flight"] == 1, done.evidence
+
+
+def test_an_unreported_hold_is_not_pinned_on_a_kill_when_another_cut_could_be_its_cause(
+        ) -> None:
+    r = redelivery.check(_unreported_hold(complete=False, other_cut=True)
+                         .finish(dlq=["y"]).build(), {})
+    assert r.valid is None and r.evidence["in_flight"] == 0, r.evidence
