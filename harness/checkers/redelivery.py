@@ -108,19 +108,29 @@ def _started_between(starts: dict[str, list[float]], worker: str, lo: float,
     return i < len(lst) and lst[i] <= hi
 
 
+# A lasting fault (a pause, a partition) cuts a connection up to two heartbeat
+# timeouts after it begins: a cut of another worker this long before a publish
+# may still explain a later redelivery.
+CUT_LAG_S: Final = 30.0
+
+
 def _held_unreported(history: History, idx: ix.Index, kills: list[Kill],
                      in_flight_by_kill: list[list[str]], slack_s: float
                      ) -> list[tuple[int, str]]:
     """(kill index, id) of the tasks a killed worker held without a report: a
     worker that reports a receipt only when it starts a task (a serial consumer
-    with a prefetch) holds more than it says. Such an id's first receipt by anyone
-    came after the kill and says ``redelivered`` (the broker handed it out before,
-    to a connection that died), and between its publish and that receipt nothing
-    but this kill cut a connection (the harness's record: faults, exits, broker
-    faults; and any worker's own ``connection_lost``). Only then is the killed
-    worker the one that held it, and it must come back and be completed like the
-    others. The ``redelivered`` flag is the worker's word, and it can only add a
-    task that must come back."""
+    with a prefetch) holds more than it says. Such an id's first receipt, by
+    another worker (or the killed one restarted) after the kill, says
+    ``redelivered`` (the broker handed it out before, to a connection that died),
+    and between its publish and that receipt nothing but this kill could have cut a
+    connection: no other kill, no fault of the harness's on another worker or the
+    broker (a lasting one counted from its invoke to its heal and ``CUT_LAG_S``
+    more), no other worker's own ``connection_lost``. Only then is the killed
+    worker the one that held it, and it must come back and be completed.
+
+    The ``redelivered`` flag is the worker's word: such ids can turn the claim
+    false (their redelivery was not completed), never true (``check`` keeps a
+    claim whose reported in-flight set is empty undecided)."""
     if not kills:
         return []
     published: dict[str, float] = {}
@@ -128,8 +138,24 @@ def _held_unreported(history: History, idx: ix.Index, kills: list[Kill],
         if ev.type == "publish" and ev.id is not None:
             published.setdefault(ev.id, ev.ts)
     known = {i for lst in in_flight_by_kill for i in lst}
-    cuts = [(f.ts, f.worker) for fs in idx.conn_faults.values() for f in fs]
-    cuts += [(f.ts, None) for f in idx.broker_faults]
+    starts = facts.worker_starts(idx)
+    # (from, to, worker or None for the broker) of everything that may have cut a
+    # connection: the index's cuts, and the harness's faults from invoke to heal.
+    spans = [(f.ts, max(f.ts, f.end) + CUT_LAG_S, f.worker)
+             for fs in idx.conn_faults.values() for f in fs]
+    spans += [(f.ts, max(f.ts, f.end) + CUT_LAG_S, None) for f in idx.broker_faults]
+    healed: dict[tuple[str, str], list[float]] = {}
+    for ev in idx.faults:
+        if ev.get("phase") == "heal":
+            healed.setdefault((str(ev.get("fault")), str(ix.fault_target(ev))), []).append(ev.ts)
+    for ev in idx.faults:
+        if not ix.is_fault_invoke(ev):
+            continue
+        target = ix.fault_target(ev)
+        key = (str(ev.get("fault")), str(target))
+        heal = min((t for t in healed.get(key, ()) if t >= ev.ts), default=float("inf"))
+        spans.append((ev.ts, heal + CUT_LAG_S,
+                      None if target in (None, "broker", "cluster") else str(target)))
     out: list[tuple[int, str]] = []
     for ident, p_ts in published.items():
         recs = idx.received.of(ident)
@@ -138,9 +164,15 @@ def _held_unreported(history: History, idx: ix.Index, kills: list[Kill],
         first_r = min(recs, key=lambda e: e.ts)
         if first_r.get("redelivered") is not True:
             continue
-        causes = {w for ts, w in cuts if p_ts <= ts <= first_r.ts}
         hits = [n for n, k in enumerate(kills) if p_ts <= k.ts <= first_r.ts + slack_s]
-        if len(hits) == 1 and causes <= {kills[hits[0]].worker}:
+        if len(hits) != 1:
+            continue
+        k = kills[hits[0]]
+        if first_r.worker == k.worker and not _started_between(starts, k.worker, k.ts,
+                                                                first_r.ts):
+            continue  # the killed worker's own receipt: the reported path judges it
+        causes = {w for lo, hi, w in spans if lo <= first_r.ts and hi >= p_ts}
+        if causes <= {k.worker}:
             out.append((hits[0], ident))
     return out
 
@@ -194,8 +226,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                      if not idx.superseded(i, r_ts, k.ts)
                      and not any(r_ts <= ts < end for ts in settled.get(i, ()))]
         in_flight_by_kill.append(in_flight)
+    unreported: set[str] = set()
     for n, ident in _held_unreported(history, idx, kills, in_flight_by_kill, slack_s):
         in_flight_by_kill[n].append(ident)
+        unreported.add(ident)
     # The events of the in-flight ids, gathered in one pass each.
     all_in_flight = {i for lst in in_flight_by_kill for i in lst}
     received_ev = idx.received.events(all_in_flight)
@@ -263,6 +297,12 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     if total_in_flight == 0:
         return unknown(CLAIM, f"{len(kills)} kill(s), but the killed worker(s) held no task in "
                        "flight: nothing to redeliver", **evidence)
+    # Tasks held without a report (``_held_unreported``) are found by the worker's
+    # ``redelivered`` flag: they can fail the claim, not pass it alone.
+    still = {i for lst in in_flight_by_kill for i in lst}
+    unreported_only = still <= unreported
+    if unreported & still:
+        evidence["held_unreported"] = len(unreported & still)
     if all_not_redelivered:
         return ClaimResult(
             CLAIM, False,
@@ -286,6 +326,11 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                        "received again and show neither processing nor ack, and the kill may "
                        f"have dropped those lines: {params[LINES_CUT]}",
                        **evidence, lines_cut_ids=ids, lines_cut_by={i: cut[i] for i in ids})
+    if unreported_only:
+        return unknown(CLAIM, f"{len(kills)} kill(s): the killed worker(s) reported no task in "
+                       f"flight; {total_in_flight} it held unreported came back and were "
+                       "completed, which the worker's redelivered flags alone say",
+                       **evidence)
     return ClaimResult(
         CLAIM, True,
         f"all {total_in_flight} task(s) in flight on {len(kills)} killed worker(s) redelivered "

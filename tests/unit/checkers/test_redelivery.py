@@ -171,8 +171,10 @@ def test_a_task_the_killed_worker_held_unreported_must_come_back_completed() -> 
     dropped = _unreported_hold(complete=False).finish(dlq=["y"]).build()
     r = redelivery.check(dropped, {})
     assert r.valid is False and r.evidence["not_completed_ids"] == ["y"], r.evidence
+    # Completed, it proves nothing alone: its being held rests on the worker's
+    # redelivered flag, which can fail the claim but not pass it.
     done = redelivery.check(_unreported_hold(complete=True).finish().build(), {})
-    assert done.valid is True and done.evidence["in_flight"] == 1, done.evidence
+    assert done.valid is None and done.evidence["held_unreported"] == 1, done.evidence
 
 
 def test_an_unreported_hold_is_not_pinned_on_a_kill_when_another_cut_could_be_its_cause(
@@ -180,3 +182,31 @@ def test_an_unreported_hold_is_not_pinned_on_a_kill_when_another_cut_could_be_it
     r = redelivery.check(_unreported_hold(complete=False, other_cut=True)
                          .finish(dlq=["y"]).build(), {})
     assert r.valid is None and r.evidence["in_flight"] == 0, r.evidence
+
+
+def test_the_killed_workers_own_earlier_receipt_is_not_an_unreported_hold() -> None:
+    """x came back to W1 itself (its own cut), W1 retried it and was killed: x's first
+    receipt is W1's, judged by the reported path; it is not a task W1 held unreported
+    that never came back (a false FAIL found by a skeptic's review)."""
+    h = clean(2).publish("x", ts=1001.0, directives={"fail_times": 1})
+    h.fault("close-connections", W1, ts=1001.2, completed_ts=1001.25)
+    h.received("x", W1, redelivered=True, ts=1001.7)
+    h.failed("x", W1, ts=1001.75).retry_scheduled("x", W1, attempt=2, ts=1001.76)
+    h.acked("x", W1, reason="retry", ts=1001.77)
+    h.fault("kill", W1, ts=1002.0).worker_exited(W1, requested=True, ts=1002.05)
+    h.received("x", W2, redelivered=False, attempt=2, ts=1002.3)
+    h.processed("x", W2, attempt=2, ts=1002.4).acked("x", W2, ts=1002.41)
+    r = redelivery.check(h.finish().build(), {})
+    assert r.valid is not False, r.evidence
+
+
+def test_a_lasting_fault_of_another_worker_before_the_publish_may_be_the_cause() -> None:
+    """W2 paused long before y's publish and healed after it (its connection may die
+    at any heartbeat in between): y's redelivery is not pinned on W3's kill."""
+    h = clean(2).fault("pause", W2, ts=960.0).publish("y", ts=1001.1)
+    h.received("x", W3, ts=1002.0).processed("x", W3, ts=1002.5)
+    h.fault("kill", W3, ts=1002.9).worker_exited(W3, requested=True, ts=1003.0)
+    h.received("y", W1, redelivered=True, ts=1005.2).dead_lettered("y", W1, ts=1005.3)
+    h.fault("pause", W2, phase="heal", ts=1010.0)
+    r = redelivery.check(h.finish(dlq=["y"]).build(), {})
+    assert r.valid is None and "held_unreported" not in r.evidence, r.evidence
