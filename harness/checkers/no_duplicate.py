@@ -21,7 +21,9 @@ this checker says so (valid False); but it separates:
 A copy delivered with ``redelivered`` false that is not the original publish's
 first delivery (``facts.fresh_receipts``) is a second message, a republish: a fault
 alone does not explain it, only its lineage does (``facts.lineage_fault``: the
-retry republish of a delivery an injected fault then hit before its ack).
+retry republish of a delivery an injected fault then hit before its ack). A
+pair whose later copy is that republish itself redelivered (``redelivered``, the
+same attempt) is a redelivery, and its fault explains it as any other.
 
 Only injected faults explain (``index.ConnFault.injected``): nemesis faults,
 broker faults, exits the harness asked for, and a crash after a delivery with a
@@ -224,6 +226,11 @@ def _own_crash(idx: ix.Index, ident: str, worker: str | None, start: float,
     return ix.ConnFault(start, "crash:after_process", worker)
 
 
+def _attempt(e: Event) -> int:
+    a = e.get("attempt")
+    return a if isinstance(a, int) and not isinstance(a, bool) else 1
+
+
 def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
            ) -> list[tuple[dict[str, Any], ix.ConnFault | None]]:
     """Each consecutive pair of processings of ``ident`` (``runs``, by start) with
@@ -250,8 +257,13 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
                 fault = (_stale_copy_fault(idx, ident, w2, recs, r2, r1)
                          or _stale_copy_fault(idx, ident, w1, recs, r1, r2))
         # A copy that is a second message is explained by its lineage, and only
-        # by it (of two such copies, the later one's).
+        # by it (of two such copies, the later one's). Not when the later copy is
+        # that very message redelivered (not fresh, the same attempt, after it):
+        # then the pair is a redelivery, and its fault explains it.
         copies = [c for c in (e1, e2) if c is not None and any(c is f for f in fresh)]
+        if (copies and copies[-1] is e1 and e2 is not None and e2.ts > e1.ts
+                and e2.get("redelivered") is True and _attempt(e2) == _attempt(e1)):
+            copies = []
         if copies:
             fault = facts.lineage_fault(idx, ident, max(copies, key=lambda e: e.ts), rec_events)
         item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,
