@@ -258,12 +258,22 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
                          or _stale_copy_fault(idx, ident, w1, recs, r1, r2))
         # A copy that is a second message is explained by its lineage, and only
         # by it (of two such copies, the later one's). Not when the later copy is
-        # that very message redelivered (not fresh, the same attempt, after it):
-        # then the pair is a redelivery, and its fault explains it.
+        # that very message redelivered: the same attempt, ``redelivered``, after a
+        # cut of the first copy's worker that still held it (no ack of it by that
+        # worker before the cut took effect), and no other fresh copy of that
+        # attempt between the two (a second republish could be what came back).
+        # Then the pair is a redelivery, and its cut explains it.
         copies = [c for c in (e1, e2) if c is not None and any(c is f for f in fresh)]
         if (copies and copies[-1] is e1 and e2 is not None and e2.ts > e1.ts
                 and e2.get("redelivered") is True and _attempt(e2) == _attempt(e1)):
-            copies = []
+            cut = idx.connection_fault(w1, e1.ts, e2.ts)
+            acked = cut is not None and any(
+                a.worker == w1 and e1.ts <= a.ts <= max(cut.ts, cut.end)
+                for a in idx.acked_final.of(ident))
+            other = any(f is not e1 and e1.ts < f.ts < e2.ts and _attempt(f) == _attempt(e1)
+                        for f in fresh)
+            if cut is not None and not acked and not other:
+                copies = []
         if copies:
             fault = facts.lineage_fault(idx, ident, max(copies, key=lambda e: e.ts), rec_events)
         item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,

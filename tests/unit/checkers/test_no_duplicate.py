@@ -252,6 +252,34 @@ def test_dup_a_retried_copy_cut_mid_processing_is_explained_by_the_cut(started: 
     assert r.evidence["invariant_holds"] is True, r.evidence
 
 
+def _retried(h: H) -> H:
+    """x fails once; W1 republishes it as attempt 2 and acks the first delivery."""
+    h.publish("x", ts=1000.0, directives={"fail_times": 1})
+    h.received("x", W1, ts=1000.1).failed("x", W1, ts=1000.3)
+    return h.retry_scheduled("x", W1, attempt=2, ts=1000.31).acked("x", W1, reason="retry",
+                                                                    ts=1000.32)
+
+
+@pytest.mark.parametrize("case", ["second_republish", "acked_before_the_cut"])
+def test_dup_a_redelivery_of_a_republish_needs_it_held_at_the_cut(case: str) -> None:
+    """A worker that republishes attempt 2 twice (a bug): copy A is processed and acked
+    before the cut, copy B is what comes back. The pair (A, B's redelivery) is no
+    redelivery of A: its lineage decides, and there is none (found by a skeptic's
+    review). Also when the worker itself reports B's return as A's."""
+    h = _retried(clean(2))
+    h.received("x", W1, attempt=2, ts=1001.0)
+    h.processed("x", W1, attempt=2, ts=1001.5, started_ts=1001.01).acked("x", W1, ts=1001.6)
+    if case == "second_republish":
+        h.received("x", W1, attempt=2, ts=1001.7)  # copy B's first delivery
+    h.fault("close-connections", W1, ts=1001.8, completed_ts=1001.9).ready(W1, ts=1002.0)
+    h.received("x", W2 if case == "second_republish" else W1, redelivered=True, attempt=2,
+               ts=1002.1)
+    h.processed("x", W2 if case == "second_republish" else W1, attempt=2, ts=1002.5,
+                started_ts=1002.11)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.evidence["invariant_holds"] is False, r.evidence
+
+
 def test_dup_false_unexplained() -> None:
     h = clean(4).task("t0001", W2, redelivered=True).finish()
     r = no_duplicate.check(h.build(), {})
