@@ -108,7 +108,8 @@ def asked_to_fail(idx: Index, params: Mapping[str, Any] | None = None) -> set[st
     return out
 
 
-def _attempt(ev: Event) -> int:
+def attempt_of(ev: Event) -> int:
+    """The attempt an event reports (1 when it reports none)."""
     a = ev.get("attempt")
     return a if isinstance(a, int) and not isinstance(a, bool) else 1
 
@@ -119,7 +120,7 @@ def fresh_receipts(receipts: list[Event]) -> list[Event]:
     then the earliest). The broker marks every later delivery of one message as
     redelivered, so a second first delivery is a second message: a republish."""
     first_deliveries = sorted((e for e in receipts if e.get("redelivered") is False),
-                              key=lambda e: (_attempt(e), e.ts))
+                              key=lambda e: (attempt_of(e), e.ts))
     return first_deliveries[1:]
 
 
@@ -158,7 +159,7 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
         failed = any(e.worker == w0 and d0.ts <= e.ts <= effect
                      for per in (idx.failed, idx.retry_scheduled, idx.acked_retry)
                      for e in per.all(ident))
-        if failed or _attempt(fresh) > _attempt(d0):
+        if failed or attempt_of(fresh) > attempt_of(d0):
             return fault
     return None
 

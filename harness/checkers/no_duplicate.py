@@ -226,11 +226,6 @@ def _own_crash(idx: ix.Index, ident: str, worker: str | None, start: float,
     return ix.ConnFault(start, "crash:after_process", worker)
 
 
-def _attempt(e: Event) -> int:
-    a = e.get("attempt")
-    return a if isinstance(a, int) and not isinstance(a, bool) else 1
-
-
 def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
            ) -> list[tuple[dict[str, Any], ix.ConnFault | None]]:
     """Each consecutive pair of processings of ``ident`` (``runs``, by start) with
@@ -265,13 +260,13 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
         # Then the pair is a redelivery, and its cut explains it.
         copies = [c for c in (e1, e2) if c is not None and any(c is f for f in fresh)]
         if (copies and copies[-1] is e1 and e2 is not None and e2.ts > e1.ts
-                and e2.get("redelivered") is True and _attempt(e2) == _attempt(e1)):
+                and e2.get("redelivered") is True and facts.attempt_of(e2) == facts.attempt_of(e1)):
             cut = idx.connection_fault(w1, e1.ts, e2.ts)
             acked = cut is not None and any(
                 a.worker == w1 and e1.ts <= a.ts <= max(cut.ts, cut.end)
                 for a in idx.acked_final.of(ident))
-            other = any(f is not e1 and e1.ts < f.ts < e2.ts and _attempt(f) == _attempt(e1)
-                        for f in fresh)
+            other = any(f is not e1 and e1.ts < f.ts < e2.ts
+                        and facts.attempt_of(f) == facts.attempt_of(e1) for f in fresh)
             if cut is not None and not acked and not other:
                 copies = []
         if copies:
