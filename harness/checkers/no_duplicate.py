@@ -25,6 +25,15 @@ retry republish of a delivery an injected fault then hit before its ack). A
 pair whose later copy is that republish itself redelivered (``redelivered``, the
 same attempt) is a redelivery, and its fault explains it as any other.
 
+Three things no fault explains, whatever happened around the pair: two
+processings of different attempts (a correct worker does no side effect of an
+attempt that fails, and a fault redelivers an attempt, it never makes one); a
+later copy received before the cut that would explain it was issued (the cut
+cannot have handed it out, whatever its ``redelivered`` flag says; a worker's
+clock gets ``RECEIPT_CLOCK_SLACK_S``); and a later copy that may descend from a
+second message of its attempt without a lineage, even when no receipt of the pair
+is that message's first delivery (it was cut off before it ran and came back).
+
 Only injected faults explain (``index.ConnFault.injected``): nemesis faults,
 broker faults, exits the harness asked for, and a crash after a delivery with a
 ``crash`` directive; for an ``after_process`` crash that no exit shows (a pool's
@@ -35,9 +44,14 @@ an unknown delivery tag gives 406 and redelivers all the channel held), or an ex
 nobody asked for explain nothing.
 
 Which facts come from the worker, and why they are safe: ``processed`` (the
-side effect; two of one id are a duplicate, whoever reports them), ``received``
-(delivery order) and ``ack_failed`` (only together with an injected fault that
-hit that very connection, for the stale-copy rule).
+side effect; two of one id are a duplicate, whoever reports them) and its
+``attempt`` (two different ones only take an explanation away), ``received``
+(delivery order; a receipt before a cut only takes the cut's explanation away)
+and ``ack_failed`` (only together with an injected fault that hit that very
+connection, for the stale-copy rule). Known and left: a worker that reports every
+receipt as ``redelivered`` and republishes what it processed is caught only when
+the copy's receipt precedes the cut (by more than the slack); within the slack,
+its lie can pass as the cut's redelivery.
 
 ``evidence["invariant_holds"]`` is True when no duplicate is unexplained, so an
 audit can gate a release on the invariant rather than on the guide's wording.
@@ -90,7 +104,14 @@ def _receipt_event(recs: list[Event], worker: str | None, start: float) -> Event
     return found
 
 
-Run = tuple[float, float, str | None, Event | None]
+# (start, processed ts, worker, its receipt, the ``processed`` event)
+Run = tuple[float, float, str | None, Event | None, Event]
+# A redelivery caused by a fault is received after the fault was issued; the
+# receipt's ``ts`` is the worker's clock (the harness's when later), so allow this
+# much for two clocks of one host or an NTP-synced pair. An exit the harness
+# learns of after the process died is later than the cut by up to
+# ``ix.EFFECT_MAX_S``.
+RECEIPT_CLOCK_SLACK_S: Final = 1.0
 
 
 def _anchored_starts(idx: ix.Index, processings: list[Event], rec_events: list[Event],
@@ -149,11 +170,11 @@ def _anchored_starts(idx: ix.Index, processings: list[Event], rec_events: list[E
             continue  # a failed attempt: it takes a receipt, it is not a processing
         if anchor is None:
             start = facts.start_ts(idx, e)
-            out.append((start, e.ts, e.worker, _receipt_event(rec_events, e.worker, start)))
+            out.append((start, e.ts, e.worker, _receipt_event(rec_events, e.worker, start), e))
             continue
         lo = rec_events[anchor].ts
         out.append((min(max(st, lo), e.ts) if st is not None else lo, e.ts, e.worker,
-                    rec_events[anchor]))
+                    rec_events[anchor], e))
     return sorted(out, key=lambda r: (r[0], r[1]))
 
 
@@ -226,6 +247,25 @@ def _own_crash(idx: ix.Index, ident: str, worker: str | None, start: float,
     return ix.ConnFault(start, "crash:after_process", worker)
 
 
+def _clock_slack_s(fault: ix.ConnFault) -> float:
+    """How much earlier than ``fault.ts`` a copy the fault handed out may be logged."""
+    if fault.kind.startswith(("fault:", "broker:")):
+        return RECEIPT_CLOCK_SLACK_S  # issued by the harness before it took effect
+    return RECEIPT_CLOCK_SLACK_S + ix.EFFECT_MAX_S  # an exit, seen after the death
+
+
+def _reported(attempt: object) -> bool:
+    return isinstance(attempt, int) and not isinstance(attempt, bool)
+
+
+def _second_messages(rec_events: list[Event], attempt: int) -> list[Event]:
+    """The first deliveries (``redelivered`` false) of ``attempt`` after its
+    earliest: each the first delivery of one more message of that attempt."""
+    firsts = [e for e in rec_events
+              if e.get("redelivered") is False and facts.attempt_of(e) == attempt]
+    return sorted(firsts, key=lambda e: e.ts)[1:]
+
+
 def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
            ) -> list[tuple[dict[str, Any], ix.ConnFault | None]]:
     """Each consecutive pair of processings of ``ident`` (``runs``, by start) with
@@ -233,10 +273,14 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
     recs = [(e.ts, e.worker) for e in rec_events]
     fresh = facts.fresh_receipts(rec_events)
     out: list[tuple[dict[str, Any], ix.ConnFault | None]] = []
-    for n, ((s1, _p1, w1, e1), (s2, p2, w2, e2)) in enumerate(pairwise(runs)):
+    for n, ((s1, _p1, w1, e1, q1), (s2, p2, w2, e2, q2)) in enumerate(pairwise(runs)):
         r1 = e1.ts if e1 is not None else None
         r2 = e2.ts if e2 is not None else None
         fault = idx.connection_fault(w1, s1, s2)
+        if fault is not None and r2 is not None and r2 < fault.ts - _clock_slack_s(fault):
+            # The later copy was received before the cut: the cut did not hand it
+            # out, whatever the worker says of its ``redelivered`` flag.
+            fault = None
         if fault is None:
             fault = idx.crash_span(w1, r1, r2)
         if fault is None and n == 0:
@@ -271,6 +315,22 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
                 copies = []
         if copies:
             fault = facts.lineage_fault(idx, ident, max(copies, key=lambda e: e.ts), rec_events)
+        if fault is not None and e2 is not None:
+            # The later copy may descend from a second message of its attempt that
+            # none of the pair's receipts is (its first delivery cut off before it
+            # ran): that message's existence needs its lineage too.
+            for g in _second_messages(rec_events, facts.attempt_of(e2)):
+                if g is not e1 and g is not e2 and g.ts <= e2.ts and (
+                        facts.lineage_fault(idx, ident, g, rec_events) is None):
+                    fault = None
+                    break
+        a1, a2 = q1.get("attempt"), q2.get("attempt")
+        if _reported(a1) and _reported(a2) and a1 != a2:
+            # Two attempts both processed: a correct worker does no side effect of
+            # an attempt that fails, and a fault redelivers an attempt, it never
+            # makes another. No fault explains it (the attempts are the worker's
+            # word, and they can only take an explanation away).
+            fault = None
         item: dict[str, Any] = {"first_worker": w1, "first_start_ts": s1,
                                 "again_worker": w2, "again_start_ts": s2,
                                 "again_processed_ts": p2}
@@ -303,7 +363,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
                                     list(idx.failed.all(ident)))
         found = _judge(idx, ident, anchored, rec_events)
         if any(fault is None for _, fault in found):
-            clamped = sorted(((st, e.ts, e.worker, _receipt_event(rec_events, e.worker, st))
+            clamped = sorted(((st, e.ts, e.worker, _receipt_event(rec_events, e.worker, st), e)
                               for e in processings[ident]
                               for st in (facts.start_ts(idx, e),)),
                              key=lambda r: (r[0], r[1]))

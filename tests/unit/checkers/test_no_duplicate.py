@@ -599,3 +599,83 @@ def test_an_after_process_directive_alone_explains_no_duplicate() -> None:
     for again in ("same delivery", "after an ack", "a fresh message"):
         r = no_duplicate.check(own_crash_claimed(again=again).build(), {})
         assert invariant_verdict(r) is False, (again, r.summary)
+
+
+# -- found by a skeptic's review: a cut nearby must not excuse the worker's own duplicate --
+
+def test_two_attempts_both_processed_are_never_a_redelivery() -> None:
+    """side-effect-every-attempt: attempt 1 is processed (its side effect) and then
+    fails and is retried; a cut of its worker before attempt 2 runs elsewhere. Two
+    processings of different attempts are the worker's doing: a correct worker never
+    does the side effect of an attempt that fails, and a cut redelivers one attempt,
+    never makes another. Unexplained, as it is without the cut."""
+    def run(cut: bool) -> History:
+        h = start_ready().publish("x", directives={"fail_times": 1}, ts=1000.0)
+        h.received("x", W1, attempt=1, ts=1000.1).processed("x", W1, attempt=1, ts=1000.2)
+        h.failed("x", W1, attempt=1, ts=1000.3).retry_scheduled("x", W1, attempt=2, ts=1000.31)
+        h.acked("x", W1, reason="retry", ts=1000.32)
+        h.received("x", W1, attempt=2, ts=1000.5)
+        if cut:
+            h.fault("close-connections", W1, ts=1000.6, completed_ts=1000.7)
+        h.received("x", W2, redelivered=True, attempt=2, ts=1001.0)
+        h.processed("x", W2, attempt=2, ts=1001.5, started_ts=1001.01)
+        return h.acked("x", W2, ts=1001.6).finish().build()
+
+    for cut in (True, False):
+        r = no_duplicate.check(run(cut), {})
+        assert invariant_verdict(r) is False, (cut, r.evidence)
+
+
+def test_a_cut_of_another_worker_is_no_lineage_for_a_processed_attempt() -> None:
+    """W1 is cut holding attempt 1 before doing anything; W2 gets it redelivered, does
+    its side effect, fails, retries, and processes attempt 2. W1's cut explains why
+    W2 had the delivery, not why attempt 1 was processed: unexplained."""
+    h = start_ready().publish("x", directives={"fail_times": 1}, ts=1000.0)
+    h.received("x", W1, attempt=1, ts=1000.1)
+    h.fault("close-connections", W1, ts=1000.2, completed_ts=1000.3)
+    h.received("x", W2, redelivered=True, attempt=1, ts=1000.5)
+    h.processed("x", W2, attempt=1, ts=1000.6).failed("x", W2, attempt=1, ts=1000.7)
+    h.retry_scheduled("x", W2, attempt=2, ts=1000.71).acked("x", W2, reason="retry", ts=1000.72)
+    h.received("x", W2, attempt=2, ts=1001.0).processed("x", W2, attempt=2, ts=1001.5)
+    r = no_duplicate.check(h.acked("x", W2, ts=1001.6).finish().build(), {})
+    assert invariant_verdict(r) is False, r.evidence
+
+
+def test_a_second_message_never_processed_on_its_first_delivery_still_needs_lineage() -> None:
+    """W1 processes x and acks it, and publishes x again (a bug); W1 is cut later. The
+    second message's first delivery goes to W2, which is killed before it runs it;
+    its redelivery runs on W3. The pair (W1's, W3's) has W1's cut between its starts,
+    but what W3 ran descends from a second message with no lineage: unexplained.
+    Without the second message (W3's copy is W1's own, redelivered after a cut
+    before W1's ack) it is explained."""
+    def run(second_message: bool) -> History:
+        h = start_ready().publish("x", ts=1000.0)
+        h.received("x", W1, ts=1000.1).processed("x", W1, ts=1000.2)
+        if second_message:
+            h.acked("x", W1, ts=1000.3)
+            h.received("x", W2, ts=1000.35)
+            h.fault("kill", W2, ts=1000.4).worker_exited(W2, requested=True, ts=1000.45)
+        h.fault("close-connections", W1, ts=1000.5, completed_ts=1000.6)
+        h.received("x", W3, redelivered=True, ts=1001.0)
+        h.processed("x", W3, ts=1001.5, started_ts=1001.01)
+        return h.acked("x", W3, ts=1001.6).finish().build()
+
+    assert invariant_verdict(no_duplicate.check(run(True), {})) is False
+    assert invariant_verdict(no_duplicate.check(run(False), {})) is True
+
+
+def test_a_copy_received_before_the_cut_is_no_redelivery_of_it() -> None:
+    """A worker that reports every receipt as redelivered (so no copy looks like a
+    second message) and publishes x again after processing it: W2 receives the copy
+    long before W1's cut, and runs it after. The cut cannot have handed W2 that copy:
+    unexplained. W2's copy received after the cut is a redelivery: explained."""
+    def run(received_ts: float) -> History:
+        h = start_ready().publish("x", ts=1000.0)
+        h.received("x", W1, redelivered=True, ts=1000.1).processed("x", W1, ts=1000.2)
+        h.received("x", W2, redelivered=True, ts=received_ts)
+        h.fault("close-connections", W1, ts=1003.0, completed_ts=1003.1)
+        h.processed("x", W2, ts=1005.0, started_ts=1004.9)
+        return h.acked("x", W2, ts=1005.1).finish().build()
+
+    assert invariant_verdict(no_duplicate.check(run(1000.3), {})) is False
+    assert invariant_verdict(no_duplicate.check(run(1003.5), {})) is True

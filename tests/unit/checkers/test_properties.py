@@ -90,13 +90,15 @@ def test_removing_a_processing_loses_the_task(run: Run, data: st.DataObject) -> 
 
 
 def _duplicate(run: Run, ident: str, worker: str, gap_s: float) -> tuple[float, float]:
-    """Append a second delivery of ``ident`` to ``worker`` after the run's events."""
+    """Append a second delivery of ``ident`` to ``worker`` after the run's events: a
+    redelivery, so of the attempt that was processed (a redelivery keeps it)."""
     last_worker_ts = max(e.ts for e in run.events if e.source not in ("harness",))
     t_received = last_worker_ts + gap_s
+    attempt = run.events[_processed_index(run, ident)].get("attempt", 1)
     run.events.append(Event("received", worker, ts=t_received, id=ident, worker=worker,
-                            data={"redelivered": True, "attempt": 2}))
+                            data={"redelivered": True, "attempt": attempt}))
     run.events.append(Event("processed", worker, ts=t_received + 0.01, id=ident,
-                            worker=worker, data={"attempt": 2}))
+                            worker=worker, data={"attempt": attempt}))
     return _ts_of(run, "processed", ident), t_received
 
 
