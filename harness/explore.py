@@ -7,7 +7,8 @@ The scenario gives the cluster and the workload; its schedule, if any, is the
 first example. Schedules are drawn whole and up front with Hypothesis strategies
 (``schedule_strategy``): a list of steps, each a trigger (after a quiet stretch of
 seconds, after k more tasks processed, when a worker holds at least k unacked), a
-fault of ``--faults``, a target (busiest, random, one) and, for a fault that lasts,
+fault of ``--faults`` (each schedule from a subset of its own: swarm testing), a
+target (busiest, random, one, or the previous step's worker) and, for a fault that lasts,
 a duration, so every lasting fault heals; the total faulted time is bounded. The
 cluster's state enters only through the triggers (and the schedule's own guards),
 so a schedule replays as the same schedule.
@@ -52,7 +53,10 @@ MAX_DURATION_S: Final = 12.0
 MAX_FAULTED_S: Final = 30.0
 # A trigger waits this long at most (then the step is recorded as not fired).
 TRIGGER_TIMEOUT_S: Final = 30.0
-TARGETS: Final = ("busiest", "random", "one")
+# "last": the worker(s) of the step before (never a first step's, nor after the
+# broker's restart): a bug that needs one worker hit twice (two reconnects within
+# one task) is out of reach of independent draws among three workers.
+TARGETS: Final = ("busiest", "random", "one", "last")
 # Runs of one candidate schedule: it counts as failing only when most of them fail
 # (real brokers and workers are not deterministic).
 RERUNS_DEFAULT: Final = 3
@@ -130,18 +134,32 @@ def schedule_strategy(bounds: Bounds) -> Any:
     )
 
     @st.composite
-    def step(draw: Any) -> Step:
-        fault = draw(st.sampled_from(bounds.faults))
+    def step(draw: Any, kinds: tuple[str, ...], after: Step | None) -> Step:
+        fault = draw(st.sampled_from(kinds))
         when = draw(whens)
         if fault == "broker-restart":
             return Step(when=when, fault=fault)  # the broker: no worker target
         duration = (round(draw(st.floats(0.5, bounds.max_duration_s)), 1)
                     if fault in lasting else None)
-        return Step(when=when, fault=fault, target=draw(st.sampled_from(TARGETS)),
+        targets = (TARGETS if after is not None and after.fault != "broker-restart"
+                   else tuple(t for t in TARGETS if t != "last"))
+        return Step(when=when, fault=fault, target=draw(st.sampled_from(targets)),
                     duration_s=duration)
 
-    return st.lists(step(), min_size=1, max_size=bounds.max_steps).map(tuple).filter(
-        lambda steps: faulted_s(steps) <= bounds.max_faulted_s)
+    @st.composite
+    def schedule(draw: Any) -> tuple[Step, ...]:
+        # Swarm testing (Groce et al., ISSTA 2012): each schedule draws from a subset
+        # of the faults of its own, so some schedules repeat one kind, which a bug
+        # that needs the same fault twice wants, and no kind crowds out the others.
+        kinds = tuple(draw(st.lists(st.sampled_from(bounds.faults), min_size=1,
+                                    max_size=len(bounds.faults), unique=True)))
+        n = draw(st.integers(1, bounds.max_steps))
+        steps: list[Step] = []
+        for _ in range(n):
+            steps.append(draw(step(kinds, steps[-1] if steps else None)))
+        return tuple(steps)
+
+    return schedule().filter(lambda steps: faulted_s(steps) <= bounds.max_faulted_s)
 
 
 def faulted_s(steps: Sequence[Step]) -> float:

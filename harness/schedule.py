@@ -69,6 +69,8 @@ class Schedule:
         running = sorted(w for w in self.cluster.workers() if self.cluster.is_running(w))
         word = step.target
         if word == "last":
+            if not self._last or self._last == [BROKER_TARGET]:
+                raise TargetError("no earlier step hit a worker")
             return list(self._last)
         if word == "killed":
             if not self.killed:

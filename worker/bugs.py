@@ -32,6 +32,7 @@ SIDE_EFFECT_EVERY_ATTEMPT: Final = "side-effect-every-attempt"
 # Bugs no hand-written scenario provokes: they need a combination of faults or a
 # timing that only a search of the fault space (``harness explore``) finds.
 STALE_ACK_AFTER_TWO_RECONNECTS: Final = "stale-ack-after-two-reconnects"
+TRANSIENT_RETRY_QUEUES: Final = "transient-retry-queues"
 
 KNOWN_BUGS: Final[tuple[str, ...]] = (
     AUTO_ACK,
@@ -59,6 +60,7 @@ KNOWN_BUGS: Final[tuple[str, ...]] = (
 # because no one scenario of scenarios/ provokes them.
 SEARCH_BUGS: Final[tuple[str, ...]] = (
     STALE_ACK_AFTER_TWO_RECONNECTS,
+    TRANSIENT_RETRY_QUEUES,
 )
 
 # bug -> claim ids (docs/claims.md) that a suitable scenario must turn false.
@@ -82,4 +84,5 @@ BUG_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
     NEVER_ACK_REDELIVERED: ("exactly-once-ack",),
     SIDE_EFFECT_EVERY_ATTEMPT: ("no-duplicate-processing",),
     STALE_ACK_AFTER_TWO_RECONNECTS: ("no-duplicate-processing", "exactly-once-ack"),
+    TRANSIENT_RETRY_QUEUES: ("no-loss",),
 }

@@ -58,6 +58,7 @@ from worker.bugs import (
     SIDE_EFFECT_EVERY_ATTEMPT,
     SIGTERM_ACKS_INFLIGHT,
     STALE_ACK_AFTER_TWO_RECONNECTS,
+    TRANSIENT_RETRY_QUEUES,
     UNLIMITED_PREFETCH,
 )
 from worker.config import Config
@@ -295,7 +296,10 @@ class Worker:
             for delay_ms in cfg.retry_delays_ms():
                 ch.queue_declare(
                     cfg.retry_queue(delay_ms),
-                    durable=True,
+                    # WORKER_BUG=transient-retry-queues: "a retry waits seconds there, it
+                    # need not survive a restart": a broker restart deletes the queue
+                    # with the retries in it. Only a restart while retries wait shows it.
+                    durable=cfg.bug != TRANSIENT_RETRY_QUEUES,
                     arguments={
                         "x-message-ttl": delay_ms,
                         "x-dead-letter-exchange": "",

@@ -39,11 +39,13 @@ BOUNDS = Bounds(faults=("kill", "pause", "partition", "broker-restart"), max_ste
 def test_a_generated_schedule_keeps_its_bounds(steps: tuple[Step, ...]) -> None:
     assert 1 <= len(steps) <= BOUNDS.max_steps
     assert sum(s.duration_s or 0 for s in steps) <= BOUNDS.max_faulted_s
-    for s in steps:
+    for before, s in zip((None, *steps), steps, strict=False):
         assert s.fault in BOUNDS.faults
         lasting = vocab.FAULT_KINDS[s.fault].lasting
         assert (s.duration_s is not None) == lasting  # every lasting fault heals
-        assert s.target in ("busiest", "random", "one")
+        assert s.target in ("busiest", "random", "one", "last")
+        if s.target == "last":  # the worker of a step before, never of none
+            assert before is not None and before.fault != "broker-restart"
         w = s.when
         assert [w.after_s, w.processed, w.holding_unacked].count(None) == 2
 
@@ -292,3 +294,20 @@ def test_explore_judges_the_safety_invariants_not_fault_free_measures() -> None:
     assert explore_gate(sc, frozenset({"concurrency"})) == {"concurrency"}
     crash = load_scenario(ROOT / "scenarios" / "crash-recovery.yaml")
     assert "redelivery-after-crash" in explore_gate(crash, None)
+
+
+def test_no_hand_written_scenario_restarts_the_broker_while_retries_wait() -> None:
+    """The search-only bug transient-retry-queues loses only retries waiting in the
+    retry queues when the broker restarts: no scenario of scenarios/ may both restart
+    the broker and have tasks that fail, or the bug would not need a search."""
+    from worker.bugs import SEARCH_BUGS, TRANSIENT_RETRY_QUEUES
+
+    assert TRANSIENT_RETRY_QUEUES in SEARCH_BUGS
+    restarts = []
+    for path in sorted((ROOT / "scenarios").glob("*.yaml")):
+        sc = load_scenario(path)
+        if any(s.fault == "broker-restart" for s in sc.schedule):
+            restarts.append(path.name)
+            text = path.read_text(encoding="utf-8")
+            assert not any(w in text for w in ("fail_times", "fail_always", "poison")), path
+    assert restarts  # the check looked at something

@@ -97,6 +97,22 @@ def test_a_killed_target_needs_a_kill_first() -> None:
     assert faults(rec)[0].get("ok") is False
 
 
+def test_last_is_the_worker_of_the_step_before_and_never_none_or_the_broker() -> None:
+    """Two cuts of one worker (``last``) hit the worker the step before hit; with no
+    such step, or after the broker's restart, it is not taken and says why."""
+    _, rec, _, sched, _ = setup((Step(When(after_s=0), "close-connections", "random"),
+                                 Step(When(after_s=0), "close-connections", "last")))
+    run(sched)
+    first, second = faults(rec)
+    assert second.get("target") == first.get("target") and second.get("ok") is True
+    for before in ((), (Step(When(after_s=0), "broker-restart", "broker"),)):
+        _, rec, _, sched, _ = setup((*before, Step(When(after_s=0), "kill", "last")))
+        run(sched)
+        last = faults(rec)[-1]
+        assert last.get("ok") is False and "no earlier step hit a worker" in str(
+            last.get("error"))
+
+
 def test_busiest_is_the_worker_holding_most() -> None:
     cluster, rec, _, sched, _ = setup((Step(When(holding_unacked=2, timeout_s=5), "kill",
                                             "busiest"),))

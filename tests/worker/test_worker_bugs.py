@@ -77,6 +77,7 @@ class FakeChannel:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.durable: dict[str, bool] = {}
 
     def basic_ack(self, delivery_tag: int = 0, multiple: bool = False) -> None:
         self.calls.append(("ack", delivery_tag, multiple))
@@ -106,6 +107,7 @@ class FakeChannel:
     def queue_declare(self, name: str, durable: bool = False,
                       arguments: dict[str, Any] | None = None) -> None:
         self.calls.append(("queue_declare", name, dict(arguments or {})))
+        self.durable[name] = durable
 
     def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
         self.calls.append(("queue_bind", queue, exchange))
@@ -187,6 +189,32 @@ def test_correct_connect(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = connect_calls("", monkeypatch)
     assert ("qos", 4) in calls and ("consume", "q", False, False) in calls
     assert ("queue_declare", "q", {"x-dead-letter-exchange": "q.dlx"}) in calls
+
+
+def test_transient_retry_queues_declares_only_the_retry_queues_transient(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The correct worker declares every queue durable; the bug only its retry queues
+    (q.retry.100, q.retry.200: a broker restart deletes them and what waits there)."""
+    def durable(bug: str) -> dict[str, bool]:
+        conns: list[FakeConnection] = []
+
+        def factory(params: Any) -> FakeConnection:
+            conns.append(FakeConnection(params))
+            return conns[-1]
+
+        monkeypatch.setattr(pika, "BlockingConnection", factory)
+        w, _, _, _ = make_worker(bug)
+        try:
+            w._connect()
+        finally:
+            w._pool.shutdown()
+        return conns[0].channels[0].durable
+
+    assert durable("") == {"q.dlq": True, "q": True, "q.retry.100": True,
+                           "q.retry.200": True}
+    assert durable(bugs.TRANSIENT_RETRY_QUEUES) == {"q.dlq": True, "q": True,
+                                                    "q.retry.100": False,
+                                                    "q.retry.200": False}
 
 
 def test_auto_ack_consumes_with_auto_ack(monkeypatch: pytest.MonkeyPatch) -> None:
