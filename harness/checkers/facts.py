@@ -37,10 +37,16 @@ def start_ts(idx: Index, ev: Event) -> float:
         # receipt it processed (without one: not before the longest processing
         # the run asked for, plus the longest stall a fault put on that worker),
         # not after the report itself.
-        lo = best if best is not None else ev.ts - (
-            idx.max_sleep_s + _longest_stall_s(idx, ev.worker) + START_SLACK_S)
+        lo = best if best is not None else start_floor(idx, ev)
         return min(max(st, lo), ev.ts)
     return best if best is not None else ev.ts
+
+
+def start_floor(idx: Index, ev: Event) -> float:
+    """The earliest a processing reported by ``ev`` can have begun without a receipt
+    to bound it: the run's longest asked processing plus the longest stall a fault
+    put on the worker, plus ``START_SLACK_S``, before the report."""
+    return ev.ts - (idx.max_sleep_s + _longest_stall_s(idx, ev.worker) + START_SLACK_S)
 
 
 # Without a receipt, a reported start may lie this much before what the run's
@@ -132,9 +138,10 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
     between the two leaves both the requeued original and the republished copy.
     So the fresh copy is explained by an injected fault F that hit the worker of
     an earlier delivery d0 of the id (received before F, not acked by it before
-    F) when d0 had been republished: a ``failed``, ``retry_scheduled`` or retry
-    ack of d0's worker after its receipt and before F took effect, or a fresh
-    copy whose attempt is later than d0's. Only for a task the harness asked to
+    F, finally or by a retry's ack) when d0 had been republished: a ``failed``,
+    ``retry_scheduled`` or retry ack of d0's worker after its receipt and before F
+    took effect, or a fresh copy whose attempt is later than d0's together with a
+    redelivery of d0's attempt after F (what failed again and made the copy). Only for a task the harness asked to
     fail (``fail_times``, ``fail_always``, poison: the only ones a correct worker
     republishes), and only when d0's worker had not processed it before F.
     Anything else (a worker republishing what it processed, a nack with requeue
@@ -150,8 +157,10 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
         if fault is None:
             continue
         effect = max(fault.ts, fault.end)
+        # An ack of d0 before the fault was issued, final or the retry's, reached the
+        # broker: the fault did not requeue d0.
         acked = any(a.worker == w0 and d0.ts <= a.ts < fault.ts
-                    for a in idx.acked_final.of(ident))
+                    for a in (*idx.acked_final.of(ident), *idx.acked_retry.all(ident)))
         processed = any(p.worker == w0 and d0.ts <= p.ts <= fault.ts
                         for p in idx.processed.of(ident))
         if acked or processed:
@@ -159,7 +168,14 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
         failed = any(e.worker == w0 and d0.ts <= e.ts <= effect
                      for per in (idx.failed, idx.retry_scheduled, idx.acked_retry)
                      for e in per.all(ident))
-        if failed or attempt_of(fresh) > attempt_of(d0):
+        if failed:
+            return fault
+        # No word of d0's failure (a minimal reporter): the fresh copy's later attempt
+        # says some delivery of the id failed; d0's, only if d0 came back after the
+        # fault (a redelivery of its attempt), which then failed to make a second copy.
+        if attempt_of(fresh) > attempt_of(d0) and any(
+                r is not d0 and r.ts >= fault.ts and r.get("redelivered") is not False
+                and attempt_of(r) == attempt_of(d0) for r in receipts):
             return fault
     return None
 

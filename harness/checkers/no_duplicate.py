@@ -58,7 +58,7 @@ audit can gate a release on the invariant rather than on the guide's wording.
 A processing's start is its ``started_ts``, else the worker's latest receipt of
 the id before it, else the ``processed`` ts. Which receipt a processing came from
 is the worker's secret, so two pairings are tried, and a pair is judged by the
-one that explains it: the latest receipt before each start (``facts.start_ts``),
+one that explains it: the latest receipt before each start of the same process (``_own_clamp``),
 and each processing anchored to a receipt of its own, in arrival order, of the
 same process and attempt, a failed attempt taking one too (``_anchored_starts``).
 The second is what a copy redelivered to the same worker while its first copy
@@ -80,6 +80,7 @@ from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any, Final
 
+from harness import vocab
 from harness.checkers import facts
 from harness.checkers import index as ix
 from harness.checkers.base import OBSERVABLE, ClaimResult, first, unknown
@@ -93,15 +94,34 @@ CLAIM: Final = "no-duplicate-processing"
 UNSEEN_PROCESSINGS: Final = "unseen_processings"
 
 
-def _receipt_event(recs: list[Event], worker: str | None, start: float) -> Event | None:
-    """The event of the worker's latest receipt at or before ``start``."""
+def _bounds(idx: ix.Index) -> dict[str | None, list[float]]:
+    """worker -> the ts of each start and exit of its process (the harness's record)."""
+    out: dict[str | None, list[float]] = {}
+    for e in (*idx.worker_started, *idx.worker_exited):
+        out.setdefault(ix.worker_of(e), []).append(e.ts)
+    return out
+
+
+def _own_clamp(idx: ix.Index, bounds: list[float], recs: list[Event], e: Event
+               ) -> tuple[float, Event | None]:
+    """(start, receipt) of the processing ``e`` by the latest receipt of the id by the
+    same process (no start or exit of the worker between): ``facts.start_ts``'s
+    clamp, but never to a receipt of a process that had died, so a process that
+    runs a task it never received (a replay of a journal) does not take its
+    predecessor's receipt, and its start is not before its own process began."""
     found: Event | None = None
-    for e in recs:
-        if e.ts > start:
+    for r in recs:
+        if r.ts > e.ts:
             break
-        if e.worker == worker:
-            found = e
-    return found
+        if r.worker == e.worker and not any(r.ts < b <= e.ts for b in bounds):
+            found = r
+    st = facts.as_float(e.get("started_ts"))
+    if found is not None:
+        return (min(max(st, found.ts), e.ts) if st is not None else found.ts), found
+    if st is None:
+        return e.ts, None
+    began = max((b for b in bounds if b <= e.ts), default=float("-inf"))
+    return min(max(st, began, facts.start_floor(idx, e)), e.ts), None
 
 
 # (start, processed ts, worker, its receipt, the ``processed`` event)
@@ -134,14 +154,12 @@ def _anchored_starts(idx: ix.Index, processings: list[Event], rec_events: list[E
     - of the same attempt (both events carry it);
     - once: a ``failed`` attempt takes its receipt too, in the same order.
 
-    Without such a receipt the clamp of ``facts.start_ts`` stands, so two
+    Without such a receipt the clamp of ``_own_clamp`` stands, so two
     processings off one receipt keep one start. A worker can thus only pair each
     processing with a delivery of its own process, as many processings as
     deliveries, as a correct worker does; the pair is then explained only by a
     fault between the two receipts."""
-    bounds_of: dict[str | None, list[float]] = {}
-    for e in (*idx.worker_started, *idx.worker_exited):
-        bounds_of.setdefault(ix.worker_of(e), []).append(e.ts)
+    bounds_of = _bounds(idx)
     taken: set[int] = set()
     out: list[Run] = []
 
@@ -169,8 +187,8 @@ def _anchored_starts(idx: ix.Index, processings: list[Event], rec_events: list[E
         if id(e) in failed_ids:
             continue  # a failed attempt: it takes a receipt, it is not a processing
         if anchor is None:
-            start = facts.start_ts(idx, e)
-            out.append((start, e.ts, e.worker, _receipt_event(rec_events, e.worker, start), e))
+            start, receipt = _own_clamp(idx, bounds_of.get(e.worker, []), rec_events, e)
+            out.append((start, e.ts, e.worker, receipt, e))
             continue
         lo = rec_events[anchor].ts
         out.append((min(max(st, lo), e.ts) if st is not None else lo, e.ts, e.worker,
@@ -178,9 +196,23 @@ def _anchored_starts(idx: ix.Index, processings: list[Event], rec_events: list[E
     return sorted(out, key=lambda r: (r[0], r[1]))
 
 
+def _over_ts(idx: ix.Index, f: ix.ConnFault) -> float:
+    """When ``f`` stopped holding its worker: its heal (a pause resumed, a partition
+    lifted), else when it had taken effect."""
+    done = max(f.ts, f.end)
+    name = f.kind.removeprefix("fault:")
+    if f.worker is None or name == f.kind:
+        return done
+    heals = [e.ts for e in idx.faults
+             if e.get("phase") == "heal" and e.get("fault") == name
+             and ix.fault_target(e) == f.worker and e.ts >= f.ts]
+    return min(heals, default=done)
+
+
 def _stale_copy_fault(idx: ix.Index, ident: str, worker: str | None,
                       recs: list[tuple[float, str | None]], receipt: float | None,
-                      other_receipt: float | None) -> ix.ConnFault | None:
+                      other_receipt: float | None,
+                      published_ts: float | None = None) -> ix.ConnFault | None:
     """The injected fault that made ``worker``'s copy of ``ident`` stale, if it is.
 
     Stale means: the worker received the copy on a connection (since its latest
@@ -189,7 +221,9 @@ def _stale_copy_fault(idx: ix.Index, ident: str, worker: str | None,
     next receipt of the id), and the other copy was received after the fault:
     the broker has one delivery of a message out at a time, so the other copy
     can only be the requeue of this one. A duplicate whose other copy came
-    first was caused by that copy's worker, not by this fault.
+    first was caused by that copy's worker, not by this fault. And the message was
+    published before the fault was over (``_over_ts``): one published after cannot
+    have waited in the socket the fault froze or cut (the harness's own record).
     Faults the worker reports itself (``connection_lost``, exits) do not count
     here, and without a ``ready`` on record the connection's start is unknown.
     """
@@ -207,7 +241,9 @@ def _stale_copy_fault(idx: ix.Index, ident: str, worker: str | None,
     faults: list[ix.ConnFault] = [*idx.conn_faults.get(worker, []), *idx.broker_faults]
     for f in faults:
         injected = f.kind.startswith(("fault:", "broker:"))
-        if injected and f.ts <= receipt and max(f.ts, f.end) >= since and other_receipt >= f.ts:
+        if (injected and f.ts <= receipt and max(f.ts, f.end) >= since
+                and other_receipt >= f.ts
+                and (published_ts is None or published_ts <= _over_ts(idx, f))):
             return f
     return None
 
@@ -266,7 +302,8 @@ def _second_messages(rec_events: list[Event], attempt: int) -> list[Event]:
     return sorted(firsts, key=lambda e: e.ts)[1:]
 
 
-def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
+def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event],
+           published_ts: float | None = None
            ) -> list[tuple[dict[str, Any], ix.ConnFault | None]]:
     """Each consecutive pair of processings of ``ident`` (``runs``, by start) with
     the injected fault that explains it, or None."""
@@ -293,8 +330,8 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
                 (ra, wa), (rb, _wb) = sorted(((r1, w1), (r2, w2)))
                 fault = idx.connection_fault(wa, ra, rb)
             if fault is None:
-                fault = (_stale_copy_fault(idx, ident, w2, recs, r2, r1)
-                         or _stale_copy_fault(idx, ident, w1, recs, r1, r2))
+                fault = (_stale_copy_fault(idx, ident, w2, recs, r2, r1, published_ts)
+                         or _stale_copy_fault(idx, ident, w1, recs, r1, r2, published_ts))
         # A copy that is a second message is explained by its lineage, and only
         # by it (of two such copies, the later one's). Not when the later copy is
         # that very message redelivered: the same attempt, ``redelivered``, after a
@@ -324,6 +361,10 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event]
                         facts.lineage_fault(idx, ident, g, rec_events) is None):
                     fault = None
                     break
+        if e1 is not None and e1 is e2:
+            # Both processings off one delivery (no receipt of its own for the
+            # second in either pairing): the worker's doing, whatever fault is near.
+            fault = None
         a1, a2 = q1.get("attempt"), q2.get("attempt")
         if _reported(a1) and _reported(a2) and a1 != a2:
             # Two attempts both processed: a correct worker does no side effect of
@@ -349,25 +390,33 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     unexplained: dict[str, list[dict[str, Any]]] = {}
     extra = extra_explained = extra_unexplained = 0
     dups = idx.processed_twice
+    bounds = _bounds(idx)
     # The events of the duplicated ids, gathered in one pass each.
     processings = idx.processed.events(dups)
     receipts = idx.received.events(dups)
+    # The harness's own publish of each (its first; a republish is the worker's).
+    published: dict[str, float] = {}
+    if dups:
+        for e in history.of_type(vocab.PUBLISH):
+            if e.id is not None and e.id in dups and e.id not in published:
+                published[e.id] = e.ts
     for ident in dups:
         rec_events = sorted(receipts.get(ident, ()), key=lambda e: e.ts)
         # Two pairings of processings with receipts: each its own receipt in arrival
         # order (``_anchored_starts``), and the latest receipt before each start
-        # (``facts.start_ts``). Without a reported start neither is sure to be the
+        # (``_own_clamp``). Without a reported start neither is sure to be the
         # worker's, so a pair is judged under the one that explains more: a false
         # explanation needs one that a pairing of the worker's own receipts allows.
         anchored = _anchored_starts(idx, processings[ident], rec_events,
                                     list(idx.failed.all(ident)))
-        found = _judge(idx, ident, anchored, rec_events)
+        found = _judge(idx, ident, anchored, rec_events, published.get(ident))
         if any(fault is None for _, fault in found):
-            clamped = sorted(((st, e.ts, e.worker, _receipt_event(rec_events, e.worker, st), e)
+            clamped = sorted(((st, e.ts, e.worker, receipt, e)
                               for e in processings[ident]
-                              for st in (facts.start_ts(idx, e),)),
+                              for st, receipt in (_own_clamp(idx, bounds.get(e.worker, []),
+                                                             rec_events, e),)),
                              key=lambda r: (r[0], r[1]))
-            other = _judge(idx, ident, clamped, rec_events)
+            other = _judge(idx, ident, clamped, rec_events, published.get(ident))
             if (sum(f is None for _, f in other) < sum(f is None for _, f in found)):
                 found = other
         for item, fault in found:

@@ -679,3 +679,81 @@ def test_a_copy_received_before_the_cut_is_no_redelivery_of_it() -> None:
 
     assert invariant_verdict(no_duplicate.check(run(1000.3), {})) is False
     assert invariant_verdict(no_duplicate.check(run(1003.5), {})) is True
+
+
+def test_one_delivery_processed_twice_is_never_explained() -> None:
+    """W1 receives x once and processes it twice; a close-connections issued earlier
+    is still taking effect (docker: ~5 s). Two processings off one delivery are the
+    worker's doing."""
+    def run(completed_ts: float) -> History:
+        h = start_ready().publish("x", ts=1000.0)
+        h.fault("close-connections", W1, ts=1008.0, completed_ts=completed_ts)
+        h.received("x", W1, ts=1011.0).processed("x", W1, ts=1011.5, started_ts=1011.0)
+        h.processed("x", W1, ts=1012.0, started_ts=1011.6).acked("x", W1, ts=1012.0)
+        return h.finish().build()
+
+    for completed_ts in (1008.05, 1013.0):
+        r = no_duplicate.check(run(completed_ts), {})
+        assert invariant_verdict(r) is False, (completed_ts, r.evidence)
+
+
+def test_a_retry_acked_before_the_cut_has_no_lineage() -> None:
+    """W1 fails attempt 1, publishes attempt 2 twice (a bug) and acks attempt 1; a
+    cut of W1 after that ack did not requeue it, so it is no lineage of the second
+    copy. The same cut before the ack is (the correct worker's retry pattern)."""
+    def run(ack_before_cut: bool) -> History:
+        h = start_ready().publish("x", directives={"fail_times": 1}, ts=1000.0)
+        h.received("x", W1, attempt=1, ts=1000.1).failed("x", W1, attempt=1, ts=1000.2)
+        h.retry_scheduled("x", W1, attempt=2, ts=1000.21)
+        if ack_before_cut:
+            h.acked("x", W1, reason="retry", ts=1000.22)
+        h.fault("close-connections", W1, ts=1000.4, completed_ts=1000.45)
+        if not ack_before_cut:
+            h.received("x", W3, redelivered=True, attempt=1, ts=1000.46)
+            h.failed("x", W3, attempt=1, ts=1000.47).acked("x", W3, reason="retry", ts=1000.48)
+        h.received("x", W2, attempt=2, ts=1000.5)
+        h.processed("x", W2, attempt=2, ts=1000.6, started_ts=1000.5).acked("x", W2, ts=1000.6)
+        h.received("x", W3, attempt=2, ts=1000.55)
+        h.processed("x", W3, attempt=2, ts=1000.7, started_ts=1000.55).acked("x", W3, ts=1000.7)
+        return h.finish().build()
+
+    assert invariant_verdict(no_duplicate.check(run(True), {})) is False
+    assert invariant_verdict(no_duplicate.check(run(False), {})) is True
+
+
+def test_a_copy_published_after_the_pause_was_over_is_not_stale() -> None:
+    """W2's copy of x, its ack failed, looks like a stale copy of a pause; but x was
+    published 47 s after the pause healed, so it never waited in the frozen socket:
+    unexplained (W2's own 406 requeued it). Published before the heal: explained."""
+    def run(published_ts: float) -> History:
+        h = start_ready().fault("pause", W2, ts=1002.0, completed_ts=1002.05)
+        h.fault("pause", W2, phase="heal", ts=1003.0)
+        h.publish("x", ts=published_ts)
+        h.received("x", W2, ts=1060.1)
+        h.connection_lost(W2, ts=1060.95).ready(W2, ts=1061.2)
+        h.received("x", W1, redelivered=True, ts=1061.0)
+        h.processed("x", W1, ts=1061.5, started_ts=1061.0).acked("x", W1, ts=1061.5)
+        h.processed("x", W2, ts=1062.0, started_ts=1060.1).ack_failed("x", W2, ts=1062.0)
+        return h.finish().build()
+
+    assert invariant_verdict(no_duplicate.check(run(1050.1), {})) is False
+    assert invariant_verdict(no_duplicate.check(run(1001.0), {})) is True
+
+
+def test_a_restarted_process_does_not_take_its_predecessors_receipt() -> None:
+    """W1 processes x and is killed before its ack; W2 runs the redelivery (explained).
+    W1's new process then runs x again with no delivery of its own (a journal
+    replay): the killed process's receipt is not its, so the kill explains nothing."""
+    def run(replay: bool) -> History:
+        h = start_ready().publish("x", ts=1000.0)
+        h.received("x", W1, ts=1010.0).processed("x", W1, ts=1010.5, started_ts=1010.0)
+        h.fault("kill", W1, ts=1011.0).worker_exited(W1, requested=True, ts=1011.1)
+        h.received("x", W2, redelivered=True, ts=1011.2)
+        h.processed("x", W2, ts=1011.6, started_ts=1011.2).acked("x", W2, ts=1011.6)
+        h.worker_started(W1, ts=1012.0).ready(W1, ts=1012.2)
+        if replay:
+            h.processed("x", W1, ts=1012.8, started_ts=1012.3)
+        return h.finish().build()
+
+    assert invariant_verdict(no_duplicate.check(run(True), {})) is False
+    assert invariant_verdict(no_duplicate.check(run(False), {})) is True
