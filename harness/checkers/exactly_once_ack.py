@@ -210,7 +210,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             # by that message's lineage only (``facts.lineage_fault``).
             fresh = facts.fresh_receipts(sorted(received, key=lambda e: e.ts))
             copy = next((e for e in fresh if e.worker == w2 and e.ts == r2), None)
-            if fault is not None and copy is not None:
+            if copy is not None:
+                # Cut or not, only the lineage explains why a second message exists;
+                # it can be another worker's fault (a kill right after that worker
+                # republished a failed attempt).
                 fault = facts.lineage_fault(idx, ident, copy, received)
             info: dict[str, Any] = {"settlements": [[k1, w1, ts1], [k2, w2, ts2]]}
             if fault is not None:

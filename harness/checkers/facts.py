@@ -141,8 +141,9 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
     F, finally or by a retry's ack) when d0 had been republished: a ``failed``,
     ``retry_scheduled`` or retry ack of d0's worker after its receipt and before F
     took effect, or a fresh copy whose attempt is later than d0's together with a
-    redelivery of d0's attempt after F (what failed again and made the copy). Only for a task the harness asked to
-    fail (``fail_times``, ``fail_always``, poison: the only ones a correct worker
+    redelivery of d0's attempt after F (what failed again and made the copy).
+    Every fault of d0's worker in the window is tried. Only for a task the harness
+    asked to fail (``fail_times``, ``fail_always``, poison: the only ones a correct worker
     republishes), and only when d0's worker had not processed it before F.
     Anything else (a worker republishing what it processed, a nack with requeue
     beside a republish) is the worker's own doing, whatever faults happened
@@ -153,31 +154,41 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
         w0 = d0.worker
         if w0 is None or d0 is fresh or d0.ts >= fresh.ts:
             continue
-        fault = idx.connection_fault(w0, d0.ts, fresh.ts)
-        if fault is None:
-            continue
-        effect = max(fault.ts, fault.end)
-        # An ack of d0 before the fault was issued, final or the retry's, reached the
-        # broker: the fault did not requeue d0.
-        acked = any(a.worker == w0 and d0.ts <= a.ts < fault.ts
-                    for a in (*idx.acked_final.of(ident), *idx.acked_retry.all(ident)))
-        processed = any(p.worker == w0 and d0.ts <= p.ts <= fault.ts
-                        for p in idx.processed.of(ident))
-        if acked or processed:
-            continue
-        failed = any(e.worker == w0 and d0.ts <= e.ts <= effect
-                     for per in (idx.failed, idx.retry_scheduled, idx.acked_retry)
-                     for e in per.all(ident))
-        if failed:
-            return fault
-        # No word of d0's failure (a minimal reporter): the fresh copy's later attempt
-        # says some delivery of the id failed; d0's, only if d0 came back after the
-        # fault (a redelivery of its attempt), which then failed to make a second copy.
-        if attempt_of(fresh) > attempt_of(d0) and any(
-                r is not d0 and r.ts >= fault.ts and r.get("redelivered") is not False
-                and attempt_of(r) == attempt_of(d0) for r in receipts):
-            return fault
+        # Every fault of w0 (or the broker) in the window, not only the first: a pause
+        # before d0 failed does not explain it, the kill right after it does.
+        faults = sorted((f for f in (*idx.conn_faults.get(w0, ()), *idx.broker_faults)
+                         if f.injected and f.cut and f.ts <= fresh.ts
+                         and max(f.ts, f.end) >= d0.ts), key=lambda f: f.ts)
+        for fault in faults:
+            if _republished_and_requeued(idx, ident, d0, fault, fresh, receipts):
+                return fault
     return None
+
+
+def _republished_and_requeued(idx: Index, ident: str, d0: Event, fault: ConnFault,
+                              fresh: Event, receipts: list[Event]) -> bool:
+    """Did ``fault`` requeue ``d0`` after its worker had republished it?"""
+    w0 = d0.worker
+    effect = max(fault.ts, fault.end)
+    # An ack of d0 before the fault was issued, final or the retry's, reached the
+    # broker: the fault did not requeue d0.
+    acked = any(a.worker == w0 and d0.ts <= a.ts < fault.ts
+                for a in (*idx.acked_final.of(ident), *idx.acked_retry.all(ident)))
+    processed = any(p.worker == w0 and d0.ts <= p.ts <= fault.ts
+                    for p in idx.processed.of(ident))
+    if acked or processed:
+        return False
+    failed = any(e.worker == w0 and d0.ts <= e.ts <= effect
+                 for per in (idx.failed, idx.retry_scheduled, idx.acked_retry)
+                 for e in per.all(ident))
+    if failed:
+        return True
+    # No word of d0's failure (a minimal reporter): the fresh copy's later attempt
+    # says some delivery of the id failed; d0's, only if d0 came back after the
+    # fault (a redelivery of its attempt), which then failed to make a second copy.
+    return attempt_of(fresh) > attempt_of(d0) and any(
+        r is not d0 and r.ts >= fault.ts and r.get("redelivered") is not False
+        and attempt_of(r) == attempt_of(d0) for r in receipts)
 
 
 # A receipt line read up to this long after a kill was issued was written before

@@ -227,3 +227,34 @@ def test_without_acks_a_task_its_own_crash_ended_before_the_ack_was_settled_once
     h.received("c", W1).processed("c", W1).received("x", W1).processed("x", W1)
     both = exactly_once_ack.check(h.finish(dlq=["c", "x"]).build(), {})
     assert both.valid is False and both.evidence["unexplained_ids"] == ["x"]
+
+
+def test_a_second_ack_explained_by_another_workers_kill_after_a_pause() -> None:
+    """Seen on local (explore, retry-base): W3 is paused holding attempt 1 of x, fails
+    it at resume and republishes it, and is killed before its ack; W1 gets attempt 1
+    again, fails it and republishes it too, so two copies of attempt 2 are each
+    processed and acked. W3's faults are the lineage (W1 had none): explained.
+    Without any fault, nothing requeued W3's attempt 1: unexplained."""
+    def run(kill: bool) -> History:
+        h = start_ready().publish("x", directives={"fail_times": 1}, ts=1000.0)
+        h.received("x", W3, attempt=1, ts=1000.1)
+        if kill:
+            h.fault("pause", W3, ts=1000.11, completed_ts=1000.12)
+            h.fault("pause", W3, phase="heal", ts=1002.6)
+        h.failed("x", W3, attempt=1, ts=1002.61)
+        if kill:
+            h.fault("kill", W3, ts=1002.62, completed_ts=1002.63)
+            h.worker_exited(W3, requested=True, ts=1002.63)
+        h.received("x", W1, redelivered=True, attempt=1, ts=1002.64)
+        h.failed("x", W1, attempt=1, ts=1002.8).retry_scheduled("x", W1, attempt=2, ts=1002.81)
+        h.acked("x", W1, reason="retry", ts=1002.82)
+        h.received("x", W1, attempt=2, ts=1003.0).processed("x", W1, attempt=2, ts=1003.2)
+        h.acked("x", W1, ts=1003.2)
+        h.received("x", W2, attempt=2, ts=1003.3).processed("x", W2, attempt=2, ts=1003.5)
+        return h.acked("x", W2, ts=1003.5).finish().build()
+
+    good = exactly_once_ack.check(run(True), {})
+    assert good.valid is True and good.evidence["unexplained"] == 0, good.evidence
+    assert good.explained["by"]["x"]["explained_by"]["worker"] == W3, good.explained
+    bad = exactly_once_ack.check(run(False), {})
+    assert bad.valid is False and bad.evidence["unexplained"] == 1, bad.evidence
