@@ -156,8 +156,8 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
             continue
         # Every fault of w0 (or the broker) in the window, not only the first: a pause
         # before d0 failed does not explain it, the kill right after it does.
-        faults = sorted((f for f in (*idx.conn_faults.get(w0, ()), *idx.broker_faults)
-                         if f.injected and f.cut and f.ts <= fresh.ts
+        near: list[ConnFault] = [*idx.conn_faults.get(w0, []), *idx.broker_faults]
+        faults = sorted((f for f in near if f.injected and f.cut and f.ts <= fresh.ts
                          and max(f.ts, f.end) >= d0.ts), key=lambda f: f.ts)
         for fault in faults:
             if _republished_and_requeued(idx, ident, d0, fault, fresh, receipts):
