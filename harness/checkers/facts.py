@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from harness.checkers.index import (
+    EFFECT_MAX_S,
     KILL_FAULTS,
     ConnFault,
     Index,
@@ -131,31 +132,40 @@ def fresh_receipts(receipts: list[Event]) -> list[Event]:
 
 
 def lineage_fault(idx: Index, ident: str, fresh: Event,
-                   receipts: list[Event]) -> ConnFault | None:
+                  receipts: list[Event]) -> ConnFault | None:
     """The injected fault that explains why a second message of ``ident`` exists.
 
     The guide's retry pattern republishes a failed task and then acks it; a fault
     between the two leaves both the requeued original and the republished copy.
     So the fresh copy is explained by an injected fault F that hit the worker of
-    an earlier delivery d0 of the id (received before F, not acked by it before
-    F, finally or by a retry's ack) when d0 had been republished: a ``failed``,
-    ``retry_scheduled`` or retry ack of d0's worker after its receipt and before F
-    took effect, or a fresh copy whose attempt is later than d0's together with a
-    redelivery of d0's attempt after F (what failed again and made the copy).
-    Every fault of d0's worker in the window is tried. Only for a task the harness
-    asked to fail (``fail_times``, ``fail_always``, poison: the only ones a correct worker
-    republishes), and only when d0's worker had not processed it before F.
-    Anything else (a worker republishing what it processed, a nack with requeue
-    beside a republish) is the worker's own doing, whatever faults happened
-    around it."""
+    an earlier delivery d0 of the id when all of these hold:
+
+    - d0 was not settled by its worker before F (a final or retry ack, a
+      dead-letter) and not processed by it;
+    - d0 came back: a receipt of d0's attempt, not reported as a first delivery,
+      after F (``redelivery_slack_s``), which is what failed again and made the
+      second copy;
+    - d0 had been republished: a non-permanent ``failed``, a ``retry_scheduled``
+      or a retry ack of d0's worker after its receipt and before F took effect;
+      or, from a worker that reports no failures, a fresh copy whose attempt is
+      later than d0's;
+    - there are no more messages of the copy's attempt than failed deliveries of
+      the attempt before (``_copies_within_failures``): one fault explains one
+      more copy per delivery it made fail again, not any number.
+
+    Every fault of d0's worker (or the broker) in the window is tried. Only for a
+    task the harness asked to fail (``fail_times``, ``fail_always``, poison: the
+    only ones a correct worker republishes). Anything else (a worker
+    republishing what it processed, a nack with requeue beside a republish) is
+    the worker's own doing, whatever faults happened around it."""
     if ident not in idx.fail_directives and ident not in idx.poison:
+        return None
+    if not _copies_within_failures(idx, ident, attempt_of(fresh), receipts):
         return None
     for d0 in receipts:
         w0 = d0.worker
         if w0 is None or d0 is fresh or d0.ts >= fresh.ts:
             continue
-        # Every fault of w0 (or the broker) in the window, not only the first: a pause
-        # before d0 failed does not explain it, the kill right after it does.
         near: list[ConnFault] = [*idx.conn_faults.get(w0, []), *idx.broker_faults]
         faults = sorted((f for f in near if f.injected and f.cut and f.ts <= fresh.ts
                          and max(f.ts, f.end) >= d0.ts), key=lambda f: f.ts)
@@ -165,30 +175,78 @@ def lineage_fault(idx: Index, ident: str, fresh: Event,
     return None
 
 
+# A redelivery caused by a fault is received after the fault was issued; the
+# receipt's ``ts`` is the worker's clock (the harness's when later), so allow this
+# much for two clocks of one host or an NTP-synced pair.
+RECEIPT_CLOCK_SLACK_S: Final = 1.0
+
+
+def redelivery_slack_s(fault: ConnFault) -> float:
+    """How much earlier than ``fault.ts`` a copy the fault handed out may be logged:
+    ``RECEIPT_CLOCK_SLACK_S`` for a fault the harness issued (before it took effect);
+    up to ``EFFECT_MAX_S`` more for an exit, which the harness learns of after the
+    process died."""
+    if fault.kind.startswith(("fault:", "broker:")):
+        return RECEIPT_CLOCK_SLACK_S
+    return RECEIPT_CLOCK_SLACK_S + EFFECT_MAX_S
+
+
+def _reported_attempt(ev: Event) -> bool:
+    a = ev.get("attempt")
+    return isinstance(a, int) and not isinstance(a, bool)
+
+
+def _copies_within_failures(idx: Index, ident: str, attempt: int,
+                            receipts: list[Event]) -> bool:
+    """Are there no more messages of ``attempt`` (first deliveries of it) than the
+    original (attempt 1) plus the deliveries of ``attempt - 1`` that failed? A worker
+    that reports failures: its non-permanent ``failed`` of that attempt (or its
+    ``retry_scheduled`` of this one, whichever is more); one that does not: every
+    receipt of that attempt may have failed. Without attempts on every receipt the
+    count says nothing (True)."""
+    if not receipts or not all(_reported_attempt(r) for r in receipts):
+        return True
+    copies = sum(1 for r in receipts
+                 if r.get("redelivered") is False and attempt_of(r) == attempt)
+    if idx.count("failed") or idx.count("retry_scheduled"):
+        failures = max(
+            sum(1 for e in idx.failed.all(ident)
+                if attempt_of(e) == attempt - 1 and e.get("permanent") is not True),
+            sum(1 for e in idx.retry_scheduled.all(ident) if attempt_of(e) == attempt))
+    else:
+        failures = sum(1 for r in receipts if attempt_of(r) == attempt - 1)
+    return copies <= failures + (1 if attempt == 1 else 0)
+
+
 def _republished_and_requeued(idx: Index, ident: str, d0: Event, fault: ConnFault,
                               fresh: Event, receipts: list[Event]) -> bool:
     """Did ``fault`` requeue ``d0`` after its worker had republished it?"""
     w0 = d0.worker
     effect = max(fault.ts, fault.end)
-    # An ack of d0 before the fault was issued, final or the retry's, reached the
-    # broker: the fault did not requeue d0.
-    acked = any(a.worker == w0 and d0.ts <= a.ts < fault.ts
-                for a in (*idx.acked_final.of(ident), *idx.acked_retry.all(ident)))
+    # A settlement of d0 before the fault was issued reached the broker: the fault
+    # did not requeue d0.
+    settled = any(a.worker == w0 and d0.ts <= a.ts < fault.ts
+                  for a in (*idx.acked_final.of(ident), *idx.acked_retry.all(ident),
+                            *idx.dead_lettered.all(ident)))
     processed = any(p.worker == w0 and d0.ts <= p.ts <= fault.ts
                     for p in idx.processed.of(ident))
-    if acked or processed:
+    if settled or processed:
+        return False
+    came_back = any(r is not d0 and r.ts > d0.ts and r.get("redelivered") is not False
+                    and attempt_of(r) == attempt_of(d0)
+                    and r.ts >= fault.ts - redelivery_slack_s(fault) for r in receipts)
+    if not came_back:
         return False
     failed = any(e.worker == w0 and d0.ts <= e.ts <= effect
+                 and not (per is idx.failed and e.get("permanent") is True)
                  for per in (idx.failed, idx.retry_scheduled, idx.acked_retry)
                  for e in per.all(ident))
     if failed:
         return True
-    # No word of d0's failure (a minimal reporter): the fresh copy's later attempt
-    # says some delivery of the id failed; d0's, only if d0 came back after the
-    # fault (a redelivery of its attempt), which then failed to make a second copy.
-    return attempt_of(fresh) > attempt_of(d0) and any(
-        r is not d0 and r.ts >= fault.ts and r.get("redelivered") is not False
-        and attempt_of(r) == attempt_of(d0) for r in receipts)
+    # No word of d0's failure: the fresh copy's later attempt says some delivery of
+    # the id failed; d0's, only if the worker reports no failures at all.
+    return (attempt_of(fresh) > attempt_of(d0)
+            and not (idx.count("failed") or idx.count("retry_scheduled")))
 
 
 # A receipt line read up to this long after a kill was issued was written before

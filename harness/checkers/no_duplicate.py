@@ -30,7 +30,7 @@ processings of different attempts (a correct worker does no side effect of an
 attempt that fails, and a fault redelivers an attempt, it never makes one); a
 later copy received before the cut that would explain it was issued (the cut
 cannot have handed it out, whatever its ``redelivered`` flag says; a worker's
-clock gets ``RECEIPT_CLOCK_SLACK_S``); and a later copy that may descend from a
+clock gets ``facts.RECEIPT_CLOCK_SLACK_S``); and a later copy that may descend from a
 second message of its attempt without a lineage, even when no receipt of the pair
 is that message's first delivery (it was cut off before it ran and came back).
 
@@ -126,12 +126,6 @@ def _own_clamp(idx: ix.Index, bounds: list[float], recs: list[Event], e: Event
 
 # (start, processed ts, worker, its receipt, the ``processed`` event)
 Run = tuple[float, float, str | None, Event | None, Event]
-# A redelivery caused by a fault is received after the fault was issued; the
-# receipt's ``ts`` is the worker's clock (the harness's when later), so allow this
-# much for two clocks of one host or an NTP-synced pair. An exit the harness
-# learns of after the process died is later than the cut by up to
-# ``ix.EFFECT_MAX_S``.
-RECEIPT_CLOCK_SLACK_S: Final = 1.0
 
 
 def _anchored_starts(idx: ix.Index, processings: list[Event], rec_events: list[Event],
@@ -283,13 +277,6 @@ def _own_crash(idx: ix.Index, ident: str, worker: str | None, start: float,
     return ix.ConnFault(start, "crash:after_process", worker)
 
 
-def _clock_slack_s(fault: ix.ConnFault) -> float:
-    """How much earlier than ``fault.ts`` a copy the fault handed out may be logged."""
-    if fault.kind.startswith(("fault:", "broker:")):
-        return RECEIPT_CLOCK_SLACK_S  # issued by the harness before it took effect
-    return RECEIPT_CLOCK_SLACK_S + ix.EFFECT_MAX_S  # an exit, seen after the death
-
-
 def _reported(attempt: object) -> bool:
     return isinstance(attempt, int) and not isinstance(attempt, bool)
 
@@ -314,7 +301,7 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event],
         r1 = e1.ts if e1 is not None else None
         r2 = e2.ts if e2 is not None else None
         fault = idx.connection_fault(w1, s1, s2)
-        if fault is not None and r2 is not None and r2 < fault.ts - _clock_slack_s(fault):
+        if fault is not None and r2 is not None and r2 < fault.ts - facts.redelivery_slack_s(fault):
             # The later copy was received before the cut: the cut did not hand it
             # out, whatever the worker says of its ``redelivered`` flag.
             fault = None

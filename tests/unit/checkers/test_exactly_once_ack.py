@@ -258,3 +258,121 @@ def test_a_second_ack_explained_by_another_workers_kill_after_a_pause() -> None:
     assert good.explained["by"]["x"]["explained_by"]["worker"] == W3, good.explained
     bad = exactly_once_ack.check(run(False), {})
     assert bad.valid is False and bad.evidence["unexplained"] == 1, bad.evidence
+
+
+# -- lineage, from a skeptic's review: one fault explains one requeue, not any copy -----
+
+def _double_republish(fault: str) -> History:
+    """W1 fails attempt 1 of x and (a bug) republishes it twice; a fault of W1 (or the
+    broker) comes after the failure, and its retry ack after the fault; attempt 1 is
+    never delivered again. Both copies of attempt 2 are processed and acked."""
+    h = start_ready().publish("x", directives={"fail_times": 1}, ts=1000.0)
+    h.received("x", W1, attempt=1, ts=1000.1)
+    h.failed("x", W1, attempt=1, ts=1000.2).retry_scheduled("x", W1, attempt=2, ts=1000.21)
+    if fault == "pause":
+        h.fault("pause", W1, ts=1000.22, completed_ts=1000.23)
+        h.fault("pause", W1, phase="heal", ts=1000.5)
+    elif fault == "broker":
+        h.fault("broker-restart", "broker", ts=1000.22, completed_ts=1000.4)
+    h.acked("x", W1, reason="retry", ts=1000.51)
+    h.received("x", W2, attempt=2, ts=1001.0).processed("x", W2, attempt=2, ts=1001.2)
+    h.acked("x", W2, ts=1001.21)
+    h.received("x", W3, attempt=2, ts=1001.3).processed("x", W3, attempt=2, ts=1001.5)
+    return h.acked("x", W3, ts=1001.51).finish().build()
+
+
+@pytest.mark.parametrize("fault", ["none", "pause", "broker"])
+def test_a_fault_that_requeued_nothing_is_no_lineage(fault: str) -> None:
+    r = exactly_once_ack.check(_double_republish(fault), {})
+    assert r.valid is False and r.evidence["unexplained"] == 1, r.evidence
+
+
+def test_one_requeue_explains_one_more_copy_not_two() -> None:
+    """W1 is killed holding attempt 1 (before it failed it); W2 gets it again, fails it
+    and republishes it twice (a bug): one failure, two messages of attempt 2. The
+    kill made W2's delivery, not the second copy: unexplained. One copy each of two
+    failures (W1 failed and republished before the kill) is explained."""
+    def run(w1_failed_first: bool) -> History:
+        h = start_ready().publish("x", directives={"fail_times": 1}, ts=1000.0)
+        h.received("x", W1, attempt=1, ts=1000.1)
+        if w1_failed_first:
+            h.failed("x", W1, attempt=1, ts=1000.15)
+            h.retry_scheduled("x", W1, attempt=2, ts=1000.16)
+        h.fault("kill", W1, ts=1000.2, completed_ts=1000.25)
+        h.worker_exited(W1, requested=True, ts=1000.25)
+        h.received("x", W2, redelivered=True, attempt=1, ts=1000.5)
+        h.failed("x", W2, attempt=1, ts=1000.6).retry_scheduled("x", W2, attempt=2, ts=1000.61)
+        h.acked("x", W2, reason="retry", ts=1000.62)
+        h.received("x", W2, attempt=2, ts=1001.0).processed("x", W2, attempt=2, ts=1001.2)
+        h.acked("x", W2, ts=1001.21)
+        h.received("x", W3, attempt=2, ts=1001.3).processed("x", W3, attempt=2, ts=1001.5)
+        return h.acked("x", W3, ts=1001.51).finish().build()
+
+    bad = exactly_once_ack.check(run(False), {})
+    assert bad.valid is False and bad.evidence["unexplained"] == 1, bad.evidence
+    good = exactly_once_ack.check(run(True), {})
+    assert good.valid is True and good.evidence["unexplained"] == 0, good.evidence
+
+
+def test_a_dead_lettered_poison_republished_has_no_lineage_in_a_later_kill() -> None:
+    """W1 dead-letters poison x (its settlement) and (a bug) republishes it; W1 is
+    killed 3 s later. The kill requeued nothing of x: unexplained."""
+    h = start_ready().publish("ok", ts=999.9).publish("x", poison=True, ts=1000.0)
+    h.received("ok", W3, ts=1000.05).processed("ok", W3, ts=1000.06).acked("ok", W3, ts=1000.07)
+    h.received("x", W1, attempt=1, ts=1000.1)
+    h.failed("x", W1, attempt=1, permanent=True, ts=1000.2)
+    h.dead_lettered("x", W1, reason="poison", ts=1000.21)
+    h.fault("kill", W1, ts=1003.0, completed_ts=1003.05)
+    h.worker_exited(W1, requested=True, ts=1003.05)
+    h.received("x", W2, attempt=1, ts=1004.0)
+    h.failed("x", W2, attempt=1, permanent=True, ts=1004.1)
+    h.dead_lettered("x", W2, reason="poison", ts=1004.11)
+    r = exactly_once_ack.check(h.finish(dlq=["x"]).build(), {})
+    assert r.valid is False and r.evidence["unexplained"] == 1, r.evidence
+
+
+def _paused_failed_killed(copies: int, failures_of_w1: int = 1) -> History:
+    """W3 is paused holding attempt 1 of x, fails it at resume (republishing it) and is
+    killed before its ack; W1 gets attempt 1 again and fails it ``failures_of_w1``
+    times; ``copies`` messages of attempt 2 are each processed and acked."""
+    h = start_ready().publish("x", directives={"fail_times": 1}, ts=1000.0)
+    h.received("x", W3, attempt=1, ts=1000.1)
+    h.fault("pause", W3, ts=1000.11, completed_ts=1000.12)
+    h.fault("pause", W3, phase="heal", ts=1002.6).failed("x", W3, attempt=1, ts=1002.61)
+    h.fault("kill", W3, ts=1002.62, completed_ts=1002.63)
+    h.worker_exited(W3, requested=True, ts=1002.63)
+    h.received("x", W1, redelivered=True, attempt=1, ts=1002.64)
+    for k in range(failures_of_w1):
+        h.failed("x", W1, attempt=1, ts=1002.8 + k / 100)
+    h.acked("x", W1, reason="retry", ts=1002.9)
+    for k in range(copies):
+        w = (W1, W2, W3)[k % 3]
+        h.received("x", w, attempt=2, ts=1003.0 + k).processed("x", w, attempt=2,
+                                                                 ts=1003.2 + k)
+        h.acked("x", w, ts=1003.2 + k)
+    return h.finish().build()
+
+
+def test_one_lineage_explains_as_many_copies_as_failures() -> None:
+    """Two failures of attempt 1 (W3's before its kill, W1's after): two messages of
+    attempt 2 are explained, a third one is not (W1 republished twice)."""
+    two = exactly_once_ack.check(_paused_failed_killed(2), {})
+    assert two.valid is True and two.evidence["unexplained"] == 0, two.evidence
+    three = exactly_once_ack.check(_paused_failed_killed(3), {})
+    assert three.valid is False and three.evidence["unexplained"] == 1, three.evidence
+
+
+def test_a_fault_is_no_lineage_when_its_delivery_never_came_back() -> None:
+    """W1 fails attempt 1 twice (two failures reported, two messages of attempt 2: the
+    count allows them) and is paused between the failure and its retry ack; attempt 1
+    is never delivered again, so the pause requeued nothing: unexplained."""
+    h = start_ready().publish("x", directives={"fail_times": 1}, ts=1000.0)
+    h.received("x", W1, attempt=1, ts=1000.1)
+    h.failed("x", W1, attempt=1, ts=1000.2).failed("x", W1, attempt=1, ts=1000.21)
+    h.fault("pause", W1, ts=1000.22, completed_ts=1000.23)
+    h.fault("pause", W1, phase="heal", ts=1000.5).acked("x", W1, reason="retry", ts=1000.51)
+    h.received("x", W2, attempt=2, ts=1001.0).processed("x", W2, attempt=2, ts=1001.2)
+    h.acked("x", W2, ts=1001.21)
+    h.received("x", W3, attempt=2, ts=1001.3).processed("x", W3, attempt=2, ts=1001.5)
+    r = exactly_once_ack.check(h.acked("x", W3, ts=1001.51).finish().build(), {})
+    assert r.valid is False and r.evidence["unexplained"] == 1, r.evidence

@@ -757,3 +757,24 @@ def test_a_restarted_process_does_not_take_its_predecessors_receipt() -> None:
 
     assert invariant_verdict(no_duplicate.check(run(True), {})) is False
     assert invariant_verdict(no_duplicate.check(run(False), {})) is True
+
+
+def test_a_lineage_redelivery_before_a_late_exit_is_still_its_crash() -> None:
+    """A minimal reporter, a Dramatiq-like late exit: W1's process dies on c's asked
+    crash at ~1004.0 and the harness sees it exit at 1004.8; W1 had failed x's
+    attempt 1 and republished it, so x comes back to W2 at 1004.2, before the exit
+    was seen, and W2 republishes it too. The crash explains both copies of attempt 2
+    (a receipt up to EFFECT_MAX_S before an exit may be its redelivery)."""
+    h = start_ready()
+    h.publish("c", directives={"crash": "after_process", "sleep_ms": 3000}, ts=1000.9)
+    h.publish("x", directives={"fail_times": 1}, ts=1000.95)
+    h.received("c", W1, ts=1001.0)
+    h.received("x", W1, attempt=1, ts=1003.9)
+    h.processed("c", W1, ts=1004.0)
+    h.received("x", W2, redelivered=True, attempt=1, ts=1004.2)
+    h.received("c", W2, redelivered=True, ts=1004.25).processed("c", W2, ts=1004.3)
+    h.received("x", W2, attempt=2, ts=1004.5).processed("x", W2, attempt=2, ts=1004.6)
+    h.worker_exited(W1, requested=False, ts=1004.8, code=1, signal=None)
+    h.received("x", W3, attempt=2, ts=1004.9).processed("x", W3, attempt=2, ts=1005.0)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert invariant_verdict(r) is True, r.evidence

@@ -1,0 +1,44 @@
+"""Quality: the planted bugs only a search finds (``worker.bugs.SEARCH_BUGS``) are
+found by ``harness explore`` from a fault-free scenario, for real on the local
+backend, and shrunk to a minimal scenario of at most 2 steps that ``harness run``
+reads. CI runs each with a small budget; the README's figures come from larger
+ones."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import vocab
+from harness.scenario import load_scenario
+
+pytestmark = [pytest.mark.quality, pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPLORE_TIMEOUT_S = 600
+
+
+def test_explore_finds_and_shrinks_transient_retry_queues(tmp_path: Path) -> None:
+    """transient-retry-queues loses the retries waiting in its non-durable retry
+    queues when the broker restarts: any broker restart while tasks wait for a retry
+    shows it (no-loss false). The budget: broker restarts only, 2 examples of at
+    most 2 steps, a shrink of 2 runs."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "explore", "benchmarks/search/retry-base.yaml",
+         "--backend", "local", "--faults", "broker-restart", "--examples", "2",
+         "--max-steps", "2", "--seed", "4", "--shrink-runs", "2", "--reruns", "1",
+         "--rate-runs", "1", "--out", str(tmp_path), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=EXPLORE_TIMEOUT_S, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == vocab.EXIT_VIOLATED, out[-4000:]
+    assert "violated" in out and "no-loss" in out, out[-4000:]
+    found = sorted(tmp_path.rglob("retry-base-minimal.yaml"))
+    assert len(found) == 1, out[-4000:]
+    minimal = found[0]
+    steps = yaml.safe_load(minimal.read_text(encoding="utf-8"))["schedule"]
+    assert 1 <= len(steps) <= 2 and all(s["fault"] == "broker-restart" for s in steps)
+    assert load_scenario(minimal).schedule  # what harness run reads
