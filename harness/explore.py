@@ -200,7 +200,8 @@ def describe(steps: Sequence[Step]) -> str:
                    f"after {w.processed} processed" if w.processed is not None else
                    f"when holding {w.holding_unacked} unacked")
         lasting = f" {s.duration_s:g} s" if s.duration_s is not None else ""
-        parts.append(f"{s.fault} {s.target}{lasting} {trigger}")
+        target = "" if vocab.FAULT_KINDS[s.fault].broker_level else f" {s.target}"
+        parts.append(f"{s.fault}{target}{lasting} {trigger}")
     return "; ".join(parts) or "no fault"
 
 
