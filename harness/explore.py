@@ -249,6 +249,8 @@ class Exploration:
     found: Example | None = None
     stopped_by_budget: bool = False
     interrupted: bool = False
+    search_s: float = 0.0  # the search's wall time
+    found_after_s: float | None = None  # from the search's start to the first violation
 
     @property
     def faults_injected(self) -> int:
@@ -321,7 +323,8 @@ def explore(source: Path, scenario: Scenario, bounds: Bounds, run_one: RunOne, *
         raise ExploreError(f"--time-budget-s must be in (0, {TIME_BUDGET_MAX_S:g}]")
     result = Exploration()
     cache: dict[str, Example] = {}
-    deadline = clock() + time_budget_s
+    started = clock()
+    deadline = started + time_budget_s
     n = 0
     interrupt: list[Interrupted] = []
 
@@ -352,6 +355,7 @@ def explore(source: Path, scenario: Scenario, bounds: Bounds, run_one: RunOne, *
     def found(ex: Example | None) -> bool:
         if ex is not None and ex.violated:
             result.found = ex
+            result.found_after_s = clock() - started
             return True
         return False
 
@@ -375,6 +379,7 @@ def explore(source: Path, scenario: Scenario, bounds: Bounds, run_one: RunOne, *
 
         with contextlib.suppress(_Stop):
             search()
+    result.search_s = clock() - started
     if interrupt:
         raise interrupt[0]
     if db is not None and result.found is not None:
@@ -501,8 +506,12 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
                       f"fault(s) injected, {len(result.fault_kinds)} distinct fault kind(s): "
                       f"{', '.join(sorted(result.fault_kinds)) or 'none'}); "
                       f"{ran - len(decided)} undecided")
+        written = write_summary(out_root, scenario, seed, opts.backend, bounds, result,
+                                None, None, None)
+        console.print(f"summary: {written}")
         return vocab.EXIT_OK if decided else vocab.EXIT_UNDECIDED
     found = result.found
+    minimal: Path | None = None
     kept = out_root / f"{scenario.name}-found.yaml"
     write_scenario(source, scenario, found.steps, kept, f"{scenario.name}-found")
     console.print(f"[red]violated[/red]: {', '.join(found.violated)} by the schedule: "
@@ -538,7 +547,46 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
                 and set(e.violated) & set(found.violated)]
         if runs:
             console.print(f"  a failing run of it: {runs[-1].run_dir}")
+    written = write_summary(out_root, scenario, seed, opts.backend, bounds, result, shrunk,
+                            rate, minimal)
+    console.print(f"summary: {written}")
     return vocab.EXIT_VIOLATED
+
+
+SUMMARY_FILE: Final = "explore.json"
+
+
+def write_summary(out_root: Path, scenario: Scenario, seed: int, backend: str,
+                  bounds: Bounds, result: Exploration, shrunk: Shrunk | None,
+                  rate: tuple[int, int] | None, minimal: Path | None) -> Path:
+    """``explore.json`` in the search's directory: what the console printed, for a CI
+    step or a benchmark to read (``benchmarks/bench_explore.py``)."""
+    def one(ex: Example) -> dict[str, Any]:
+        return {"schedule": describe(ex.steps), "steps": [step_dict(s) for s in ex.steps],
+                "exit_code": ex.exit_code, "violated": list(ex.violated),
+                "faults_injected": ex.faults_injected, "fault_kinds": sorted(ex.fault_kinds),
+                "run_dir": str(ex.run_dir) if ex.run_dir else None, "error": ex.error}
+
+    doc: dict[str, Any] = {
+        "scenario": scenario.name, "seed": seed, "backend": backend,
+        "faults": list(bounds.faults), "max_steps": bounds.max_steps,
+        "examples": [one(e) for e in result.examples],
+        "search_s": round(result.search_s, 3),
+        "faults_injected": result.faults_injected,
+        "fault_kinds": sorted(result.fault_kinds),
+        "found": one(result.found) if result.found else None,
+        "found_after_s": (round(result.found_after_s, 3)
+                          if result.found_after_s is not None else None),
+        "shrink": None if shrunk is None else {
+            "confirmed": shrunk.confirmed, "runs_used": shrunk.runs_used,
+            "candidates": shrunk.tried, "exhausted": shrunk.exhausted,
+            "schedule": describe(shrunk.steps), "steps": len(shrunk.steps)},
+        "reproduces": list(rate) if rate else None,
+        "minimal_scenario": str(minimal) if minimal else None,
+    }
+    path = out_root / SUMMARY_FILE
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def _faults_fired(run_dir: Path) -> tuple[int, frozenset[str]]:

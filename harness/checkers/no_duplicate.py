@@ -277,6 +277,25 @@ def _own_crash(idx: ix.Index, ident: str, worker: str | None, start: float,
     return ix.ConnFault(start, "crash:after_process", worker)
 
 
+# An ack is logged once its frame is in the socket; the broker's reader takes it from
+# there within milliseconds, and a connection reset (a kill, a close) drops what the
+# broker had not read yet. An ack logged this long before a fault was issued was read.
+ACK_READ_LAG_S: Final = 0.25
+
+
+def _acked_before(idx: ix.Index, ident: str, worker: str | None, receipt: float | None,
+                  fault: ix.ConnFault) -> bool:
+    """Did ``worker`` ack its copy (received at ``receipt``) before ``fault`` was
+    issued (``ACK_READ_LAG_S`` before)? That ack reached the broker, so the fault
+    requeued nothing of it and explains no later copy. A broker fault is left out:
+    a broker killed before it wrote an ack down may hand the message out again.
+    The ack is the worker's word; it can only take an explanation away."""
+    if receipt is None or worker is None or fault.kind.startswith("broker:"):
+        return False
+    return any(a.worker == worker and receipt <= a.ts < fault.ts - ACK_READ_LAG_S
+               for a in idx.acked_final.of(ident))
+
+
 def _reported(attempt: object) -> bool:
     return isinstance(attempt, int) and not isinstance(attempt, bool)
 
@@ -295,7 +314,10 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event],
     """Each consecutive pair of processings of ``ident`` (``runs``, by start) with
     the injected fault that explains it, or None."""
     recs = [(e.ts, e.worker) for e in rec_events]
-    fresh = facts.fresh_receipts(rec_events)
+    # The second messages: a first delivery of an attempt after that attempt's
+    # earliest (the earliest of attempt k > 1 is the retry a failure made, no copy).
+    fresh = [g for a in sorted({facts.attempt_of(e) for e in rec_events})
+             for g in _second_messages(rec_events, a)]
     out: list[tuple[dict[str, Any], ix.ConnFault | None]] = []
     for n, ((s1, _p1, w1, e1, q1), (s2, p2, w2, e2, q2)) in enumerate(pairwise(runs)):
         r1 = e1.ts if e1 is not None else None
@@ -304,6 +326,8 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event],
         if fault is not None and r2 is not None and r2 < fault.ts - facts.redelivery_slack_s(fault):
             # The later copy was received before the cut: the cut did not hand it
             # out, whatever the worker says of its ``redelivered`` flag.
+            fault = None
+        if fault is not None and _acked_before(idx, ident, w1, r1, fault):
             fault = None
         if fault is None:
             fault = idx.crash_span(w1, r1, r2)
@@ -316,6 +340,8 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event],
             if r1 is not None and r2 is not None:
                 (ra, wa), (rb, _wb) = sorted(((r1, w1), (r2, w2)))
                 fault = idx.connection_fault(wa, ra, rb)
+                if fault is not None and _acked_before(idx, ident, wa, ra, fault):
+                    fault = None
             if fault is None:
                 fault = (_stale_copy_fault(idx, ident, w2, recs, r2, r1, published_ts)
                          or _stale_copy_fault(idx, ident, w1, recs, r1, r2, published_ts))

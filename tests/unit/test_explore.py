@@ -24,6 +24,7 @@ from harness.explore import (
     shrink,
     step_dict,
     write_scenario,
+    write_summary,
 )
 from harness.model import Step
 from harness.scenario import load_scenario
@@ -86,6 +87,32 @@ def test_the_search_stops_at_the_first_violation_and_runs_each_schedule_once(
     assert result.found.violated == ("no-loss",)
     assert len({schedule_key(s) for s in ran}) == len(ran)  # none run twice
     assert result.found.scenario_file.is_file()
+
+
+def test_the_summary_says_when_the_failure_came_and_what_the_shrink_spent(
+        tmp_path: Path) -> None:
+    """explore.json: the examples, the time to the first failure (the search's own
+    clock), the shrink's runs and the reproduction rate, as the console printed."""
+    import json
+
+    ticks = iter(range(1000))
+    sc = load_scenario(SOURCE)
+    _, run_one = fake_runs("pause")
+    result = explore(SOURCE, sc, BOUNDS, run_one, examples=50, time_budget_s=600, seed=3,  # type: ignore[arg-type]
+                     out_dir=tmp_path / "out", database_dir=None,
+                     clock=lambda: float(next(ticks)))
+    assert result.found is not None and result.found_after_s is not None
+    assert 0 < result.found_after_s <= result.search_s
+    shrunk = shrink(result.found.steps, lambda s: any(x.fault == "pause" for x in s),
+                    budget_runs=10, reruns=1, failed_once=True)
+    path = write_summary(tmp_path, sc, 3, "fake", BOUNDS, result, shrunk, (4, 5),
+                         tmp_path / "min.yaml")
+    doc = json.loads(path.read_text())
+    assert len(doc["examples"]) == len(result.examples) and doc["found"]["violated"] == [
+        "no-loss"]
+    assert doc["found_after_s"] == result.found_after_s
+    assert doc["shrink"]["runs_used"] == shrunk.runs_used and doc["shrink"]["steps"] == 1
+    assert doc["reproduces"] == [4, 5] and doc["minimal_scenario"].endswith("min.yaml")
 
 
 def test_a_correct_worker_gets_no_false_alarm_and_the_examples_are_listed(

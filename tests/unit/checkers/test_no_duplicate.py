@@ -271,11 +271,11 @@ def test_dup_a_redelivery_of_a_republish_needs_it_held_at_the_cut(case: str) -> 
     h.processed("x", W1, attempt=2, ts=1001.5, started_ts=1001.01).acked("x", W1, ts=1001.6)
     if case == "second_republish":
         h.received("x", W1, attempt=2, ts=1001.7)  # copy B's first delivery
-    h.fault("close-connections", W1, ts=1001.8, completed_ts=1001.9).ready(W1, ts=1002.0)
+    h.fault("close-connections", W1, ts=1002.0, completed_ts=1002.1).ready(W1, ts=1002.2)
     h.received("x", W2 if case == "second_republish" else W1, redelivered=True, attempt=2,
-               ts=1002.1)
+               ts=1002.3)
     h.processed("x", W2 if case == "second_republish" else W1, attempt=2, ts=1002.5,
-                started_ts=1002.11)
+                started_ts=1002.31)
     r = no_duplicate.check(h.finish().build(), {})
     assert r.evidence["invariant_holds"] is False, r.evidence
 
@@ -413,15 +413,16 @@ def test_a_republish_after_success_is_not_explained_by_a_nearby_kill() -> None:
     ``redelivered`` false): a kill right after does not explain the second run."""
     def run(republished: bool) -> H:
         h = start_ready().publish("a").received("a", W1, ts=1000.5).processed("a", W1)
-        h.acked("a", W1).fault("kill", W1, ts=1000.7).worker_exited(W1, requested=True,
-                                                                    ts=1000.75)
+        if republished:
+            h.acked("a", W1)  # the republish came after the ack (as a redelivery could not)
+        h.fault("kill", W1, ts=1000.7).worker_exited(W1, requested=True, ts=1000.75)
         h.received("a", W2, redelivered=not republished, ts=1001.0).processed("a", W2)
         return h.acked("a", W2).finish()
 
     r = no_duplicate.check(run(True).build(), {})
     assert invariant_verdict(r) is False, r.summary
-    # The same pair as a redelivery (redelivered true) is the broker's doing and
-    # the kill's: explained, as before.
+    # The same pair as a redelivery (redelivered true) of a delivery the kill caught
+    # before its ack is the broker's doing and the kill's: explained, as before.
     assert invariant_verdict(no_duplicate.check(run(False).build(), {})) is True
 
 
@@ -778,3 +779,39 @@ def test_a_lineage_redelivery_before_a_late_exit_is_still_its_crash() -> None:
     h.received("x", W3, attempt=2, ts=1004.9).processed("x", W3, attempt=2, ts=1005.0)
     r = no_duplicate.check(h.finish().build(), {})
     assert invariant_verdict(r) is True, r.evidence
+
+
+def test_a_zombies_stale_copy_of_a_retry_is_no_second_message() -> None:
+    """W3 is paused as attempt 2 of x (a retry) reaches its socket; the broker gives it
+    to W1; W3, resumed, reads its stale first delivery of attempt 2 and runs it, and
+    its ack fails. The only first delivery of attempt 2 is the retry itself, not a
+    second message: the pause explains the pair, as it does for attempt 1."""
+    h = start_ready().publish("x", directives={"fail_times": 1}, ts=1002.47)
+    h.received("x", W2, ts=1002.47).failed("x", W2, ts=1003.95)
+    h.retry_scheduled("x", W2, attempt=2, ts=1003.95).acked("x", W2, reason="retry",
+                                                           ts=1003.96)
+    h.fault("pause", W3, ts=1003.19, completed_ts=1003.24)
+    h.received("x", W1, redelivered=True, attempt=2, ts=1008.94)
+    h.fault("pause", W3, phase="heal", ts=1010.25).received("x", W3, attempt=2, ts=1010.25)
+    h.processed("x", W1, attempt=2, ts=1010.42, started_ts=1008.94).acked("x", W1, ts=1010.43)
+    h.processed("x", W3, attempt=2, ts=1011.73, started_ts=1010.25)
+    r = no_duplicate.check(h.ack_failed("x", W3, ts=1011.74).finish().build(), {})
+    assert invariant_verdict(r) is True, r.evidence
+
+
+def test_a_copy_acked_well_before_the_cut_was_not_requeued_by_it() -> None:
+    """W1 processes x and acks it 2 s before a kill; W2 then runs x, reported as a
+    redelivery. The broker had W1's ack, so the kill requeued nothing: unexplained.
+    Killed before its ack (the at-least-once case): explained."""
+    def run(acked: bool) -> History:
+        h = start_ready().publish("x", ts=1000.0)
+        h.received("x", W1, ts=1000.1).processed("x", W1, ts=1000.5)
+        if acked:
+            h.acked("x", W1, ts=1000.6)
+        h.fault("kill", W1, ts=1002.6).worker_exited(W1, requested=True, ts=1002.7)
+        h.received("x", W2, redelivered=True, ts=1003.0)
+        h.processed("x", W2, ts=1003.5, started_ts=1003.0)
+        return h.acked("x", W2, ts=1003.6).finish().build()
+
+    assert invariant_verdict(no_duplicate.check(run(True), {})) is False
+    assert invariant_verdict(no_duplicate.check(run(False), {})) is True
