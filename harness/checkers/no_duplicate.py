@@ -34,6 +34,12 @@ clock gets ``facts.RECEIPT_CLOCK_SLACK_S``); and a later copy that may descend f
 second message of its attempt without a lineage, even when no receipt of the pair
 is that message's first delivery (it was cut off before it ran and came back).
 
+A cut of a worker explains no copy that worker had acked before the cut was issued
+(``ACK_READ_LAG_S`` before; a broker fault still does: a killed broker may hand an
+acked message out again), and two processings of one delivery are never explained.
+A "second message" is a first delivery of an attempt after that attempt's earliest:
+the earliest first delivery of attempt k > 1 is the retry a failure made.
+
 Only injected faults explain (``index.ConnFault.injected``): nemesis faults,
 broker faults, exits the harness asked for, and a crash after a delivery with a
 ``crash`` directive; for an ``after_process`` crash that no exit shows (a pool's
