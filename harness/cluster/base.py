@@ -29,6 +29,8 @@ W = TypeVar("W")
 EXTERNAL_READY_TIMEOUT_S: Final = 15.0
 # How long close-connections waits for the broker to list a worker's connection.
 CONNECTIONS_LISTED_WAIT_S: Final = 6.0
+# A closed connection leaves the broker's tracking within this (it is milliseconds).
+CONNECTIONS_CLOSED_WAIT_S: Final = 5.0
 
 if TYPE_CHECKING:
     from harness.broker import BrokerAdmin, ConnectionInfo
@@ -240,18 +242,27 @@ class Cluster(abc.ABC):
         """The broker closes every connection of worker ``name`` (management API
         ``DELETE /api/connections/...``), as an operator or a node drain would: the
         worker's unacked deliveries are requeued. Returns how many it closed."""
-        # The management API lists a new connection with its next statistics
-        # emission: a connection a few hundred ms old may not be listed yet.
+        # From the broker's connection tracking (``BrokerAdmin.tracked_connections``),
+        # which lists a connection at once; a worker reconnecting right now has none
+        # for a moment.
         deadline = time.monotonic() + CONNECTIONS_LISTED_WAIT_S
         admin, conns = self.worker_connections(name)
         while not conns and time.monotonic() < deadline:
-            time.sleep(0.25)
+            time.sleep(0.1)
             admin, conns = self.worker_connections(name)
         if not conns:
             raise ClusterError(f"the broker lists no connection of {name} "
                                f"(waited {CONNECTIONS_LISTED_WAIT_S:g} s)")
         for c in conns:
             admin.close_connection(c.mgmt_name, "rmq-harness fault close-connections")
+        # The broker's word that they are gone, not the API's 204 alone.
+        names = {c.mgmt_name for c in conns}
+        gone_by = time.monotonic() + CONNECTIONS_CLOSED_WAIT_S
+        while names & {c.mgmt_name for c in admin.tracked_connections()}:
+            if time.monotonic() >= gone_by:
+                raise ClusterError(f"the broker still lists a connection of {name} "
+                                   f"{CONNECTIONS_CLOSED_WAIT_S:g} s after closing it")
+            time.sleep(0.1)
         return len(conns)
 
     def scale_to(self, count: int, queue: str, grace_s: float) -> ScaleDone | None:

@@ -42,3 +42,25 @@ def test_explore_finds_and_shrinks_transient_retry_queues(tmp_path: Path) -> Non
     steps = yaml.safe_load(minimal.read_text(encoding="utf-8"))["schedule"]
     assert 1 <= len(steps) <= 2 and all(s["fault"] == "broker-restart" for s in steps)
     assert load_scenario(minimal).schedule  # what harness run reads
+
+
+def test_explore_finds_stale_ack_after_two_reconnects(tmp_path: Path) -> None:
+    """stale-ack-after-two-reconnects acks a stale delivery only after two reconnects
+    of one worker within one task's run: two cuts of the same worker (the ``last``
+    target), found from the fault-free quick base (30 tasks of 5-7 s). The budget:
+    close-connections only, 2 examples of at most 2 steps (seed 6: the second is
+    two cuts of worker-1), a shrink of 2 runs."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "explore",
+         "benchmarks/search/search-base-quick.yaml", "--backend", "local",
+         "--faults", "close-connections", "--examples", "2", "--max-steps", "2",
+         "--seed", "6", "--shrink-runs", "2", "--reruns", "1", "--rate-runs", "1",
+         "--out", str(tmp_path), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=EXPLORE_TIMEOUT_S, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == vocab.EXIT_VIOLATED, out[-4000:]
+    found = sorted(tmp_path.rglob("search-base-quick-minimal.yaml"))
+    assert len(found) == 1, out[-4000:]
+    steps = yaml.safe_load(found[0].read_text(encoding="utf-8"))["schedule"]
+    assert len(steps) == 2 and all(s["fault"] == "close-connections" for s in steps), steps
+    assert load_scenario(found[0]).schedule

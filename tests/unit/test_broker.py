@@ -182,6 +182,20 @@ def test_connections(stub_admin: BrokerAdmin) -> None:
     assert conns[1].name == "" and conns[1].unacked == 0
 
 
+def test_tracked_connections_read_the_peer_from_the_name(stub_admin: BrokerAdmin) -> None:
+    """The tracking listing (``disable_stats``) has names only: the peer is parsed
+    from them, and a name that is no "host:port -> ..." is skipped."""
+    ROUTES["/api/connections"].append({"name": "[::1]:3000 -> [::1]:5672"})
+    ROUTES["/api/connections"].append({"name": "garbled"})
+    try:
+        conns = stub_admin.tracked_connections()
+    finally:
+        del ROUTES["/api/connections"][-2:]
+    assert [(c.peer_host, c.peer_port, c.unacked) for c in conns] == [
+        ("127.0.0.1", 1000, 0), ("127.0.0.1", 2000, 0), ("::1", 3000, 0)]
+    assert conns[0].mgmt_name == "127.0.0.1:1000 -> 127.0.0.1:5672"
+
+
 def test_wrong_credentials_are_reported(stub_admin: BrokerAdmin) -> None:
     bad = BrokerAdmin(BrokerEndpoint(stub_admin.endpoint.amqp_url,
                                      stub_admin.endpoint.management_url, user="u",

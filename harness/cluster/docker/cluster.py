@@ -360,7 +360,7 @@ class DockerCluster(BrokerSide, Cluster):
         if self._external is not None:
             raise ClusterError("close-connections: through the external broker's relay the "
                                "broker sees one peer for every worker")
-        return admin, [c for c in admin.connections() if c.peer_host == ip]
+        return admin, [c for c in admin.tracked_connections() if c.peer_host == ip]
 
     def health_url(self, name: str) -> str | None:
         ip = self.container_ip(name)

@@ -303,7 +303,7 @@ class LocalCluster(NodeSide, Cluster):
             raise ClusterError("worker_connections: no broker started")
         self._get(name)
         owners = self._port_owners()
-        return self.admin, [c for c in self.admin.connections()
+        return self.admin, [c for c in self.admin.tracked_connections()
                             if owners.get(c.peer_port) == name]
 
     def busiest_by_connection(self) -> str | None:
