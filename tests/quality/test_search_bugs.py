@@ -49,12 +49,12 @@ def test_explore_finds_stale_ack_after_two_reconnects(tmp_path: Path) -> None:
     of one worker within one task's run: two cuts of the same worker (the ``last``
     target), found from the fault-free quick base (30 tasks of 5-7 s). The budget:
     close-connections only, 2 examples of at most 2 steps (seed 6: the second is
-    two cuts of worker-1), a shrink of 2 runs."""
+    two cuts of worker-1), a shrink of 1 run."""
     proc = subprocess.run(
         [sys.executable, "-m", "harness", "explore",
          "benchmarks/search/search-base-quick.yaml", "--backend", "local",
          "--faults", "close-connections", "--examples", "2", "--max-steps", "2",
-         "--seed", "6", "--shrink-runs", "2", "--reruns", "1", "--rate-runs", "1",
+         "--seed", "6", "--shrink-runs", "1", "--reruns", "1", "--rate-runs", "0",
          "--out", str(tmp_path), "--no-progress"],
         cwd=ROOT, capture_output=True, text=True, timeout=EXPLORE_TIMEOUT_S, check=False)
     out = proc.stdout + proc.stderr
