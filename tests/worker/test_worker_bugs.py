@@ -168,6 +168,11 @@ def names(buf: io.StringIO) -> list[str]:
 
 def connect_calls(bug: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """The calls Worker._connect makes on its consumer channel."""
+    return connected_channel(bug, monkeypatch).calls
+
+
+def connected_channel(bug: str, monkeypatch: pytest.MonkeyPatch) -> FakeChannel:
+    """The consumer channel after Worker._connect (its calls, what it declared)."""
     conns: list[FakeConnection] = []
 
     def factory(params: Any) -> FakeConnection:
@@ -180,7 +185,7 @@ def connect_calls(bug: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, 
         w._connect()
     finally:
         w._pool.shutdown()
-    return conns[0].channels[0].calls
+    return conns[0].channels[0]
 
 
 # -- topology, qos, consume -------------------------------------------------------------------
@@ -196,19 +201,7 @@ def test_transient_retry_queues_declares_only_the_retry_queues_transient(
     """The correct worker declares every queue durable; the bug only its retry queues
     (q.retry.100, q.retry.200: a broker restart deletes them and what waits there)."""
     def durable(bug: str) -> dict[str, bool]:
-        conns: list[FakeConnection] = []
-
-        def factory(params: Any) -> FakeConnection:
-            conns.append(FakeConnection(params))
-            return conns[-1]
-
-        monkeypatch.setattr(pika, "BlockingConnection", factory)
-        w, _, _, _ = make_worker(bug)
-        try:
-            w._connect()
-        finally:
-            w._pool.shutdown()
-        return conns[0].channels[0].durable
+        return connected_channel(bug, monkeypatch).durable
 
     assert durable("") == {"q.dlq": True, "q": True, "q.retry.100": True,
                            "q.retry.200": True}
