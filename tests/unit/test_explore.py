@@ -338,3 +338,17 @@ def test_no_hand_written_scenario_restarts_the_broker_while_retries_wait() -> No
             text = path.read_text(encoding="utf-8")
             assert not any(w in text for w in ("fail_times", "fail_always", "poison")), path
     assert restarts  # the check looked at something
+
+
+def test_the_benchmark_baseline_is_the_base_without_its_bug(tmp_path: Path) -> None:
+    """bench_explore's baseline and correct-worker search run the base scenario with
+    no planted bug, the same workload otherwise."""
+    from bench_scripts import load_benchmark
+
+    bench = load_benchmark("bench_explore")
+    for bug, base in bench.BASES.items():
+        copy = bench.correct_copy(base, tmp_path)
+        sc, orig = load_scenario(copy), load_scenario(base)
+        assert orig.cluster.extra_env.get("WORKER_BUG") == bug
+        assert "WORKER_BUG" not in sc.cluster.extra_env and sc.workload == orig.workload
+    assert bench.per_min(3, 90.0) == 2.0 and bench.per_min(1, 0.0) == 0.0
