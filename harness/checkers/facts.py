@@ -115,10 +115,15 @@ def asked_to_fail(idx: Index, params: Mapping[str, Any] | None = None) -> set[st
     return out
 
 
+def reported_attempt(ev: Event) -> bool:
+    """Does the event report an attempt (an int, not a bool)?"""
+    a = ev.get("attempt")
+    return isinstance(a, int) and not isinstance(a, bool)
+
+
 def attempt_of(ev: Event) -> int:
     """The attempt an event reports (1 when it reports none)."""
-    a = ev.get("attempt")
-    return a if isinstance(a, int) and not isinstance(a, bool) else 1
+    return int(ev.get("attempt")) if reported_attempt(ev) else 1
 
 
 def fresh_receipts(receipts: list[Event]) -> list[Event]:
@@ -191,9 +196,9 @@ def redelivery_slack_s(fault: ConnFault) -> float:
     return RECEIPT_CLOCK_SLACK_S + EFFECT_MAX_S
 
 
-def _reported_attempt(ev: Event) -> bool:
-    a = ev.get("attempt")
-    return isinstance(a, int) and not isinstance(a, bool)
+def _reports_failures(idx: Index) -> bool:
+    """Does the worker write ``failed`` or ``retry_scheduled`` at all?"""
+    return bool(idx.count("failed") or idx.count("retry_scheduled"))
 
 
 def _copies_within_failures(idx: Index, ident: str, attempt: int,
@@ -204,11 +209,11 @@ def _copies_within_failures(idx: Index, ident: str, attempt: int,
     ``retry_scheduled`` of this one, whichever is more); one that does not: every
     receipt of that attempt may have failed. Without attempts on every receipt the
     count says nothing (True)."""
-    if not receipts or not all(_reported_attempt(r) for r in receipts):
+    if not receipts or not all(reported_attempt(r) for r in receipts):
         return True
     copies = sum(1 for r in receipts
                  if r.get("redelivered") is False and attempt_of(r) == attempt)
-    if idx.count("failed") or idx.count("retry_scheduled"):
+    if _reports_failures(idx):
         failures = max(
             sum(1 for e in idx.failed.all(ident)
                 if attempt_of(e) == attempt - 1 and e.get("permanent") is not True),
@@ -245,8 +250,7 @@ def _republished_and_requeued(idx: Index, ident: str, d0: Event, fault: ConnFaul
         return True
     # No word of d0's failure: the fresh copy's later attempt says some delivery of
     # the id failed; d0's, only if the worker reports no failures at all.
-    return (attempt_of(fresh) > attempt_of(d0)
-            and not (idx.count("failed") or idx.count("retry_scheduled")))
+    return attempt_of(fresh) > attempt_of(d0) and not _reports_failures(idx)
 
 
 # A receipt line read up to this long after a kill was issued was written before

@@ -134,7 +134,8 @@ def _own_clamp(idx: ix.Index, bounds: list[float], recs: list[Event], e: Event
 Run = tuple[float, float, str | None, Event | None, Event]
 
 
-def _anchored_starts(idx: ix.Index, processings: list[Event], rec_events: list[Event],
+def _anchored_starts(idx: ix.Index, bounds_of: dict[str | None, list[float]],
+                     processings: list[Event], rec_events: list[Event],
                      failures: list[Event]) -> list[Run]:
     """(start, processed ts, worker, its receipt) of each processing of one id,
     sorted by start.
@@ -159,7 +160,6 @@ def _anchored_starts(idx: ix.Index, processings: list[Event], rec_events: list[E
     processing with a delivery of its own process, as many processings as
     deliveries, as a correct worker does; the pair is then explained only by a
     fault between the two receipts."""
-    bounds_of = _bounds(idx)
     taken: set[int] = set()
     out: list[Run] = []
 
@@ -302,10 +302,6 @@ def _acked_before(idx: ix.Index, ident: str, worker: str | None, receipt: float 
                for a in idx.acked_final.of(ident))
 
 
-def _reported(attempt: object) -> bool:
-    return isinstance(attempt, int) and not isinstance(attempt, bool)
-
-
 def _second_messages(rec_events: list[Event], attempt: int) -> list[Event]:
     """The first deliveries (``redelivered`` false) of ``attempt`` after its
     earliest: each the first delivery of one more message of that attempt."""
@@ -384,8 +380,8 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event],
             # Both processings off one delivery (no receipt of its own for the
             # second in either pairing): the worker's doing, whatever fault is near.
             fault = None
-        a1, a2 = q1.get("attempt"), q2.get("attempt")
-        if _reported(a1) and _reported(a2) and a1 != a2:
+        if (facts.reported_attempt(q1) and facts.reported_attempt(q2)
+                and q1.get("attempt") != q2.get("attempt")):
             # Two attempts both processed: a correct worker does no side effect of
             # an attempt that fails, and a fault redelivers an attempt, it never
             # makes another. No fault explains it (the attempts are the worker's
@@ -426,7 +422,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         # (``_own_clamp``). Without a reported start neither is sure to be the
         # worker's, so a pair is judged under the one that explains more: a false
         # explanation needs one that a pairing of the worker's own receipts allows.
-        anchored = _anchored_starts(idx, processings[ident], rec_events,
+        anchored = _anchored_starts(idx, bounds, processings[ident], rec_events,
                                     list(idx.failed.all(ident)))
         found = _judge(idx, ident, anchored, rec_events, published.get(ident))
         if any(fault is None for _, fault in found):
