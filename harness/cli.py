@@ -345,6 +345,11 @@ def _unfit(sc: Scenario, opts: RunOptions, verb: str) -> str | None:
     if opts.broker_url and restarts_broker(sc):
         return (f"{sc.path}: the scenario restarts the broker, and --broker-url's broker is "
                 f"not the harness's; {verb} it without --broker-url")
+    if (opts.broker_url or opts.backend == vocab.EXTERNAL) and \
+            sc.cluster.consumer_timeout_ms is not None:
+        return (f"{sc.path}: cluster.consumer_timeout_ms configures a broker the harness "
+                f"starts, and --broker-url's broker is not the harness's; {verb} it without "
+                "--broker-url (or set consumer_timeout on that broker and drop the key)")
     return None
 
 

@@ -63,6 +63,12 @@ class ClusterSpec:
     grace_s: float = 10.0  # SIGTERM grace period
     restart_policy: str = "never"  # "never" | "always" (like compose's restart: always)
     queue_type: str = "classic"  # "classic" | "quorum"
+    # x-delivery-limit of a quorum queue (RABBITMQ_DELIVERY_LIMIT): the broker
+    # dead-letters a message delivered more often. None: no limit.
+    delivery_limit: int | None = None
+    # The broker's ``consumer_timeout`` (ms): a delivery unacked this long gets its
+    # channel closed (406 PRECONDITION_FAILED) and requeued. None: the broker's own.
+    consumer_timeout_ms: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     # The tasks' wire format (``vocab.TASK_FORMATS``, ``harness.formats``): it names
     # the queues the checkers observe unless the scenario or a flag names them.

@@ -87,6 +87,9 @@ MUTANTS: Final[tuple[Mutant, ...]] = (
            "processes redelivered tasks but never acks them: held until the end"),
     Mutant("side-effect-every-attempt", "retry-backoff.yaml", "no-duplicate-processing",
            "the side effect runs before the transient failure: once per attempt"),
+    Mutant("ignore-delivery-limit", "poison-crash-loop.yaml", "dead-letter",
+           "no x-delivery-limit on the queue: the poison message crashes worker after "
+           "worker and never reaches the DLQ"),
 )
 
 # The scenarios the correct worker runs (every scenario a mutant uses).

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from harness import vocab
 from harness.checkers.base import ClaimResult
-from harness.cluster.base import Cluster, ClusterError, WorkerSpec
+from harness.cluster.base import BrokerSettings, Cluster, ClusterError, WorkerSpec
 from harness.history import Recorder
 from harness.model import Scenario
 
@@ -377,7 +377,27 @@ def task_id_prefix(run_id: str, backend: str = vocab.LOCAL) -> str:
 
 def make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder,
                  shared_broker: Any = None, opts: RunOptions | None = None,
-                 id_prefix: str | None = None) -> Cluster:
+                 id_prefix: str | None = None,
+                 broker_settings: BrokerSettings | None = None) -> Cluster:
+    """The backend's cluster. With ``broker_settings`` that differ from the broker's
+    defaults, a docker run starts a broker of its own rather than use a shared one
+    (a setting is the whole node's)."""
+    cluster = _make_cluster(backend, run_id, run_dir, recorder,
+                            usable_shared_broker(shared_broker, broker_settings), opts, id_prefix)
+    if broker_settings is not None:
+        cluster.broker_settings = broker_settings
+    return cluster
+
+
+def usable_shared_broker(shared_broker: Any, settings: BrokerSettings | None) -> Any:
+    """The shared broker, unless ``settings`` change the node (then None: a broker of
+    the run's own, since a setting would change every run on a shared one)."""
+    return None if settings is not None and settings.erl_args() else shared_broker
+
+
+def _make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder,
+                  shared_broker: Any, opts: RunOptions | None,
+                  id_prefix: str | None) -> Cluster:
     if backend == vocab.EXTERNAL:
         from harness.cluster.external import ExternalCluster, FaultCommands
 
@@ -425,6 +445,8 @@ def worker_env(scenario: Scenario) -> dict[str, str]:
         # worker's reconnect backoff keeps them from sleeping past its readiness.
         "WORKER_RECONNECT_MAX_S": "1",
     }
+    if c.delivery_limit is not None:
+        env["RABBITMQ_DELIVERY_LIMIT"] = str(c.delivery_limit)
     env.update(c.extra_env)
     return env
 
@@ -536,6 +558,7 @@ def run_started(scenario: Scenario, opts: RunOptions, seed: int, run_id: str,
                  "dlq": c.dlq, "retry_base_ms": c.retry_base_ms,
                  "max_attempts": c.max_attempts, "heartbeat_s": c.heartbeat_s,
                  "grace_s": c.grace_s, "queue_type": c.queue_type,
+                 "delivery_limit": c.delivery_limit, "consumer_timeout_ms": c.consumer_timeout_ms,
                  "restart_policy": c.restart_policy, "task_format": c.task_format},
         capabilities={"directives": "directives" in caps, "health": "health" in caps,
                       "events": events_kind(opts.events),

@@ -28,8 +28,9 @@ from rich.console import Console
 
 from harness import credentials, htmlreport, report, verdicts, vocab
 from harness.broker import BrokerAdmin
+from harness.brokerlog import OwnerSampler, record_consumer_timeouts
 from harness.checkers.base import ClaimResult
-from harness.cluster.base import BrokerEndpoint, Cluster, ClusterError
+from harness.cluster.base import BrokerEndpoint, BrokerSettings, Cluster, ClusterError
 from harness.drain import BrokerWatch
 from harness.history import Recorder
 from harness.live import LiveState
@@ -89,6 +90,7 @@ class Run:
         self.schedule: Schedule | None = None
         self.endpoint: BrokerEndpoint | None = None
         self.prober: HealthProber | None = None
+        self.owners: OwnerSampler | None = None
 
 
     # -- the run -----------------------------------------------------------------------
@@ -104,8 +106,10 @@ class Run:
             from harness.images import ensure_images
 
             ensure_images()
-        self.cluster = make_cluster(self.opts.backend, self.run_id, self.run_dir, self.recorder,
-                                    self.opts.shared_broker, self.opts, self.id_prefix)
+        self.cluster = make_cluster(
+            self.opts.backend, self.run_id, self.run_dir, self.recorder,
+            self.opts.shared_broker, self.opts, self.id_prefix,
+            BrokerSettings(consumer_timeout_ms=sc.cluster.consumer_timeout_ms))
         sup = self.supervisor = Supervisor(
             self.cluster, sc, worker_spec(sc, self.opts, self.run_id), self.recorder, self.live,
             self.run_dir, self.problems)
@@ -125,6 +129,9 @@ class Run:
         if "health" in caps:
             self.prober = HealthProber(self.cluster, self.recorder)
             self.prober.start()
+        if sc.cluster.consumer_timeout_ms is not None:
+            # Whose channel a consumer timeout closes: the broker's log names a peer.
+            self.owners = OwnerSampler(self.cluster.connection_owners, self.recorder).start()
         sup.wait_ready(names)
 
         tasks = make_tasks(wl, self.rng, id_prefix=self.id_prefix)
@@ -176,8 +183,11 @@ class Run:
         if self.prober is not None:
             self.prober.stop()
         sup.stop_all()
+        if self.owners is not None:
+            self.owners.stop()
         watch.capture_final_state()
         self.broker_semantics = watch.semantics
+        self.read_broker_log()
         if drained:
             watch.check_contradiction()
         elif not (held and watch.main_queue_ids()):
@@ -186,6 +196,21 @@ class Run:
             self.problems.append(f"the drain did not finish within {wl.drain_timeout_s} s")
         self.recorder.record(vocab.RUN_FINISHED, "harness")
         return self.judge()
+
+    def read_broker_log(self) -> None:
+        """The broker's word on what it closed (``harness.brokerlog``): with a
+        consumer timeout set, every channel it closed for it, as history events."""
+        if self.scenario.cluster.consumer_timeout_ms is None or self.cluster is None:
+            return
+        text = self.cluster.broker_log()
+        if text is None:
+            self.problems.append("the broker's log could not be read: consumer timeouts "
+                                 "are unknown")
+            return
+        vhost = self.endpoint.vhost if self.endpoint is not None else "/"
+        self.recorder.flush()
+        record_consumer_timeouts(self.recorder, text, vhost,
+                                 list(self.recorder.snapshot().of_type(vocab.CONNECTION_OWNER)))
 
     def judge(self) -> list[ClaimResult]:
         self.recorder.flush()
@@ -227,6 +252,8 @@ class Run:
                 self.schedule.stop.set()
             if self.prober is not None:
                 self.prober.stop()
+            if self.owners is not None:
+                self.owners.stop()
             if self.nemesis is not None:
                 with contextlib.suppress(Exception):
                     self.nemesis.teardown()

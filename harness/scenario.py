@@ -29,6 +29,9 @@ renamed key is ``cluster.env`` -> ``ClusterSpec.extra_env``)::
       grace_s: 10               # > 0, <= 3600
       restart_policy: never     # never | always
       queue_type: classic       # classic | quorum
+      delivery_limit: 3         # quorum only, 1..1000: x-delivery-limit (RABBITMQ_DELIVERY_LIMIT)
+      consumer_timeout_ms: 5000 # the broker's consumer_timeout (1000..3_600_000); needs
+                                # a broker the harness starts (not --broker-url)
       env: {K: V}               # extra worker environment; scalar values become strings
     workload:                   # optional; defaults of model.Workload
       tasks: 50                 # 1..1_000_000
@@ -37,9 +40,11 @@ renamed key is ``cluster.env`` -> ``ClusterSpec.extra_env``)::
       publish_timeout_s: 60     # > 0, <= 86400
       directives:               # for every task (a group's own directives win)
         sleep_ms: {uniform: [100, 400]}   # number 0..600_000
+        sleep_first_ms: 8000              # a first delivery's sleep instead (slow once)
         fail_times: 2                     # integer 0..100
         fail_always: false                # boolean
         crash: after_process              # one of model.CRASH_POINTS
+        crash_always: false               # boolean: crash on every delivery (poison)
       groups:                   # sum of counts <= tasks
         - {count: 1, directives: {crash: after_process}}
         - {count: 2, poison: true}
@@ -122,8 +127,16 @@ MAX_FAIL_TIMES: Final = 100
 MAX_CHOICES: Final = 1000
 MAX_STEPS: Final = 1000
 MAX_GROUPS: Final = 1000
+MAX_DELIVERY_LIMIT: Final = 1000
+# The broker checks consumer timeouts on a channel tick the harness sets to a
+# second (``BrokerSettings``): a shorter timeout would be rounded up by it.
+MIN_CONSUMER_TIMEOUT_MS: Final = 1000
+MAX_CONSUMER_TIMEOUT_MS: Final = 3_600_000
 
-DIRECTIVES: Final = ("sleep_ms", "fail_times", "fail_always", "crash")
+DIRECTIVES: Final = ("sleep_ms", "sleep_first_ms", "fail_times", "fail_always", "crash",
+                     "crash_always")
+# Directives that take a constant or a choice, never ``uniform``.
+_DISCRETE_DIRECTIVES: Final = ("fail_always", "crash", "crash_always")
 RESTART_POLICIES: Final = ("never", "always")
 QUEUE_TYPES: Final = ("classic", "quorum")
 # Faults that take effect at once and have nothing to heal after ``duration_s``.
@@ -133,7 +146,7 @@ TOP_KEYS: Final = ("name", "description", "guide", "claims", "cluster", "workloa
                    "schedule", "params")
 CLUSTER_KEYS: Final = ("workers", "concurrency", "queue", "dead_letter_queue", "retry_base_ms",
                        "max_attempts", "heartbeat_s", "grace_s", "restart_policy", "queue_type",
-                       "env")
+                       "delivery_limit", "consumer_timeout_ms", "env")
 WORKLOAD_KEYS: Final = ("tasks", "rate_per_s", "drain_timeout_s", "publish_timeout_s",
                         "directives", "groups")
 GROUP_KEYS: Final = ("count", "directives", "poison")
@@ -169,7 +182,7 @@ class _Loader(NodeReader):
             kind, (_, vnode) = next(iter(entries.items()))
             sub = join_path(path, kind)
             if kind == "uniform":
-                if name in ("fail_always", "crash"):
+                if name in _DISCRETE_DIRECTIVES:
                     self.fail(vnode, sub, f"{name} takes a constant or {{choice: [...]}}, "
                                           "not uniform")
                 items = self.sequence(vnode, sub, "bounds", 2)
@@ -211,7 +224,8 @@ class _Loader(NodeReader):
             return text
 
         return {"sleep_ms": sleep_ms, "fail_times": fail_times,
-                "fail_always": fail_always, "crash": crash}[name]
+                "fail_always": fail_always, "crash": crash, "crash_always": fail_always,
+                "sleep_first_ms": sleep_ms}[name]
 
     # ---- sections
 
@@ -253,9 +267,20 @@ class _Loader(NodeReader):
                 if text not in allowed:
                     self.fail(e[key][1], f"cluster.{key}", one_of(text, allowed, key))
                 kw[key] = text
+        if "delivery_limit" in e:
+            kw["delivery_limit"] = self.integer(e["delivery_limit"][1], "cluster.delivery_limit",
+                                                1, MAX_DELIVERY_LIMIT)
+        if "consumer_timeout_ms" in e:
+            kw["consumer_timeout_ms"] = self.integer(
+                e["consumer_timeout_ms"][1], "cluster.consumer_timeout_ms",
+                MIN_CONSUMER_TIMEOUT_MS, MAX_CONSUMER_TIMEOUT_MS)
         if "env" in e:
             kw["extra_env"] = self.env(e["env"][1])
         spec = ClusterSpec(**kw)
+        if spec.delivery_limit is not None and spec.queue_type != "quorum":
+            self.fail(e["delivery_limit"][1], "cluster.delivery_limit",
+                      "a delivery limit needs queue_type: quorum (a classic queue counts no "
+                      "deliveries)")
         if spec.dlq == spec.queue:
             where = e.get("dead_letter_queue", e.get("queue", (node, node)))[1]
             self.fail(where, "cluster.dead_letter_queue",
@@ -566,7 +591,7 @@ def check_backend(scenario: Scenario, backend: str) -> None:
 # templates did; every other fault is one of ``cluster.external.TEMPLATE_FAULTS``.
 _EXTERNAL_NATIVE: Final = frozenset({"heal"})
 # Directives whose tasks end in the deployment's DLQ by design.
-_DLQ_DIRECTIVES: Final = ("fail_always",)
+_DLQ_DIRECTIVES: Final[tuple[str, ...]] = ("fail_always", "crash_always")
 
 
 def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool,
@@ -627,9 +652,11 @@ def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool
     sets_all = [("workload.directives", wl.directives)] + [
         (f"workload.groups[{i}]", g.directives) for i, g in enumerate(wl.groups)]
     for where, directives in sets_all:
-        if "crash" in directives:
+        crash_word: str | None = next((w for w in ("crash", "crash_always") if w in directives),
+                                      None)
+        if crash_word is not None:
             raise ScenarioError(
-                scenario.path, _line_of_word(scenario.path, "crash"), f"{where}.crash",
+                scenario.path, _line_of_word(scenario.path, crash_word), f"{where}.{crash_word}",
                 "a crash directive ends a worker process of the deployment behind the "
                 "harness's back (no exit recorded, nothing restarts it): not on --backend "
                 "external; kill through --fault-cmd instead")
@@ -639,8 +666,8 @@ def check_external(scenario: Scenario, templates: Iterable[str], allow_dlq: bool
     sets = [("workload.directives", wl.directives, False)] + [
         (f"workload.groups[{i}]", g.directives, g.poison) for i, g in enumerate(wl.groups)]
     for where, directives, poison in sets:
-        word = ("poison" if poison else
-                next((d for d in _DLQ_DIRECTIVES if d in directives), None))
+        word: str | None = ("poison" if poison else
+                            next((d for d in _DLQ_DIRECTIVES if d in directives), None))
         times = directives.get("fail_times")
         if word is None and times is not None and any(
                 isinstance(v, int | float) and not isinstance(v, bool) and v >= max_attempts

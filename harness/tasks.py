@@ -96,7 +96,9 @@ def make_tasks(workload: Workload, rng: random.Random, id_prefix: str) -> list[T
 
 
 def longest_task_s(tasks: Sequence[Task]) -> float:
-    """The longest ``sleep_ms`` directive among ``tasks``, in seconds (0 without)."""
-    return max((float(v) for t in tasks
-                if isinstance(v := t.directives.get("sleep_ms"), int | float)),
+    """The longest ``sleep_ms`` or ``sleep_first_ms`` directive among ``tasks``, in
+    seconds (0 without)."""
+    return max((float(v) for t in tasks for key in ("sleep_ms", "sleep_first_ms")
+                if isinstance(v := t.directives.get(key), int | float)
+                and not isinstance(v, bool)),
                default=0.0) / 1000.0

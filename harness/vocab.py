@@ -63,6 +63,11 @@ WINDOW_WAIT: Final = "window_wait"
 WINDOWS_CLOSED: Final = "windows_closed"
 VHOST: Final = "vhost"
 BROKER_SEMANTICS: Final = "broker_semantics"
+# The broker closed a worker's channel for its consumer_timeout (from the broker's
+# log, ``harness.brokerlog``), and which worker held which peer address (the
+# harness's own sightings, to name the worker of such a close).
+CONSUMER_TIMEOUT: Final = "consumer_timeout"
+CONNECTION_OWNER: Final = "connection_owner"
 
 # -- faults --------------------------------------------------------------------------
 

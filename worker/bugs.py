@@ -29,6 +29,7 @@ FIXED_DELAY_RETRY: Final = "fixed-delay-retry"
 ACK_AND_DROP_WHEN_BUSY: Final = "ack-and-drop-when-busy"
 NEVER_ACK_REDELIVERED: Final = "never-ack-redelivered"
 SIDE_EFFECT_EVERY_ATTEMPT: Final = "side-effect-every-attempt"
+IGNORE_DELIVERY_LIMIT: Final = "ignore-delivery-limit"
 # Bugs no hand-written scenario provokes: they need a combination of faults or a
 # timing that only a search of the fault space (``harness explore``) finds.
 STALE_ACK_AFTER_TWO_RECONNECTS: Final = "stale-ack-after-two-reconnects"
@@ -53,6 +54,7 @@ KNOWN_BUGS: Final[tuple[str, ...]] = (
     ACK_AND_DROP_WHEN_BUSY,
     NEVER_ACK_REDELIVERED,
     SIDE_EFFECT_EVERY_ATTEMPT,
+    IGNORE_DELIVERY_LIMIT,
 )
 
 # Planted bugs that need a search (``harness explore`` from a fault-free scenario):
@@ -83,6 +85,7 @@ BUG_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
     ACK_AND_DROP_WHEN_BUSY: ("no-loss",),
     NEVER_ACK_REDELIVERED: ("exactly-once-ack",),
     SIDE_EFFECT_EVERY_ATTEMPT: ("no-duplicate-processing",),
+    IGNORE_DELIVERY_LIMIT: ("dead-letter",),
     STALE_ACK_AFTER_TWO_RECONNECTS: ("no-duplicate-processing", "exactly-once-ack"),
     TRANSIENT_RETRY_QUEUES: ("no-loss",),
 }

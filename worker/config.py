@@ -51,6 +51,10 @@ class Config:
     dlx: str
     dlq: str
     queue_type: str
+    # RABBITMQ_DELIVERY_LIMIT (quorum queues only): the broker dead-letters a message
+    # delivered more than this many times (x-delivery-limit), so a message that
+    # crashes every worker that takes it ends in the DLQ instead of looping. 0: none.
+    delivery_limit: int
     bug: str  # WORKER_BUG: "" (correct worker) or one of KNOWN_BUGS (worker/bugs.py)
     # WORKER_EVENTS: "full" (every contract event) or "minimal" (only received and
     # processed: the contract's minimum plus receipts, as many brought workers).
@@ -175,6 +179,11 @@ def load_config(env: Mapping[str, str]) -> Config:
     queue_type = (_get(env, "RABBITMQ_QUEUE_TYPE") or "classic").lower()
     if queue_type not in QUEUE_TYPES:
         raise ConfigError(f"RABBITMQ_QUEUE_TYPE={queue_type!r} (expected classic or quorum)")
+    delivery_limit = _int(env, "RABBITMQ_DELIVERY_LIMIT", 0, 0, 1000)
+    if delivery_limit and queue_type != "quorum":
+        raise ConfigError(
+            f"RABBITMQ_DELIVERY_LIMIT={delivery_limit} needs RABBITMQ_QUEUE_TYPE=quorum "
+            "(a classic queue counts no deliveries)")
     bug = _get(env, "WORKER_BUG") or ""
     if bug and bug not in KNOWN_BUGS + SEARCH_BUGS:
         raise ConfigError(
@@ -208,6 +217,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         dlx=_name(env, "RABBITMQ_DLX", f"{queue}.dlx"),
         dlq=_name(env, "RABBITMQ_DLQ", f"{queue}.dlq"),
         queue_type=queue_type,
+        delivery_limit=delivery_limit,
         bug=bug,
         events=events,
     )

@@ -50,6 +50,7 @@ from worker.bugs import (
     EXCLUSIVE_CONSUMER,
     FIXED_DELAY_RETRY,
     IGNORE_CONCURRENCY,
+    IGNORE_DELIVERY_LIMIT,
     NEVER_ACK_REDELIVERED,
     NO_BACKOFF,
     NO_DEAD_LETTER_EXCHANGE,
@@ -288,6 +289,10 @@ class Worker:
             del main_args["x-dead-letter-exchange"]
         if cfg.queue_type == "quorum":
             main_args["x-queue-type"] = "quorum"
+            if cfg.delivery_limit and cfg.bug != IGNORE_DELIVERY_LIMIT:
+                # WORKER_BUG=ignore-delivery-limit: "our tasks never crash a worker":
+                # a poison message that does crashes one worker after another, forever.
+                main_args["x-delivery-limit"] = cfg.delivery_limit
         try:
             ch.exchange_declare(cfg.dlx, exchange_type="direct", durable=True)
             ch.queue_declare(cfg.dlq, durable=True)

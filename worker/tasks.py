@@ -3,16 +3,23 @@
 Directives (all optional, in the body's ``directives`` object):
 
 ``sleep_ms``     processing time in ms (0..600000);
+``sleep_first_ms`` processing time of a *first* delivery instead of ``sleep_ms``: a
+                 task slow once (a downstream hiccup), e.g. longer than the broker's
+                 ``consumer_timeout``; its redelivery takes ``sleep_ms``;
 ``fail_times``   N: attempts 1..N fail transiently, attempt N+1 succeeds;
 ``fail_always``  true: fail permanently (dead-letter path);
 ``crash``        ``"during"``: SIGKILL this process halfway through the sleep;
                  ``"after_process"``: emit ``processed`` (the side effect), then
                  SIGKILL this process before the ack.
+``crash_always`` true: SIGKILL this process halfway through the sleep on *every*
+                 delivery: a poison message that crashes whichever worker takes it
+                 (the crash-loop incident; only a delivery limit ends it).
 
 ``crash`` fires only on a *first* delivery (``redelivered`` false and attempt 1).
 Otherwise a crashing task would be redelivered to the next worker and kill it
 too, one worker after another; a redelivered copy is processed normally, which
-is what lets a crash-recovery run finish.
+is what lets a crash-recovery run finish. ``crash_always`` is that crash loop,
+on purpose.
 
 A body that is not a JSON object with a string ``id`` is poison: a permanent
 failure whose id is taken from the ``message_id`` property. A body with an
@@ -56,9 +63,11 @@ class PoisonError(PermanentError):
 @dataclass(frozen=True)
 class Directives:
     sleep_ms: int = 0
+    sleep_first_ms: int | None = None
     fail_times: int = 0
     fail_always: bool = False
     crash: str | None = None
+    crash_always: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,17 +94,23 @@ def parse_directives(obj: Any) -> Directives:
         return value
 
     sleep_ms = count("sleep_ms", MAX_SLEEP_MS)
+    sleep_first_ms = count("sleep_first_ms", MAX_SLEEP_MS) if "sleep_first_ms" in obj else None
     fail_times = count("fail_times", MAX_FAIL_TIMES)
-    fail_always = obj.get("fail_always", False)
-    if fail_always is None:
-        fail_always = False
-    if not isinstance(fail_always, bool):
-        raise PermanentError("directive fail_always must be true or false")
+    def flag(name: str) -> bool:
+        value = obj.get(name, False)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise PermanentError(f"directive {name} must be true or false")
+        return value
+
+    fail_always = flag("fail_always")
+    crash_always = flag("crash_always")
     crash = obj.get("crash")
     if crash is not None and crash not in CRASH_POINTS:
         raise PermanentError(f"directive crash must be one of {', '.join(CRASH_POINTS)}")
-    return Directives(sleep_ms=sleep_ms, fail_times=fail_times, fail_always=fail_always,
-                      crash=crash)
+    return Directives(sleep_ms=sleep_ms, sleep_first_ms=sleep_first_ms, fail_times=fail_times,
+                      fail_always=fail_always, crash=crash, crash_always=crash_always)
 
 
 def parse_message(body: bytes, message_id: str | None) -> Task:
@@ -161,8 +176,9 @@ def run_task(task: Task, attempt: int, first_delivery: bool, ctx: TaskContext) -
     """
     started_ts = ctx.clock()
     d = task.directives
-    crash = d.crash if first_delivery else None
-    seconds = d.sleep_ms / 1000.0
+    crash = "during" if d.crash_always else d.crash if first_delivery else None
+    ms = d.sleep_first_ms if first_delivery and d.sleep_first_ms is not None else d.sleep_ms
+    seconds = ms / 1000.0
     if crash == "during":
         ctx.sleep(seconds / 2)
         ctx.kill()

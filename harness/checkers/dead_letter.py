@@ -2,7 +2,9 @@
 
 Expected in the DLQ: the ids published with outcome ``ok`` that must fail for
 good: ``poison`` bodies (any worker must reject them), and, when the worker
-honours directives, ``fail_always`` and ``fail_times`` >= ``max_attempts``.
+honours directives, ``fail_always``, ``fail_times`` >= ``max_attempts`` and
+``crash_always`` (a message that crashes every worker that takes it: the crash
+loop ends only in the DLQ, by the queue's delivery limit).
 Actual: the final contents of the queue(s) of role ``dlq`` (the broker's own
 evidence, counted per listing so a message dead-lettered twice shows twice).
 
@@ -77,6 +79,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             k = d.get("fail_times")
             if d.get("fail_always"):
                 reasons[ident] = "fail_always"
+            elif d.get("crash_always") is True:
+                # Crashes every worker that takes it: only the queue's delivery limit
+                # (the broker) can end its loop, by dead-lettering it.
+                reasons[ident] = "crash_always"
             elif (max_attempts is not None and isinstance(k, int) and not isinstance(k, bool)
                   and k >= max_attempts):
                 reasons[ident] = "max_attempts"
@@ -85,7 +91,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
     note = None if directives else ("the worker does not honour directives: only poison "
                                     "bodies are expected in the DLQ")
     if not expected:
-        why = note or "no confirmed task was poison, fail_always or fail_times >= max_attempts"
+        why = note or ("no confirmed task was poison, fail_always, crash_always or "
+                       "fail_times >= max_attempts")
         return unknown(CLAIM, f"nothing expected in the DLQ: {why}")
 
     counts, captured, failed, partial = _dlq_counts(history)
@@ -101,7 +108,10 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
 
     where: dict[str, str] = {}
     for i in first(missing):
-        if i in idx.final.ids["main"]:
+        if i in idx.final.ids["main"] and reasons.get(i) == "crash_always":
+            where[i] = (f"still in the main queue after {len(idx.received.events([i]).get(i, ()))} "
+                        "reported deliveries: a crash loop (no x-delivery-limit on the queue?)")
+        elif i in idx.final.ids["main"]:
             where[i] = "still in the main queue (requeued instead of dead-lettered?)"
         elif i in idx.final.ids["retry"]:
             where[i] = "still in a retry queue"

@@ -102,13 +102,15 @@ def as_float(value: Any, default: float | None = None) -> float | None:
 
 def asked_to_fail(idx: Index, params: Mapping[str, Any] | None = None) -> set[str]:
     """Ids the harness asked to fail for good, so the DLQ is where they belong:
-    poison bodies, ``fail_always``, and ``fail_times`` >= ``max_attempts``. The
-    harness's own publish records decide, never a worker's report."""
+    poison bodies, ``fail_always``, ``crash_always`` (it crashes every worker that
+    takes it: the queue's delivery limit dead-letters it) and ``fail_times`` >=
+    ``max_attempts``. The harness's own publish records decide, never a worker's
+    report."""
     out = set(idx.poison)
     max_attempts = idx.setting(params or {}, "max_attempts")
     for ident, d in idx.fail_directives.items():
         k = d.get("fail_times")
-        if d.get("fail_always") or (
+        if d.get("fail_always") or d.get("crash_always") is True or (
                 isinstance(max_attempts, int) and isinstance(k, int)
                 and not isinstance(k, bool) and k >= max_attempts):
             out.add(ident)

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from harness.checkers.indextypes import ByWorker, ConnFault, FinalQueues, PerId
 from harness.history import BROKER_FAULTS, CONNECTION_FAULTS, Event, History
+from harness.vocab import CONSUMER_TIMEOUT
 
 __all__ = ["ByWorker", "ConnFault", "FinalQueues", "Index", "PerId", "build", "get"]
 
@@ -49,6 +50,9 @@ DL2: Final = 256  # dead_lettered more than once
 
 # Fault names that end a worker process abruptly (redelivery-after-crash).
 KILL_FAULTS: Final = frozenset({"kill", "crash"})
+# ``Index.crash_directives`` value of a ``crash_always`` task (a crash "during" it
+# on every delivery, not only the first).
+CRASH_ALWAYS: Final = "always"
 # Evidence key of an ``unknown`` that a longer record would decide: the wall-clock
 # ts the history must reach (the runner waits for it, bounded, before it ends).
 NEEDED_UNTIL: Final = "record_needed_until_ts"
@@ -82,6 +86,8 @@ class Index:
     worker_started: list[Event] = field(default_factory=list)
     worker_exited: list[Event] = field(default_factory=list)
     connection_lost: list[Event] = field(default_factory=list)
+    # Channels the broker closed for consumer_timeout (its log, ``harness.brokerlog``).
+    consumer_timeouts: list[Event] = field(default_factory=list)
     final: FinalQueues = field(default_factory=FinalQueues)
     drain: Event | None = None
     # ts of the first drain / final_queue event: the end of the run proper
@@ -355,17 +361,22 @@ def build(history: History) -> Index:
                 if data.get("poison"):
                     idx.poison.add(ident)
                 dirs = data.get("directives")
-                sleep_ms = dirs.get("sleep_ms") if isinstance(dirs, dict) else None
-                if isinstance(sleep_ms, int | float) and not isinstance(sleep_ms, bool) \
-                        and sleep_ms / 1000.0 > idx.max_sleep_s:
-                    idx.max_sleep_s = sleep_ms / 1000.0
-                if dirs and isinstance(dirs, dict) and dirs.get("crash"):
-                    idx.crash_directives[ident] = str(dirs.get("crash"))
+                for key in ("sleep_ms", "sleep_first_ms"):
+                    sleep_ms = dirs.get(key) if isinstance(dirs, dict) else None
+                    if isinstance(sleep_ms, int | float) and not isinstance(sleep_ms, bool) \
+                            and sleep_ms / 1000.0 > idx.max_sleep_s:
+                        idx.max_sleep_s = sleep_ms / 1000.0
+                if dirs and isinstance(dirs, dict) and (dirs.get("crash")
+                                                        or dirs.get("crash_always") is True):
+                    # crash_always: "during", on every delivery (a poison crash loop).
+                    idx.crash_directives[ident] = (CRASH_ALWAYS if dirs.get("crash_always")
+                                                   is True else str(dirs.get("crash")))
                     sleep = dirs.get("sleep_ms")
                     if isinstance(sleep, int | float) and not isinstance(sleep, bool):
                         idx.crash_sleep_s[ident] = max(0.0, float(sleep) / 1000.0)
                 if dirs and isinstance(dirs, dict) and (
-                        dirs.get("fail_times") or dirs.get("fail_always")):
+                        dirs.get("fail_times") or dirs.get("fail_always")
+                        or dirs.get("crash_always")):
                     idx.fail_directives[ident] = dirs
         else:
             counts[t] = counts.get(t, 0) + 1
@@ -394,6 +405,8 @@ def build(history: History) -> Index:
                 idx.worker_exited.append(ev)
             elif t == "connection_lost":
                 idx.connection_lost.append(ev)
+            elif t == CONSUMER_TIMEOUT:
+                idx.consumer_timeouts.append(ev)
             elif t in ("connected", "ready"):
                 if ev.worker is not None:
                     workers.add(ev.worker)
@@ -474,7 +487,9 @@ def build(history: History) -> Index:
             firsts = ([e for e in recs if e.get("redelivered") is False]
                       or ([recs[0]] if recs and "redelivered" not in (recs[0].data or {})
                           else []))
-            for e in firsts[:1]:
+            # A crash_always task crashes whoever receives it, on every delivery.
+            crashing = recs if idx.crash_directives[ident] == CRASH_ALWAYS else firsts[:1]
+            for e in crashing:
                 if e.worker is None or any(a.worker == e.worker and a.ts >= e.ts
                                            for a in acks.get(ident, ())):
                     continue
@@ -531,6 +546,14 @@ def build(history: History) -> Index:
         if w is not None:
             per_worker.setdefault(w, []).append(
                 ConnFault(ev.ts, "connection_lost", w, injected=False))
+    for ev in idx.consumer_timeouts:
+        # The broker closed the worker's channel and requeued what it held: a cut the
+        # scenario configured (consumer_timeout) and the broker's log records, of the
+        # worker the harness saw holding that peer address (no worker: explains nothing).
+        w = ev.worker
+        if w is not None:
+            per_worker.setdefault(w, []).append(
+                ConnFault(ev.ts, f"broker:{CONSUMER_TIMEOUT}", w, ev.ts))
     for w, faults in per_worker.items():
         idx.conn_faults[w], idx.conn_fault_ts[w] = _sorted_faults(faults)
     idx.broker_faults, idx.broker_fault_ts = _sorted_faults(broker)

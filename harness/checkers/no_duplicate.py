@@ -82,6 +82,7 @@ show is judged as always, and no duplicate seen is unknown and not observable.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any, Final
@@ -458,6 +459,12 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         "unexplained": len(unexplained),
         "invariant_holds": not unexplained,
     }
+    # What explained them, by kind: a reader must see a broker's consumer_timeout
+    # as such, not as a fault the harness injected.
+    kinds = Counter(str(item["explained_by"]["fault"]) for items in explained_only.values()
+                    for item in items)
+    if kinds:
+        evidence["explained_by_kind"] = dict(sorted(kinds.items()))
     expl: dict[str, Any] = {}
     if explained_only:
         ids = first(explained_only)
@@ -477,7 +484,8 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             CLAIM, False,
             f"the guide's 'no duplicates' is false as worded: {len(explained_only)} task(s) "
             "processed more than once, each explained by a connection fault "
-            "(at-least-once invariant holds)",
+            f"({', '.join(f'{n} by {k}' for k, n in sorted(kinds.items()))}; "
+            "at-least-once invariant holds)",
             evidence, expl,
         )
     if params.get(UNSEEN_PROCESSINGS):

@@ -6,7 +6,7 @@ The accounting follows Jepsen's ``total-queue`` checker:
 - confirmed:     ids whose publish outcome is ``ok`` (the broker confirmed them);
 - processed:     ids with at least one ``processed`` event;
 - dead_lettered: ids listed in a ``final_queue`` of role ``dlq``;
-- asked:         ids the harness asked to fail for good (poison, ``fail_always``,
+- asked:         ids the harness asked to fail for good (poison, ``fail_always``, ``crash_always``,
                  ``fail_times`` >= ``max_attempts``: ``facts.asked_to_fail``);
 - remaining:     ids listed in a ``final_queue`` of role ``main`` or ``retry``;
 - lost       = confirmed - (processed | (dead_lettered & asked) | remaining)

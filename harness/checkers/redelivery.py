@@ -17,9 +17,11 @@ new incarnation after a ``worker_started``, at or after ts_k - ``slack_s``
 (default 0.5 s: the nemesis records the kill's ts around the signal), and then be
 completed: *processed* by a worker after that redelivery. A redelivered task
 that ends in the DLQ is complete only if the harness asked it to fail (poison,
-``fail_always``, retries past the limit): a worker that dead-letters what comes
-back with ``redelivered=true`` (a "poison guard") has not redelivered the work,
-it has dropped it.
+``fail_always``, ``crash_always``, retries past the limit): a worker that
+dead-letters what comes back with ``redelivered=true`` (a "poison guard") has not
+redelivered the work, it has dropped it. A ``crash_always`` task (it crashes every
+worker that takes it) that the DLQ holds needs no redelivery after the kill it
+caused last: the queue's delivery limit dead-letters it instead.
 
 Which facts come from the worker, and why they are safe: ``received`` (which
 deliveries a worker held, and their ``redelivered`` flag) and ``processed``.
@@ -253,9 +255,17 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
         total_in_flight += len(in_flight)
         not_redelivered: list[str] = []
         not_completed: list[str] = []
+        ended_in_dlq: list[str] = []
         lat: list[float] = []
         for ident in in_flight:
             red_ts = _redelivery(idx, starts, ident, k, slack_s)
+            if (red_ts is None and ident in dlq
+                    and idx.crash_directives.get(ident) == ix.CRASH_ALWAYS):
+                # The crash loop's end: the queue's delivery limit dead-lettered the
+                # message that crashes every worker instead of redelivering it (the
+                # DLQ listing is the broker's word; dead-letter judges how it got there).
+                ended_in_dlq.append(ident)
+                continue
             if red_ts is None:
                 not_redelivered.append(ident)
                 continue
@@ -273,6 +283,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             "latency_median_s": round(statistics.median(lat), 6) if lat else None,
             "not_redelivered_ids": first(not_redelivered),
             "not_completed_ids": first(not_completed),
+            **({"dead_lettered_by_limit_ids": first(ended_in_dlq)} if ended_in_dlq else {}),
         })
 
     # An event preset whose lines a kill can drop (Dramatiq's pipe): a task not

@@ -57,6 +57,27 @@ class BrokerEndpoint:
     vhost: str = "/"
 
 
+# A channel checks its consumer timeout on its tick (RabbitMQ's default tick is 60 s,
+# which would let a 5 s timeout fire up to a minute late).
+CHANNEL_TICK_MS: Final = 1000
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Settings of a broker the harness starts (a scenario's ``cluster``), given to
+    the node as Erlang application flags at boot, the same on every backend."""
+
+    consumer_timeout_ms: int | None = None
+
+    def erl_args(self) -> str:
+        """``-rabbit KEY VALUE`` flags (RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS); empty
+        when nothing differs from the broker's defaults."""
+        if self.consumer_timeout_ms is None:
+            return ""
+        return (f"-rabbit consumer_timeout {int(self.consumer_timeout_ms)} "
+                f"-rabbit channel_tick_interval {CHANNEL_TICK_MS}")
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What to run as one worker.
@@ -141,6 +162,8 @@ class Cluster(abc.ABC):
         self.run_id = run_id
         self.run_dir = run_dir
         self.recorder = recorder
+        # For the broker this cluster starts (set before ``start_broker``).
+        self.broker_settings = BrokerSettings()
 
     # -- lifecycle -----------------------------------------------------------
     @abc.abstractmethod
@@ -203,6 +226,18 @@ class Cluster(abc.ABC):
 
     def restart_broker(self) -> None:
         raise ClusterError(f"the {self.backend} backend cannot restart the broker")
+
+    # -- the broker's evidence (``harness.brokerlog``) ---------------------------
+    def broker_log(self) -> str | None:
+        """The log of the broker this cluster started (None: it started none, or the
+        backend cannot read it). Read before ``stop``."""
+        return None
+
+    def connection_owners(self) -> dict[str, str]:
+        """Peer address as the broker sees a worker's connection (``host:port``, or
+        the host alone where it tells a worker) -> the worker, from what the backend
+        knows of its workers (their processes, their containers), never their word."""
+        return {}
 
     # -- the harness's own broker clients (a fake backend brings fakes) ---------
     def broker_admin(self, endpoint: BrokerEndpoint) -> BrokerAdmin:

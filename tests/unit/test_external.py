@@ -301,9 +301,11 @@ def test_a_fault_without_its_template_names_the_schedules_line() -> None:
         check_external(partition, ["kill", "terminate", "pause", "resume"], allow_dlq=False)
 
 
-def test_crash_directives_are_refused_on_a_deployment() -> None:
-    sc = load_scenario(ROOT / "scenarios" / "crash-during.yaml")
-    with pytest.raises(ScenarioError, match=r"crash-during.yaml:[1-9]\d*: workload.*crash"):
+@pytest.mark.parametrize("name,word", [("crash-during.yaml", "crash"),
+                                       ("poison-crash-loop.yaml", "crash_always")])
+def test_crash_directives_are_refused_on_a_deployment(name: str, word: str) -> None:
+    sc = load_scenario(ROOT / "scenarios" / name)
+    with pytest.raises(ScenarioError, match=rf"{name}:[1-9]\d*: workload.*\.{word}: "):
         check_external(sc, ["kill", "restart"], allow_dlq=True, replays=True)
 
 

@@ -45,7 +45,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:
 
     def make(backend: str, run_id: str, run_dir: Path, recorder: Recorder,
              shared_broker: object = None, opts: object = None,
-             id_prefix: object = None) -> FakeCluster:
+             id_prefix: object = None, broker_settings: object = None) -> FakeCluster:
         c = FakeCluster(run_id=run_id, run_dir=run_dir, recorder=recorder, bug=made.bug)
         made.append(c)
         return c

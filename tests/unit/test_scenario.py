@@ -217,6 +217,18 @@ BROKEN: list[tuple[str, str, int, str, str]] = [
     ("name-number", GOOD.replace("name: t", "name: 12"), 1, "name", "quote it"),
     ("bad-queue-type", GOOD.replace("concurrency: 10", "concurrency: 10\n  queue_type: quorom"),
      6, "cluster.queue_type", "did you mean 'quorum'?"),
+    ("delivery-limit-classic", GOOD.replace("concurrency: 10",
+                                            "concurrency: 10\n  delivery_limit: 3"),
+     6, "cluster.delivery_limit", "needs queue_type: quorum"),
+    ("delivery-limit-zero", GOOD.replace(
+        "concurrency: 10", "concurrency: 10\n  queue_type: quorum\n  delivery_limit: 0"),
+     7, "cluster.delivery_limit", "1..1000"),
+    ("consumer-timeout-too-short", GOOD.replace(
+        "concurrency: 10", "concurrency: 10\n  consumer_timeout_ms: 500"),
+     6, "cluster.consumer_timeout_ms", "1000..3600000"),
+    ("crash-always-uniform", GOOD.replace("{sleep_ms: {uniform: [1, 2]}}",
+                                          "{crash_always: {uniform: [0, 1]}}"),
+     8, "workload.directives.crash_always.uniform", "not uniform"),
     ("amq-queue", GOOD.replace("concurrency: 10", "concurrency: 10\n  queue: amq.x"), 6,
      "cluster.queue", "reserved"),
     ("yaml-syntax", GOOD.replace("  tasks: 10", "  tasks: 10\n   bad: [1, 2"), 8,

@@ -106,6 +106,9 @@ def test_pieces_build_parameters() -> None:
         ({"WORKER_RECONNECT_MAX_S": "0.1"}, "WORKER_RECONNECT_MAX_S"),
         ({"RABBITMQ_HEARTBEAT_S": "x"}, "RABBITMQ_HEARTBEAT_S"),
         ({"RABBITMQ_QUEUE_TYPE": "stream"}, "RABBITMQ_QUEUE_TYPE"),
+        ({"RABBITMQ_DELIVERY_LIMIT": "3"}, "RABBITMQ_DELIVERY_LIMIT"),  # classic: no count
+        ({"RABBITMQ_DELIVERY_LIMIT": "-1", "RABBITMQ_QUEUE_TYPE": "quorum"},
+         "RABBITMQ_DELIVERY_LIMIT"),
         ({"RABBITMQ_URL": "http://x"}, "RABBITMQ_URL"),
         ({"RABBITMQ_URL": "amqp://h:notaport/"}, "RABBITMQ_URL"),
         ({"RABBITMQ_QUEUE": "q" * 300}, "RABBITMQ_QUEUE"),
@@ -120,6 +123,12 @@ def test_bad_values_one_line(env: dict[str, str], needle: str) -> None:
 
 def test_quorum_accepted_case_insensitive() -> None:
     assert load_config({"RABBITMQ_QUEUE_TYPE": "Quorum"}).queue_type == "quorum"
+
+
+def test_delivery_limit_on_a_quorum_queue() -> None:
+    cfg = load_config({"RABBITMQ_QUEUE_TYPE": "quorum", "RABBITMQ_DELIVERY_LIMIT": "3"})
+    assert cfg.delivery_limit == 3
+    assert load_config({}).delivery_limit == 0
 
 
 def _run_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:

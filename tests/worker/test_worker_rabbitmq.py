@@ -326,3 +326,33 @@ def test_quorum_queue_processes_retries_and_dead_letters(
     finally:
         assert w.stop() == 0
     assert [mid for mid, _ in broker.drain_queue(f"{q}.dlq")] == ["qc"]
+
+
+@pytest.mark.parametrize("bug", ["", "ignore-delivery-limit"])
+def test_a_poison_crash_loop_ends_in_the_dlq_by_the_delivery_limit(
+    broker: PrivateBroker, log_dir: Path, bug: str
+) -> None:
+    """A crash_always task kills every worker process that takes it. With
+    RABBITMQ_DELIVERY_LIMIT=2 on a quorum queue the broker dead-letters it after
+    its third delivery, so a fourth worker finds nothing; with the planted bug
+    ignore-delivery-limit the queue has no limit and the loop goes on."""
+    q = new_queue()
+    env = worker_env(broker, q, RABBITMQ_QUEUE_TYPE="quorum", RABBITMQ_DELIVERY_LIMIT="2",
+                     WORKER_BUG=bug)
+    crashes = 0
+    for n in range(4):
+        w = start_ready(env, log_dir)  # the first one declares the queue
+        if n == 0:
+            broker.publish(q, [("px", task_body("px", crash_always=True, sleep_ms=200))])
+        try:
+            died = wait_until(lambda w=w: w.proc.poll() is not None, 5)  # type: ignore[misc]
+        finally:
+            w.stop()
+        crashes += died
+        if not died:
+            break
+    if bug:
+        assert crashes == 4 and broker.depth(f"{q}.dlq") == 0
+    else:
+        assert crashes == 3
+        assert [mid for mid, _ in broker.drain_queue(f"{q}.dlq")] == ["px"]

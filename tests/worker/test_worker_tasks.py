@@ -102,9 +102,18 @@ def test_crash_only_on_first_delivery(crash: str) -> None:
     assert [c[0] for c in f.calls] == ["sleep", "processed"]
 
 
+@pytest.mark.parametrize("first,attempt", [(True, 1), (False, 1), (False, 3)])
+def test_crash_always_kills_on_every_delivery(first: bool, attempt: int) -> None:
+    f = Fake()
+    with pytest.raises(Killed):
+        run_task(task(crash_always=True, sleep_ms=1000), attempt, first, f.ctx())
+    assert f.calls == [("sleep", 0.5), ("kill", 0)]
+
+
 @pytest.mark.parametrize(
     "bad",
-    [{"sleep_ms": -1}, {"sleep_ms": 10**9}, {"sleep_ms": "5"}, {"sleep_ms": True},
+    [{"crash_always": "yes"}, {"sleep_ms": -1}, {"sleep_ms": 10**9}, {"sleep_ms": "5"},
+     {"sleep_ms": True},
      {"fail_times": 1.5}, {"fail_always": "yes"}, {"crash": "before"}, ["sleep_ms"]],
 )
 def test_bad_directives_are_permanent(bad: Any) -> None:

@@ -22,6 +22,7 @@ from harness.broker import BrokerAdmin, amqp_display
 from harness.cluster.base import (
     EXTERNAL_READY_TIMEOUT_S,
     BrokerEndpoint,
+    BrokerSettings,
     ClusterError,
 )
 from harness.history import Recorder
@@ -66,6 +67,7 @@ class BrokerSide:
     _endpoint: BrokerEndpoint | None
     _shared: SharedDockerBroker | None
     _vhost: str | None
+    broker_settings: BrokerSettings
     _started_wall: float | None
     _stopped: bool
     _lock: threading.RLock
@@ -159,6 +161,8 @@ class BrokerSide:
                         aliases=[BROKER_ALIAS], ipv4_address=self._broker_ip
                     )
                 },
+                environment=({"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": erl_args}
+                             if (erl_args := self.broker_settings.erl_args()) else None),
                 detach=True,
             )
             self._check_stopped("start_broker")

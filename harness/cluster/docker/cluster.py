@@ -362,6 +362,25 @@ class DockerCluster(BrokerSide, Cluster):
                                "broker sees one peer for every worker")
         return admin, [c for c in admin.tracked_connections() if c.peer_host == ip]
 
+    def connection_owners(self) -> dict[str, str]:
+        if self._external is not None:  # one peer, the relay, for every worker
+            return {}
+        out: dict[str, str] = {}
+        for name in self.workers():
+            ip = self.container_ip(name)
+            if ip is not None:
+                out[ip] = name
+        return out
+
+    def broker_log(self) -> str | None:
+        if self._broker is None:  # shared or external: not this run's broker
+            return None
+        try:
+            raw = self._broker.logs(stdout=True, stderr=True)
+        except Exception:
+            return None
+        return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+
     def health_url(self, name: str) -> str | None:
         ip = self.container_ip(name)
         if ip is None:

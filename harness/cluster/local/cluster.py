@@ -298,6 +298,19 @@ class LocalCluster(NodeSide, Cluster):
                         owners[pc.laddr.port] = n
         return owners
 
+    def connection_owners(self) -> dict[str, str]:
+        return {f"127.0.0.1:{port}": name for port, name in self._port_owners().items()}
+
+    def broker_log(self) -> str | None:
+        node = self._node
+        if node is None:
+            return None
+        path = node.base / "log" / f"{node.name}.log"
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+
     def worker_connections(self, name: str) -> tuple[BrokerAdmin, list[ConnectionInfo]]:
         if self.admin is None:
             raise ClusterError("worker_connections: no broker started")

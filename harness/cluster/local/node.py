@@ -29,6 +29,7 @@ from harness.broker import BrokerAdmin, amqp_display
 from harness.cluster.base import (
     EXTERNAL_READY_TIMEOUT_S,
     BrokerEndpoint,
+    BrokerSettings,
     ClusterError,
 )
 from harness.history import Recorder
@@ -258,6 +259,7 @@ class NodeSide:
     _state: procs.StateFile
     _node: Node | None
     _stopped: bool
+    broker_settings: BrokerSettings
 
     def start_broker(self, external: BrokerEndpoint | None = None,
                      while_booting: Callable[[], None] | None = None) -> BrokerEndpoint:
@@ -385,7 +387,8 @@ class NodeSide:
             "RABBITMQ_CONF_ENV_FILE": str(node.base / "rabbitmq-env.conf"),
             "RABBITMQ_PID_FILE": str(node.base / "rabbitmq.pid"),
             # Erlang distribution on loopback only (like AMQP, management and epmd).
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": " ".join(filter(None, (
+                "-kernel inet_dist_use_interface {127,0,0,1}", self.broker_settings.erl_args()))),
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
         })

@@ -80,3 +80,33 @@ def test_dead_letter_unknown(case: str) -> None:
             "fa", directives={"fail_always": True}).finish(main=["fa"])
     r = dead_letter.check(h.build(), {})
     assert r.valid is None, r.summary
+
+
+def crash_loop(h: H) -> H:
+    """A poison message that crashes every worker that takes it (crash_always)."""
+    h.publish("px", directives={"crash_always": True, "sleep_ms": 500})
+    for n, w in enumerate((W1, W2, W1)):
+        h.received("px", w, redelivered=n > 0).worker_exited(w, requested=False)
+    return h
+
+
+def test_a_crash_loop_ended_by_the_delivery_limit_is_dead_lettered() -> None:
+    h = crash_loop(dl_history()).finish(dlq=["fa", "po", "ft", "px"])
+    r = dead_letter.check(h.build(), {})
+    assert r.valid is True, r.summary
+    assert r.evidence["expected_by_reason"]["crash_always"] == 1
+
+
+def test_a_crash_loop_still_looping_is_missing_from_the_dlq() -> None:
+    h = crash_loop(dl_history()).finish(main=["px"], dlq=["fa", "po", "ft"])
+    r = dead_letter.check(h.build(), {})
+    assert r.valid is False
+    assert r.evidence["missing_ids"] == ["px"]
+    assert "crash loop" in r.evidence["missing_where"]["px"]
+    assert "3 reported deliveries" in r.evidence["missing_where"]["px"]
+
+
+def test_only_a_crash_loop_expected_and_no_dlq_listing_is_unknown() -> None:
+    h = crash_loop(start(None)).drain().final_queue("main", ["px"]).final_queue("dlq", ok=False)
+    r = dead_letter.check(h.build(), {})
+    assert r.valid is None, r.summary

@@ -815,3 +815,42 @@ def test_a_copy_acked_well_before_the_cut_was_not_requeued_by_it() -> None:
 
     assert invariant_verdict(no_duplicate.check(run(True), {})) is False
     assert invariant_verdict(no_duplicate.check(run(False), {})) is True
+
+
+@pytest.mark.parametrize("crash_always,explained", [(True, True), (False, False)])
+def test_a_crash_always_task_crashes_its_redelivered_copies_too(crash_always: bool,
+                                                                explained: bool) -> None:
+    """A poison crash loop: W1 crashed on the task's first delivery, W2 on its
+    redelivery while it held ``a`` processed but unacked, and W3 processed ``a``
+    again. With ``crash_always`` W2's exit is the crash the harness asked for, so
+    the duplicate is explained; with ``crash: during`` (first delivery only) the
+    same exit is W2's own and explains nothing."""
+    directives = ({"crash_always": True, "sleep_ms": 500} if crash_always
+                  else {"crash": "during", "sleep_ms": 500})
+    h = start_ready().publish("x", directives=directives).publish("a")
+    h.received("x", W1).worker_exited(W1, requested=False)
+    h.received("x", W2, redelivered=True).received("a", W2).processed("a", W2)
+    h.worker_exited(W2, requested=False)
+    h.received("a", W3, redelivered=True).processed("a", W3).acked("a", W3)
+    r = no_duplicate.check(h.finish(dlq=["x"]).build(), {})
+    assert r.valid is False
+    assert invariant_verdict(r) is explained, r.summary
+
+
+@pytest.mark.parametrize("worker,explained", [(W1, True), (None, False), (W2, False)])
+def test_a_consumer_timeout_the_broker_logged_explains_the_holders_duplicate(
+        worker: str | None, explained: bool) -> None:
+    """The broker closed W1's channel for its consumer_timeout (its log, the peer the
+    harness saw W1 hold): what W1 held came back and W2 processed it again. A close
+    whose peer no sighting names, or that was another worker's, explains nothing."""
+    h = start_ready().publish("a").received("a", W1)
+    h.add("consumer_timeout", "broker", worker=worker, peer="127.0.0.1:5000", channel=1,
+          timeout_ms=5000)
+    h.processed("a", W1)
+    h.received("a", W2, redelivered=True).processed("a", W2).acked("a", W2)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.valid is False
+    assert invariant_verdict(r) is explained, r.summary
+    if explained:
+        assert r.evidence["explained_by_kind"] == {"broker:consumer_timeout": 1}
+        assert "1 by broker:consumer_timeout" in r.summary

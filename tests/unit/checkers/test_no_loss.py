@@ -111,3 +111,15 @@ def test_broker_fault_explains_an_asked_failure_that_vanished() -> None:
     late.failed("p", W1, permanent=True, ts=1001.01)
     late.fault("broker-restart", "broker", ts=1040.0, completed_ts=1043.0)
     assert no_loss.check(late.finish().build(), {}).valid is False
+
+
+@pytest.mark.parametrize("directive,valid", [({"crash_always": True}, True),
+                                             ({"crash": "during"}, False)])
+def test_a_crash_loop_dead_lettered_is_not_lost(directive: dict[str, object],
+                                                valid: bool) -> None:
+    """A message that crashes every worker belongs in the DLQ (the delivery limit put
+    it there); a one-off crash task found there was dropped instead of processed."""
+    h = clean(2).publish("px", directives={**directive, "sleep_ms": 400})
+    h.received("px", W1).worker_exited(W1, requested=False)
+    r = no_loss.check(h.finish(dlq=["px"]).build(), {})
+    assert r.valid is valid, r.summary

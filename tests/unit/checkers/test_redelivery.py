@@ -210,3 +210,21 @@ def test_a_lasting_fault_of_another_worker_before_the_publish_may_be_the_cause()
     h.fault("pause", W2, phase="heal", ts=1010.0)
     r = redelivery.check(h.finish(dlq=["y"]).build(), {})
     assert r.valid is None and "held_unreported" not in r.evidence, r.evidence
+
+
+@pytest.mark.parametrize("directive,in_dlq,valid", [
+    ({"crash_always": True}, True, True),  # the delivery limit ended the loop
+    ({"crash_always": True}, False, False),  # gone: neither redelivered nor dead-lettered
+    ({"crash": "during"}, True, False),  # a one-off crash task must come back
+])
+def test_a_crash_loop_ended_by_the_delivery_limit_needs_no_last_redelivery(
+        directive: dict[str, object], in_dlq: bool, valid: bool) -> None:
+    """The poison crashed W1, came back to W2 and crashed it; the queue's delivery
+    limit then dead-lettered it instead of redelivering it a third time."""
+    h = clean(2).publish("px", directives={**directive, "sleep_ms": 400})
+    h.received("px", W1).worker_exited(W1, requested=False).worker_started(W1)
+    h.received("px", W2, redelivered=True).worker_exited(W2, requested=False)
+    r = redelivery.check(h.finish(dlq=["px"] if in_dlq else None).build(), {})
+    assert r.valid is valid, r.summary
+    if not valid:
+        assert r.evidence["not_redelivered_ids"] == ["px"]
