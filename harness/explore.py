@@ -265,6 +265,46 @@ class Exploration:
 RunOne = Callable[[Path, tuple[Step, ...]], Example]
 
 
+@dataclass
+class LiveLine:
+    """The line ``explore`` prints before each run, so a person (or a CI log) can
+    follow it: the phase, examples run, faults injected, the best failure so far
+    (the smallest failing schedule seen) and, while shrinking, the shrink step."""
+
+    examples: int  # the search's bound
+    shrink_runs: int
+    budget_s: float
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    ran: int = 0  # search examples run
+    faults: int = 0
+    kinds: set[str] = dataclasses.field(default_factory=set)
+    best: Example | None = None
+    phase: str = "search"  # "search", "shrink" (confirm and shrink), "rate"
+    later_runs: int = 0  # runs of the shrink and the rate
+
+    def seen(self, ex: Example) -> None:
+        if self.phase == "search":
+            self.ran += 1
+        else:
+            self.later_runs += 1
+        self.faults += ex.faults_injected
+        self.kinds |= ex.fault_kinds
+        if ex.violated and (self.best is None or len(ex.steps) < len(self.best.steps)):
+            self.best = ex
+
+    def line(self, next_steps: tuple[Step, ...]) -> str:
+        minutes = (time.monotonic() - self.started) / 60.0
+        where = {"search": f"example {self.ran + 1} of <={self.examples}",
+                 "shrink": f"shrink run {self.later_runs + 1} of <={self.shrink_runs}",
+                 }.get(self.phase, f"reproduction run {self.later_runs + 1}")
+        best = (f"{describe(self.best.steps)} [{', '.join(self.best.violated)}]"
+                if self.best is not None else "none yet")
+        kinds = f" ({', '.join(sorted(self.kinds))})" if self.kinds else ""
+        return (f"explore | {where} | {self.faults} fault(s) injected{kinds} | best failure: "
+                f"{best} | {minutes:.1f} of {self.budget_s / 60.0:.0f} min | next: "
+                f"{describe(next_steps)}")
+
+
 class _Stop(Exception):
     """Raised inside the Hypothesis test: stop the search (a violation, Ctrl-C).
     The verdict is cached, so a replay Hypothesis makes raises it again, never runs."""
@@ -449,18 +489,21 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
     rate: tuple[int, int] | None = None
     later: list[Example] = []  # the runs of the confirmation, the shrink and the rate
     interrupted = False
+    live = LiveLine(examples, shrink_runs, time_budget_s)
     with suite_broker(opts) as run_opts:
         def run_one(path: Path, steps: tuple[Step, ...]) -> Example:
             sc = load_scenario(path)
             one = dataclasses.replace(run_opts, seed=rng.randrange(2**32), out=out_root,
                                       progress=False, steps_optional=True)
-            console.print(f"[bold]example[/bold] {path.name}: {describe(steps)}")
+            console.print(f"[bold]{live.line(steps)}[/bold]")
             outcome = run_scenario(sc, one, console)
             bad = {r.claim: r.summary for r in outcome.results
                    if r.claim in gate and invariant_verdict(r) is False}
             fired, kinds = _faults_fired(outcome.run_dir)
-            return Example(steps, outcome.exit_code, tuple(sorted(bad)), outcome.run_dir, path,
-                           fired, kinds, bad, outcome.rerun)
+            ex = Example(steps, outcome.exit_code, tuple(sorted(bad)), outcome.run_dir, path,
+                         fired, kinds, bad, outcome.rerun)
+            live.seen(ex)
+            return ex
 
         result = explore(source, scenario, bounds, run_one, examples=examples,
                          time_budget_s=time_budget_s, seed=seed, out_dir=out_root,
@@ -479,10 +522,12 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
             console.print(f"[bold]confirming and shrinking[/bold] {describe(found.steps)} "
                           f"(at most {shrink_runs} runs, a majority of {reruns} each)")
             try:
+                live.phase = "shrink"
                 shrunk = shrink(found.steps, fails, budget_runs=shrink_runs, reruns=reruns,
                                 failed_once=True,
                                 should_stop=lambda: time.monotonic() >= deadline)
                 if shrunk.confirmed and rate_runs and time.monotonic() < deadline:
+                    live.phase = "rate"
                     rate = reproduction_rate(shrunk.steps, fails, rate_runs)
             except Interrupted:
                 interrupted = True
@@ -509,9 +554,11 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
         written = write_summary(out_root, scenario, seed, opts.backend, bounds, result,
                                 None, None, None)
         console.print(f"summary: {written}")
+        _report(out_root, None, console)
         return vocab.EXIT_OK if decided else vocab.EXIT_UNDECIDED
     found = result.found
     minimal: Path | None = None
+    timeline_run: Path | None = found.run_dir  # the minimal's failing run, once there is one
     kept = out_root / f"{scenario.name}-found.yaml"
     write_scenario(source, scenario, found.steps, kept, f"{scenario.name}-found")
     console.print(f"[red]violated[/red]: {', '.join(found.violated)} by the schedule: "
@@ -547,10 +594,23 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
                 and set(e.violated) & set(found.violated)]
         if runs:
             console.print(f"  a failing run of it: {runs[-1].run_dir}")
+            timeline_run = runs[-1].run_dir
     written = write_summary(out_root, scenario, seed, opts.backend, bounds, result, shrunk,
                             rate, minimal)
     console.print(f"summary: {written}")
+    _report(out_root, timeline_run, console)
     return vocab.EXIT_VIOLATED
+
+
+def _report(out_root: Path, timeline_run: Path | None, console: Any) -> None:
+    """``explore.html``: a presentation, so a failure to draw it is said and changes
+    no verdict."""
+    from harness.htmlreport import write_explore_report
+
+    try:
+        console.print(f"report: {write_explore_report(out_root, timeline_run)}")
+    except Exception as exc:  # noqa: BLE001 - the search's result stands without its page
+        console.print(f"[yellow]explore.html not written: {type(exc).__name__}: {exc}[/yellow]")
 
 
 SUMMARY_FILE: Final = "explore.json"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -150,6 +151,9 @@ def _fault_bands(history: History, t0: float) -> list[tuple[float, float, str]]:
             bands.append((at, at + 0.15, f"{kind} {target}"))
     bands.extend((start, end, f"{kind} {target} (not healed)")
                  for (kind, target), start in open_at.items())
+    # Cuts no nemesis made: the broker's consumer timeouts (its log).
+    bands.extend((e.ts - t0, e.ts - t0 + 0.15, f"consumer_timeout {e.worker or '?'} (broker)")
+                 for e in history.of_type(vocab.CONSUMER_TIMEOUT))
     return bands
 
 
@@ -425,3 +429,63 @@ def write_queue_report(path: Path, samples: Sequence[Any], title: str) -> Path:
     page = _Page(title)
     page.plot("plot-queue", queue_figure(samples), "no sample of the queue was taken")
     return page.write(path)
+
+
+EXPLORE_REPORT_NAME: Final = "explore.html"
+
+
+def write_explore_report(out_root: Path, timeline_run: Path | None) -> Path:
+    """``explore.html`` in a search's directory, from its ``explore.json``: the
+    examples run (each linked to its run's report), the failure found and its minimal
+    schedule, with the timeline of a failing run of that schedule (``timeline_run``:
+    the minimal's, else the found one's), the schedule's faults as bands on it."""
+    doc = json.loads((out_root / "explore.json").read_text(encoding="utf-8"))
+    page = _Page(f"explore {doc.get('scenario', '?')}")
+    page.add(f"<p>seed <code>{html.escape(str(doc.get('seed')))}</code>, backend "
+             f"<code>{html.escape(str(doc.get('backend')))}</code>, faults "
+             f"<code>{html.escape(','.join(doc.get('faults') or []))}</code>, at most "
+             f"{html.escape(str(doc.get('max_steps')))} step(s); "
+             f"{len(doc.get('examples') or [])} example(s), "
+             f"{html.escape(str(doc.get('faults_injected')))} fault(s) injected "
+             f"({html.escape(', '.join(doc.get('fault_kinds') or []) or 'none')})</p>")
+    found, shrink = doc.get("found"), doc.get("shrink") or {}
+    page.add("<h2 id=\"result\">result</h2>")
+    if found is None:
+        page.add(f"<p class=\"true\">no violation in {len(doc.get('examples') or [])} "
+                 "example(s)</p>")
+    else:
+        page.add(f"<p class=\"false\">violated: {html.escape(', '.join(found['violated']))} by "
+                 f"<code>{html.escape(found['schedule'])}</code> (after "
+                 f"{html.escape(str(doc.get('found_after_s')))} s of search)</p>")
+        if shrink.get("confirmed"):
+            rate = doc.get("reproduces")
+            page.add(f"<p>minimal schedule (<span id=\"minimal-steps\">{shrink['steps']}"
+                     f"</span> step(s), {shrink['runs_used']} shrink runs): "
+                     f"<code id=\"minimal\">{html.escape(str(shrink['schedule']))}</code>"
+                     + (f"; reproduces {rate[0]} of {rate[1]} fresh runs" if rate else "")
+                     + f"; scenario <code>{html.escape(str(doc.get('minimal_scenario')))}"
+                     "</code></p>")
+        else:
+            page.add("<p class=\"unknown\">not confirmed: the schedule found did not fail in "
+                     "most of its runs (or the budget ended first)</p>")
+    history = (History.load(timeline_run / "history.jsonl")
+               if timeline_run is not None and (timeline_run / "history.jsonl").is_file()
+               else None)
+    page.plot("plot-timeline", timeline_figure(history) if history is not None else None,
+              "no failing run to draw")
+    rows = ["<table id=\"examples\"><tr><th>#</th><th>verdict</th><th>schedule</th>"
+            "<th>violated</th><th>faults</th><th>run</th></tr>"]
+    for i, ex in enumerate(doc.get("examples") or [], 1):
+        word = ("FAIL" if ex.get("violated") else "PASS" if ex.get("exit_code") == 0
+                else "ERROR" if ex.get("error") else "UNKNOWN")
+        run = ex.get("run_dir")
+        link = (f"<a href=\"{html.escape(os.path.relpath(Path(run) / REPORT_NAME, out_root))}\">"
+                f"{html.escape(Path(run).name)}</a>" if run else html.escape(ex.get("error") or ""))
+        rows.append(f"<tr><td>{i}</td><td class=\"{'false' if word == 'FAIL' else 'true'}\">"
+                    f"{word}</td><td><code>{html.escape(str(ex.get('schedule')))}</code></td>"
+                    f"<td>{html.escape(', '.join(ex.get('violated') or []))}</td>"
+                    f"<td>{html.escape(str(ex.get('faults_injected')))}</td><td>{link}</td></tr>")
+    rows.append("</table>")
+    page.add("<h2>examples</h2>")
+    page.add("\n".join(rows))
+    return page.write(out_root / EXPLORE_REPORT_NAME)

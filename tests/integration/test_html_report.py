@@ -190,3 +190,45 @@ def test_a_load_runs_queue_plot_renders_offline(tmp_path: Path) -> None:
     assert dom.returncode == 0, dom.stderr[-2000:]
     chunk = dom.stdout[dom.stdout.find('id="plot-queue"'):]
     assert "main-svg" in chunk and chunk.count('class="trace scatter') >= 4, chunk[:2000]
+
+
+def test_an_explore_page_draws_the_minimal_schedule_on_its_timeline(tmp_path: Path) -> None:
+    """``explore.html``: the examples (each linked to its run's page), the minimal
+    schedule, and the timeline of its failing run with the schedule's fault (a kill)
+    and the broker's consumer timeout as bands, drawn in headless Chromium."""
+    from harness.htmlreport import write_explore_report
+
+    out = tmp_path / "explore-x"
+    events = history(3, 40, kill_at=2.0)
+    events.append(ev(3.5, "consumer_timeout", "broker", worker="worker-2",
+                     peer="127.0.0.1:5000", channel=1, timeout_ms=4000))
+    run = recorded_run(out, "minimal-run", sorted(events, key=lambda e: e["t"]),
+                       [claim("no-loss", "false", "2 lost")])
+    plain = recorded_run(out, "plain-run", history(3, 10), [claim("no-loss", "true", "ok")])
+    example = {"schedule": "kill busiest after 4 processed", "violated": ["no-loss"],
+               "exit_code": 1, "faults_injected": 1, "run_dir": run["run_dir"], "error": None}
+    doc = {"scenario": "retry-base", "seed": 3, "backend": "local", "faults": ["kill"],
+           "max_steps": 3, "faults_injected": 1, "fault_kinds": ["kill"],
+           "examples": [{**example, "schedule": "(no faults)", "violated": [], "exit_code": 0,
+                         "faults_injected": 0, "run_dir": plain["run_dir"]}, example],
+           "found": example, "found_after_s": 61.0,
+           "shrink": {"confirmed": True, "runs_used": 4, "candidates": 6, "exhausted": False,
+                      "schedule": "kill busiest after 2 processed", "steps": 1},
+           "reproduces": [5, 5], "minimal_scenario": str(out / "retry-base-minimal.yaml")}
+    (out / "explore.json").write_text(json.dumps(doc))
+    page = write_explore_report(out, Path(run["run_dir"]))
+    text = page.read_text()
+    assert 'id="minimal">kill busiest after 2 processed</code>' in text
+    assert "reproduces 5 of 5 fresh runs" in text
+    hrefs = re.findall(r'<a href="([^"]+)"', text[text.index('id="examples"'):])
+    assert len(hrefs) == 2 and all((out / h).is_file() for h in hrefs), hrefs
+    base = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000",
+            "--host-resolver-rules=MAP * ~NOTFOUND", "--window-size=1400,2000"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=BROWSER_TIMEOUT_S, check=False)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    chunk = dom.stdout[dom.stdout.find('id="plot-timeline"'):]
+    assert "main-svg" in chunk and 'class="trace bars' in chunk, chunk[:2000]
+    # The bands' labels: the schedule's kill and the broker's consumer timeout.
+    assert "kill worker-1" in chunk and "consumer_timeout worker-2 (broker)" in chunk

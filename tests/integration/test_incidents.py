@@ -49,7 +49,7 @@ def _explained_by_the_broker(claims: dict[str, dict[str, Any]],
                              events: list[dict[str, Any]]) -> None:
     timeouts = [e for e in events if e["type"] == "consumer_timeout"]
     assert timeouts and all(e["source"] == "broker" and e.get("worker") for e in timeouts)
-    assert all(e["timeout_ms"] == 5000 for e in timeouts)
+    assert all(e["timeout_ms"] == 4000 for e in timeouts)
     dup = claims["no-duplicate-processing"]
     assert dup["invariant"] == "true", dup
     kinds = dup["evidence"].get("explained_by_kind", {})

@@ -5,6 +5,7 @@ example database kept first. Runs are faked here (a function of the schedule).""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from harness.explore import (
     Bounds,
     Example,
     ExploreError,
+    LiveLine,
     describe,
     explore,
     faults_for,
@@ -352,3 +354,36 @@ def test_the_benchmark_baseline_is_the_base_without_its_bug(tmp_path: Path) -> N
         assert orig.cluster.extra_env.get("WORKER_BUG") == bug
         assert "WORKER_BUG" not in sc.cluster.extra_env and sc.workload == orig.workload
     assert bench.per_min(3, 90.0) == 2.0 and bench.per_min(1, 0.0) == 0.0
+
+
+def test_the_live_line_follows_the_search_and_the_shrink(tmp_path: Path) -> None:
+    one = steps_of(("kill", {"processed": 4}, None, "busiest"))
+    two = steps_of(("kill", {"processed": 4}, None, "busiest"),
+                   ("pause", {"after_s": 2.0}, 3.0, "random"))
+    live = LiveLine(examples=20, shrink_runs=10, budget_s=1200.0)
+    assert "example 1 of <=20" in live.line(two) and "best failure: none yet" in live.line(two)
+    live.seen(Example(two, 1, ("no-loss",), None, tmp_path, 2, frozenset({"kill", "pause"})))
+    live.seen(Example((), 0, (), None, tmp_path, 0))
+    text = live.line(one)
+    assert "example 3 of <=20" in text and "2 fault(s) injected (kill, pause)" in text
+    assert f"best failure: {describe(two)} [no-loss]" in text and text.endswith(describe(one))
+    live.phase = "shrink"
+    live.seen(Example(one, 1, ("no-loss",), None, tmp_path, 1, frozenset({"kill"})))
+    text = live.line(one)
+    assert "shrink run 2 of <=10" in text and f"best failure: {describe(one)} [no-loss]" in text
+    live.phase = "rate"
+    assert "reproduction run 2" in live.line(one)
+
+
+def test_the_explore_page_of_a_search_without_a_violation_says_so(tmp_path: Path) -> None:
+    from harness.htmlreport import write_explore_report
+
+    doc = {"scenario": "s", "seed": 1, "backend": "local", "faults": ["kill"], "max_steps": 2,
+           "faults_injected": 3, "fault_kinds": ["kill"], "found": None, "shrink": None,
+           "examples": [{"schedule": "kill busiest after 2 processed", "violated": [],
+                         "exit_code": 0, "faults_injected": 3, "run_dir": None,
+                         "error": None}]}
+    (tmp_path / "explore.json").write_text(json.dumps(doc))
+    text = write_explore_report(tmp_path, None).read_text()
+    assert "no violation in 1 example(s)" in text
+    assert 'id="plot-timeline" class="empty"' in text and "PASS" in text
