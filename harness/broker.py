@@ -371,13 +371,17 @@ class BrokerAdmin:
                                            ) from None
         return None  # pragma: no cover
 
-    def drain_ids(self, queue: str, limit: int = 100_000, timeout_s: float = 60.0) -> list[str]:
+    def drain_ids(self, queue: str, limit: int = 100_000, timeout_s: float = 60.0,
+                  reasons: dict[str, str] | None = None) -> list[str]:
         """Destructively read up to ``limit`` messages of ``queue``; return their ids.
 
         The id is the ``message_id`` property, else the ``id`` of a JSON body, else
         ``"<unparseable>"``. Stops when the queue is empty, at ``limit``, or after
         ``timeout_s``. A queue that does not exist gives []. Messages are acked in
         batches, so at most one batch can come back on a connection failure.
+        ``reasons``, if given, gets id -> the broker's reason for the latest
+        dead-lettering (``x-death``: ``rejected``, ``expired``, ``maxlen``,
+        ``delivery_limit``) of each message that carries one.
         """
         ids: list[str] = []
         deadline = time.monotonic() + timeout_s
@@ -393,6 +397,8 @@ class BrokerAdmin:
                 if method is None:
                     break
                 ids.append(_message_id(props, body))
+                if reasons is not None and (why := _death_reason(props)) is not None:
+                    reasons[ids[-1]] = why
                 last_tag = method.delivery_tag
                 if len(ids) % 500 == 0:
                     ch.basic_ack(delivery_tag=last_tag, multiple=True)
@@ -418,6 +424,18 @@ class BrokerAdmin:
     def close(self) -> None:
         with self._lock:
             self._drop_conn()
+
+
+def _death_reason(props: Any) -> str | None:
+    """The reason of the newest ``x-death`` entry (the broker's, first in the list)."""
+    headers = getattr(props, "headers", None) or {}
+    deaths = headers.get("x-death") if isinstance(headers, dict) else None
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], dict):
+        return None
+    why = deaths[0].get("reason")
+    if isinstance(why, bytes):
+        why = why.decode("utf-8", errors="replace")
+    return why if isinstance(why, str) else None
 
 
 def _int(v: Any) -> int:

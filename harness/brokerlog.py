@@ -94,10 +94,12 @@ def parse_consumer_timeouts(text: str) -> list[ChannelTimeout]:
     return out
 
 
-def owner_at(peer: str, ts: float, sightings: list[Event]) -> str | None:
+def owner_at(peer: str, ts: float, sightings: list[Event],
+             exits: list[Event] | None = None) -> str | None:
     """The worker that held ``peer`` at ``ts``: the latest ``connection_owner``
     sighting of that address (``host:port``, else the host alone: a container's
-    address) at or before ``ts``."""
+    address) at or before ``ts``; nobody's when that worker exited between the
+    sighting and ``ts`` (its connections died with it: the address is stale)."""
     host = peer.rsplit(":", 1)[0]
     best: tuple[float, str] | None = None
     for ev in sightings:
@@ -105,23 +107,39 @@ def owner_at(peer: str, ts: float, sightings: list[Event]) -> str | None:
         if (ev.ts <= ts and ev.worker and seen in (peer, host)
                 and (best is None or ev.ts >= best[0])):
             best = (ev.ts, ev.worker)
-    return best[1] if best else None
+    if best is None:
+        return None
+    if any(e.worker == best[1] and best[0] < e.ts <= ts for e in exits or ()):
+        return None
+    return best[1]
 
 
 def record_consumer_timeouts(recorder: Recorder, log_text: str, vhost: str,
-                             sightings: list[Event]) -> int:
+                             sightings: list[Event], exits: list[Event] | None = None
+                             ) -> int:
     """Record a ``consumer_timeout`` event (source ``broker``) for every close of a
     channel of ``vhost`` in ``log_text``, with the worker the harness saw holding
-    its peer address. Returns how many."""
+    its peer address (``owner_at``; ``exits``: the workers' ``worker_exited``).
+    Returns how many."""
     n = 0
     for c in parse_consumer_timeouts(log_text):
         if c.vhost != vhost:
             continue
         recorder.record(vocab.CONSUMER_TIMEOUT, "broker", ts=c.ts,
-                        worker=owner_at(c.peer, c.ts, sightings), peer=c.peer,
+                        worker=owner_at(c.peer, c.ts, sightings, exits), peer=c.peer,
                         channel=c.channel, timeout_ms=c.timeout_ms)
         n += 1
     return n
+
+
+def unparsed_timeouts(text: str) -> int:
+    """How many consumer timeouts the log announces (RabbitMQ's warning line) beyond
+    the channel closes ``parse_consumer_timeouts`` read: a log worded otherwise (a
+    version the parser does not know) must make the run undecided, not leave a
+    duplicate unexplained."""
+    warned = len(re.findall(r"timed out waiting for delivery acknowledgement",
+                            text[:MAX_LOG_CHARS]))
+    return max(0, warned - len(parse_consumer_timeouts(text)))
 
 
 class OwnerSampler:

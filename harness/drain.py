@@ -217,13 +217,16 @@ class BrokerWatch:
                                          exists=before is not None, partial=depth > 0,
                                          counted_only=True)
                     continue
-                ids = self.admin.drain_ids(name, FINAL_DRAIN_MAX)
+                reasons: dict[str, str] = {}
+                ids = self.admin.drain_ids(name, FINAL_DRAIN_MAX,
+                                           reasons=reasons if role == "dlq" else None)
                 # depth is the broker's count; ids may be fewer only if the read was cut
                 # off at FINAL_DRAIN_MAX, which checkers then treat as partial.
+                extra: dict[str, Any] = {"death_reasons": reasons} if role == "dlq" else {}
                 self.recorder.record(vocab.FINAL_QUEUE, "harness", queue=name, role=role, ids=ids,
                                      depth=max(before or 0, len(ids)), ok=True,
                                      exists=before is not None or bool(ids),
-                                     partial=(before or 0) > len(ids))
+                                     partial=(before or 0) > len(ids), **extra)
             except (ClusterError, OSError) as exc:
                 self.recorder.record(vocab.FINAL_QUEUE, "harness", queue=name, role=role, ids=[],
                                      depth=0, ok=False, error=str(exc))

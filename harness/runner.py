@@ -28,7 +28,7 @@ from rich.console import Console
 
 from harness import credentials, htmlreport, report, verdicts, vocab
 from harness.broker import BrokerAdmin
-from harness.brokerlog import OwnerSampler, record_consumer_timeouts
+from harness.brokerlog import OwnerSampler, record_consumer_timeouts, unparsed_timeouts
 from harness.checkers.base import ClaimResult
 from harness.cluster.base import BrokerEndpoint, BrokerSettings, Cluster, ClusterError
 from harness.drain import BrokerWatch
@@ -208,9 +208,15 @@ class Run:
                                  "are unknown")
             return
         vhost = self.endpoint.vhost if self.endpoint is not None else "/"
-        self.recorder.flush()
+        history = self.recorder.snapshot()
         record_consumer_timeouts(self.recorder, text, vhost,
-                                 list(self.recorder.snapshot().of_type(vocab.CONNECTION_OWNER)))
+                                 list(history.of_type(vocab.CONNECTION_OWNER)),
+                                 list(history.of_type(vocab.WORKER_EXITED)))
+        missed = unparsed_timeouts(text)
+        if missed:
+            self.problems.append(f"the broker's log announces {missed} consumer timeout(s) "
+                                 "whose channel close the harness could not read: which "
+                                 "deliveries they requeued is unknown")
 
     def judge(self) -> list[ClaimResult]:
         self.recorder.flush()

@@ -22,6 +22,11 @@ Unknown: no expected id (with directives not honoured only poison counts),
 no ``final_queue`` of role dlq or its listing failed, or the listing is partial
 (shorter than the queue's depth) while ids are missing.
 
+The broker's ``x-death`` reason of each expected id in the DLQ is reported as
+``dead_lettered_by`` (``delivery_limit`` for a crash loop the queue's limit ended,
+``rejected`` for a worker's nack): evidence for the reader, not a condition (a
+worker may end a crash loop itself, counting ``x-delivery-count``).
+
 Which facts come from the worker, and why they are safe: ``processed`` (an
 expected id processed successfully is a violation) and ``dead_lettered``
 (only to say where a missing id went). Whether an id is in the DLQ, and how
@@ -79,13 +84,14 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             k = d.get("fail_times")
             if d.get("fail_always"):
                 reasons[ident] = "fail_always"
-            elif d.get("crash_always") is True:
-                # Crashes every worker that takes it: only the queue's delivery limit
-                # (the broker) can end its loop, by dead-lettering it.
-                reasons[ident] = "crash_always"
             elif (max_attempts is not None and isinstance(k, int) and not isinstance(k, bool)
                   and k >= max_attempts):
                 reasons[ident] = "max_attempts"
+        for ident, crash in idx.crash_directives.items():
+            if crash == ix.CRASH_ALWAYS and ident not in reasons:
+                # Crashes every worker that takes it: the queue's delivery limit ends
+                # its loop, in the DLQ.
+                reasons[ident] = "crash_always"
     expected = {i for i in reasons if idx.has(i, ix.OK)}
     by_reason = Counter(reasons[i] for i in expected)
     note = None if directives else ("the worker does not honour directives: only poison "
@@ -121,8 +127,16 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             where[i] = "the worker dead-lettered it, the broker dropped it (no DLX?)"
         else:
             where[i] = "gone (nacked without a dead-letter exchange?)"
+    # Who dead-lettered each: the broker's x-death reason (``rejected``: a worker's
+    # nack; ``delivery_limit``: the quorum queue's limit, the end of a crash loop).
+    deaths: dict[str, str] = {}
+    for ev in history.of_type("final_queue"):
+        if ev.get("role") == "dlq" and isinstance(ev.get("death_reasons"), dict):
+            deaths.update({str(k): str(v) for k, v in ev.get("death_reasons").items()})
     evidence: dict[str, Any] = {
         "expected": len(expected), "expected_by_reason": dict(by_reason),
+        "dead_lettered_by": dict(sorted(Counter(deaths[i] for i in expected & set(deaths))
+                                        .items())),
         "in_dlq": len(in_dlq), "dlq_messages": sum(counts.values()),
         "missing_from_dlq": len(missing), "duplicated_in_dlq": len(duplicated),
         "unexpected_in_dlq": len(unexpected), "processed": len(processed),

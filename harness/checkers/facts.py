@@ -9,7 +9,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from harness.checkers.index import (
+    CRASH_ALWAYS,
     EFFECT_MAX_S,
+    ISSUED_PREFIXES,
     KILL_FAULTS,
     ConnFault,
     Index,
@@ -107,10 +109,11 @@ def asked_to_fail(idx: Index, params: Mapping[str, Any] | None = None) -> set[st
     ``max_attempts``. The harness's own publish records decide, never a worker's
     report."""
     out = set(idx.poison)
+    out.update(i for i, crash in idx.crash_directives.items() if crash == CRASH_ALWAYS)
     max_attempts = idx.setting(params or {}, "max_attempts")
     for ident, d in idx.fail_directives.items():
         k = d.get("fail_times")
-        if d.get("fail_always") or d.get("crash_always") is True or (
+        if d.get("fail_always") or (
                 isinstance(max_attempts, int) and isinstance(k, int)
                 and not isinstance(k, bool) and k >= max_attempts):
             out.add(ident)
@@ -193,7 +196,7 @@ def redelivery_slack_s(fault: ConnFault) -> float:
     ``RECEIPT_CLOCK_SLACK_S`` for a fault the harness issued (before it took effect);
     up to ``EFFECT_MAX_S`` more for an exit, which the harness learns of after the
     process died."""
-    if fault.kind.startswith(("fault:", "broker:")):
+    if fault.kind.startswith(ISSUED_PREFIXES):
         return RECEIPT_CLOCK_SLACK_S
     return RECEIPT_CLOCK_SLACK_S + EFFECT_MAX_S
 

@@ -25,13 +25,22 @@ import bisect
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Final
 
-from harness.checkers.indextypes import ByWorker, ConnFault, FinalQueues, PerId
+from harness.checkers.indextypes import (
+    CONSUMER_TIMEOUT_KIND,
+    ISSUED_PREFIXES,
+    ByWorker,
+    ConnFault,
+    FinalQueues,
+    PerId,
+)
 from harness.history import BROKER_FAULTS, CONNECTION_FAULTS, Event, History
 from harness.vocab import CONSUMER_TIMEOUT
 
-__all__ = ["ByWorker", "ConnFault", "FinalQueues", "Index", "PerId", "build", "get"]
+__all__ = ["CONSUMER_TIMEOUT_KIND", "ISSUED_PREFIXES", "ByWorker", "ConnFault", "FinalQueues",
+           "Index", "PerId", "build", "get"]
 
 _CACHE_KEY: Final = "checkers.index"
 
@@ -375,8 +384,7 @@ def build(history: History) -> Index:
                     if isinstance(sleep, int | float) and not isinstance(sleep, bool):
                         idx.crash_sleep_s[ident] = max(0.0, float(sleep) / 1000.0)
                 if dirs and isinstance(dirs, dict) and (
-                        dirs.get("fail_times") or dirs.get("fail_always")
-                        or dirs.get("crash_always")):
+                        dirs.get("fail_times") or dirs.get("fail_always")):
                     idx.fail_directives[ident] = dirs
         else:
             counts[t] = counts.get(t, 0) + 1
@@ -488,7 +496,8 @@ def build(history: History) -> Index:
                       or ([recs[0]] if recs and "redelivered" not in (recs[0].data or {})
                           else []))
             # A crash_always task crashes whoever receives it, on every delivery.
-            crashing = recs if idx.crash_directives[ident] == CRASH_ALWAYS else firsts[:1]
+            crashing = (_crash_loop(idx, recs) if idx.crash_directives[ident] == CRASH_ALWAYS
+                        else firsts[:1])
             for e in crashing:
                 if e.worker is None or any(a.worker == e.worker and a.ts >= e.ts
                                            for a in acks.get(ident, ())):
@@ -553,11 +562,43 @@ def build(history: History) -> Index:
         w = ev.worker
         if w is not None:
             per_worker.setdefault(w, []).append(
-                ConnFault(ev.ts, f"broker:{CONSUMER_TIMEOUT}", w, ev.ts))
+                ConnFault(ev.ts, CONSUMER_TIMEOUT_KIND, w, ev.ts))
     for w, faults in per_worker.items():
         idx.conn_faults[w], idx.conn_fault_ts[w] = _sorted_faults(faults)
     idx.broker_faults, idx.broker_fault_ts = _sorted_faults(broker)
     return idx
+
+
+def _crash_loop(idx: Index, recs: list[Event]) -> list[Event]:
+    """The receipts of a ``crash_always`` task (sorted by ts) that open crash windows:
+    all of them when they form the chain a crash loop makes, none otherwise. The
+    broker hands one message to one consumer at a time, so each receipt after the
+    first follows the previous holder's exit (which the harness may learn of up to
+    ``EFFECT_MAX_S`` after the broker did); and a queue with a delivery limit
+    (``run_started``'s cluster) hands it out at most limit + 1 times, exactly that
+    often when the DLQ holds it at the end. Receipts that
+    break either rule are not the broker's doing (a worker's made-up line): then no
+    exit is the crash the harness asked for, so a worker cannot make its own exit
+    injected by reporting the poison. A worker that does not honour directives
+    never crashes on it."""
+    if idx.capabilities.get("directives") is False or not recs:
+        return []
+    limit = idx.cluster.get("delivery_limit")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        # Dead-lettered by the limit: delivered exactly limit + 1 times.
+        in_dlq = recs[0].id in idx.final.ids["dlq"]
+        if len(recs) > limit + 1 or (in_dlq and len(recs) != limit + 1):
+            return []
+    exits: dict[str, list[float]] = {}
+    for ev in idx.worker_exited:  # a crash, or a kill the schedule made meanwhile
+        w = worker_of(ev)
+        if w is not None:
+            exits.setdefault(w, []).append(ev.ts)
+    for prev, nxt in pairwise(recs):
+        if prev.worker is None or not any(prev.ts <= t <= nxt.ts + EFFECT_MAX_S
+                                          for t in exits.get(prev.worker, ())):
+            return []
+    return recs
 
 
 def get(history: History) -> Index:

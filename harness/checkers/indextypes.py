@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from harness.history import Event
 
@@ -47,12 +47,22 @@ class PerId:
         return ident in self.first
 
 
+# ``ConnFault.kind`` of a channel the broker closed for its consumer_timeout (read
+# from its log). Not a ``broker:`` kind: the broker lost nothing, so an ack that
+# reached it before the close still stands (``no_duplicate._acked_before``).
+CONSUMER_TIMEOUT_KIND: Final = "timeout:consumer"
+# Kinds of faults issued at a known moment (the harness's nemesis, a broker fault,
+# the broker's own close): a copy they handed out is received after ``ts``.
+ISSUED_PREFIXES: Final = ("fault:", "broker:", "timeout:")
+
+
 @dataclass(frozen=True)
 class ConnFault:
     """One event that cut a worker from the broker (see :func:`connection_fault`)."""
 
     ts: float
-    kind: str  # "fault:kill", "broker:broker-restart", "crash", "exit", "connection_lost"
+    kind: str  # "fault:kill", "broker:broker-restart", "timeout:consumer", "crash", "exit",
+    # "connection_lost"
     worker: str | None  # None for a broker fault
     # When the fault had taken effect: a fault is issued at ``ts`` and the backend's
     # call returns at ``completed_ts`` (a docker pause or kill takes ~40-150 ms), so

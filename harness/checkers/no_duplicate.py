@@ -54,7 +54,15 @@ side effect; two of one id are a duplicate, whoever reports them) and its
 ``attempt`` (two different ones only take an explanation away), ``received``
 (delivery order; a receipt before a cut only takes the cut's explanation away)
 and ``ack_failed`` (only together with an injected fault that hit that very
-connection, for the stale-copy rule). Known and left: a worker that reports every
+connection, for the stale-copy rule). A receipt of a ``crash_always`` task makes
+that worker's next exit the crash the harness asked for only when the task's
+receipts form the chain a crash loop makes (each after the previous holder's exit,
+the harness's record; no more than the delivery limit allows, exactly that many
+when the DLQ holds it: the broker's word), so a made-up receipt excuses no exit.
+A consumer timeout is the broker's log and the harness's sightings of whose peer
+address it was, never the worker's; it explains no copy its worker had processed
+more than ``ACK_READ_LAG_S`` before the close, nor one it acked before it (the
+broker times out only what was left unacked). Known and left: a worker that reports every
 receipt as ``redelivered`` and republishes what it processed is caught only when
 the copy's receipt precedes the cut (by more than the slack); within the slack,
 its lie can pass as the cut's redelivery.
@@ -241,7 +249,7 @@ def _stale_copy_fault(idx: ix.Index, ident: str, worker: str | None,
         return None
     faults: list[ix.ConnFault] = [*idx.conn_faults.get(worker, []), *idx.broker_faults]
     for f in faults:
-        injected = f.kind.startswith(("fault:", "broker:"))
+        injected = f.kind.startswith(ix.ISSUED_PREFIXES)
         if (injected and f.ts <= receipt and max(f.ts, f.end) >= since
                 and other_receipt >= f.ts
                 and (published_ts is None or published_ts <= _over_ts(idx, f))):
@@ -303,6 +311,24 @@ def _acked_before(idx: ix.Index, ident: str, worker: str | None, receipt: float 
                for a in idx.acked_final.of(ident))
 
 
+# How a summary names a kind of cut a reader might take for an injected fault.
+KIND_WORDS: Final = {ix.CONSUMER_TIMEOUT_KIND: "the broker's consumer_timeout (its log)"}
+
+
+def _held_processed(idx: ix.Index, ident: str, worker: str | None, receipt: float | None,
+                    fault: ix.ConnFault) -> bool:
+    """Did ``worker`` hold its copy (received at ``receipt``) processed but unacked
+    for longer than ``ACK_READ_LAG_S`` before a consumer timeout closed its channel?
+    The broker times a channel out only for a delivery left unacked that long, so
+    a copy processed well before the close was the worker's to ack: the close is
+    its own doing and explains no later copy (the "processed, never acked" bug
+    would otherwise bring its own excuse). Only for ``CONSUMER_TIMEOUT_KIND``."""
+    if fault.kind != ix.CONSUMER_TIMEOUT_KIND or receipt is None or worker is None:
+        return False
+    return any(p.worker == worker and receipt <= p.ts < fault.ts - ACK_READ_LAG_S
+               for p in idx.processed.of(ident))
+
+
 def _second_messages(rec_events: list[Event], attempt: int) -> list[Event]:
     """The first deliveries (``redelivered`` false) of ``attempt`` after its
     earliest: each the first delivery of one more message of that attempt."""
@@ -330,7 +356,8 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event],
             # The later copy was received before the cut: the cut did not hand it
             # out, whatever the worker says of its ``redelivered`` flag.
             fault = None
-        if fault is not None and _acked_before(idx, ident, w1, r1, fault):
+        if fault is not None and (_acked_before(idx, ident, w1, r1, fault)
+                                  or _held_processed(idx, ident, w1, r1, fault)):
             fault = None
         if fault is None:
             fault = idx.crash_span(w1, r1, r2)
@@ -343,7 +370,8 @@ def _judge(idx: ix.Index, ident: str, runs: list[Run], rec_events: list[Event],
             if r1 is not None and r2 is not None:
                 (ra, wa), (rb, _wb) = sorted(((r1, w1), (r2, w2)))
                 fault = idx.connection_fault(wa, ra, rb)
-                if fault is not None and _acked_before(idx, ident, wa, ra, fault):
+                if fault is not None and (_acked_before(idx, ident, wa, ra, fault)
+                                          or _held_processed(idx, ident, wa, ra, fault)):
                     fault = None
             if fault is None:
                 fault = (_stale_copy_fault(idx, ident, w2, recs, r2, r1, published_ts)
@@ -484,7 +512,7 @@ def check(history: History, params: Mapping[str, Any]) -> ClaimResult:
             CLAIM, False,
             f"the guide's 'no duplicates' is false as worded: {len(explained_only)} task(s) "
             "processed more than once, each explained by a connection fault "
-            f"({', '.join(f'{n} by {k}' for k, n in sorted(kinds.items()))}; "
+            f"({', '.join(f'{n} by {KIND_WORDS.get(k, k)}' for k, n in sorted(kinds.items()))}; "
             "at-least-once invariant holds)",
             evidence, expl,
         )

@@ -122,7 +122,8 @@ class FakeAdmin(BrokerAdmin):
         with self.broker.lock:
             return len(self.broker.ready)
 
-    def drain_ids(self, queue: str, limit: int = 100_000, timeout_s: float = 60.0) -> list[str]:
+    def drain_ids(self, queue: str, limit: int = 100_000, timeout_s: float = 60.0,
+                  reasons: dict[str, str] | None = None) -> list[str]:
         if queue != self.cluster.queue:
             return []
         with self.broker.lock:

@@ -10,6 +10,7 @@ from harness.brokerlog import (
     owner_at,
     parse_consumer_timeouts,
     record_consumer_timeouts,
+    unparsed_timeouts,
 )
 from harness.history import Event, Recorder
 
@@ -83,3 +84,16 @@ def test_the_sampler_records_each_owner_once_per_change(tmp_path: Any) -> None:
     assert [e.worker for e in rec.snapshot().of_type(vocab.CONNECTION_OWNER)] == [
         "worker-1", "worker-2"]
     rec.close()
+
+
+def test_a_sighting_before_its_workers_exit_names_nobody_after_it() -> None:
+    seen = [sighting(10.0, "worker-1", "127.0.0.1:5000")]
+    exited = [Event(vocab.WORKER_EXITED, "cluster", t=0.0, ts=15.0, worker="worker-1")]
+    assert owner_at("127.0.0.1:5000", 14.0, seen, exited) == "worker-1"
+    assert owner_at("127.0.0.1:5000", 25.0, seen, exited) is None
+
+
+def test_a_timeout_the_log_announces_but_words_otherwise_is_counted() -> None:
+    assert unparsed_timeouts(LOG) == 0
+    other = LOG.splitlines()[1] + "\n"  # the warning alone: a close worded otherwise
+    assert unparsed_timeouts(other) == 1

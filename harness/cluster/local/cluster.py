@@ -286,16 +286,21 @@ class LocalCluster(NodeSide, Cluster):
                 self.resume(name)
 
     def _port_owners(self) -> dict[int, str]:
-        """Local TCP port -> worker, from the workers' own processes (psutil)."""
+        """Local TCP port -> worker, from the workers' own processes and their
+        children (psutil: a framework's pool, e.g. Dramatiq's, holds the broker
+        connections in child processes)."""
         owners: dict[int, str] = {}
         for n in self.workers():
             w = self._workers.get(n)
             if w is None or w.proc.poll() is not None:
                 continue
             with contextlib.suppress(psutil.Error, OSError):
-                for pc in psutil.Process(w.proc.pid).net_connections(kind="tcp"):
-                    if pc.laddr:
-                        owners[pc.laddr.port] = n
+                main = psutil.Process(w.proc.pid)
+                for p in (main, *main.children(recursive=True)):
+                    with contextlib.suppress(psutil.Error, OSError):
+                        for pc in p.net_connections(kind="tcp"):
+                            if pc.laddr:
+                                owners[pc.laddr.port] = n
         return owners
 
     def connection_owners(self) -> dict[str, str]:

@@ -110,3 +110,13 @@ def test_only_a_crash_loop_expected_and_no_dlq_listing_is_unknown() -> None:
     h = crash_loop(start(None)).drain().final_queue("main", ["px"]).final_queue("dlq", ok=False)
     r = dead_letter.check(h.build(), {})
     assert r.valid is None, r.summary
+
+
+def test_the_brokers_reason_for_each_dead_lettering_is_reported() -> None:
+    h = crash_loop(dl_history()).drain().final_queue("main")
+    h.add("final_queue", "harness", queue="q.dlq", role="dlq", ids=["fa", "po", "ft", "px"],
+          depth=4, ok=True, death_reasons={"fa": "rejected", "po": "rejected",
+                                           "ft": "rejected", "px": "delivery_limit"})
+    r = dead_letter.check(h.final_queue("retry").build(), {})
+    assert r.valid is True, r.summary
+    assert r.evidence["dead_lettered_by"] == {"delivery_limit": 1, "rejected": 3}

@@ -852,5 +852,44 @@ def test_a_consumer_timeout_the_broker_logged_explains_the_holders_duplicate(
     assert r.valid is False
     assert invariant_verdict(r) is explained, r.summary
     if explained:
-        assert r.evidence["explained_by_kind"] == {"broker:consumer_timeout": 1}
-        assert "1 by broker:consumer_timeout" in r.summary
+        assert r.evidence["explained_by_kind"] == {"timeout:consumer": 1}
+        assert "1 by the broker's consumer_timeout" in r.summary
+
+
+@pytest.mark.parametrize("acked", [False, True])
+def test_a_consumer_timeout_of_a_copy_processed_long_before_explains_nothing(
+        acked: bool) -> None:
+    """The broker times a channel out only for a delivery left unacked: W1 processed
+    ``a`` 4 s before the close and never acked it (or says it did: the ack never
+    reached the broker, or ``a`` would not be back). The close is W1's own doing."""
+    h = start_ready().publish("a").received("a", W1, ts=1001.0).processed("a", W1, ts=1001.1)
+    if acked:
+        h.acked("a", W1, ts=1001.11)
+    h.add("consumer_timeout", "broker", ts=1005.1, worker=W1, peer="127.0.0.1:5000",
+          channel=1, timeout_ms=4000)
+    h.received("a", W2, redelivered=True, ts=1005.3).processed("a", W2, ts=1005.4)
+    h.acked("a", W2, ts=1005.41)
+    r = no_duplicate.check(h.finish().build(), {})
+    assert invariant_verdict(r) is False, r.summary
+
+
+@pytest.mark.parametrize("forge,explained", [(False, False), (True, False)])
+def test_a_made_up_receipt_of_the_poison_makes_no_exit_a_crash(forge: bool,
+                                                                explained: bool) -> None:
+    """The poison's real loop (W1, W3; delivery limit 1) ended in the DLQ; seconds
+    later W2 dies on its own holding ``a`` processed, unacked. A line of its own,
+    'received px', just before its exit, must not make that exit an injected crash:
+    the broker delivered px limit + 1 = 2 times, and a third receipt is no delivery."""
+    h = start_ready(queue_type="quorum", delivery_limit=1)
+    h.publish("px", directives={"crash_always": True, "sleep_ms": 2000}).publish("a")
+    h.received("px", W1, ts=1001.0).worker_exited(W1, requested=False, ts=1002.0)
+    h.received("px", W3, redelivered=True, ts=1002.1).worker_exited(W3, requested=False,
+                                                                    ts=1003.1)
+    h.received("a", W2, ts=1010.0).processed("a", W2, ts=1010.1)
+    if forge:
+        h.received("px", W2, redelivered=True, ts=1010.9)
+    h.worker_exited(W2, requested=False, ts=1011.0)
+    h.received("a", W3, redelivered=True, ts=1011.2).processed("a", W3, ts=1011.3)
+    h.acked("a", W3, ts=1011.31)
+    r = no_duplicate.check(h.finish(dlq=["px"]).build(), {})
+    assert invariant_verdict(r) is explained, r.summary
