@@ -47,6 +47,7 @@ _HEAD_RE: Final = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z)?) \[error\] "
     r"<[^>]*> Channel error on connection <[^>]*> \((?P<peer>\S+) -> [^,]*, "
     r"vhost: '(?P<vhost>[^']*)', user: '[^']*'\), channel (?P<channel>\d+):")
+_ANSI_RE: Final = re.compile(r"\x1b\[[0-9;]*m")
 _TIMEOUT_RE: Final = re.compile(
     r"precondition_failed: delivery acknowledgement on channel (?P<channel>\d+) timed out\. "
     r"Timeout value used: (?P<ms>\d+) ms")
@@ -73,12 +74,17 @@ def _parse_ts(text: str) -> float | None:
     return stamp.timestamp()
 
 
+def _plain(text: str) -> str:
+    """The log without terminal colours (the console log of a container has them)."""
+    return _ANSI_RE.sub("", text[:MAX_LOG_CHARS])
+
+
 def parse_consumer_timeouts(text: str) -> list[ChannelTimeout]:
     """The consumer-timeout channel closes in a RabbitMQ 3.x log, in log order.
     A channel error's head line and its reason line are consecutive lines with the
     same timestamp; a head whose next line is another reason is skipped."""
     out: list[ChannelTimeout] = []
-    lines = text[:MAX_LOG_CHARS].splitlines()
+    lines = _plain(text).splitlines()
     for i, line in enumerate(lines[:-1]):
         head = _HEAD_RE.match(line)
         if head is None:
@@ -137,8 +143,7 @@ def unparsed_timeouts(text: str) -> int:
     the channel closes ``parse_consumer_timeouts`` read: a log worded otherwise (a
     version the parser does not know) must make the run undecided, not leave a
     duplicate unexplained."""
-    warned = len(re.findall(r"timed out waiting for delivery acknowledgement",
-                            text[:MAX_LOG_CHARS]))
+    warned = len(re.findall(r"timed out waiting for delivery acknowledgement", _plain(text)))
     return max(0, warned - len(parse_consumer_timeouts(text)))
 
 

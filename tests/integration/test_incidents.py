@@ -53,7 +53,8 @@ def _explained_by_the_broker(claims: dict[str, dict[str, Any]],
     dup = claims["no-duplicate-processing"]
     assert dup["invariant"] == "true", dup
     kinds = dup["evidence"].get("explained_by_kind", {})
-    assert set(kinds) == {"broker:consumer_timeout"}, dup
+    assert set(kinds) == {"timeout:consumer"}, dup
+    assert "the broker's consumer_timeout" in dup["summary"]
     assert claims["no-loss"]["valid"] == "true"
 
 

@@ -97,3 +97,9 @@ def test_a_timeout_the_log_announces_but_words_otherwise_is_counted() -> None:
     assert unparsed_timeouts(LOG) == 0
     other = LOG.splitlines()[1] + "\n"  # the warning alone: a close worded otherwise
     assert unparsed_timeouts(other) == 1
+
+
+def test_a_containers_coloured_console_log_is_read_too() -> None:
+    coloured = "".join(f"\x1b[38;5;160m{line}\x1b[0m\n" for line in LOG.splitlines())
+    assert parse_consumer_timeouts(coloured) == parse_consumer_timeouts(LOG)
+    assert unparsed_timeouts(coloured) == 0
