@@ -26,7 +26,7 @@ from harness import report, vocab
 from harness.checkers.base import ClaimResult, observable
 from harness.history import History
 from harness.model import REPORTING_MODES, Scenario
-from harness.options import RunOptions
+from harness.options import RunOptions, portable_rerun
 from harness.runner import run_scenario, suite_broker
 from harness.scenario import load_scenario, scenarios_dir
 from harness.signals import Interrupted
@@ -179,7 +179,10 @@ def _run(scenario: Scenario, bug: str | None, opts: RunOptions, console: Console
     # events) is unknown by construction, not an alarm; it is never true either.
     unknown = [r.claim for r in outcome.results if invariant_verdict(r) is None
                and observable(r)]
-    rerun = outcome.rerun if not bug else f"WORKER_BUG={bug} {outcome.rerun}"
+    # The bundled scenarios: the report is read in a checkout, so the rerun names
+    # them as a reader types them there, not by this machine's path.
+    rerun = portable_rerun(outcome.rerun)
+    rerun = rerun if not bug else f"WORKER_BUG={bug} {rerun}"
     first: float | None = None
     history_path = outcome.run_dir / "history.jsonl"
     if violated and history_path.is_file():

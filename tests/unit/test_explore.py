@@ -66,6 +66,20 @@ def test_a_schedule_written_out_is_the_scenario_harness_run_reads(
     assert back.name == "load-balancing-found" and describe(steps) in back.description
 
 
+@pytest.mark.parametrize("name", ["poison-crash-loop.yaml", "consumer-timeout.yaml"])
+def test_an_incident_scenario_is_a_starting_point_its_cluster_carried(
+        tmp_path: Path, name: str) -> None:
+    """Every example of a search from an incident keeps its cluster: the restart
+    policy and the delivery limit, the broker's consumer timeout."""
+    source = ROOT / "scenarios" / name
+    sc = load_scenario(source)
+    steps = steps_of(("kill", {"processed": 4}, None, "busiest"))
+    back = load_scenario(write_scenario(source, sc, steps, tmp_path / "x.yaml", "x"))
+    assert back.cluster == sc.cluster and back.workload == sc.workload
+    assert (back.cluster.delivery_limit, back.cluster.consumer_timeout_ms) in {(3, None),
+                                                                               (None, 4000)}
+
+
 def fake_runs(bug: str | None) -> tuple[list[tuple[Step, ...]], object]:
     """A run_one whose worker breaks no-loss when the schedule holds ``bug``."""
     ran: list[tuple[Step, ...]] = []

@@ -125,7 +125,8 @@ def test_directives_defaults() -> None:
     assert parse_directives(None) == Directives()
     assert parse_directives({}) == Directives()
     assert parse_directives({"sleep_ms": 5, "fail_times": 2, "fail_always": False,
-                             "crash": None}) == Directives(5, 2, False, None)
+                             "crash": None}) == Directives(sleep_ms=5, fail_times=2,
+                                                         fail_always=False, crash=None)
 
 
 def test_parse_message() -> None:
