@@ -76,6 +76,8 @@ def explore(scenario: Path, backend: str, out: Path, args: argparse.Namespace,
            "--seed", str(args.seed), "--shrink-runs", str(args.shrink_runs),
            "--reruns", str(args.reruns), "--rate-runs", str(args.rate_runs),
            "--time-budget-s", str(args.time_budget_s), "--out", str(out), "--no-progress"]
+    if args.faults:
+        cmd += ["--faults", args.faults]
     t0 = time.monotonic()
     proc = run_child(cmd, ROOT, EXPLORE_TIMEOUT_S)
     wall = time.monotonic() - t0
@@ -100,6 +102,8 @@ def main() -> int:
                     help="comma-separated search-only bugs (default: all)")
     ap.add_argument("--examples", type=int, default=20)
     ap.add_argument("--max-steps", type=int, default=3)
+    ap.add_argument("--faults", default=None,
+                    help="passed to harness explore (default: every fault the backend runs)")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--shrink-runs", type=int, default=10)
     ap.add_argument("--reruns", type=int, default=1)

@@ -98,8 +98,10 @@ def _param(value: str) -> tuple[str, str, object]:
 
 
 def _run_options(r: argparse.ArgumentParser) -> None:
-    r.add_argument("--backend", choices=("auto", "local", "docker", "external"), default="auto",
+    r.add_argument("--backend", choices=("auto", "local", "docker", "swarm", "external"),
+                   default="auto",
                    help="auto: docker when an engine answers and the images exist, else local; "
+                   "swarm: Docker Swarm services on this engine (docs/swarm.md); "
                    "external: workers a deployment already runs (docs/external.md)")
     r.add_argument("--broker-url", default=os.environ.get("HARNESS_BROKER_URL") or None,
                    help="use this broker (amqp://user:pass@host:port) instead of a private "

@@ -186,8 +186,9 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
 
     if backend == "auto":
         backend = default_backend()
-    if backend not in (vocab.LOCAL, vocab.DOCKER, vocab.EXTERNAL):
-        raise OptionsError(f"unknown backend {backend!r}: use auto, local, docker or external")
+    if backend not in (vocab.LOCAL, vocab.DOCKER, vocab.SWARM, vocab.EXTERNAL):
+        raise OptionsError(f"unknown backend {backend!r}: use auto, local, docker, swarm or "
+                           "external")
     fault_cmds = tuple(fault_cmds)
     brought = bool(worker_cmd or worker_image) or backend == vocab.EXTERNAL
     if backend == vocab.EXTERNAL:
@@ -213,8 +214,12 @@ def build_options(*, backend: str = "auto", broker_url: str | None = None,
         WorkerSpec(events=events).events_pattern()
     except ValueError as exc:
         raise OptionsError(f"--{exc}, e.g. regex:done (?P<id>\\S+)") from None
-    if worker_image and backend != "docker":
-        raise OptionsError("--worker-image needs --backend docker (use --worker-cmd for local)")
+    if worker_image and backend not in (vocab.DOCKER, vocab.SWARM):
+        raise OptionsError("--worker-image needs --backend docker or swarm (use --worker-cmd "
+                           "for local)")
+    if backend == vocab.SWARM and broker_url:
+        raise OptionsError("--backend swarm starts a broker of its own: drop --broker-url "
+                           "(or use --backend docker)")
     if worker_cmd and backend != "local":
         raise OptionsError("--worker-cmd needs --backend local (use --worker-image for docker)")
     if seed is not None and (isinstance(seed, bool) or not 0 <= seed <= SEED_MAX):
@@ -336,7 +341,7 @@ def _identity(opts: RunOptions) -> dict[str, Any]:
         return {"external": True, "logs": masked(opts.worker_logs or "")}
     if opts.worker_cmd:
         return {"cmd": opts.worker_cmd}
-    if opts.backend == "docker":
+    if opts.backend in (vocab.DOCKER, vocab.SWARM):
         from harness.cluster.docker.engine import WORKER_IMAGE
 
         image = opts.worker_image or WORKER_IMAGE
@@ -414,7 +419,11 @@ def _make_cluster(backend: str, run_id: str, run_dir: Path, recorder: Recorder,
         from harness.cluster.docker import DockerCluster
 
         return DockerCluster(run_id, run_dir, recorder, shared=shared_broker)
-    raise ClusterError(f"unknown backend '{backend}': use local or docker")
+    if backend == vocab.SWARM:
+        from harness.cluster.swarm import SwarmCluster
+
+        return SwarmCluster(run_id, run_dir, recorder)
+    raise ClusterError(f"unknown backend '{backend}': use local, docker or swarm")
 
 
 def default_backend() -> str:

@@ -25,9 +25,9 @@ UNKNOWN_MODES: Final = ("error", "skip")
 
 # (option, ini name, help, default)
 _OPTIONS: Final = (
-    ("backend", "auto, local or docker (default auto: docker when an engine answers "
+    ("backend", "auto, local, docker or swarm (default auto: docker when an engine answers "
                 "and the images exist)", "auto"),
-    ("worker-image", "image of a brought worker (docker backend)", None),
+    ("worker-image", "image of a brought worker (docker or swarm backend)", None),
     ("worker-cmd", "command of a brought worker (local backend)", None),
     ("capabilities", "what the worker can do: directives, health, or none "
                      "(default: both for the reference worker, none for a brought one)", None),

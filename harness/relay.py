@@ -56,6 +56,11 @@ class Relay:
         self._thread.start()
         return self.port
 
+    def retarget(self, host: str, port: int) -> None:
+        """Forward new connections to ``host:port`` (a broker whose address moved, as
+        a swarm task replaced); relayed connections keep their upstream."""
+        self.target = (host, port)
+
     def _accept(self) -> None:
         assert self._server is not None
         while not self._stop.is_set():

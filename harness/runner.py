@@ -100,7 +100,7 @@ class Run:
         caps = self.opts.effective_capabilities()
         self.recorder.record(vocab.RUN_STARTED, "harness", **run_started(
             sc, self.opts, self.seed, self.run_id, caps))
-        if self.opts.backend == "docker" and not self.opts.worker_image:
+        if self.opts.backend in (vocab.DOCKER, vocab.SWARM) and not self.opts.worker_image:
             # The reference worker's image must match the source tree (cached: a
             # no-op when nothing changed; a rebuild of ~20 s when worker code did).
             from harness.images import ensure_images
@@ -110,6 +110,7 @@ class Run:
             self.opts.backend, self.run_id, self.run_dir, self.recorder,
             self.opts.shared_broker, self.opts, self.id_prefix,
             BrokerSettings(consumer_timeout_ms=sc.cluster.consumer_timeout_ms))
+        self.cluster.orchestrate(sc.cluster.restart_policy, sc.cluster.grace_s)
         sup = self.supervisor = Supervisor(
             self.cluster, sc, worker_spec(sc, self.opts, self.run_id), self.recorder, self.live,
             self.run_dir, self.problems)

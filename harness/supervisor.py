@@ -69,6 +69,8 @@ class Supervisor:
             return  # the deployment's workers keep running
         grace_s = self.scenario.cluster.grace_s
         cluster = self.cluster
+        if cluster.stop_workers(grace_s):
+            return  # the orchestrator stopped them (and starts none again)
         stoppers = [threading.Thread(target=cluster.terminate, args=(name, grace_s), daemon=True)
                     for name in cluster.workers() if cluster.is_running(name)]
         for t in stoppers:
@@ -113,8 +115,9 @@ class Supervisor:
         compose's ``restart: always`` does (not one that was terminated: a
         scale-down, nor any at the end of the run). A kill's ``fault`` event and
         the ``worker_exited`` it causes arrive in either order."""
-        if self.scenario.cluster.restart_policy != "always" or self._stopping.is_set():
-            return
+        if (self.scenario.cluster.restart_policy != "always" or self._stopping.is_set()
+                or self.cluster.restarts_itself):
+            return  # never, the run's end, or the orchestrator restarts (swarm)
         name: str | None = None
         if ev.type == vocab.FAULT and ev.get("fault") == "kill" and ev.get("ok"):
             target = str(ev.get("target"))

@@ -73,10 +73,12 @@ CONNECTION_OWNER: Final = "connection_owner"
 
 LOCAL: Final = "local"
 DOCKER: Final = "docker"
+# Docker Swarm services on this machine's engine (``harness.cluster.swarm``).
+SWARM: Final = "swarm"
 # Workers the harness does not own (``harness.cluster.external``): its faults are the
 # user's command templates, not in any fault's ``backends``.
 EXTERNAL: Final = "external"
-BACKENDS: Final = (LOCAL, DOCKER)
+BACKENDS: Final = (LOCAL, DOCKER, SWARM)
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,9 @@ FAULT_KINDS: Final[dict[str, FaultKind]] = {f.name: f for f in (
     FaultKind("partition", "disconnect from the network", cuts_connection=True,
               lasting=True, backends=(DOCKER,)),
     FaultKind("blackhole", "iptables DROP both ways", cuts_connection=True, lasting=True,
-              backends=(DOCKER,)),
-    FaultKind("reset", "TCP resets", cuts_connection=True, lasting=True, backends=(DOCKER,)),
+              backends=(DOCKER, SWARM)),
+    FaultKind("reset", "TCP resets", cuts_connection=True, lasting=True,
+              backends=(DOCKER, SWARM)),
     FaultKind("close-connections", "the broker closes the worker's connections (management "
               "API), as an operator or a node drain would", cuts_connection=True),
     FaultKind("heal", "heal every active fault"),

@@ -34,6 +34,11 @@ IGNORE_DELIVERY_LIMIT: Final = "ignore-delivery-limit"
 # timing that only a search of the fault space (``harness explore``) finds.
 STALE_ACK_AFTER_TWO_RECONNECTS: Final = "stale-ack-after-two-reconnects"
 TRANSIENT_RETRY_QUEUES: Final = "transient-retry-queues"
+# A bug only an orchestrator's reaction shows (``--backend swarm``): the liveness
+# beat is taken only while the worker holds no task ("alive = idle"), so a task
+# longer than the liveness bound reads as a hang and the orchestrator replaces a
+# worker that was doing its job.
+BEAT_WHEN_IDLE: Final = "beat-when-idle"
 
 KNOWN_BUGS: Final[tuple[str, ...]] = (
     AUTO_ACK,
@@ -64,6 +69,9 @@ SEARCH_BUGS: Final[tuple[str, ...]] = (
     STALE_ACK_AFTER_TWO_RECONNECTS,
     TRANSIENT_RETRY_QUEUES,
 )
+# Planted bugs the orchestrator reveals (its health-driven replacement): not in
+# ``harness mutants`` either; ``tests/integration/test_swarm.py`` runs them.
+ORCHESTRATOR_BUGS: Final[tuple[str, ...]] = (BEAT_WHEN_IDLE,)
 
 # bug -> claim ids (docs/claims.md) that a suitable scenario must turn false.
 BUG_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
@@ -88,4 +96,6 @@ BUG_CLAIMS: Final[dict[str, tuple[str, ...]]] = {
     IGNORE_DELIVERY_LIMIT: ("dead-letter",),
     STALE_ACK_AFTER_TWO_RECONNECTS: ("no-duplicate-processing", "exactly-once-ack"),
     TRANSIENT_RETRY_QUEUES: ("no-loss",),
+    # No claim of the guide turns false: the history shows swarm's replacement.
+    BEAT_WHEN_IDLE: (),
 }

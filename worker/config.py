@@ -15,7 +15,7 @@ from typing import Final
 
 import pika
 
-from worker.bugs import KNOWN_BUGS, SEARCH_BUGS
+from worker.bugs import KNOWN_BUGS, ORCHESTRATOR_BUGS, SEARCH_BUGS
 
 EVENT_MODES = ("full", "minimal")
 
@@ -185,10 +185,11 @@ def load_config(env: Mapping[str, str]) -> Config:
             f"RABBITMQ_DELIVERY_LIMIT={delivery_limit} needs RABBITMQ_QUEUE_TYPE=quorum "
             "(a classic queue counts no deliveries)")
     bug = _get(env, "WORKER_BUG") or ""
-    if bug and bug not in KNOWN_BUGS + SEARCH_BUGS:
+    planted = KNOWN_BUGS + SEARCH_BUGS + ORCHESTRATOR_BUGS
+    if bug and bug not in planted:
         raise ConfigError(
             f"WORKER_BUG={bug!r} is not a known planted bug (expected empty or one of: "
-            f"{', '.join(KNOWN_BUGS + SEARCH_BUGS)})"
+            f"{', '.join(planted)})"
         )
     events = (_get(env, "WORKER_EVENTS") or "full").lower()
     if events not in EVENT_MODES:

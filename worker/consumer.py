@@ -45,6 +45,7 @@ from worker.bugs import (
     ACK_BEFORE_PROCESS,
     ACK_BEFORE_REPUBLISH,
     AUTO_ACK,
+    BEAT_WHEN_IDLE,
     DEAD_LETTER_ON_REDELIVERY,
     DOUBLE_ACK,
     EXCLUSIVE_CONSUMER,
@@ -453,7 +454,8 @@ class Worker:
     def _drain(self) -> None:
         # Every loop of the worker (consuming, waiting to reconnect, shutting down)
         # comes here each POLL_S: the liveness beat (worker/health.py).
-        self.health.beat()
+        if self.cfg.bug != BEAT_WHEN_IDLE or self.in_flight == 0:
+            self.health.beat()
         if self._draining:  # no reentrance from a callback inside a blocking call
             return
         self._draining = True

@@ -300,6 +300,21 @@ class Cluster(abc.ABC):
             time.sleep(0.1)
         return len(conns)
 
+    def orchestrate(self, restart_policy: str, grace_s: float) -> None:  # noqa: B027
+        """The scenario's restart policy and stop grace period, for a backend whose
+        orchestrator applies them itself (swarm); before any worker starts."""
+
+    @property
+    def restarts_itself(self) -> bool:
+        """True when the backend's orchestrator starts a dead worker again (swarm's
+        restart policy): the supervisor's own restart policy then stands aside."""
+        return False
+
+    def stop_workers(self, grace_s: float) -> bool:
+        """Stop every worker at the run's end through the orchestrator; False (the
+        default): the backend has none, and the supervisor terminates each."""
+        return False
+
     def scale_to(self, count: int, queue: str, grace_s: float) -> ScaleDone | None:
         """Scale the workers to ``count`` through the backend's orchestrator. None (the
         default): the backend has none, and the supervisor starts and terminates

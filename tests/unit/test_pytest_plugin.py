@@ -178,7 +178,7 @@ def test_ini_settings_are_read(tmp_path: Path) -> None:
     (("--harness-seed", "-1"), "seed -1"),
     (("--harness-capabilities", "telepathy"), "unknown capability 'telepathy'"),
     (("--harness-unknown", "ignore"), "--harness-unknown 'ignore'"),
-    (("--harness-worker-image", "me/worker"), "--worker-image needs --backend docker"),
+    (("--harness-worker-image", "me/worker"), "--worker-image needs --backend docker or swarm"),
     (("--harness-format", "celery"), "the reference worker reads contract v1 only"),
 ])
 def test_bad_options_are_one_line_usage_errors(tmp_path: Path, args: tuple[str, ...],

@@ -109,3 +109,32 @@ def test_connection_churn_does_not_keep_the_workers_busy() -> None:
     live.on_event(Event.from_dict({"t": 0.0, "ts": 0.0, "type": "ready",
                                    "source": "worker", "worker": "w1"}))
     assert live.quiet_for() < 1.0
+
+
+class _Orchestrated(FakeCluster):
+    """A backend whose orchestrator restarts and stops the workers (swarm)."""
+
+    @property
+    def restarts_itself(self) -> bool:
+        return True
+
+    def stop_workers(self, grace_s: float) -> bool:
+        self.calls.append(("stop_workers", str(grace_s)))
+        return True
+
+
+def test_an_orchestrator_that_restarts_leaves_the_supervisor_out() -> None:
+    rec = Recorder(None)
+    cluster = _Orchestrated(recorder=rec)
+    sc = Scenario(name="s", path="s.yaml", claims=("no-loss",),
+                  cluster=ClusterSpec(workers=2, restart_policy="always", grace_s=1.0))
+    sup = Supervisor(cluster, sc, WorkerSpec(), rec, LiveState(), Path("."), [])
+    sup.nemesis = nemesis = Nemesis(cluster, rec, grace_s=1.0)
+    sup.restart_delay_s = 0.05
+    sup.add_worker()
+    sup.add_worker()
+    assert nemesis.invoke("kill", "worker-1")
+    assert not restarted(cluster, "worker-1", within_s=0.4)  # swarm's job, not a second one
+    sup.stop_all()
+    assert ("stop_workers", "1.0") in cluster.calls
+    assert not [c for c in cluster.calls if c[0] == "terminate"]

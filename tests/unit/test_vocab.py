@@ -37,9 +37,9 @@ def test_fault_tables_agree() -> None:
 
 def test_suite_backends_come_from_the_faults() -> None:
     by_file = {f: backends_for(load_scenario(SCENARIOS / f)) for f in SUITE}
-    assert by_file["zombie-blackhole.yaml"] == ("docker",)
-    assert by_file["partition-recovery.yaml"] == ("docker",)
-    assert by_file["crash-recovery.yaml"] == ("local", "docker")
+    assert by_file["zombie-blackhole.yaml"] == ("docker", "swarm")
+    assert by_file["partition-recovery.yaml"] == ("docker",)  # swarm owns its attachments
+    assert by_file["crash-recovery.yaml"] == ("local", "docker", "swarm")
 
 
 def test_an_unsupported_fault_is_refused_with_file_line_and_field() -> None:

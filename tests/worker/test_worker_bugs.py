@@ -19,7 +19,7 @@ import pytest
 from pika.spec import Basic, BasicProperties
 
 from worker import bugs
-from worker.bugs import BUG_CLAIMS, KNOWN_BUGS, SEARCH_BUGS
+from worker.bugs import BUG_CLAIMS, KNOWN_BUGS, ORCHESTRATOR_BUGS, SEARCH_BUGS
 from worker.config import ConfigError, load_config
 from worker.consumer import Completion, Delivery, Worker
 from worker.events import EventEmitter
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # -- config ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", KNOWN_BUGS + SEARCH_BUGS)
+@pytest.mark.parametrize("name", KNOWN_BUGS + SEARCH_BUGS + ORCHESTRATOR_BUGS)
 def test_every_known_bug_is_accepted(name: str) -> None:
     assert load_config({"WORKER_BUG": name}).bug == name
     assert load_config({"WORKER_BUG": f"  {name} "}).bug == name
@@ -41,8 +41,9 @@ def test_known_bugs_is_the_public_tuple() -> None:
 
     assert from_config is KNOWN_BUGS
     assert len(KNOWN_BUGS) == 19 and len(set(KNOWN_BUGS)) == 19
-    assert set(BUG_CLAIMS) == set(KNOWN_BUGS) | set(SEARCH_BUGS)
+    assert set(BUG_CLAIMS) == set(KNOWN_BUGS) | set(SEARCH_BUGS) | set(ORCHESTRATOR_BUGS)
     assert not set(KNOWN_BUGS) & set(SEARCH_BUGS)
+    assert not (set(KNOWN_BUGS) | set(SEARCH_BUGS)) & set(ORCHESTRATOR_BUGS)
     assert all(isinstance(n, str) and n == n.strip().lower() for n in KNOWN_BUGS)
 
 

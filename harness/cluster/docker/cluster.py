@@ -313,11 +313,17 @@ class DockerCluster(BrokerSide, Cluster):
                 exit_ts = ns / 1e9
         except Exception:
             exit_ts = None
+        requested, facts = self._exit_facts(w, container)
         self.recorder.record(
             vocab.WORKER_EXITED, "cluster", worker=w.name, code=code,
             signal=(code - 128) if code is not None and code > 128 else None,
-            requested=w.exit_requested, container=container.short_id, ts=exit_ts,
+            requested=requested, container=container.short_id, ts=exit_ts, **facts,
         )
+
+    def _exit_facts(self, w: _Worker, container: Any) -> tuple[bool, dict[str, Any]]:
+        """Whether the exit was asked for (by the harness; an orchestrator's backend
+        adds its own record), and what else the exit event carries."""
+        return w.exit_requested, {}
 
     def _get(self, name: str) -> _Worker:
         with self._lock:

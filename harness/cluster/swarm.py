@@ -1,0 +1,686 @@
+"""The ``swarm`` backend: the broker and the workers as Docker Swarm services on
+this machine's engine, faults through the orchestrator where it has them.
+
+Layout of one run ``<run_id>`` (labels as the docker backend's, so the sweeps
+find everything by label, never by name):
+
+- the engine is a single-node swarm for the run (``harness.cluster.swarm_engine``:
+  made one if it was not, and left as it was found);
+- overlay network ``rmq-harness-<run_id>`` (``internal``): the only path between
+  the workers and the broker; the broker has the alias ``rabbitmq`` there;
+- overlay networks ``rmq-harness-<run_id>-gw`` (the broker's) and
+  ``...-workers-gw`` (the workers'), not internal: they give each task an address
+  on ``docker_gwbridge``, which the host routes to; the harness reaches the broker
+  and the workers' health ports there. Two, so that the workers share no network
+  but the internal one with the broker (on a shared one the broker's name would
+  resolve there too: a second path, around the network faults; and
+  ``docker_gwbridge`` itself does not let containers talk). This kernel has no IPVS,
+  so virtual-IP endpoints and the routing mesh do not work here: every service
+  is ``endpoint_mode=dnsrr`` and publishes no port;
+- service ``rmq-harness-<run_id>-rabbitmq`` (one replica, hostname ``rabbitmq`` so
+  the node's name and its data directory survive a new task) with the volume
+  ``rmq-harness-<run_id>-rabbitmq-data``; the harness's own clients reach it
+  through two relays on 127.0.0.1 (``harness.relay``), retargeted when swarm
+  replaces the broker's task (its address changes, the endpoint does not);
+- service ``rmq-harness-<run_id>-worker``: one spec, N replicas; the worker image's
+  HEALTHCHECK; restart policy ``any`` for ``restart_policy: always``, else
+  ``none``. Worker ``worker-<slot>`` is the task in that slot (``WORKER_ID`` and
+  the hostname are the template ``worker-{{.Task.Slot}}``); a task that replaces
+  another in its slot is a new incarnation of that worker (``worker_started`` with
+  ``task``, ``slot`` and ``replaces``: the task before and how it ended).
+
+Faults: ``kill``, ``terminate``, ``pause`` act on the task's container (swarm then
+does what its restart policy says; a paused task fails its HEALTHCHECK and swarm
+replaces it, so a long pause is a crash here, not a zombie); ``restart`` stops
+the task and lets swarm start the next (restart policy ``any`` only); ``scale``
+is ``docker service scale``; ``broker-restart`` is ``docker service update
+--force`` of the broker's service; ``blackhole`` and ``reset`` are the docker
+backend's iptables sidecars in the task's network namespace. ``partition`` is not
+offered: swarm owns a task's network attachments.
+
+Who stopped a task is the orchestrator's record, not the worker's word: a task
+that swarm shut down (a scale-down, an update, the run's end) ends ``shutdown``;
+one that died ends ``failed`` (``requested`` False, a crash) unless the harness
+itself signalled that container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from harness import vocab
+from harness.cluster.base import (
+    BrokerEndpoint,
+    ClusterError,
+    ScaleDone,
+    WorkerSpec,
+)
+from harness.cluster.docker.cluster import DockerCluster, _Worker
+from harness.cluster.docker.engine import (
+    AMQP_PORT,
+    BROKER_ALIAS,
+    BROKER_START_TIMEOUT_S,
+    BROKER_STOP_TIMEOUT_S,
+    LABEL_ROLE,
+    LABEL_RUN,
+    RESTART_GRACE_S,
+    THREAD_JOIN_TIMEOUT_S,
+    docker_errors,
+    require_image,
+)
+from harness.cluster.docker.engine import (
+    MGMT_PORT as MGMT_PORT,
+)
+from harness.cluster.lines import LineReader
+from harness.cluster.swarm_engine import GWBRIDGE, SwarmLease, sweep_stale_swarm
+from harness.history import Recorder
+from harness.relay import Relay
+
+# Swarm polls, it does not stream: how often the harness reads the service's tasks.
+WATCH_INTERVAL_S: Final = 0.2
+# A new task's container appears within this (image present, no registry lookup).
+TASK_START_TIMEOUT_S: Final = 60.0
+# A task's final state reaches the manager within this after its container exits.
+TASK_STATE_WAIT_S: Final = 3.0
+# Swarm starts a task again after this (compose's restart: always waits a little too).
+RESTART_DELAY_S: Final = 1.0
+# Removing a run's objects: overlay networks are released a moment after their tasks.
+REMOVE_ATTEMPTS: Final = 60
+REMOVE_RETRY_S: Final = 0.5
+WORKERS_MAX: Final = 256
+# The reference worker's liveness check under swarm: a hang is replaced within
+# WORKER_LIVENESS_STALE_S + LIVENESS_RETRIES * LIVENESS_INTERVAL_S.
+LIVENESS_INTERVAL_S: Final = 2.0
+LIVENESS_RETRIES: Final = 3
+SLOT_NAME_RE: Final = re.compile(r"^worker-([1-9][0-9]{0,3})$")
+# Task states after which a task never runs again.
+TERMINAL: Final = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
+# Task states whose container has been started.
+STARTED: Final = frozenset({"starting", "running", "complete", "shutdown", "failed"})
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def _liveness() -> Any:
+    """The reference worker's HEALTHCHECK as swarm acts on it: ``/livez``, not the
+    image's ``/healthcheck``. Swarm replaces a task whose check fails, which makes
+    it a liveness probe: ``/healthcheck`` (readiness) answers 503 on every worker
+    while the broker is away, and swarm would replace the whole fleet during a
+    broker restart for nothing. A brought image keeps its own HEALTHCHECK."""
+    import docker.types as dt
+
+    return dt.Healthcheck(
+        test=["CMD", "python3", "-c",
+              "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' "
+              "% os.environ.get('HEALTH_PORT', '8080'), timeout=2)"],
+        interval=_ns(LIVENESS_INTERVAL_S), timeout=_ns(2.0), retries=LIVENESS_RETRIES,
+        start_period=_ns(10.0))
+
+
+def exit_requested(signalled: bool, state: Any, desired: Any, error: Any) -> bool:
+    """Was a task's exit asked for? Yes when the harness signalled its container, or
+    when swarm had ordered the task down before it ended (desired state ``shutdown``
+    or ``remove``: a scale, an update, the run's end), unless the task failed on its
+    own meanwhile. Swarm's replacement of an unhealthy task is the worker's failure,
+    however swarm files it; a task that died by itself (``failed``, or ``complete``
+    while still desired running) was not asked to."""
+    if signalled:
+        return True
+    err = str(error or "")
+    if "unhealthy" in err:
+        return False
+    if state in ("failed", "rejected") and "non-zero exit" in err:
+        return False  # it died by itself (a teardown's own error after a clean exit is not)
+    return desired in ("shutdown", "remove")
+
+
+class SwarmCluster(DockerCluster):
+    """Cluster backend ``swarm``. See the module docstring for the layout."""
+
+    backend = vocab.SWARM
+
+    def __init__(self, run_id: str, run_dir: Path, recorder: Recorder, *,
+                 client: Any = None, broker_timeout_s: float = BROKER_START_TIMEOUT_S,
+                 restart_policy: str = "never", grace_s: float = RESTART_GRACE_S) -> None:
+        super().__init__(run_id, run_dir, recorder, client=client,
+                         broker_timeout_s=broker_timeout_s)
+        self.restart_policy = restart_policy
+        self.grace_s = grace_s
+        self.lease = SwarmLease(self.client)
+        # Two: a network the workers shared with the broker would be a second path
+        # to it (its name resolves there too), around the internal one's faults.
+        self.gw_network_name = f"{self.prefix}-gw"
+        self.workers_gw_network_name = f"{self.prefix}-workers-gw"
+        self.volume_name = f"{self.prefix}-rabbitmq-data"
+        self._service: Any = None  # the workers'
+        self._broker_service: Any = None
+        self._gw_network: Any = None
+        self._workers_gw_network: Any = None
+        self._replicas = 0
+        self._spec: WorkerSpec | None = None
+        self._seen: set[str] = set()  # containers whose incarnation began
+        self._task_of: dict[str, dict[str, Any]] = {}  # container id -> its task, last read
+        self._requested: set[str] = set()  # containers the harness itself signalled
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._amqp_relay: Relay | None = None
+        self._mgmt_relay: Relay | None = None
+        self._leased = False
+        self._gateways: dict[str, str] = {}  # container id -> its docker_gwbridge address
+
+    def orchestrate(self, restart_policy: str, grace_s: float) -> None:
+        if self._service is not None:
+            raise ClusterError("orchestrate: the workers' service exists already")
+        self.restart_policy, self.grace_s = restart_policy, grace_s
+
+    @property
+    def restarts_itself(self) -> bool:
+        return self.restart_policy == "always"
+
+    # -- the broker -----------------------------------------------------------------
+    def start_broker(self, external: BrokerEndpoint | None = None,
+                     while_booting: Any = None) -> BrokerEndpoint:
+        import docker.types as dt
+
+        if external is not None:
+            raise ClusterError("--backend swarm starts a broker of its own: --broker-url needs "
+                               "--backend docker or local")
+        if self._endpoint is not None:
+            return self._endpoint
+        require_image(self.client, self.broker_image)
+        require_image(self.client, self.worker_image)
+        self.lease.acquire()
+        self._leased = True
+        self.swept += sweep_stale_swarm(self.client)
+        self._check_stopped("start_broker")
+        errors = docker_errors()
+        try:
+            self._network = self.client.networks.create(
+                self.network_name, driver="overlay", internal=True, labels=self.labels)
+            self._gw_network = self.client.networks.create(
+                self.gw_network_name, driver="overlay", labels=self.labels)
+            self._workers_gw_network = self.client.networks.create(
+                self.workers_gw_network_name, driver="overlay", labels=self.labels)
+            erl = self.broker_settings.erl_args()
+            self._broker_service = self.client.services.create(
+                self.broker_image, name=f"{self.prefix}-{BROKER_ALIAS}", hostname=BROKER_ALIAS,
+                env=[f"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS={erl}"] if erl else None,
+                labels={**self.labels, LABEL_ROLE: "broker"},
+                container_labels={**self.labels, LABEL_ROLE: "broker"},
+                networks=[dt.NetworkAttachmentConfig(self._network.id, aliases=[BROKER_ALIAS]),
+                          dt.NetworkAttachmentConfig(self._gw_network.id)],
+                endpoint_spec=dt.EndpointSpec(mode="dnsrr"),
+                restart_policy=dt.RestartPolicy(condition="any", delay=_ns(RESTART_DELAY_S)),
+                stop_grace_period=_ns(BROKER_STOP_TIMEOUT_S),
+                mounts=[dt.Mount("/var/lib/rabbitmq", self.volume_name, type="volume",
+                                 labels=self.labels)],
+            )
+        except errors.APIError as exc:
+            raise ClusterError(f"cannot create the broker service: {exc.explanation}") from exc
+        # Started once they have the broker's address (retargeted by each new task).
+        self._amqp_relay = Relay("127.0.0.1", "", AMQP_PORT)
+        self._mgmt_relay = Relay("127.0.0.1", "", MGMT_PORT)
+        if while_booting is not None:
+            while_booting()
+        self._await_broker_task(exclude=None)
+        try:
+            amqp_port, mgmt_port = self._amqp_relay.start(), self._mgmt_relay.start()
+        except OSError as exc:
+            raise ClusterError(f"cannot listen on 127.0.0.1 for the broker relays: "
+                               f"{exc.strerror}") from None
+        self._endpoint = BrokerEndpoint(
+            amqp_url=f"amqp://guest:guest@127.0.0.1:{amqp_port}/%2F",
+            management_url=f"http://127.0.0.1:{mgmt_port}")
+        self.recorder.record(vocab.BROKER_STARTED, "cluster", container=self._broker.short_id,
+                             host=self._broker_ip, backend=self.backend,
+                             service=self._broker_service.name)
+        return self._endpoint
+
+    def _tasks(self, service: Any) -> list[dict[str, Any]]:
+        try:
+            return list(self.client.api.tasks(filters={"service": service.id}))
+        except Exception:
+            return []
+
+    def _await_broker_task(self, exclude: str | None) -> None:
+        """Until the broker service runs a task whose container is not ``exclude`` and
+        the broker answers through the relays (retargeted at its gateway address)."""
+        deadline = time.monotonic() + self.broker_timeout_s
+        container: Any = None
+        while container is None:
+            self._check_stopped("waiting for the broker")
+            for t in self._tasks(self._broker_service):
+                cid = (t.get("Status", {}).get("ContainerStatus") or {}).get("ContainerID")
+                if cid and cid != exclude and t.get("DesiredState") == "running":
+                    with contextlib.suppress(Exception):
+                        container = self.client.containers.get(cid)
+            if container is None:
+                if time.monotonic() >= deadline:
+                    raise ClusterError(f"swarm started no broker task within "
+                                       f"{self.broker_timeout_s:.0f} s: "
+                                       f"{self._task_errors(self._broker_service)}")
+                time.sleep(WATCH_INTERVAL_S)
+        self._broker = container
+        gw = self._gateway_of(container.id, deadline)
+        self._wait_ready_at(gw, deadline)
+        assert self._amqp_relay is not None and self._mgmt_relay is not None
+        self._amqp_relay.retarget(gw, AMQP_PORT)
+        self._mgmt_relay.retarget(gw, MGMT_PORT)
+        self._gateway_ip = gw
+        # Where the workers reach it (the network faults' rules name this address).
+        self._broker_ip = self._overlay_ip(container)
+
+    def _overlay_ip(self, container: Any) -> str | None:
+        with contextlib.suppress(Exception):
+            container.reload()
+        nets = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        ip = (nets.get(self.network_name) or {}).get("IPAddress")
+        return str(ip) if ip else None
+
+    def _gateway_of(self, container_id: str, deadline: float) -> str:
+        """The container's address on ``docker_gwbridge`` (the host routes to it)."""
+        while True:
+            with contextlib.suppress(Exception):
+                net = self.client.networks.get(GWBRIDGE)
+                entry = (net.attrs.get("Containers") or {}).get(container_id)
+                if entry and entry.get("IPv4Address"):
+                    return str(entry["IPv4Address"]).split("/")[0]
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"container {container_id[:12]} has no address on "
+                                   f"{GWBRIDGE}: the harness cannot reach it")
+            time.sleep(WATCH_INTERVAL_S)
+
+    def _wait_ready_at(self, host: str, deadline: float) -> None:
+        import urllib.request
+
+        import pika
+
+        params = pika.ConnectionParameters(
+            host=host, port=AMQP_PORT, credentials=pika.PlainCredentials("guest", "guest"),
+            socket_timeout=2, blocked_connection_timeout=2, connection_attempts=1,
+            stack_timeout=3)
+        last = ""
+        amqp_ok = False
+        while time.monotonic() < deadline:
+            self._check_stopped("waiting for the broker")
+            try:
+                if not amqp_ok:
+                    pika.BlockingConnection(params).close()
+                    amqp_ok = True
+                req = urllib.request.Request(f"http://{host}:{MGMT_PORT}/api/overview",
+                                             headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})
+                with urllib.request.urlopen(req, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except Exception as exc:
+                last = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:200]
+            time.sleep(0.3)
+        raise ClusterError(f"the swarm broker did not answer within {self.broker_timeout_s:.0f} s "
+                           f"({last}); last log lines: {self._broker_tail()}")
+
+    def restart_broker(self, stop_timeout_s: int = BROKER_STOP_TIMEOUT_S) -> None:
+        """``docker service update --force`` of the broker's service: swarm stops its
+        task (SIGTERM, the service's stop grace period) and starts a new one on the
+        same volume and hostname; the harness's relays follow the new address."""
+        if self._broker_service is None or self._broker is None:
+            raise ClusterError("restart_broker: no broker started")
+        old = self._broker
+        try:
+            self._broker_service.reload()
+            self._broker_service.force_update()
+        except docker_errors().APIError as exc:
+            raise ClusterError(f"broker restart (service update --force) failed: "
+                               f"{exc.explanation}") from exc
+        with contextlib.suppress(Exception):
+            old.wait(timeout=stop_timeout_s + THREAD_JOIN_TIMEOUT_S)
+        self.recorder.record(vocab.BROKER_STOPPED, "cluster", container=old.short_id)
+        self._await_broker_task(exclude=old.id)
+        self.recorder.record(vocab.BROKER_STARTED, "cluster", container=self._broker.short_id,
+                             host=self._broker_ip, restarted=True)
+
+    # -- workers --------------------------------------------------------------------
+    def start_worker(self, name: str, spec: WorkerSpec) -> None:
+        """Worker ``worker-<k>`` is slot k of the workers' service: the first creates
+        the service, each next one scales it by one."""
+        import docker.types as dt
+
+        m = SLOT_NAME_RE.match(name)
+        if m is None or int(m.group(1)) != self._replicas + 1:
+            raise ClusterError(f"worker {name!r}: the swarm backend names workers by task slot, "
+                               f"next is worker-{self._replicas + 1}")
+        if self._stopped:
+            raise ClusterError("start_worker: the cluster is stopped")
+        if self._broker_service is None:
+            raise ClusterError("start_worker: start the broker first")
+        if self._spec is not None and spec != self._spec:
+            raise ClusterError("the swarm backend runs one spec for every worker (one service)")
+        if self._replicas >= WORKERS_MAX:
+            raise ClusterError(f"at most {WORKERS_MAX} workers")
+        spec.events_pattern()  # a bad pattern fails here, before the service exists
+        errors = docker_errors()
+        self._spec = spec
+        self._default_spec = spec
+        self._add_slot(name)
+        try:
+            if self._service is None:
+                self._service = self.client.services.create(
+                    spec.image or self.worker_image,
+                    command=list(spec.command) if spec.command else None,
+                    name=f"{self.prefix}-worker", hostname="worker-{{.Task.Slot}}",
+                    env=[f"{k}={v}" for k, v in self._worker_env("worker-{{.Task.Slot}}",
+                                                                 spec).items()],
+                    labels={**self.labels, LABEL_ROLE: "worker"},
+                    container_labels={**self.labels, LABEL_ROLE: "worker"},
+                    networks=[dt.NetworkAttachmentConfig(self._network.id),
+                              dt.NetworkAttachmentConfig(self._workers_gw_network.id)],
+                    endpoint_spec=dt.EndpointSpec(mode="dnsrr"),
+                    restart_policy=dt.RestartPolicy(
+                        condition="any" if self.restarts_itself else "none",
+                        delay=_ns(RESTART_DELAY_S)),
+                    stop_grace_period=_ns(self.grace_s),
+                    mode=dt.ServiceMode("replicated", replicas=1),
+                    healthcheck=None if spec.image else _liveness(),
+                )
+                self._watcher = threading.Thread(target=self._watch, name="swarm-tasks",
+                                                 daemon=True)
+                self._watcher.start()
+            else:
+                self._set_replicas(self._replicas + 1)
+        except errors.APIError as exc:
+            raise ClusterError(f"cannot run worker {name} as a swarm task: "
+                               f"{exc.explanation}") from exc
+        self._replicas += 1
+        deadline = time.monotonic() + TASK_START_TIMEOUT_S
+        w = self._get(name)
+        while w.container is None:
+            self._check_stopped(f"start worker {name}")
+            if time.monotonic() >= deadline:
+                why = self._task_errors(self._service)
+                raise ClusterError(f"swarm started no task for {name} within "
+                                   f"{TASK_START_TIMEOUT_S:.0f} s: {why}")
+            time.sleep(WATCH_INTERVAL_S)
+
+    def _set_replicas(self, count: int) -> None:
+        """``docker service scale``: the service's spec as the engine holds it, with
+        only the replica count changed. (The SDK's ``Service.scale`` merges its own
+        defaults into the task template, which swarm takes for a new spec and rolls
+        out, restarting the running tasks one by one.)"""
+        svc = self._service
+        svc.reload()
+        spec = svc.attrs["Spec"]
+        self.client.api.update_service(
+            svc.id, svc.version, task_template=spec["TaskTemplate"], name=spec["Name"],
+            labels=spec.get("Labels"), mode={"Replicated": {"Replicas": count}},
+            update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
+            endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False)
+
+    def _add_slot(self, name: str) -> _Worker:
+        with self._lock:
+            w = self._workers.get(name)
+            if w is None:
+                spec = self._spec or WorkerSpec()
+                w = _Worker(name=name, spec=spec, container=None,
+                            log_path=self.run_dir / "logs" / f"{name}.log",
+                            reader=LineReader(self.recorder, name, spec.events_pattern(),
+                                              translate=spec.event_translator()))
+                self._workers[name] = w
+            return w
+
+    def _task_errors(self, service: Any) -> str:
+        errs = sorted({str(t.get("Status", {}).get("Err") or t.get("Status", {}).get("State"))
+                       for t in self._tasks(service)})
+        return "; ".join(errs) or "no task"
+
+    def _watch(self) -> None:
+        """Each new task container of the workers' service: an incarnation of its slot."""
+        while not self._watch_stop.wait(WATCH_INTERVAL_S):
+            if self._service is None:
+                continue
+            tasks = sorted(self._tasks(self._service), key=lambda t: str(t.get("CreatedAt")))
+            for t in tasks:
+                cid = (t.get("Status", {}).get("ContainerStatus") or {}).get("ContainerID")
+                if not cid:
+                    continue
+                with self._lock:
+                    self._task_of[cid] = t
+                    # A container is created before it starts: follow it once started
+                    # (or over, if it died between two reads: its log is still there).
+                    new = cid not in self._seen and t["Status"].get("State") in STARTED
+                    if new:
+                        self._seen.add(cid)
+                if new:
+                    self._incarnation(t, cid)
+
+    def _incarnation(self, task: dict[str, Any], cid: str) -> None:
+        name = f"worker-{task.get('Slot')}"
+        try:
+            container = self.client.containers.get(cid)
+        except Exception:
+            return  # gone before it could be followed: its task says how it ended
+        w = self._add_slot(name)
+        before = self._task_of.get(w.container.id) if w.container is not None else None
+        w.container = container
+        replaces: dict[str, Any] | None = None
+        if before is not None:
+            status = before.get("Status", {})
+            replaces = {"task": before.get("ID"), "state": status.get("State"),
+                        "error": status.get("Err")}
+        self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name,
+                             container=container.short_id, image=w.spec.image or self.worker_image,
+                             task=task.get("ID"), slot=task.get("Slot"), replaces=replaces)
+        with w.log_lock:
+            w.generation += 1
+            generation = w.generation
+        t_log = threading.Thread(target=self._follow_logs, args=(w, container, 0, generation),
+                                 name=f"swarm-logs-{name}", daemon=True)
+        t_wait = threading.Thread(target=self._wait_exit, args=(w, container),
+                                  name=f"swarm-wait-{name}", daemon=True)
+        w.threads = [t_log, t_wait]
+        t_log.start()
+        t_wait.start()
+
+    def _exit_facts(self, w: _Worker, container: Any) -> tuple[bool, dict[str, Any]]:
+        """Requested: the harness signalled this container, or swarm shut its task
+        down (a scale, an update, the run's end); not the worker's word."""
+        deadline = time.monotonic() + TASK_STATE_WAIT_S
+        with self._lock:
+            task = self._task_of.get(container.id, {})
+        while time.monotonic() < deadline:
+            listed = False
+            for t in self._tasks(self._service):
+                cid = (t.get("Status", {}).get("ContainerStatus") or {}).get("ContainerID")
+                if cid == container.id:
+                    task, listed = t, True
+                    with self._lock:
+                        self._task_of[cid] = t
+            # A scale-down removes its tasks once stopped: the last read stands.
+            if task.get("Status", {}).get("State") in TERMINAL or not listed:
+                break
+            time.sleep(WATCH_INTERVAL_S)
+        status = task.get("Status", {})
+        state, err, desired = status.get("State"), status.get("Err"), task.get("DesiredState")
+        requested = exit_requested(container.id in self._requested, state, desired, err)
+        return requested, {"task_state": state, "task_desired": desired, "task_error": err}
+
+    def health_url(self, name: str) -> str | None:
+        w = self._get(name)
+        if w.container is None:
+            return None
+        cid = w.container.id
+        gw = self._gateways.get(cid)
+        if gw is None:
+            try:
+                gw = self._gateways[cid] = self._gateway_of(cid, time.monotonic())
+            except ClusterError:
+                return None
+        return f"http://{gw}:{w.spec.health_port}/healthcheck"
+
+    def is_running(self, name: str) -> bool:
+        w = self._get(name)
+        return w.container is not None and super().is_running(name)
+
+    # -- faults -----------------------------------------------------------------------
+    def _mark(self, name: str) -> None:
+        w = self._get(name)
+        if w.container is None:
+            raise ClusterError(f"{name} has no task container yet")
+        with self._lock:
+            self._requested.add(w.container.id)
+
+    def kill(self, name: str) -> None:
+        self._mark(name)
+        super().kill(name)
+
+    def terminate(self, name: str, grace_s: float) -> int | None:
+        self._mark(name)
+        return super().terminate(name, grace_s)
+
+    def restart(self, name: str, grace_s: float = RESTART_GRACE_S) -> None:
+        """Stop the task's container and let swarm start the slot's next task."""
+        if not self.restarts_itself:
+            raise ClusterError("restart on --backend swarm needs restart_policy: always (swarm "
+                               "starts a slot's next task only under a restart policy)")
+        w = self._get(name)
+        old = w.container.id if w.container is not None else None
+        if self.is_running(name):
+            self.terminate(name, grace_s)
+        deadline = time.monotonic() + TASK_START_TIMEOUT_S
+        while w.container is None or w.container.id == old:
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"swarm did not replace {name}'s task within "
+                                   f"{TASK_START_TIMEOUT_S:.0f} s")
+            time.sleep(WATCH_INTERVAL_S)
+
+    def partition(self, name: str) -> None:
+        raise ClusterError("partition: swarm owns a task's network attachments; use blackhole")
+
+    def scale_to(self, count: int, queue: str, grace_s: float) -> ScaleDone:
+        """``docker service scale``: swarm picks which tasks stop (SIGTERM, the stop
+        grace period); the harness reads which it did."""
+        if self._service is None:
+            raise ClusterError("scale: no workers' service yet")
+        if not 0 <= count <= WORKERS_MAX:
+            raise ClusterError(f"scale: count must be 0..{WORKERS_MAX}")
+        issued = time.time()
+        with self._lock:
+            before = {n for n, w in self._workers.items()
+                      if w.container is not None and self.is_running(n)}
+        try:
+            self._set_replicas(count)
+        except docker_errors().APIError as exc:
+            raise ClusterError(f"docker service scale failed: {exc.explanation}") from exc
+        self._replicas = max(self._replicas, count)
+        deadline = time.monotonic() + grace_s + TASK_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            running = {n for n in self.workers() if self.is_running(n)}
+            # Converged when swarm's record agrees too: each task it stops has its
+            # final state (the exits' "requested" is read from it).
+            settled = all(t.get("Status", {}).get("State") in TERMINAL
+                          for t in self._tasks(self._service)
+                          if t.get("DesiredState") != "running")
+            if len(running) == count and settled:
+                break
+            time.sleep(WATCH_INTERVAL_S)
+        else:
+            raise ClusterError(f"scale to {count}: swarm did not converge within "
+                               f"{grace_s + TASK_START_TIMEOUT_S:.0f} s")
+        return ScaleDone(issued_ts=issued, started=tuple(sorted(running - before)),
+                         terminated=tuple(sorted(before - running)))
+
+    def stop_workers(self, grace_s: float) -> bool:
+        """The run's end: scale the workers' service to 0 (swarm stops every task with
+        SIGTERM and the stop grace period), so no task is started again."""
+        if self._service is None:
+            return True
+        with contextlib.suppress(ClusterError):
+            self.scale_to(0, "", grace_s)
+        with self._lock:
+            workers = list(self._workers.values())
+        for w in workers:  # their exits recorded while swarm still lists the tasks
+            self._join(w)
+        return True
+
+    # -- teardown -------------------------------------------------------------------
+    def stop(self) -> None:
+        """Services, containers, volume, networks, relays; then the swarm as found.
+        Idempotent, never raises."""
+        self._stopped = True
+        self._watch_stop.set()
+        with contextlib.suppress(Exception):
+            self.heal_all()
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                raw = self._broker.logs(stdout=True, stderr=True, timestamps=True)
+                (self.run_dir / "logs" / "rabbitmq.log").write_bytes(raw)
+        for svc in (self._service, self._broker_service):
+            if svc is not None:
+                with contextlib.suppress(Exception):
+                    svc.remove()
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                self.recorder.record(vocab.BROKER_STOPPED, "cluster",
+                                     container=self._broker.short_id)
+        self._service = self._broker_service = None
+        if self._leased:
+            with contextlib.suppress(Exception):
+                for s in self.client.services.list(filters={"label": f"{LABEL_RUN}={self.run_id}"}):
+                    with contextlib.suppress(Exception):
+                        s.remove()
+        with contextlib.suppress(Exception):
+            for c in self.client.containers.list(
+                    all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}):
+                with contextlib.suppress(Exception):
+                    c.remove(force=True, v=True)
+        with self._lock:
+            workers = list(self._workers.values())
+        for w in workers:
+            with contextlib.suppress(Exception):
+                self._join(w)
+        if self._watcher is not None:
+            self._watcher.join(THREAD_JOIN_TIMEOUT_S)
+        for relay in (self._amqp_relay, self._mgmt_relay):
+            if relay is not None:
+                with contextlib.suppress(Exception):
+                    relay.stop()
+        self._amqp_relay = self._mgmt_relay = None
+        self._broker = None
+        self._endpoint = None
+        self._remove_leftovers()
+        self._network = self._gw_network = self._workers_gw_network = None
+        if self._leased:
+            self._leased = False
+            self.lease.release()
+
+    def _remove_leftovers(self) -> None:
+        """The run's volume and networks, once swarm has let go of them (bounded)."""
+        errors = docker_errors()
+        for _ in range(REMOVE_ATTEMPTS):
+            left = 0
+            with contextlib.suppress(Exception):
+                for c in self.client.containers.list(
+                        all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}):
+                    left += 1
+                    with contextlib.suppress(Exception):
+                        c.remove(force=True, v=True)
+            try:
+                for v in self.client.volumes.list(filters={"label": f"{LABEL_RUN}={self.run_id}"}):
+                    left += 1
+                    with contextlib.suppress(errors.APIError):
+                        v.remove(force=True)
+                for n in self.client.networks.list(
+                        filters={"label": f"{LABEL_RUN}={self.run_id}"}):
+                    left += 1
+                    with contextlib.suppress(errors.APIError):
+                        n.remove()
+            except Exception:
+                left += 1
+            if not left:
+                return
+            time.sleep(REMOVE_RETRY_S)

@@ -1,0 +1,219 @@
+"""The ``swarm`` backend on this machine's engine: real services, real tasks, swarm's
+own restart policy and HEALTHCHECK.
+
+Every test runs in one xdist group (the engine has one swarm) and checks that the
+run left nothing: no service, network, volume, secret or config of the harness,
+and the engine's swarm state as it was before the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.cluster.base import ClusterError
+from harness.cluster.docker import BROKER_IMAGE, LABEL, WORKER_IMAGE, connect
+from harness.cluster.swarm_engine import (
+    GWBRIDGE,
+    SwarmLease,
+    made_by_harness,
+    swarm_state,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.xdist_group("swarm")]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ROOT / "scenarios"
+RUN_TIMEOUT_S = 400
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    try:
+        client = connect(timeout_s=10)
+    except ClusterError as exc:
+        pytest.skip(str(exc))
+    for image in (BROKER_IMAGE, WORKER_IMAGE):
+        try:
+            client.images.get(image)
+        except Exception:
+            pytest.skip(f"image {image} missing: run `harness images build --offline`")
+    yield client
+    client.close()
+
+
+def engine_state(client: Any) -> tuple[str, bool]:
+    """The swarm state and whether ``docker_gwbridge`` exists."""
+    names = {n.name for n in client.networks.list()}
+    return swarm_state(client), GWBRIDGE in names
+
+
+def leftovers(client: Any) -> list[str]:
+    """Every swarm object of the harness on the engine (any run): services, secrets,
+    configs, swarm networks, task containers and the brokers' volumes. Docker runs
+    of the other xdist worker have none of these."""
+    f = {"label": f"{LABEL}=1"}
+    out = [f"container:{c.name}" for c in client.containers.list(all=True, filters=f)
+           if "com.docker.swarm.task.id" in (c.labels or {})]
+    out += [f"volume:{v.name}" for v in client.volumes.list(filters=f)
+            if v.name.endswith("-rabbitmq-data")]
+    if swarm_state(client) == "active":
+        out += [f"network:{n.name}" for n in client.networks.list(filters=f)
+                if n.attrs.get("Scope") == "swarm"]
+        out += [f"service:{s.name}" for s in client.services.list(filters=f)]
+        out += [f"secret:{s.name}" for s in client.secrets.list(filters=f)]
+        out += [f"config:{c.name}" for c in client.configs.list(filters=f)]
+    return out
+
+
+@pytest.fixture
+def clean_engine(engine: Any) -> Iterator[tuple[str, bool]]:
+    """The engine's state before the test; after it, the same state and nothing left
+    of any swarm run."""
+    before = engine_state(engine)
+    assert not leftovers(engine)
+    yield before
+    left = leftovers(engine)
+    assert not left, left
+    assert engine_state(engine) == before
+
+
+def with_bug(scenario: str, bug: str, tmp: Path) -> str:
+    """A copy of ``scenario`` whose workers run the planted ``bug`` (as mutants do)."""
+    raw = yaml.safe_load((SCENARIOS / scenario).read_text(encoding="utf-8"))
+    raw.setdefault("cluster", {}).setdefault("env", {})["WORKER_BUG"] = bug
+    path = tmp / f"{bug}-{scenario}"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def run(scenario: str, out: Path, *extra: str, seed: int = 7) -> tuple[
+        subprocess.CompletedProcess[str], dict[str, Any], list[dict[str, Any]]]:
+    """``harness run`` on swarm: ``scenario`` is a bundled name or a path."""
+    out = out / "runs"
+    out.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "run", str(SCENARIOS / scenario), "--backend",
+         "swarm", "--seed", str(seed), "--out", str(out), "--no-progress", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    dirs = [d for d in out.iterdir() if d.is_dir()]
+    assert len(dirs) == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    result = json.loads((dirs[0] / "result.json").read_text())
+    with open(dirs[0] / "history.jsonl") as f:
+        events = [json.loads(line) for line in f]
+    return proc, {c["claim"]: c for c in result["claims"]}, events
+
+
+def test_a_lease_makes_a_swarm_and_the_last_one_leaves_it(engine: Any) -> None:
+    before = engine_state(engine)
+    if before[0] != "inactive":
+        pytest.skip("the engine is a swarm already: the harness must not leave it")
+    first, second = SwarmLease(engine), SwarmLease(engine)
+    try:
+        first.acquire()
+        assert first.created and made_by_harness(engine)
+        gw = engine.networks.get(GWBRIDGE)
+        assert gw.attrs["Options"]["com.docker.network.bridge.enable_ip_masquerade"] == "false"
+        second.acquire()
+        assert not second.created  # joined the swarm the first one made
+        assert first.release() is False  # the second still holds it
+        assert swarm_state(engine) == "active"
+        assert second.release() is True
+    finally:
+        first.release()
+        second.release()
+    assert engine_state(engine) == before
+
+
+def test_crash_recovery_on_swarm(clean_engine: tuple[str, bool], tmp_path: Path) -> None:
+    proc, claims, events = run("crash-recovery.yaml", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert {c: v["valid"] for c, v in claims.items()} == {
+        "no-loss": "true", "exactly-once-ack": "true", "redelivery-after-crash": "true",
+        "no-duplicate-processing": "true"}, proc.stdout[-3000:]
+    started = [e for e in events if e["type"] == "worker_started"]
+    # Three slots, one task each; restart_policy never: swarm replaces none.
+    assert sorted(e["worker"] for e in started) == ["worker-1", "worker-2", "worker-3"]
+    assert all(e["task"] and e["slot"] in (1, 2, 3) and e["replaces"] is None for e in started)
+    kills = [e for e in events if e["type"] == "fault" and e.get("fault") == "kill"]
+    assert len(kills) == 1
+    target = kills[0]["target"]
+    exits = [e for e in events if e["type"] == "worker_exited" and e["worker"] == target]
+    assert exits[0]["requested"] is True and exits[0]["task_state"] == "failed"
+    assert "--backend swarm" in proc.stdout  # the rerun command names the backend
+
+
+def test_network_faults_act_on_the_only_path_to_the_broker(
+        clean_engine: tuple[str, bool], tmp_path: Path) -> None:
+    """The workers share one network with the broker, the internal one, and the
+    blackhole's rules name the broker's address there: the cut-off worker's tasks
+    go to the others (on a second, shared network they would not)."""
+    proc, claims, _ = run("zombie-blackhole.yaml", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert {c: (v["valid"], v["invariant"]) for c, v in claims.items()} == {
+        "no-loss": ("true", "true"), "exactly-once-ack": ("true", "true"),
+        "exactly-one-consumer": ("false", "true"),
+        "no-duplicate-processing": ("false", "true")}, proc.stdout[-3000:]
+
+
+def test_a_planted_bug_is_caught_on_swarm(clean_engine: tuple[str, bool],
+                                         tmp_path: Path) -> None:
+    proc, claims, _ = run(with_bug("crash-recovery.yaml", "ack-before-process", tmp_path),
+                          tmp_path)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert claims["no-loss"]["valid"] == "false", claims["no-loss"]
+
+
+def test_swarm_replaces_a_task_whose_liveness_fails(clean_engine: tuple[str, bool],
+                                                   tmp_path: Path) -> None:
+    """The planted beat-when-idle bug: the long task's holder reads as hung, swarm's
+    HEALTHCHECK (/livez) fails and swarm replaces the task; the history shows it."""
+    proc, claims, events = run(with_bug("liveness-long-task.yaml", "beat-when-idle", tmp_path),
+                               tmp_path)
+    replaced = [e for e in events if e["type"] == "worker_started" and e.get("replaces")]
+    assert replaced, proc.stdout[-3000:]
+    assert all("unhealthy" in str(e["replaces"]["error"]) for e in replaced), replaced
+    unasked = [e for e in events if e["type"] == "worker_exited" and not e["requested"]]
+    assert {e["worker"] for e in unasked} >= {e["worker"] for e in replaced}
+    assert claims["no-loss"]["valid"] == "true", claims["no-loss"]
+
+
+def test_no_replacement_of_a_correct_worker(clean_engine: tuple[str, bool],
+                                           tmp_path: Path) -> None:
+    proc, claims, events = run("liveness-long-task.yaml", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert not [e for e in events if e["type"] == "worker_started" and e.get("replaces")]
+    assert not [e for e in events if e["type"] == "worker_exited" and not e["requested"]]
+    assert all(v["valid"] == "true" for v in claims.values()), claims
+
+
+def test_ctrl_c_leaves_nothing_and_the_swarm_as_found(clean_engine: tuple[str, bool],
+                                                      tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(SCENARIOS / "crash-recovery.yaml"),
+         "--backend", "swarm", "--seed", "7", "--out", str(tmp_path), "--no-progress"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    history = None
+    while time.monotonic() < deadline:  # until a worker processed a task
+        found = list(tmp_path.glob("*/history.jsonl"))
+        if found and '"processed"' in found[0].read_text():
+            history = found[0]
+            break
+        time.sleep(0.5)
+    assert history is not None
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-2000:]
