@@ -79,6 +79,10 @@ class Relay:
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
     def _connect(self, client: socket.socket) -> None:
+        if not self.target[0]:  # no target yet (``retarget`` comes first): refuse
+            self.refused += 1
+            client.close()
+            return
         try:
             upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT_S)
         except OSError:

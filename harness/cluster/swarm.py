@@ -71,6 +71,7 @@ from harness.cluster.docker.engine import (
     RESTART_GRACE_S,
     THREAD_JOIN_TIMEOUT_S,
     docker_errors,
+    parse_docker_ts,
     require_image,
 )
 from harness.cluster.docker.engine import (
@@ -124,21 +125,15 @@ def _liveness() -> Any:
         start_period=_ns(10.0))
 
 
-def exit_requested(signalled: bool, state: Any, desired: Any, error: Any) -> bool:
-    """Was a task's exit asked for? Yes when the harness signalled its container, or
-    when swarm had ordered the task down before it ended (desired state ``shutdown``
-    or ``remove``: a scale, an update, the run's end), unless the task failed on its
-    own meanwhile. Swarm's replacement of an unhealthy task is the worker's failure,
-    however swarm files it; a task that died by itself (``failed``, or ``complete``
-    while still desired running) was not asked to."""
-    if signalled:
-        return True
-    err = str(error or "")
-    if "unhealthy" in err:
+def exit_requested(signalled: bool, ordered: bool, error: Any) -> bool:
+    """Was a task's exit asked for? Only when the harness signalled that container
+    before it exited, or saw swarm order its task down (a scale, the run's end)
+    while it still ran: swarm marks *every* task that ends as desired
+    ``shutdown``, so its final record says nothing about who ended it. Swarm's
+    replacement of an unhealthy task is the worker's failure either way."""
+    if "unhealthy" in str(error or ""):
         return False
-    if state in ("failed", "rejected") and "non-zero exit" in err:
-        return False  # it died by itself (a teardown's own error after a clean exit is not)
-    return desired in ("shutdown", "remove")
+    return signalled or ordered
 
 
 class SwarmCluster(DockerCluster):
@@ -167,13 +162,20 @@ class SwarmCluster(DockerCluster):
         self._spec: WorkerSpec | None = None
         self._seen: set[str] = set()  # containers whose incarnation began
         self._task_of: dict[str, dict[str, Any]] = {}  # container id -> its task, last read
-        self._requested: set[str] = set()  # containers the harness itself signalled
+        # Container id -> when the harness itself signalled it (kill, terminate).
+        self._signalled: dict[str, float] = {}
+        # Containers whose task swarm was seen ordered down (desired state no longer
+        # running) while they still ran: after the harness's scale or the run's end.
+        self._ordered: set[str] = set()
+        self._broker_containers: list[Any] = []  # every broker task's, for its log
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._amqp_relay: Relay | None = None
         self._mgmt_relay: Relay | None = None
         self._leased = False
         self._gateways: dict[str, str] = {}  # container id -> its docker_gwbridge address
+        self._placement: list[str] = []
+        self._paused: set[str] = set()  # workers the harness paused (not resumed yet)
 
     def orchestrate(self, restart_policy: str, grace_s: float) -> None:
         if self._service is not None:
@@ -196,10 +198,14 @@ class SwarmCluster(DockerCluster):
             return self._endpoint
         require_image(self.client, self.broker_image)
         require_image(self.client, self.worker_image)
+        self._leased = True  # stop() releases whatever acquire() got to
         self.lease.acquire()
-        self._leased = True
         self.swept += sweep_stale_swarm(self.client)
         self._check_stopped("start_broker")
+        # Tasks on this engine only: a swarm the engine already was may have other
+        # nodes, whose containers the harness could neither follow nor fault.
+        node_id = (self.client.info().get("Swarm") or {}).get("NodeID")
+        self._placement = [f"node.id=={node_id}"]
         errors = docker_errors()
         try:
             self._network = self.client.networks.create(
@@ -221,6 +227,7 @@ class SwarmCluster(DockerCluster):
                 stop_grace_period=_ns(BROKER_STOP_TIMEOUT_S),
                 mounts=[dt.Mount("/var/lib/rabbitmq", self.volume_name, type="volume",
                                  labels=self.labels)],
+                constraints=self._placement,
             )
         except errors.APIError as exc:
             raise ClusterError(f"cannot create the broker service: {exc.explanation}") from exc
@@ -268,6 +275,7 @@ class SwarmCluster(DockerCluster):
                                        f"{self._task_errors(self._broker_service)}")
                 time.sleep(WATCH_INTERVAL_S)
         self._broker = container
+        self._broker_containers.append(container)
         gw = self._gateway_of(container.id, deadline)
         self._wait_ready_at(gw, deadline)
         assert self._amqp_relay is not None and self._mgmt_relay is not None
@@ -276,6 +284,17 @@ class SwarmCluster(DockerCluster):
         self._gateway_ip = gw
         # Where the workers reach it (the network faults' rules name this address).
         self._broker_ip = self._overlay_ip(container)
+
+    def broker_log(self) -> str | None:
+        """Every broker task's log in order (a broker restart starts a new container,
+        and the old one's lines, its consumer-timeout closes, stay evidence)."""
+        parts: list[str] = []
+        for c in self._broker_containers:
+            with contextlib.suppress(Exception):
+                raw = c.logs(stdout=True, stderr=True)
+                parts.append(raw.decode("utf-8", errors="replace") if isinstance(raw, bytes)
+                             else str(raw))
+        return "".join(parts) if parts else None
 
     def _overlay_ip(self, container: Any) -> str | None:
         with contextlib.suppress(Exception):
@@ -342,6 +361,12 @@ class SwarmCluster(DockerCluster):
             old.wait(timeout=stop_timeout_s + THREAD_JOIN_TIMEOUT_S)
         self.recorder.record(vocab.BROKER_STOPPED, "cluster", container=old.short_id)
         self._await_broker_task(exclude=old.id)
+        # The new task has a new address: an active blackhole or reset names the old
+        # one in its rules, so it is laid again on the new one (the same fault goes on).
+        with self._lock:
+            active = [(name, f.name) for name, fs in self._faults.items() for f in fs]
+        for name, kind in active:
+            self._net_fault(kind, name)
         self.recorder.record(vocab.BROKER_STARTED, "cluster", container=self._broker.short_id,
                              host=self._broker_ip, restarted=True)
 
@@ -387,6 +412,7 @@ class SwarmCluster(DockerCluster):
                     stop_grace_period=_ns(self.grace_s),
                     mode=dt.ServiceMode("replicated", replicas=1),
                     healthcheck=None if spec.image else _liveness(),
+                    constraints=self._placement,
                 )
                 self._watcher = threading.Thread(target=self._watch, name="swarm-tasks",
                                                  daemon=True)
@@ -413,13 +439,21 @@ class SwarmCluster(DockerCluster):
         defaults into the task template, which swarm takes for a new spec and rolls
         out, restarting the running tasks one by one.)"""
         svc = self._service
-        svc.reload()
-        spec = svc.attrs["Spec"]
-        self.client.api.update_service(
-            svc.id, svc.version, task_template=spec["TaskTemplate"], name=spec["Name"],
-            labels=spec.get("Labels"), mode={"Replicated": {"Replicas": count}},
-            update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
-            endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False)
+        try:
+            svc.reload()
+            spec = svc.attrs["Spec"]
+            self.client.api.update_service(
+                svc.id, svc.version, task_template=spec["TaskTemplate"], name=spec["Name"],
+                labels=spec.get("Labels"), mode={"Replicated": {"Replicas": count}},
+                update_config=spec.get("UpdateConfig"),
+                rollback_config=spec.get("RollbackConfig"),
+                endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False)
+        except docker_errors().APIError as exc:
+            raise ClusterError(f"docker service scale to {count} failed: "
+                               f"{exc.explanation}") from exc
+        except Exception as exc:  # the engine's connection, not an API answer
+            raise ClusterError(f"docker service scale to {count} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
 
     def _add_slot(self, name: str) -> _Worker:
         with self._lock:
@@ -439,56 +473,105 @@ class SwarmCluster(DockerCluster):
         return "; ".join(errs) or "no task"
 
     def _watch(self) -> None:
-        """Each new task container of the workers' service: an incarnation of its slot."""
+        """Each new task container of the workers' service: an incarnation of its slot;
+        and each task swarm orders down while it runs (``_ordered``)."""
         while not self._watch_stop.wait(WATCH_INTERVAL_S):
-            if self._service is None:
+            try:
+                self._read_tasks()
+            except Exception:  # noqa: BLE001 - one bad read must not end the watch
                 continue
-            tasks = sorted(self._tasks(self._service), key=lambda t: str(t.get("CreatedAt")))
-            for t in tasks:
-                cid = (t.get("Status", {}).get("ContainerStatus") or {}).get("ContainerID")
-                if not cid:
-                    continue
-                with self._lock:
-                    self._task_of[cid] = t
-                    # A container is created before it starts: follow it once started
-                    # (or over, if it died between two reads: its log is still there).
-                    new = cid not in self._seen and t["Status"].get("State") in STARTED
-                    if new:
-                        self._seen.add(cid)
-                if new:
-                    self._incarnation(t, cid)
 
-    def _incarnation(self, task: dict[str, Any], cid: str) -> None:
-        name = f"worker-{task.get('Slot')}"
+    def _read_tasks(self) -> list[dict[str, Any]]:
+        """One read of the workers' tasks: record orders and new incarnations."""
+        if self._service is None:
+            return []
+        tasks = sorted(self._tasks(self._service),
+                       key=lambda t: parse_docker_ts(str(t.get("CreatedAt") or "")) or 0)
+        for t in tasks:
+            cid = (t.get("Status", {}).get("ContainerStatus") or {}).get("ContainerID")
+            if not cid:
+                continue
+            state = t.get("Status", {}).get("State")
+            with self._lock:
+                self._task_of[cid] = t
+                if t.get("DesiredState") not in (None, "running") and state in ("starting",
+                                                                                 "running"):
+                    self._ordered.add(cid)
+                # A container is created before it starts: follow it once started
+                # (or over, if it died between two reads: its log is still there).
+                new = cid not in self._seen and state in STARTED
+            if new and self._incarnation(t, cid):
+                with self._lock:
+                    self._seen.add(cid)
+        return tasks
+
+    def _incarnation(self, task: dict[str, Any], cid: str) -> bool:
+        """Follow a new task's container: True once done (False: retry next read)."""
+        errors = docker_errors()
         try:
             container = self.client.containers.get(cid)
+        except errors.NotFound:
+            # Removed before it could be followed: its start and exit from swarm's record.
+            name = f"worker-{task.get('Slot')}"
+            status = task.get("Status", {})
+            self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name, container=cid[:12],
+                                 task=task.get("ID"), slot=task.get("Slot"), lost=True)
+            self.recorder.record(vocab.WORKER_EXITED, "cluster", worker=name, code=None,
+                                 requested=exit_requested(False, cid in self._ordered,
+                                                          status.get("Err")),
+                                 container=cid[:12], task_state=status.get("State"),
+                                 task_error=status.get("Err"), lost=True)
+            return True
         except Exception:
-            return  # gone before it could be followed: its task says how it ended
+            return False  # the engine did not answer: the next read tries again
+        name = f"worker-{task.get('Slot')}"
         w = self._add_slot(name)
-        before = self._task_of.get(w.container.id) if w.container is not None else None
-        w.container = container
+        started_ns = parse_docker_ts(str(container.attrs.get("State", {}).get("StartedAt", "")))
+        with self._lock:
+            prev = w.container
+            prev_ns = (parse_docker_ts(str(prev.attrs.get("State", {}).get("StartedAt", "")))
+                       if prev is not None else None)
+            newer = prev is None or (started_ns or 0) >= (prev_ns or 0)
+            if newer:
+                w.container = container
+            before = self._task_of.get(prev.id) if prev is not None and newer else None
         replaces: dict[str, Any] | None = None
         if before is not None:
             status = before.get("Status", {})
             replaces = {"task": before.get("ID"), "state": status.get("State"),
                         "error": status.get("Err")}
+            self._end_faults(name)
         self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name,
                              container=container.short_id, image=w.spec.image or self.worker_image,
-                             task=task.get("ID"), slot=task.get("Slot"), replaces=replaces)
-        with w.log_lock:
-            w.generation += 1
-            generation = w.generation
-        t_log = threading.Thread(target=self._follow_logs, args=(w, container, 0, generation),
+                             task=task.get("ID"), slot=task.get("Slot"), replaces=replaces,
+                             ts=started_ns / 1e9 if started_ns else None)
+        # Generation 0: each container's follower reads its log to the end (a new task
+        # is another container, nothing is read twice), so a crash's last lines stay.
+        t_log = threading.Thread(target=self._follow_logs, args=(w, container, 0, 0),
                                  name=f"swarm-logs-{name}", daemon=True)
         t_wait = threading.Thread(target=self._wait_exit, args=(w, container),
                                   name=f"swarm-wait-{name}", daemon=True)
-        w.threads = [t_log, t_wait]
+        with self._lock:
+            w.threads = [t for t in w.threads if t.is_alive()] + [t_log, t_wait]
         t_log.start()
         t_wait.start()
+        return True
+
+    def _end_faults(self, name: str) -> None:
+        """A slot's new task has no pause and no iptables rule of the old one: the
+        lasting faults on that worker end here (recorded, so no fault window of the
+        old task spans the new one)."""
+        with self._lock:
+            net = [f.name for f in self._faults.pop(name, [])]
+            paused = name in self._paused
+            self._paused.discard(name)
+        for fault in (["pause"] if paused else []) + net:
+            self.recorder.record(vocab.FAULT, "cluster", fault=fault, target=name, phase="heal",
+                                 ok=True, via="replaced")
 
     def _exit_facts(self, w: _Worker, container: Any) -> tuple[bool, dict[str, Any]]:
-        """Requested: the harness signalled this container, or swarm shut its task
-        down (a scale, an update, the run's end); not the worker's word."""
+        """Requested: the harness signalled this container before it exited, or saw
+        swarm order its task down while it ran; never the worker's word."""
         deadline = time.monotonic() + TASK_STATE_WAIT_S
         with self._lock:
             task = self._task_of.get(container.id, {})
@@ -505,9 +588,20 @@ class SwarmCluster(DockerCluster):
                 break
             time.sleep(WATCH_INTERVAL_S)
         status = task.get("Status", {})
-        state, err, desired = status.get("State"), status.get("Err"), task.get("DesiredState")
-        requested = exit_requested(container.id in self._requested, state, desired, err)
-        return requested, {"task_state": state, "task_desired": desired, "task_error": err}
+        finished_ns = None
+        with contextlib.suppress(Exception):
+            container.reload()
+            finished_ns = parse_docker_ts(str(container.attrs["State"]["FinishedAt"]))
+        with self._lock:
+            sig_ts = self._signalled.get(container.id)
+            ordered = container.id in self._ordered
+            if w.container is container:
+                self._paused.discard(w.name)
+        # A signal after the container had already exited (a crash first) excuses nothing.
+        signalled = sig_ts is not None and (not finished_ns or sig_ts <= finished_ns / 1e9 + 0.05)
+        err = status.get("Err")
+        return exit_requested(signalled, ordered, err), {
+            "task_state": status.get("State"), "task_error": err}
 
     def health_url(self, name: str) -> str | None:
         w = self._get(name)
@@ -527,20 +621,61 @@ class SwarmCluster(DockerCluster):
         return w.container is not None and super().is_running(name)
 
     # -- faults -----------------------------------------------------------------------
-    def _mark(self, name: str) -> None:
+    def _signal(self, name: str, sig: str) -> Any:
+        """Send ``sig`` to the worker's current container if it runs (a paused one is
+        unpaused first), noting the time first; the container, or None if it did not
+        run (then nothing is noted: a crash before the signal stays a crash)."""
         w = self._get(name)
-        if w.container is None:
-            raise ClusterError(f"{name} has no task container yet")
         with self._lock:
-            self._requested.add(w.container.id)
+            c = w.container
+        if c is None:
+            return None
+        try:
+            c.reload()
+            status = str(c.status)
+        except Exception:
+            return None
+        if status not in ("running", "paused"):
+            return None
+        with self._lock:
+            self._signalled[c.id] = time.time()
+        try:
+            if status == "paused":
+                c.unpause()
+            c.kill(signal=sig)
+        except docker_errors().APIError as exc:
+            if "is not running" not in str(exc):
+                raise ClusterError(f"{sig} to {name} failed: {exc.explanation}") from exc
+        return c
 
     def kill(self, name: str) -> None:
-        self._mark(name)
-        super().kill(name)
+        self._signal(name, "SIGKILL")
 
     def terminate(self, name: str, grace_s: float) -> int | None:
-        self._mark(name)
-        return super().terminate(name, grace_s)
+        """SIGTERM, up to ``grace_s``, then SIGKILL (the container the SIGTERM went to)."""
+        c = self._signal(name, "SIGTERM")
+        if c is None:
+            return None
+        try:
+            return int(c.wait(timeout=max(grace_s, 0.01))["StatusCode"])
+        except Exception:
+            pass  # still running after grace_s
+        with contextlib.suppress(docker_errors().APIError):
+            c.kill(signal="SIGKILL")
+        try:
+            return int(c.wait(timeout=THREAD_JOIN_TIMEOUT_S)["StatusCode"])
+        except Exception:
+            return None
+
+    def pause(self, name: str) -> None:
+        super().pause(name)
+        with self._lock:
+            self._paused.add(name)
+
+    def resume(self, name: str) -> None:
+        super().resume(name)
+        with self._lock:
+            self._paused.discard(name)
 
     def restart(self, name: str, grace_s: float = RESTART_GRACE_S) -> None:
         """Stop the task's container and let swarm start the slot's next task."""
@@ -553,6 +688,7 @@ class SwarmCluster(DockerCluster):
             self.terminate(name, grace_s)
         deadline = time.monotonic() + TASK_START_TIMEOUT_S
         while w.container is None or w.container.id == old:
+            self._check_stopped(f"restart {name}")
             if time.monotonic() >= deadline:
                 raise ClusterError(f"swarm did not replace {name}'s task within "
                                    f"{TASK_START_TIMEOUT_S:.0f} s")
@@ -563,48 +699,57 @@ class SwarmCluster(DockerCluster):
 
     def scale_to(self, count: int, queue: str, grace_s: float) -> ScaleDone:
         """``docker service scale``: swarm picks which tasks stop (SIGTERM, the stop
-        grace period); the harness reads which it did."""
+        grace period). The harness reads which it did from the task records: the
+        tasks it ordered down while they ran (``terminated``) and the tasks created
+        after the order (``started``); it waits until swarm has converged on them."""
         if self._service is None:
             raise ClusterError("scale: no workers' service yet")
         if not 0 <= count <= WORKERS_MAX:
             raise ClusterError(f"scale: count must be 0..{WORKERS_MAX}")
         issued = time.time()
         with self._lock:
-            before = {n for n, w in self._workers.items()
-                      if w.container is not None and self.is_running(n)}
-        try:
-            self._set_replicas(count)
-        except docker_errors().APIError as exc:
-            raise ClusterError(f"docker service scale failed: {exc.explanation}") from exc
+            ordered_before = set(self._ordered)
+            known = set(self._task_of)
+        self._set_replicas(count)
         self._replicas = max(self._replicas, count)
         deadline = time.monotonic() + grace_s + TASK_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            running = {n for n in self.workers() if self.is_running(n)}
-            # Converged when swarm's record agrees too: each task it stops has its
-            # final state (the exits' "requested" is read from it).
+        while True:
+            # Read at once and often: an idle worker stops within a poll of its order.
+            tasks = self._read_tasks()
+            up = [t for t in tasks if t.get("DesiredState") == "running"]
             settled = all(t.get("Status", {}).get("State") in TERMINAL
-                          for t in self._tasks(self._service)
-                          if t.get("DesiredState") != "running")
-            if len(running) == count and settled:
+                          for t in tasks if t.get("DesiredState") != "running")
+            running = [t for t in up if t.get("Status", {}).get("State") == "running"]
+            if len(up) == count and len(running) == count and settled:
                 break
-            time.sleep(WATCH_INTERVAL_S)
-        else:
-            raise ClusterError(f"scale to {count}: swarm did not converge within "
-                               f"{grace_s + TASK_START_TIMEOUT_S:.0f} s")
-        return ScaleDone(issued_ts=issued, started=tuple(sorted(running - before)),
-                         terminated=tuple(sorted(before - running)))
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"scale to {count}: swarm did not converge within "
+                                   f"{grace_s + TASK_START_TIMEOUT_S:.0f} s: "
+                                   f"{self._task_errors(self._service)}")
+            time.sleep(0.05)
+        with self._lock:
+            stopped = self._ordered - ordered_before
+            names = {cid: f"worker-{t.get('Slot')}" for cid, t in self._task_of.items()}
+        started = {f"worker-{t.get('Slot')}" for t in running
+                   if ((t.get("Status", {}).get("ContainerStatus") or {}).get("ContainerID")
+                       not in known)}
+        return ScaleDone(issued_ts=issued, started=tuple(sorted(started)),
+                         terminated=tuple(sorted(names[c] for c in stopped if c in names)))
 
     def stop_workers(self, grace_s: float) -> bool:
         """The run's end: scale the workers' service to 0 (swarm stops every task with
-        SIGTERM and the stop grace period), so no task is started again."""
+        SIGTERM and the stop grace period), so no task is started again. False when
+        swarm did not: the supervisor then terminates each worker itself."""
         if self._service is None:
             return True
-        with contextlib.suppress(ClusterError):
+        try:
             self.scale_to(0, "", grace_s)
+        except ClusterError:
+            return False
         with self._lock:
-            workers = list(self._workers.values())
-        for w in workers:  # their exits recorded while swarm still lists the tasks
-            self._join(w)
+            threads = [t for w in self._workers.values() for t in w.threads]
+        for t in threads:  # their exits recorded while swarm still lists the tasks
+            t.join(THREAD_JOIN_TIMEOUT_S)
         return True
 
     # -- teardown -------------------------------------------------------------------
@@ -615,10 +760,11 @@ class SwarmCluster(DockerCluster):
         self._watch_stop.set()
         with contextlib.suppress(Exception):
             self.heal_all()
-        if self._broker is not None:
-            with contextlib.suppress(Exception):
-                raw = self._broker.logs(stdout=True, stderr=True, timestamps=True)
-                (self.run_dir / "logs" / "rabbitmq.log").write_bytes(raw)
+        with contextlib.suppress(Exception), \
+                (self.run_dir / "logs" / "rabbitmq.log").open("wb") as out:
+            for c in self._broker_containers:
+                with contextlib.suppress(Exception):
+                    out.write(c.logs(stdout=True, stderr=True, timestamps=True))
         for svc in (self._service, self._broker_service):
             if svc is not None:
                 with contextlib.suppress(Exception):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any, Final
@@ -37,9 +36,11 @@ GWBRIDGE: Final = "docker_gwbridge"
 NODE_LABEL: Final = "rmq-harness.swarm"
 # The advertise address of a single-node swarm: nothing outside the host joins it.
 ADVERTISE_ADDR: Final = "127.0.0.1"
-LOCK_PATH: Final = Path(tempfile.gettempdir()) / "rmq-harness-swarm.lock"
+# Fixed, not $TMPDIR: every harness process on the host must find the same file.
+LOCK_PATH: Final = Path("/tmp/rmq-harness-swarm.lock")
 LOCK_TIMEOUT_S: Final = 60.0
 LEAVE_ATTEMPTS: Final = 30
+LABEL_ATTEMPTS: Final = 5
 
 
 def swarm_state(client: Any) -> str:
@@ -111,7 +112,11 @@ class SwarmLease:
                                        "swarm it is leaving")
                 if swarm_state(self.client) == "inactive":
                     self._init()
-                self._lock(fcntl.LOCK_SH)  # downgrade: other runs may join now
+                # Downgrade (not atomic in flock(2): another may take it exclusively in
+                # between, and finds this run's swarm in use only once it has objects).
+                if not self._lock(fcntl.LOCK_SH):
+                    raise ClusterError(f"cannot hold {self.lock_path} shared after making the "
+                                       "swarm")
             state = swarm_state(self.client)
             if state != "active":
                 raise ClusterError(f"the Docker engine's swarm is {state}: fix it (`docker swarm "
@@ -124,35 +129,48 @@ class SwarmLease:
             raise
 
     def _init(self) -> None:
+        """``docker swarm init`` (after making ``docker_gwbridge``), and the node's
+        label that says the harness made it. Any failure on the way, Ctrl-C too,
+        undoes both: a swarm without the label would never be left."""
         errors = docker_errors()
         try:
-            self.client.networks.get(GWBRIDGE)
-        except errors.NotFound:
-            # Before ``swarm init``: otherwise the engine makes one that masquerades.
-            self.client.networks.create(
-                GWBRIDGE, driver="bridge", labels={LABEL: "1", NODE_LABEL: "1"},
-                options={"com.docker.network.bridge.name": GWBRIDGE,
-                         "com.docker.network.bridge.enable_icc": "false",
-                         "com.docker.network.bridge.enable_ip_masquerade": "false"},
-                ipam=None)
-        try:
-            self.client.swarm.init(advertise_addr=ADVERTISE_ADDR,
-                                   listen_addr=f"{ADVERTISE_ADDR}:2377")
-        except errors.APIError as exc:
-            self._remove_gwbridge()
-            raise ClusterError(f"docker swarm init failed: {exc.explanation}") from exc
-        self.created = True
-        node_id = (self.client.info().get("Swarm") or {}).get("NodeID")
-        node = self.client.nodes.get(node_id)
-        spec = dict(node.attrs["Spec"])
-        spec["Labels"] = {**(spec.get("Labels") or {}), NODE_LABEL: "1"}
-        node.update(spec)
+            try:
+                self.client.networks.get(GWBRIDGE)
+            except errors.NotFound:
+                # Before ``swarm init``: otherwise the engine makes one that masquerades.
+                self.client.networks.create(
+                    GWBRIDGE, driver="bridge", labels={LABEL: "1", NODE_LABEL: "1"},
+                    options={"com.docker.network.bridge.name": GWBRIDGE,
+                             "com.docker.network.bridge.enable_icc": "false",
+                             "com.docker.network.bridge.enable_ip_masquerade": "false"})
+            try:
+                self.client.swarm.init(advertise_addr=ADVERTISE_ADDR,
+                                       listen_addr=f"{ADVERTISE_ADDR}:2377")
+            except errors.APIError as exc:
+                raise ClusterError(f"docker swarm init failed: {exc.explanation}") from exc
+            self.created = True
+            for attempt in range(LABEL_ATTEMPTS):
+                node = self.client.nodes.get((self.client.info().get("Swarm") or {})["NodeID"])
+                spec = dict(node.attrs["Spec"])
+                spec["Labels"] = {**(spec.get("Labels") or {}), NODE_LABEL: "1"}
+                try:
+                    node.update(spec)
+                    break
+                except errors.APIError:  # "update out of sequence": the node's first update
+                    if attempt + 1 == LABEL_ATTEMPTS:
+                        raise
+                    time.sleep(0.2)
+        except BaseException:
+            if self.created:
+                with contextlib.suppress(Exception):
+                    self.client.swarm.leave(force=True)
+                self.created = False
+            self._remove_gwbridge()  # the harness's (labelled), made now or before
+            raise
 
     def _remove_gwbridge(self) -> None:
         with contextlib.suppress(Exception):
-            net = self.client.networks.get(GWBRIDGE)
-            if (net.attrs.get("Labels") or {}).get(NODE_LABEL) == "1":
-                net.remove()
+            _remove_own_gwbridge(self.client)
 
     def _unlock(self) -> None:
         if self._fh is not None:
@@ -203,25 +221,29 @@ def leave_if_unused(client: Any) -> bool:
         return False
     for _ in range(LEAVE_ATTEMPTS):
         try:
-            net = client.networks.get(GWBRIDGE)
-        except errors.NotFound:
-            break
-        except errors.APIError:
-            time.sleep(0.5)
-            continue
-        if (net.attrs.get("Labels") or {}).get(NODE_LABEL) != "1":
-            break  # the engine's own, from before the harness: not ours to remove
-        try:
-            # ``swarm leave`` keeps the ingress sandbox's endpoint on it (Docker's
-            # documented removal disconnects it by force first).
-            for key, ep in (net.attrs.get("Containers") or {}).items():
-                if key == "ingress-sbox":
-                    net.disconnect(str(ep.get("Name") or "gateway_ingress-sbox"), force=True)
-            net.remove()
+            _remove_own_gwbridge(client)
             break
         except errors.APIError:
             time.sleep(0.5)  # a container's endpoint is still being released
     return True
+
+
+def _remove_own_gwbridge(client: Any) -> None:
+    """Remove ``docker_gwbridge`` if the harness made it (its label); the engine's
+    own is left alone. ``swarm leave`` keeps the ingress sandbox's endpoint on it:
+    Docker's documented removal disconnects that by force first."""
+    errors = docker_errors()
+    try:
+        net = client.networks.get(GWBRIDGE)
+    except errors.NotFound:
+        return
+    if (net.attrs.get("Labels") or {}).get(NODE_LABEL) != "1":
+        return
+    for key, ep in (net.attrs.get("Containers") or {}).items():
+        if key == "ingress-sbox":
+            with contextlib.suppress(errors.NotFound):
+                net.disconnect(str(ep.get("Name") or "gateway_ingress-sbox"), force=True)
+    net.remove()
 
 
 def sweep_stale_swarm(client: Any) -> list[str]:

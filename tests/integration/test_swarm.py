@@ -22,12 +22,13 @@ import pytest
 import yaml
 
 from harness.cluster.base import ClusterError
-from harness.cluster.docker import BROKER_IMAGE, LABEL, WORKER_IMAGE, connect
+from harness.cluster.docker import BROKER_IMAGE, LABEL, WORKER_IMAGE, connect, sweep_stale
 from harness.cluster.swarm_engine import (
     GWBRIDGE,
     SwarmLease,
     made_by_harness,
     swarm_state,
+    sweep_stale_swarm,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.xdist_group("swarm")]
@@ -217,3 +218,31 @@ def test_ctrl_c_leaves_nothing_and_the_swarm_as_found(clean_engine: tuple[str, b
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out[-2000:]
+
+
+def test_a_killed_harness_is_swept_and_the_swarm_left_as_found(
+        clean_engine: tuple[str, bool], tmp_path: Path, engine: Any) -> None:
+    """SIGKILL leaves the run's services behind (nothing of the harness runs to
+    remove them); the next swarm run's sweep removes them by label, and that run's
+    end leaves the swarm the killed one made."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(SCENARIOS / "crash-recovery.yaml"),
+         "--backend", "swarm", "--seed", "7", "--out", str(tmp_path), "--no-progress"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not leftovers(engine):
+        time.sleep(0.5)
+    time.sleep(2.0)  # its broker service and networks exist
+    proc.kill()
+    proc.wait(timeout=30)
+    assert any(x.startswith("service:") for x in leftovers(engine))
+    lease = SwarmLease(engine)
+    lease.acquire()  # as the next swarm run does, then its sweep
+    try:
+        deadline = time.monotonic() + 60
+        while leftovers(engine) and time.monotonic() < deadline:
+            sweep_stale_swarm(engine)
+            sweep_stale(engine)
+            time.sleep(1.0)
+    finally:
+        lease.release()

@@ -1,5 +1,6 @@
-"""Who asked for a swarm task's exit: the harness's own signal and swarm's task
-record decide, never the worker (``harness.cluster.swarm.exit_requested``)."""
+"""Who asked for a swarm task's exit: the harness's own signal, or swarm's order
+seen while the task ran, never swarm's final record alone (it marks every ended
+task ``shutdown``) and never the worker (``harness.cluster.swarm.exit_requested``)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,18 @@ import pytest
 from harness.cluster.swarm import SLOT_NAME_RE, exit_requested
 
 
-@pytest.mark.parametrize(("signalled", "state", "desired", "error", "requested"), [
-    (True, "failed", "shutdown", "task: non-zero exit (137)", True),  # the harness's kill
-    (False, "failed", "shutdown", "task: non-zero exit (137)", False),  # a crash
-    (False, "shutdown", "shutdown", None, True),  # an update, the run's end
-    (False, "running", "remove", None, True),  # a scale-down (the task then vanishes)
-    # swarm's own teardown error after the clean exit it ordered
-    (False, "failed", "remove", "error while removing network: unknown network n", True),
-    (False, "shutdown", "shutdown",
-     "task: non-zero exit (143): dockerexec: unhealthy container", False),
-    (False, "failed", "shutdown",
-     "task: non-zero exit (137): dockerexec: unhealthy container", False),
-    (False, "complete", "running", None, False),  # exited 0 by itself
-    (False, "running", "running", None, False),  # swarm's record lags: not excused
-    (False, None, None, None, False),  # no task record read: not excused
+@pytest.mark.parametrize(("signalled", "ordered", "error", "requested"), [
+    (True, False, "task: non-zero exit (137)", True),  # the harness's kill
+    (False, False, "task: non-zero exit (137)", False),  # a crash
+    (False, True, None, True),  # swarm ordered it down while it ran: a scale, the end
+    (False, False, None, False),  # exited 0 by itself (swarm then files it "shutdown")
+    # swarm's replacement of an unhealthy task: the worker's failure, whoever stopped it
+    (False, True, "task: non-zero exit (143): dockerexec: unhealthy container", False),
+    (True, False, "task: non-zero exit (137): dockerexec: unhealthy container", False),
 ])
-def test_exit_requested(signalled: bool, state: str | None, desired: str | None,
-                        error: str | None, requested: bool) -> None:
-    assert exit_requested(signalled, state, desired, error) is requested
+def test_exit_requested(signalled: bool, ordered: bool, error: str | None,
+                        requested: bool) -> None:
+    assert exit_requested(signalled, ordered, error) is requested
 
 
 def test_workers_are_named_by_slot() -> None:

@@ -301,6 +301,7 @@ class DockerCluster(BrokerSide, Cluster):
             code = int(container.wait()["StatusCode"])
         except Exception:
             code = None
+        returned_ts = time.time()  # if the engine's FinishedAt cannot be read (removed)
         w.last_exit_code = code
         # The engine's State.FinishedAt is when the process died; wait() returns
         # ~100 ms later, by when the broker may already have requeued its
@@ -313,6 +314,8 @@ class DockerCluster(BrokerSide, Cluster):
                 exit_ts = ns / 1e9
         except Exception:
             exit_ts = None
+        if exit_ts is None and code is not None:
+            exit_ts = returned_ts
         requested, facts = self._exit_facts(w, container)
         self.recorder.record(
             vocab.WORKER_EXITED, "cluster", worker=w.name, code=code,
