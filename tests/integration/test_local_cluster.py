@@ -324,9 +324,14 @@ def test_external_broker_url(cluster: LocalCluster, tmp_path: Path) -> None:
 
 
 def _run_processes(marker: str) -> list[psutil.Process]:
+    """The live processes of a run. A zombie is not one: it has exited and only waits
+    for its parent to reap it (an orphaned Erlang port helper such as
+    ``inet_gethost`` is reaped by init a moment later)."""
     out = []
-    for p in psutil.process_iter(["cmdline", "environ"]):
+    for p in psutil.process_iter(["cmdline", "environ", "status"]):
         try:
+            if p.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
             blob = " ".join(p.info["cmdline"] or []) + json.dumps(p.info["environ"] or {})
         except (psutil.Error, TypeError):
             continue

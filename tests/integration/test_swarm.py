@@ -8,6 +8,7 @@ and the engine's swarm state as it was before the module.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -32,6 +33,11 @@ from harness.cluster.swarm_engine import (
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.xdist_group("swarm")]
+# One swarm test at a time across xdist workers: ``xdist_group`` alone did not keep
+# them on one worker in CI (pytest-xdist 3.8 here added no "@group" to the node ids),
+# and each test compares the engine's swarm state before and after itself.
+SERIAL_LOCK = Path("/tmp/rmq-harness-swarm-tests.lock")
+SERIAL_WAIT_S = 1200.0
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"
@@ -78,7 +84,25 @@ def leftovers(client: Any) -> list[str]:
 
 
 @pytest.fixture
-def clean_engine(engine: Any) -> Iterator[tuple[str, bool]]:
+def serial() -> Iterator[None]:
+    """Hold the swarm tests' lock for the test (bounded wait)."""
+    with SERIAL_LOCK.open("a+", encoding="utf-8") as fh:
+        deadline = time.monotonic() + SERIAL_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "another swarm test held the engine"
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def clean_engine(engine: Any, serial: None) -> Iterator[tuple[str, bool]]:
     """The engine's state before the test; after it, the same state and nothing left
     of any swarm run."""
     before = engine_state(engine)
@@ -115,7 +139,7 @@ def run(scenario: str, out: Path, *extra: str, seed: int = 7) -> tuple[
     return proc, {c["claim"]: c for c in result["claims"]}, events
 
 
-def test_a_lease_makes_a_swarm_and_the_last_one_leaves_it(engine: Any) -> None:
+def test_a_lease_makes_a_swarm_and_the_last_one_leaves_it(engine: Any, serial: None) -> None:
     before = engine_state(engine)
     if before[0] != "inactive":
         pytest.skip("the engine is a swarm already: the harness must not leave it")
