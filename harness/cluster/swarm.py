@@ -125,13 +125,15 @@ def _liveness() -> Any:
         start_period=_ns(10.0))
 
 
-def exit_requested(signalled: bool, ordered: bool, error: Any) -> bool:
+def exit_requested(signalled: bool, ordered: bool, error: Any, health: Any = None) -> bool:
     """Was a task's exit asked for? Only when the harness signalled that container
     before it exited, or saw swarm order its task down (a scale, the run's end)
     while it still ran: swarm marks *every* task that ends as desired
     ``shutdown``, so its final record says nothing about who ended it. Swarm's
-    replacement of an unhealthy task is the worker's failure either way."""
-    if "unhealthy" in str(error or ""):
+    replacement of an unhealthy task is the worker's failure either way (swarm's error
+    says so when it had to kill it; the engine's last HEALTHCHECK verdict says so
+    when the worker drained and exited 0 on swarm's SIGTERM)."""
+    if "unhealthy" in str(error or "") or health == "unhealthy":
         return False
     return signalled or ordered
 
@@ -168,6 +170,9 @@ class SwarmCluster(DockerCluster):
         # running) while they still ran: after the harness's scale or the run's end.
         self._ordered: set[str] = set()
         self._broker_containers: list[Any] = []  # every broker task's, for its log
+        # Container id -> the engine's last HEALTHCHECK verdict (its health_status events).
+        self._health: dict[str, str] = {}
+        self._health_stream: Any = None
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._amqp_relay: Relay | None = None
@@ -277,7 +282,7 @@ class SwarmCluster(DockerCluster):
         self._broker = container
         self._broker_containers.append(container)
         gw = self._gateway_of(container.id, deadline)
-        self._wait_ready_at(gw, deadline)
+        self._wait_broker_ready(gw, deadline)
         assert self._amqp_relay is not None and self._mgmt_relay is not None
         self._amqp_relay.retarget(gw, AMQP_PORT)
         self._mgmt_relay.retarget(gw, MGMT_PORT)
@@ -315,34 +320,6 @@ class SwarmCluster(DockerCluster):
                 raise ClusterError(f"container {container_id[:12]} has no address on "
                                    f"{GWBRIDGE}: the harness cannot reach it")
             time.sleep(WATCH_INTERVAL_S)
-
-    def _wait_ready_at(self, host: str, deadline: float) -> None:
-        import urllib.request
-
-        import pika
-
-        params = pika.ConnectionParameters(
-            host=host, port=AMQP_PORT, credentials=pika.PlainCredentials("guest", "guest"),
-            socket_timeout=2, blocked_connection_timeout=2, connection_attempts=1,
-            stack_timeout=3)
-        last = ""
-        amqp_ok = False
-        while time.monotonic() < deadline:
-            self._check_stopped("waiting for the broker")
-            try:
-                if not amqp_ok:
-                    pika.BlockingConnection(params).close()
-                    amqp_ok = True
-                req = urllib.request.Request(f"http://{host}:{MGMT_PORT}/api/overview",
-                                             headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})
-                with urllib.request.urlopen(req, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except Exception as exc:
-                last = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:200]
-            time.sleep(0.3)
-        raise ClusterError(f"the swarm broker did not answer within {self.broker_timeout_s:.0f} s "
-                           f"({last}); last log lines: {self._broker_tail()}")
 
     def restart_broker(self, stop_timeout_s: int = BROKER_STOP_TIMEOUT_S) -> None:
         """``docker service update --force`` of the broker's service: swarm stops its
@@ -417,6 +394,8 @@ class SwarmCluster(DockerCluster):
                 self._watcher = threading.Thread(target=self._watch, name="swarm-tasks",
                                                  daemon=True)
                 self._watcher.start()
+                threading.Thread(target=self._watch_health, name="swarm-health",
+                                 daemon=True).start()
             else:
                 self._set_replicas(self._replicas + 1)
         except errors.APIError as exc:
@@ -481,6 +460,20 @@ class SwarmCluster(DockerCluster):
             except Exception:  # noqa: BLE001 - one bad read must not end the watch
                 continue
 
+    def _watch_health(self) -> None:
+        """The engine's ``health_status`` events of the run's containers."""
+        try:
+            stream = self._health_stream = self.client.events(
+                decode=True, filters={"type": "container", "event": "health_status",
+                                      "label": f"{LABEL_RUN}={self.run_id}"})
+            for ev in stream:
+                status = str(ev.get("status") or "").split(":", 1)[-1].strip()
+                if ev.get("id") and status:
+                    with self._lock:
+                        self._health[str(ev["id"])] = status
+        except Exception:  # noqa: BLE001 - the stream closed at stop, or the engine went
+            return
+
     def _read_tasks(self) -> list[dict[str, Any]]:
         """One read of the workers' tasks: record orders and new incarnations."""
         if self._service is None:
@@ -538,8 +531,11 @@ class SwarmCluster(DockerCluster):
         replaces: dict[str, Any] | None = None
         if before is not None:
             status = before.get("Status", {})
+            # The engine's last HEALTHCHECK verdict on the old container: swarm's
+            # record loses "unhealthy" when the worker drained and exited 0.
+            health = self._health.get(prev.id) if prev is not None else None
             replaces = {"task": before.get("ID"), "state": status.get("State"),
-                        "error": status.get("Err")}
+                        "error": status.get("Err"), "health": health}
             self._end_faults(name)
         self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name,
                              container=container.short_id, image=w.spec.image or self.worker_image,
@@ -592,6 +588,9 @@ class SwarmCluster(DockerCluster):
         with contextlib.suppress(Exception):
             container.reload()
             finished_ns = parse_docker_ts(str(container.attrs["State"]["FinishedAt"]))
+        # The last HEALTHCHECK verdict the engine announced while it ran (inspect
+        # after the exit says "unhealthy" for every stopped container).
+        health = self._health.get(container.id)
         with self._lock:
             sig_ts = self._signalled.get(container.id)
             ordered = container.id in self._ordered
@@ -600,8 +599,8 @@ class SwarmCluster(DockerCluster):
         # A signal after the container had already exited (a crash first) excuses nothing.
         signalled = sig_ts is not None and (not finished_ns or sig_ts <= finished_ns / 1e9 + 0.05)
         err = status.get("Err")
-        return exit_requested(signalled, ordered, err), {
-            "task_state": status.get("State"), "task_error": err}
+        return exit_requested(signalled, ordered, err, health), {
+            "task_state": status.get("State"), "task_error": err, "health": health}
 
     def health_url(self, name: str) -> str | None:
         w = self._get(name)
@@ -758,6 +757,9 @@ class SwarmCluster(DockerCluster):
         Idempotent, never raises."""
         self._stopped = True
         self._watch_stop.set()
+        if self._health_stream is not None:
+            with contextlib.suppress(Exception):
+                self._health_stream.close()
         with contextlib.suppress(Exception):
             self.heal_all()
         with contextlib.suppress(Exception), \

@@ -23,6 +23,13 @@ def test_exit_requested(signalled: bool, ordered: bool, error: str | None,
     assert exit_requested(signalled, ordered, error) is requested
 
 
+def test_an_unhealthy_task_that_drained_and_exited_0_is_no_request() -> None:
+    """Swarm stops an unhealthy task with SIGTERM: a worker that drains exits 0, its
+    task ends "complete" without an error; the engine's HEALTHCHECK verdict stands."""
+    assert exit_requested(False, True, None, "unhealthy") is False
+    assert exit_requested(False, True, None, "healthy") is True
+
+
 def test_workers_are_named_by_slot() -> None:
     assert SLOT_NAME_RE.match("worker-1") and SLOT_NAME_RE.match("worker-25")
     assert not SLOT_NAME_RE.match("worker-0")

@@ -262,15 +262,17 @@ class BrokerSide:
         except Exception:
             return "(no logs)"
 
-    def _wait_broker_ready(self) -> None:
-        """Until the broker accepts an AMQP login and answers its management API."""
+    def _wait_broker_ready(self, host: str | None = None, deadline: float | None = None) -> None:
+        """Until the broker accepts an AMQP login and answers its management API, at
+        ``host`` (default: its address on the run's network) before ``deadline``."""
         import pika
 
-        assert self._broker_ip is not None
+        host = host or self._broker_ip
+        assert host is not None
         timeout_s = self.broker_timeout_s
-        deadline = time.monotonic() + timeout_s
+        deadline = deadline if deadline is not None else time.monotonic() + timeout_s
         params = pika.ConnectionParameters(
-            host=self._broker_ip, port=AMQP_PORT,
+            host=host, port=AMQP_PORT,
             credentials=pika.PlainCredentials("guest", "guest"),
             socket_timeout=2, blocked_connection_timeout=2, connection_attempts=1,
             stack_timeout=3,
@@ -290,7 +292,7 @@ class BrokerSide:
                     pika.BlockingConnection(params).close()
                     amqp_ok = True
                 req = urllib.request.Request(
-                    f"http://{self._broker_ip}:{MGMT_PORT}/api/overview",
+                    f"http://{host}:{MGMT_PORT}/api/overview",
                     headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="},  # guest:guest
                 )
                 with urllib.request.urlopen(req, timeout=2) as resp:
