@@ -68,14 +68,12 @@ from harness.cluster.docker.engine import (
     BROKER_STOP_TIMEOUT_S,
     LABEL_ROLE,
     LABEL_RUN,
+    MGMT_PORT,
     RESTART_GRACE_S,
     THREAD_JOIN_TIMEOUT_S,
     docker_errors,
     parse_docker_ts,
     require_image,
-)
-from harness.cluster.docker.engine import (
-    MGMT_PORT as MGMT_PORT,
 )
 from harness.cluster.lines import LineReader
 from harness.cluster.swarm_engine import GWBRIDGE, SwarmLease, sweep_stale_swarm
@@ -161,7 +159,6 @@ class SwarmCluster(DockerCluster):
         self._gw_network: Any = None
         self._workers_gw_network: Any = None
         self._replicas = 0
-        self._spec: WorkerSpec | None = None
         self._seen: set[str] = set()  # containers whose incarnation began
         self._task_of: dict[str, dict[str, Any]] = {}  # container id -> its task, last read
         # Container id -> when the harness itself signalled it (kill, terminate).
@@ -361,14 +358,13 @@ class SwarmCluster(DockerCluster):
             raise ClusterError("start_worker: the cluster is stopped")
         if self._broker_service is None:
             raise ClusterError("start_worker: start the broker first")
-        if self._spec is not None and spec != self._spec:
+        if self._default_spec is not None and spec != self._default_spec:
             raise ClusterError("the swarm backend runs one spec for every worker (one service)")
         if self._replicas >= WORKERS_MAX:
             raise ClusterError(f"at most {WORKERS_MAX} workers")
         spec.events_pattern()  # a bad pattern fails here, before the service exists
         errors = docker_errors()
-        self._spec = spec
-        self._default_spec = spec
+        self._default_spec = spec  # the one spec of the workers' service
         self._add_slot(name)
         try:
             if self._service is None:
@@ -438,7 +434,7 @@ class SwarmCluster(DockerCluster):
         with self._lock:
             w = self._workers.get(name)
             if w is None:
-                spec = self._spec or WorkerSpec()
+                spec = self._default_spec or WorkerSpec()
                 w = _Worker(name=name, spec=spec, container=None,
                             log_path=self.run_dir / "logs" / f"{name}.log",
                             reader=LineReader(self.recorder, name, spec.events_pattern(),
