@@ -36,7 +36,7 @@ class PrivateBroker:
     """``start()`` brings a node up (``ClusterError`` with its log tail if it does not
     answer), ``stop()`` ends it and removes its directories; ``stop_node()`` and
     ``start_node()`` take it down and back with its data, ``restart_hard()`` SIGKILLs
-    it and starts it again."""
+    it and starts it again, ``restart_clean()`` stops it cleanly and starts it again."""
 
     def __init__(self, name_prefix: str = "it") -> None:
         self.name_prefix = name_prefix
@@ -78,6 +78,9 @@ class PrivateBroker:
 
     def restart_hard(self) -> None:
         self.cluster.restart_broker(hard=True)
+
+    def restart_clean(self) -> None:
+        self.cluster.restart_broker(hard=False)
 
     def __enter__(self) -> PrivateBroker:
         return self.start()
