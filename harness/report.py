@@ -315,10 +315,12 @@ def result_payload(scenario: Scenario, run_id: str, seed: int, backend: str,
                    results: list[ClaimResult], code: int, problems: list[str], rerun: str,
                    gate: Iterable[str] | None, started_at: float | None = None,
                    worker: Mapping[str, Any] | None = None,
-                   broker: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   broker: Mapping[str, Any] | None = None,
+                   notes: Iterable[str] = ()) -> dict[str, Any]:
     """The content of a run's ``result.json`` (``harness/schemas/result.schema.json``).
     ``broker``: the broker's semantics as observed (``BrokerAdmin.semantics``),
-    None when the run ended before it could be read."""
+    None when the run ended before it could be read; ``notes``: where an
+    orchestrator changed a fault's meaning (``harness.replacements``)."""
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
         "harness_version": harness.__version__,
@@ -339,6 +341,7 @@ def result_payload(scenario: Scenario, run_id: str, seed: int, backend: str,
                    for r in results],
         "params": scenario.params,
         "broker": dict(broker) if broker is not None else None,
+        **({"notes": list(notes)} if notes else {}),
     }
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from harness import credentials, htmlreport, report, verdicts, vocab
+from harness import credentials, htmlreport, replacements, report, verdicts, vocab
 from harness.broker import BrokerAdmin
 from harness.brokerlog import OwnerSampler, record_consumer_timeouts, unparsed_timeouts
 from harness.checkers.base import ClaimResult
@@ -338,6 +338,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
                       "cannot show it; name it in --gate to require it)[/dim]")
     for p in run.problems:
         console.print(f"[yellow]run problem:[/yellow] {p}")
+    for n in replacements.notes(run.recorder.snapshot()):
+        console.print(f"[cyan]orchestrator:[/cyan] {n}")
     _write_result(run, results, code, rerun)
     htmlreport.write_run_report_or_say(run.run_dir, console, run.recorder.snapshot())
     credentials.scrub_run_dir(run.run_dir, run.console)
@@ -352,4 +354,5 @@ def _write_result(run: Run, results: list[ClaimResult], code: int, rerun: str) -
     worker = worker_identity(opts)
     report.write_result_json(run.run_dir / "result.json", report.result_payload(
         run.scenario, run.run_id, run.seed, opts.backend, results, code, run.problems,
-        rerun, opts.gate, run.started_at, worker, run.broker_semantics))
+        rerun, opts.gate, run.started_at, worker, run.broker_semantics,
+        replacements.notes(run.recorder.snapshot())))

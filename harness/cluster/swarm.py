@@ -30,8 +30,10 @@ find everything by label, never by name):
   ``task``, ``slot`` and ``replaces``: the task before and how it ended).
 
 Faults: ``kill``, ``terminate``, ``pause`` act on the task's container (swarm then
-does what its restart policy says; a paused task fails its HEALTHCHECK and swarm
-replaces it, so a long pause is a crash here, not a zombie); ``restart`` stops
+does what its restart policy says; a paused task is not probed by the engine's
+HEALTHCHECK, so it stays in place, a zombie as on docker, measured on Docker
+20.10.24; a lasting fault a replacement ends is said in the run's notes,
+``harness.replacements``); ``restart`` stops
 the task and lets swarm start the next (restart policy ``any`` only); ``scale``
 is ``docker service scale``; ``broker-restart`` is ``docker service update
 --force`` of the broker's service; ``blackhole`` and ``reset`` are the docker
@@ -160,6 +162,10 @@ class SwarmCluster(DockerCluster):
         self._workers_gw_network: Any = None
         self._replicas = 0
         self._seen: set[str] = set()  # containers whose incarnation began
+        # One reader of the task records at a time (the watcher and scale_to both
+        # read): two readers both saw a new container and followed its log twice,
+        # every event of it recorded twice (a false duplicate-processing FAIL).
+        self._read_lock = threading.Lock()
         self._task_of: dict[str, dict[str, Any]] = {}  # container id -> its task, last read
         # Container id -> when the harness itself signalled it (kill, terminate).
         self._signalled: dict[str, float] = {}
@@ -474,7 +480,11 @@ class SwarmCluster(DockerCluster):
         """One read of the workers' tasks: record orders and new incarnations."""
         if self._service is None:
             return []
-        tasks = sorted(self._tasks(self._service),
+        with self._read_lock:
+            return self._read_tasks_once(self._service)
+
+    def _read_tasks_once(self, service: Any) -> list[dict[str, Any]]:
+        tasks = sorted(self._tasks(service),
                        key=lambda t: parse_docker_ts(str(t.get("CreatedAt") or "")) or 0)
         for t in tasks:
             cid = (t.get("Status", {}).get("ContainerStatus") or {}).get("ContainerID")

@@ -34,3 +34,38 @@ def test_workers_are_named_by_slot() -> None:
     assert SLOT_NAME_RE.match("worker-1") and SLOT_NAME_RE.match("worker-25")
     assert not SLOT_NAME_RE.match("worker-0")
     assert not SLOT_NAME_RE.match("w1")
+
+
+def test_two_readers_of_the_task_records_follow_a_new_container_once() -> None:
+    """The watcher and scale_to read the task records at once: a container seen new
+    by both was followed twice, each of its events recorded twice (a false
+    duplicate-processing FAIL on swarm's linear-scaling run)."""
+    import threading
+    import time
+    from typing import Any
+
+    from harness.cluster.swarm import SwarmCluster
+
+    followed: list[str] = []
+    task = {"ID": "t1", "Slot": 2, "DesiredState": "running",
+            "CreatedAt": "2026-12-07T18:00:00.000000000Z",
+            "Status": {"State": "running", "ContainerStatus": {"ContainerID": "c" * 64}}}
+    cluster: Any = object.__new__(SwarmCluster)
+    cluster._service = object()
+    cluster._lock = threading.Lock()
+    cluster._read_lock = threading.Lock()
+    cluster._seen, cluster._task_of, cluster._ordered = set(), {}, set()
+    cluster._tasks = lambda service: [task]
+
+    def incarnation(t: dict[str, Any], cid: str) -> bool:
+        time.sleep(0.05)  # the engine's answer takes a moment: the window of the race
+        followed.append(cid)
+        return True
+
+    cluster._incarnation = incarnation
+    readers = [threading.Thread(target=cluster._read_tasks) for _ in range(4)]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join(5)
+    assert followed == ["c" * 64]
