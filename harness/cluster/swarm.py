@@ -49,6 +49,7 @@ itself signalled that container.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import threading
 import time
@@ -172,6 +173,10 @@ class SwarmCluster(DockerCluster):
         # Containers whose task swarm was seen ordered down (desired state no longer
         # running) while they still ran: after the harness's scale or the run's end.
         self._ordered: set[str] = set()
+        # When the harness ordered each scale (its own clock): a task swarm then
+        # marked "remove" and that ended after the order was scaled away, even if
+        # no read saw it running under the order (an idle worker stops at once).
+        self._scale_issued: list[float] = []
         self._broker_containers: list[Any] = []  # every broker task's, for its log
         # Container id -> the engine's last HEALTHCHECK verdict (its health_status events).
         self._health: dict[str, str] = {}
@@ -523,6 +528,10 @@ class SwarmCluster(DockerCluster):
             return True
         except Exception:
             return False  # the engine did not answer: the next read tries again
+        if container.status == "created":
+            # Swarm says "starting" before the engine starts the container: its log
+            # cannot be followed yet and wait() would return at once (a false exit).
+            return False
         name = f"worker-{task.get('Slot')}"
         w = self._add_slot(name)
         started_ns = parse_docker_ts(str(container.attrs.get("State", {}).get("StartedAt", "")))
@@ -542,14 +551,26 @@ class SwarmCluster(DockerCluster):
             health = self._health.get(prev.id) if prev is not None else None
             replaces = {"task": before.get("ID"), "state": status.get("State"),
                         "error": status.get("Err"), "health": health}
-            self._end_faults(name)
+            with self._lock:
+                by_harness = prev is not None and prev.id in self._signalled
+            # The harness's own kill, terminate or restart ended the old task: the
+            # faults end with it, but not by the orchestrator's doing.
+            self._end_faults(name, via="restarted" if by_harness else "replaced")
         self.recorder.record(vocab.WORKER_STARTED, "cluster", worker=name,
                              container=container.short_id, image=w.spec.image or self.worker_image,
                              task=task.get("ID"), slot=task.get("Slot"), replaces=replaces,
                              ts=started_ns / 1e9 if started_ns else None)
         # Generation 0: each container's follower reads its log to the end (a new task
         # is another container, nothing is read twice), so a crash's last lines stay.
-        t_log = threading.Thread(target=self._follow_logs, args=(w, container, 0, 0),
+        # Each incarnation its own line reader: swarm can start a slot's new task
+        # while the old one still drains (a scale down then up), and a reader's
+        # state (a framework's open attempt, keyed by pid and thread) must not mix
+        # two containers' lines.
+        view = dataclasses.replace(
+            w, reader=LineReader(self.recorder, name, w.spec.events_pattern(),
+                                 translate=w.spec.event_translator()),
+            log_lock=threading.Lock(), threads=[], last_ns=0)
+        t_log = threading.Thread(target=self._follow_logs, args=(view, container, 0, 0),
                                  name=f"swarm-logs-{name}", daemon=True)
         t_wait = threading.Thread(target=self._wait_exit, args=(w, container),
                                   name=f"swarm-wait-{name}", daemon=True)
@@ -559,7 +580,7 @@ class SwarmCluster(DockerCluster):
         t_wait.start()
         return True
 
-    def _end_faults(self, name: str) -> None:
+    def _end_faults(self, name: str, via: str) -> None:
         """A slot's new task has no pause and no iptables rule of the old one: the
         lasting faults on that worker end here (recorded, so no fault window of the
         old task spans the new one)."""
@@ -569,7 +590,7 @@ class SwarmCluster(DockerCluster):
             self._paused.discard(name)
         for fault in (["pause"] if paused else []) + net:
             self.recorder.record(vocab.FAULT, "cluster", fault=fault, target=name, phase="heal",
-                                 ok=True, via="replaced")
+                                 ok=True, via=via)
 
     def _exit_facts(self, w: _Worker, container: Any) -> tuple[bool, dict[str, Any]]:
         """Requested: the harness signalled this container before it exited, or saw
@@ -599,7 +620,9 @@ class SwarmCluster(DockerCluster):
         health = self._health.get(container.id)
         with self._lock:
             sig_ts = self._signalled.get(container.id)
-            ordered = container.id in self._ordered
+            ordered = container.id in self._ordered or (
+                task.get("DesiredState") == "remove" and finished_ns is not None
+                and any(t <= finished_ns / 1e9 + 0.05 for t in self._scale_issued))
             if w.container is container:
                 self._paused.discard(w.name)
         # A signal after the container had already exited (a crash first) excuses nothing.
@@ -644,6 +667,8 @@ class SwarmCluster(DockerCluster):
             return None
         with self._lock:
             self._signalled[c.id] = time.time()
+            if status == "paused":
+                self._paused.discard(name)  # its end is the signal's, not a replacement's
         try:
             if status == "paused":
                 c.unpause()
@@ -713,6 +738,7 @@ class SwarmCluster(DockerCluster):
             raise ClusterError(f"scale: count must be 0..{WORKERS_MAX}")
         issued = time.time()
         with self._lock:
+            self._scale_issued.append(issued)
             ordered_before = set(self._ordered)
             known = set(self._task_of)
         self._set_replicas(count)

@@ -69,3 +69,30 @@ def test_two_readers_of_the_task_records_follow_a_new_container_once() -> None:
     for r in readers:
         r.join(5)
     assert followed == ["c" * 64]
+
+
+def test_a_container_swarm_calls_starting_but_not_yet_started_is_followed_later() -> None:
+    """Swarm reports "starting" before the engine starts the container: following it
+    then would read no log and see a false exit at once; the next read retries."""
+    import threading
+    from typing import Any
+
+    from harness.cluster.swarm import SwarmCluster
+    from harness.history import Recorder
+
+    class Created:
+        status = "created"
+
+    class Client:
+        class containers:
+            @staticmethod
+            def get(cid: str) -> Created:
+                return Created()
+
+    cluster: Any = object.__new__(SwarmCluster)
+    cluster.client = Client()
+    cluster.recorder = Recorder(None)
+    cluster._lock = threading.Lock()
+    task = {"ID": "t1", "Slot": 1, "Status": {"State": "starting"}}
+    assert cluster._incarnation(task, "c" * 64) is False
+    assert cluster.recorder.snapshot().events == []
