@@ -87,6 +87,7 @@ from harness.relay import Relay
 WATCH_INTERVAL_S: Final = 0.2
 # A new task's container appears within this (image present, no registry lookup).
 TASK_START_TIMEOUT_S: Final = 60.0
+SCALE_ATTEMPTS: Final = 3  # a scale refused as "update out of sequence" is read and sent again
 # A task's final state reaches the manager within this after its container exits.
 TASK_STATE_WAIT_S: Final = 3.0
 # Swarm starts a task again after this (compose's restart: always waits a little too).
@@ -110,6 +111,19 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
+LIVENESS_TIMEOUT_S: Final = 5.0
+# GET /livez on the worker's health port; exit 0 on a 200 only.
+LIVEZ_PROBE: Final = (
+    "import os, socket, sys\n"
+    "s = socket.create_connection(('127.0.0.1', int(os.environ.get('HEALTH_PORT', '8080'))), 4)\n"
+    "s.settimeout(4)\n"
+    "s.sendall(b'GET /livez HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n')\n"
+    "f = s.makefile('rb')\n"
+    "ok = f.readline(256).split(b' ')[1:2] == [b'200']\n"
+    "f.read(65536)\n"  # the rest: the worker's server writes its body undisturbed
+    "sys.exit(0 if ok else 1)\n")
+
+
 def _liveness() -> Any:
     """The reference worker's HEALTHCHECK as swarm acts on it: ``/livez``, not the
     image's ``/healthcheck``. Swarm replaces a task whose check fails, which makes
@@ -118,12 +132,15 @@ def _liveness() -> Any:
     broker restart for nothing. A brought image keeps its own HEALTHCHECK."""
     import docker.types as dt
 
+    # A probe is a process started in the container every interval: with 25 tasks
+    # on 2 cores, `python3 -c "import urllib.request ..."` (~0.1 s of CPU each)
+    # missed its 2 s timeout three times running, and swarm stopped a correct,
+    # busy worker as unhealthy. The interpreter without site (-S -I) and a raw
+    # socket cost a fraction of that; the probe's timeout is 5 s.
     return dt.Healthcheck(
-        test=["CMD", "python3", "-c",
-              "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/livez' "
-              "% os.environ.get('HEALTH_PORT', '8080'), timeout=2)"],
-        interval=_ns(LIVENESS_INTERVAL_S), timeout=_ns(2.0), retries=LIVENESS_RETRIES,
-        start_period=_ns(10.0))
+        test=["CMD", "python3", "-S", "-I", "-c", LIVEZ_PROBE],
+        interval=_ns(LIVENESS_INTERVAL_S), timeout=_ns(LIVENESS_TIMEOUT_S),
+        retries=LIVENESS_RETRIES, start_period=_ns(10.0))
 
 
 def exit_requested(signalled: bool, ordered: bool, error: Any, health: Any = None) -> bool:
@@ -425,21 +442,30 @@ class SwarmCluster(DockerCluster):
         defaults into the task template, which swarm takes for a new spec and rolls
         out, restarting the running tasks one by one.)"""
         svc = self._service
-        try:
-            svc.reload()
-            spec = svc.attrs["Spec"]
-            self.client.api.update_service(
-                svc.id, svc.version, task_template=spec["TaskTemplate"], name=spec["Name"],
-                labels=spec.get("Labels"), mode={"Replicated": {"Replicas": count}},
-                update_config=spec.get("UpdateConfig"),
-                rollback_config=spec.get("RollbackConfig"),
-                endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False)
-        except docker_errors().APIError as exc:
-            raise ClusterError(f"docker service scale to {count} failed: "
-                               f"{exc.explanation}") from exc
-        except Exception as exc:  # the engine's connection, not an API answer
-            raise ClusterError(f"docker service scale to {count} failed: "
-                               f"{type(exc).__name__}: {exc}") from exc
+        for attempt in range(SCALE_ATTEMPTS):
+            try:
+                svc.reload()
+                spec = svc.attrs["Spec"]
+                self.client.api.update_service(
+                    svc.id, svc.version, task_template=spec["TaskTemplate"],
+                    name=spec["Name"], labels=spec.get("Labels"),
+                    mode={"Replicated": {"Replicas": count}},
+                    update_config=spec.get("UpdateConfig"),
+                    rollback_config=spec.get("RollbackConfig"),
+                    endpoint_spec=spec.get("EndpointSpec"), fetch_current_spec=False)
+                return
+            except docker_errors().APIError as exc:
+                # Swarm versions a service's spec: an update of the version read a
+                # moment before is refused if swarm wrote the service since (its own
+                # update status): read it again and retry, bounded.
+                if "out of sequence" in str(exc) and attempt + 1 < SCALE_ATTEMPTS:
+                    time.sleep(0.2)
+                    continue
+                raise ClusterError(f"docker service scale to {count} failed: "
+                                   f"{exc.explanation}") from exc
+            except Exception as exc:  # the engine's connection, not an API answer
+                raise ClusterError(f"docker service scale to {count} failed: "
+                                   f"{type(exc).__name__}: {exc}") from exc
 
     def _add_slot(self, name: str) -> _Worker:
         with self._lock:
