@@ -3,11 +3,12 @@ backend's own records (a ``heal`` with ``via: replaced``), on hand-built histori
 
 from __future__ import annotations
 
+from histories import H
+from test_resultschema import result
+
 from harness import report, vocab
 from harness.replacements import NOTES_MAX, notes
 from harness.resultschema import errors
-from tests.helpers.histories import H
-from tests.unit.test_resultschema import result
 
 
 def test_a_pause_ended_by_a_replacement_is_said_to_be_a_crash_not_a_zombie() -> None:
