@@ -340,6 +340,8 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
         console.print(f"[yellow]run problem:[/yellow] {p}")
     for n in replacements.notes(run.recorder.snapshot()):
         console.print(f"[cyan]orchestrator:[/cyan] {n}")
+    for n in run.cluster.notices if run.cluster is not None else []:
+        console.print(f"[cyan]engine:[/cyan] {n}")
     _write_result(run, results, code, rerun)
     htmlreport.write_run_report_or_say(run.run_dir, console, run.recorder.snapshot())
     credentials.scrub_run_dir(run.run_dir, run.console)

@@ -164,6 +164,8 @@ class Cluster(abc.ABC):
         self.recorder = recorder
         # For the broker this cluster starts (set before ``start_broker``).
         self.broker_settings = BrokerSettings()
+        # Lines about the engine the run's output ends with (``stop`` adds them).
+        self.notices: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------
     @abc.abstractmethod

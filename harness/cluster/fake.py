@@ -181,6 +181,7 @@ class FakeCluster(Cluster):
     queue: str = "go.logger"
     bug: str | None = None  # "ack-without-processing": the worker loses what it takes
     broker: FakeBroker = field(default_factory=FakeBroker)
+    notices: list[str] = field(default_factory=list)  # Cluster.__init__'s (not called)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

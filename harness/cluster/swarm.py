@@ -160,6 +160,8 @@ class SwarmCluster(DockerCluster):
     """Cluster backend ``swarm``. See the module docstring for the layout."""
 
     backend = vocab.SWARM
+    # Its containers are swarm tasks: its lease keeps the swarm (and them) from a leave.
+    guards_engine = False
 
     def __init__(self, run_id: str, run_dir: Path, recorder: Recorder, *,
                  client: Any = None, broker_timeout_s: float = BROKER_START_TIMEOUT_S,
@@ -863,6 +865,11 @@ class SwarmCluster(DockerCluster):
         if self._leased:
             self._leased = False
             self.lease.release()
+            if self.lease.kept:
+                self.notices.append(
+                    f"the engine stays the swarm node this run made: {self.lease.kept}; "
+                    "the next harness run to end on this engine without such containers "
+                    "leaves it")
 
     def _remove_leftovers(self) -> None:
         """The run's volume and networks, once swarm has let go of them (bounded)."""

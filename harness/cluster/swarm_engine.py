@@ -7,10 +7,16 @@ swarm when it is not one, and left as it was found.
   exclusively, and so does leaving it: a run never leaves a swarm another
   harness process is using.
 - A swarm the harness made is marked on its node (label ``rmq-harness.swarm``).
-  When the last run releases it and no object of the harness is left, the engine
-  leaves the swarm and the ``docker_gwbridge`` network the harness created
-  before ``swarm init`` is removed (``swarm leave`` leaves that network behind).
-  A swarm the engine already had is never left.
+  When the last run releases it and no service is left, the engine leaves the
+  swarm and the ``docker_gwbridge`` network the harness created before ``swarm
+  init`` is removed (``swarm leave`` leaves that network behind). A swarm the
+  engine already had is never left.
+- Unless leaving would harm a running container: ``swarm leave`` drops the
+  embedded-DNS names of every container running at that moment, on every network
+  (moby/moby#45144). The swarm then stays, the run says why, and the next harness
+  run that ends with none of them running leaves it (a docker-backend run too).
+  Docker-backend runs hold the engine lock (``engine.ENGINE_LOCK_PATH``) shared
+  while they have containers; a leave takes it exclusively or does not happen.
 - The harness creates ``docker_gwbridge`` itself before ``swarm init`` (Docker's
   documented way to customise it), without IP masquerade: the host reaches the
   containers' gateway addresses, the containers reach nothing beyond the host.
@@ -23,13 +29,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import time
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from harness.cluster.base import ClusterError
-from harness.cluster.docker.engine import LABEL, docker_errors, owner_gone
+from harness.cluster.docker.engine import (
+    ENGINE_LOCK_PATH,
+    LABEL,
+    FileLock,
+    docker_errors,
+    owner_gone,
+)
 
 GWBRIDGE: Final = "docker_gwbridge"
 # On the node of a swarm the harness made; never on a swarm it found.
@@ -39,8 +50,15 @@ ADVERTISE_ADDR: Final = "127.0.0.1"
 # Fixed, not $TMPDIR: every harness process on the host must find the same file.
 LOCK_PATH: Final = Path("/tmp/rmq-harness-swarm.lock")
 LOCK_TIMEOUT_S: Final = 60.0
-LEAVE_ATTEMPTS: Final = 30
+LEAVE_TIMEOUT_S: Final = 30.0
+GWBRIDGE_REMOVE_TIMEOUT_S: Final = 30.0
+RETRY_PAUSE_S: Final = 0.5
+LEAVE_SETTLE_S: Final = 2.0
 LABEL_ATTEMPTS: Final = 5
+DEPENDENTS_SHOWN: Final = 3
+# Networks without Docker's embedded DNS (``swarm leave`` cannot harm a container on
+# them); ``docker_gwbridge`` only carries a task's gateway.
+NO_DNS_NETWORKS: Final = frozenset({"bridge", "host", "none", GWBRIDGE})
 
 
 def swarm_state(client: Any) -> str:
@@ -73,26 +91,16 @@ def made_by_harness(client: Any) -> bool:
 class SwarmLease:
     """One run's use of the engine's swarm; ``release`` restores what was found."""
 
-    def __init__(self, client: Any, lock_path: Path = LOCK_PATH) -> None:
+    def __init__(self, client: Any, lock_path: Path = LOCK_PATH,
+                 engine_lock_path: Path = ENGINE_LOCK_PATH) -> None:
         self.client = client
         self.lock_path = lock_path
-        self._fh: IO[str] | None = None
+        self.engine_lock_path = engine_lock_path
+        self._file = FileLock(lock_path)
         self.created = False  # this lease ran ``swarm init``
-
-    def _lock(self, mode: int, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
-        if self._fh is None:
-            self._fh = self.lock_path.open("a+", encoding="utf-8")
-            with contextlib.suppress(OSError):
-                os.chmod(self.lock_path, 0o666)  # another user's harness shares it
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(self._fh, mode | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.1)
+        # Why the last release kept a swarm the harness made and nothing uses, if it
+        # did (a line for the run's output); empty otherwise.
+        self.kept = ""
 
     def acquire(self) -> None:
         """Make the engine a single-node swarm if it is not one; hold it shared.
@@ -100,13 +108,13 @@ class SwarmLease:
         Shared first (runs share a swarm); only a run that finds no swarm lets go and
         takes the lock exclusively to make one, and checks again once it has it
         (another may have made it meanwhile). No run waits for another's whole run."""
-        if not self._lock(fcntl.LOCK_SH):
+        if not self._file.take(fcntl.LOCK_SH, LOCK_TIMEOUT_S):
             raise ClusterError(f"another harness process holds {self.lock_path} for over "
                                f"{LOCK_TIMEOUT_S:.0f} s while it joins or leaves the swarm")
         try:
             if swarm_state(self.client) == "inactive":
-                fcntl.flock(self._fh, fcntl.LOCK_UN)  # type: ignore[arg-type]
-                if not self._lock(fcntl.LOCK_EX):
+                self._file.unlock()
+                if not self._file.take(fcntl.LOCK_EX, LOCK_TIMEOUT_S):
                     raise ClusterError(f"another harness process holds {self.lock_path} "
                                        f"for over {LOCK_TIMEOUT_S:.0f} s while it uses the "
                                        "swarm it is leaving")
@@ -114,7 +122,7 @@ class SwarmLease:
                     self._init()
                 # Downgrade (not atomic in flock(2): another may take it exclusively in
                 # between, and finds this run's swarm in use only once it has objects).
-                if not self._lock(fcntl.LOCK_SH):
+                if not self._file.take(fcntl.LOCK_SH, LOCK_TIMEOUT_S):
                     raise ClusterError(f"cannot hold {self.lock_path} shared after making the "
                                        "swarm")
             state = swarm_state(self.client)
@@ -125,7 +133,7 @@ class SwarmLease:
                 raise ClusterError("the Docker engine is a swarm worker node: run the swarm "
                                    "backend on a manager (services are created there)")
         except BaseException:
-            self._unlock()
+            self._file.close()
             raise
 
     def _init(self) -> None:
@@ -165,36 +173,25 @@ class SwarmLease:
                 with contextlib.suppress(Exception):
                     self.client.swarm.leave(force=True)
                 self.created = False
-            self._remove_gwbridge()  # the harness's (labelled), made now or before
+            remove_own_gwbridge(self.client)  # the harness's (labelled), made now or before
             raise
-
-    def _remove_gwbridge(self) -> None:
-        with contextlib.suppress(Exception):
-            _remove_own_gwbridge(self.client)
-
-    def _unlock(self) -> None:
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
 
     def release(self) -> bool:
         """Stop using the swarm; leave it when the harness made it, no other harness
-        process uses it, and none of the harness's objects is left. True if left.
-        Never raises."""
+        process uses it, and leaving harms nothing (``leave_if_unused``). True if
+        left; ``kept`` says why a swarm nothing of the harness uses stays. Never
+        raises."""
+        self.kept = ""
         try:
-            if self._fh is None:
-                self._fh = self.lock_path.open("a+", encoding="utf-8")
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fh, fcntl.LOCK_UN)
-            if not self._lock(fcntl.LOCK_EX, timeout_s=0.0):
+            self._file.unlock()
+            if not self._file.take(fcntl.LOCK_EX, 0.0):
                 return False  # another run holds it shared: it leaves it, later
-            return leave_if_unused(self.client)
+            left, self.kept = leave_if_unused(self.client, self.engine_lock_path)
+            return left
         except Exception:
             return False
         finally:
-            self._unlock()
+            self._file.close()
 
 
 def harness_objects(client: Any) -> list[str]:
@@ -205,45 +202,105 @@ def harness_objects(client: Any) -> list[str]:
     return out
 
 
-def leave_if_unused(client: Any) -> bool:
-    """Leave a swarm the harness made when nothing of the harness is on it (the
-    caller holds the lock exclusively). True if the engine left the swarm."""
-    if not made_by_harness(client) or harness_objects(client):
-        return False
-    errors = docker_errors()
-    for _ in range(LEAVE_ATTEMPTS):
-        try:
-            client.swarm.leave(force=True)
-            break
-        except errors.APIError:
-            time.sleep(0.5)
-    else:
-        return False
-    for _ in range(LEAVE_ATTEMPTS):
-        try:
-            _remove_own_gwbridge(client)
-            break
-        except errors.APIError:
-            time.sleep(0.5)  # a container's endpoint is still being released
-    return True
+def dns_dependents(client: Any) -> list[str]:
+    """The running containers ``swarm leave`` would harm: those on a network with
+    Docker's embedded DNS (any but ``bridge``, ``host``, ``none`` and
+    ``docker_gwbridge``), whose names the leave drops from that DNS for as long as
+    they run (moby/moby#45144, measured on 20.10.24). A swarm task is not one: it
+    goes with the swarm (and a swarm with a service is never left)."""
+    out: list[str] = []
+    for c in client.containers.list(sparse=True):  # running (and paused) ones
+        attrs = c.attrs or {}
+        if "com.docker.swarm.task.id" in (attrs.get("Labels") or {}):
+            continue
+        nets = set((attrs.get("NetworkSettings") or {}).get("Networks") or {})
+        if nets - NO_DNS_NETWORKS:
+            names = attrs.get("Names") or [c.id[:12]]
+            out.append(str(names[0]).lstrip("/"))
+    return sorted(out)
 
 
-def _remove_own_gwbridge(client: Any) -> None:
-    """Remove ``docker_gwbridge`` if the harness made it (its label); the engine's
-    own is left alone. ``swarm leave`` keeps the ingress sandbox's endpoint on it:
-    Docker's documented removal disconnects that by force first."""
-    errors = docker_errors()
+def leave_if_unused(client: Any,
+                    engine_lock_path: Path = ENGINE_LOCK_PATH) -> tuple[bool, str]:
+    """Leave a swarm the harness made when nothing is on it and leaving harms no
+    running container (the caller holds the swarm lock exclusively). Returns
+    (True, "") if the engine left the swarm, else (False, why it stays) with an
+    empty why when a service or another run still uses it. A ``docker_gwbridge``
+    of the harness that an earlier leave left behind goes too."""
+    if swarm_state(client) == "inactive":
+        remove_own_gwbridge(client)
+        return False, ""
+    if not made_by_harness(client) or harness_objects(client) or client.services.list():
+        return False, ""
+    engine = FileLock(engine_lock_path)
     try:
-        net = client.networks.get(GWBRIDGE)
-    except errors.NotFound:
-        return
-    if (net.attrs.get("Labels") or {}).get(NODE_LABEL) != "1":
-        return
-    for key, ep in (net.attrs.get("Containers") or {}).items():
-        if key == "ingress-sbox":
-            with contextlib.suppress(errors.NotFound):
-                net.disconnect(str(ep.get("Name") or "gateway_ingress-sbox"), force=True)
-    net.remove()
+        # Exclusively, without waiting: a docker-backend run holds it shared while it
+        # has containers (also while they are being created, which the check below
+        # could miss), and it keeps them until its end.
+        if not engine.take(fcntl.LOCK_EX, 0.0):
+            return False, ("a docker-backend run of the harness is using the engine, and "
+                           "Docker's `swarm leave` drops the DNS names of running containers")
+        # Measured (20.10.24): a leave within a second of removing containers that
+        # ran when the swarm was made left the engine's ``ingress`` network listed
+        # (not removable without a swarm) until the next ``swarm init``.
+        time.sleep(LEAVE_SETTLE_S)
+        harmed = dns_dependents(client)
+        if harmed:
+            shown = ", ".join(harmed[:DEPENDENTS_SHOWN]) + (
+                ", ..." if len(harmed) > DEPENDENTS_SHOWN else "")
+            return False, (f"leaving it now would drop the DNS names of {len(harmed)} "
+                           f"running container(s) ({shown}): Docker's `swarm leave` does "
+                           "(moby/moby#45144)")
+        deadline = time.monotonic() + LEAVE_TIMEOUT_S
+        while swarm_state(client) != "inactive":
+            if time.monotonic() >= deadline:
+                return False, f"`docker swarm leave --force` did not end in {LEAVE_TIMEOUT_S:.0f} s"
+            with contextlib.suppress(Exception):  # an API error or a client timeout
+                client.swarm.leave(force=True)
+            time.sleep(RETRY_PAUSE_S)
+        remove_own_gwbridge(client)
+        return True, ""
+    finally:
+        engine.close()
+
+
+def leave_kept_swarm(client: Any) -> str:
+    """At the end of a docker-backend run: leave a swarm a swarm run of the harness
+    made and had to keep (``SwarmLease.kept``) if nothing uses it now. A line to
+    print if it did, else empty. Never raises."""
+    try:
+        if not made_by_harness(client):
+            return ""
+        if SwarmLease(client).release():
+            return "the engine left the swarm an earlier harness run made and had to keep"
+    except Exception:
+        pass
+    return ""
+
+
+def remove_own_gwbridge(client: Any) -> None:
+    """Remove ``docker_gwbridge`` if the harness made it (its label); the engine's
+    own is left alone. ``swarm leave`` keeps endpoints on it (the ingress sandbox's,
+    a task's the engine has not released yet): Docker's documented removal
+    disconnects them by force first. Bounded, never raises."""
+    errors = docker_errors()
+    deadline = time.monotonic() + GWBRIDGE_REMOVE_TIMEOUT_S
+    while True:
+        try:
+            net = client.networks.get(GWBRIDGE)
+            if (net.attrs.get("Labels") or {}).get(NODE_LABEL) != "1":
+                return
+            for key, ep in (net.attrs.get("Containers") or {}).items():
+                with contextlib.suppress(errors.NotFound, errors.APIError):
+                    net.disconnect(str(ep.get("Name") or key), force=True)
+            net.remove()
+            return
+        except errors.NotFound:
+            return
+        except Exception:  # an API error ("active endpoints") or a client timeout
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(RETRY_PAUSE_S)
 
 
 def sweep_stale_swarm(client: Any) -> list[str]:

@@ -1,9 +1,13 @@
 """The ``swarm`` backend on this machine's engine: real services, real tasks, swarm's
 own restart policy and HEALTHCHECK.
 
-Every test runs in one xdist group (the engine has one swarm) and checks that the
-run left nothing: no service, network, volume, secret or config of the harness,
-and the engine's swarm state as it was before the module.
+Every test checks that the run left nothing: no service, network, volume, secret
+or config of the harness, and the engine's swarm state as it was before.
+
+``scripts/test.sh`` runs this module on its own, after the rest: Docker's ``swarm
+leave`` drops the DNS names of every container running then (moby/moby#45144), so
+the harness keeps its swarm while another run's containers are up, and the tests
+that check it left the swarm need an engine with none.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from harness.cluster.docker import (
 from harness.cluster.swarm_engine import (
     GWBRIDGE,
     SwarmLease,
+    dns_dependents,
+    leave_kept_swarm,
     made_by_harness,
     swarm_state,
     sweep_stale_swarm,
@@ -192,6 +198,40 @@ def test_a_lease_makes_a_swarm_and_the_last_one_leaves_it(engine: Any, serial: N
     finally:
         first.release()
         second.release()
+    assert engine_state(engine) == before
+
+
+def test_a_container_that_would_lose_its_dns_name_keeps_the_swarm(
+        engine: Any, serial: None) -> None:
+    """While a container runs on a user network, the harness keeps the swarm it made
+    (a leave would drop the container's DNS name) and says why; the container still
+    resolves its peer; once it has stopped, a docker-backend run's end leaves it."""
+    before = engine_state(engine)
+    if before[0] != "inactive" or dns_dependents(engine):
+        pytest.skip("needs an engine without a swarm and without running containers on "
+                    "user networks")
+    tag = f"it-dns-{os.getpid()}"
+    net = engine.networks.create(tag, driver="bridge")
+    boxes = [engine.containers.run(WORKER_IMAGE, entrypoint=["sleep", "120"], detach=True,
+                                   name=f"{tag}-{n}", network=tag) for n in ("a", "b")]
+    lease = SwarmLease(engine)
+    try:
+        lease.acquire()
+        assert lease.created
+        assert lease.release() is False
+        assert f"{tag}-a" in lease.kept and "DNS" in lease.kept, lease.kept
+        assert swarm_state(engine) == "active"
+        code, out = boxes[0].exec_run(["getent", "hosts", f"{tag}-b"])
+        assert code == 0, out  # its peer's name still resolves
+        for box in boxes:
+            box.remove(force=True)
+        boxes = []
+        assert leave_kept_swarm(engine), "the swarm nothing uses now was not left"
+    finally:
+        for box in boxes:
+            box.remove(force=True)
+        net.remove()
+        lease.release()
     assert engine_state(engine) == before
 
 

@@ -87,6 +87,24 @@ def test_a_clean_run_passes_and_writes_its_result(fake: Fakes,
     assert fake[0].stopped
 
 
+def test_the_clusters_notices_end_the_output(fake: Fakes, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the backend's stop says about the engine (a swarm it had to keep)."""
+    stop = FakeCluster.stop
+
+    def stop_and_say(self: FakeCluster) -> None:
+        stop(self)
+        self.notices.append("the engine stays the swarm node this run made: because")
+
+    monkeypatch.setattr(FakeCluster, "stop", stop_and_say)
+    buf = io.StringIO()
+    opts = RunOptions(backend="fake", out=tmp_path, progress=False, seed=7,
+                      capabilities=frozenset({"directives"}))
+    out = runner.run_scenario(scenario(), opts, Console(file=buf, width=200))
+    assert out.exit_code == 0
+    assert "engine: the engine stays the swarm node this run made: because" in buf.getvalue()
+
+
 def test_a_worker_that_loses_work_fails(fake: Fakes, tmp_path: Path) -> None:
     fake.bug = "ack-without-processing"
     out = run(scenario(), tmp_path)

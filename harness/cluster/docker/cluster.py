@@ -4,11 +4,12 @@ is in the package doc, ``harness.cluster.docker``)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from harness import vocab
 from harness.broker import BrokerAdmin, ConnectionInfo
@@ -35,6 +36,8 @@ from harness.cluster.docker.engine import (
     BROKER_ALIAS,
     BROKER_IMAGE,
     BROKER_START_TIMEOUT_S,
+    ENGINE_LOCK_PATH,
+    ENGINE_LOCK_TIMEOUT_S,
     LABEL,
     LABEL_ROLE,
     LABEL_RUN,
@@ -45,6 +48,7 @@ from harness.cluster.docker.engine import (
     SHARED_PREFIX,
     THREAD_JOIN_TIMEOUT_S,
     WORKER_IMAGE,
+    FileLock,
     connect,
     docker_errors,
     harness_identity,
@@ -76,6 +80,9 @@ class DockerCluster(BrokerSide, Cluster):
     """Cluster backend ``docker``. See the module docstring for the layout."""
 
     backend = "docker"
+    # Holds the engine lock shared (ENGINE_LOCK_PATH): its containers are not swarm
+    # tasks, and a swarm leave would drop their DNS names.
+    guards_engine: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -130,6 +137,13 @@ class DockerCluster(BrokerSide, Cluster):
         if client is None and shared is not None:
             client = shared.client
         self.client = client if client is not None else connect()
+        # Before the first container: a swarm leave would drop their DNS names.
+        self._engine_use = FileLock(ENGINE_LOCK_PATH)
+        if self.guards_engine and not self._engine_use.take(fcntl.LOCK_SH,
+                                                             ENGINE_LOCK_TIMEOUT_S):
+            raise ClusterError(f"another harness process held {ENGINE_LOCK_PATH} for over "
+                               f"{ENGINE_LOCK_TIMEOUT_S:.0f} s while it left the swarm; "
+                               "run again")
         self.swept = sweep_stale(self.client)
 
     # -- workers ----------------------------------------------------------------------
@@ -637,3 +651,11 @@ class DockerCluster(BrokerSide, Cluster):
             except Exception:
                 time.sleep(0.5)
         self._network = None
+        self._engine_use.close()
+        if self._shared is None:  # a shared broker's owner holds the engine still
+            # Here, not at the top: swarm_engine imports this package.
+            from harness.cluster.swarm_engine import leave_kept_swarm
+
+            left = leave_kept_swarm(self.client)
+            if left:
+                self.notices.append(left)

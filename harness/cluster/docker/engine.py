@@ -5,12 +5,14 @@ killed harness left behind, found by label, never by name."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import socket
 import time
 from datetime import UTC, datetime
-from typing import Any, Final
+from pathlib import Path
+from typing import IO, Any, Final
 
 import psutil
 
@@ -45,8 +47,60 @@ LOG_TAIL_LINES: Final = 30
 POOL_SIZE: Final = 256
 PIDSTART_TOLERANCE_S: Final = 1.0
 NETWORK_CREATE_ATTEMPTS: Final = 5
+# Held shared by each docker-backend cluster (a run's, a shared broker's) from before
+# its first container until its last is gone; a swarm leave takes it exclusively and
+# never waits. Docker's ``swarm leave`` drops the embedded-DNS names of the containers
+# running at that moment, on every network (moby/moby#45144; measured on 20.10.24: a
+# docker run whose workers started 2 s before a swarm run's leave never resolved its
+# broker). Fixed, not $TMPDIR: every harness process on the host must find the file.
+ENGINE_LOCK_PATH: Final = Path("/tmp/rmq-harness-engine.lock")
+ENGINE_LOCK_TIMEOUT_S: Final = 60.0  # a leave holds it for seconds
+LOCK_POLL_S: Final = 0.1
 RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class FileLock:
+    """A ``flock(2)`` on a file every harness process on the host opens (mode 0666:
+    another user's harness shares it), taken with a bounded wait. The kernel drops
+    it when the process dies, so a SIGKILLed harness never holds it.
+
+    Written by hand: the standard library has ``fcntl.flock`` but no bounded wait."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = None
+
+    def take(self, mode: int, timeout_s: float) -> bool:
+        """``fcntl.LOCK_SH`` or ``LOCK_EX`` (converts a lock held), waiting at most
+        ``timeout_s`` (0: one try). False if another process holds it too long."""
+        if self._fh is None:
+            self._fh = self.path.open("a+", encoding="utf-8")
+            with contextlib.suppress(OSError):
+                os.chmod(self.path, 0o666)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(self._fh, mode | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(LOCK_POLL_S)
+
+    def unlock(self) -> None:
+        """Let go of the lock, keep the file open. Never raises."""
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fh, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Let go of the lock and close the file. Idempotent, never raises."""
+        self.unlock()
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
 
 
 def docker_errors() -> Any:
