@@ -324,6 +324,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
         run.problems.append(f"interrupted ({exc or 'SIGINT'})")
         console.print("[yellow]interrupted: cleaning up[/yellow]")
         run.cleanup()
+        _print_notices(run, console)
         _write_result(run, results, 2, rerun)
         credentials.scrub_run_dir(run.run_dir, run.console)
         raise Interrupted(str(exc)) from None
@@ -340,8 +341,7 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
         console.print(f"[yellow]run problem:[/yellow] {p}")
     for n in replacements.notes(run.recorder.snapshot()):
         console.print(f"[cyan]orchestrator:[/cyan] {n}")
-    for n in run.cluster.notices if run.cluster is not None else []:
-        console.print(f"[cyan]engine:[/cyan] {n}")
+    _print_notices(run, console)
     _write_result(run, results, code, rerun)
     htmlreport.write_run_report_or_say(run.run_dir, console, run.recorder.snapshot())
     credentials.scrub_run_dir(run.run_dir, run.console)
@@ -349,6 +349,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
     console.print(f"rerun: {rerun}")
     return RunOutcome(scenario, run.run_dir, run.seed, results, code, run.problems, rerun,
                       run.broker_semantics)
+
+
+def _print_notices(run: Run, console: Console) -> None:
+    """What the backend's stop said about the engine (a swarm it had to keep)."""
+    for n in run.cluster.notices if run.cluster is not None else []:
+        console.print(f"[cyan]engine:[/cyan] {n}")
 
 
 def _write_result(run: Run, results: list[ClaimResult], code: int, rerun: str) -> None:

@@ -8,6 +8,8 @@ ruff check harness harness_events worker examples tests benchmarks locustfiles s
 mypy  # the packages (pyproject.toml)
 # Tests and benchmarks too, a folder at a time: two conftest.py would clash as one module.
 for d in tests/conftest.py tests/helpers tests/unit tests/worker tests/integration tests/quality benchmarks locustfiles examples scripts/readme_mutants.py; do mypy --strict "$d"; done
+# With arguments, one session of what they select (the swarm tests beside docker
+# runs may then find the swarm kept, see below).
 if [ "$#" -gt 0 ]; then
     exec pytest -n 2 --dist loadgroup --durations=15 "$@"
 fi
@@ -17,5 +19,6 @@ fi
 SWARM_TESTS=tests/integration/test_swarm.py
 rc=0
 pytest -n 2 --dist loadgroup --durations=15 --ignore="$SWARM_TESTS" || rc=$?
+if [ "$rc" -eq 2 ]; then exit 2; fi  # interrupted (Ctrl-C): no second session
 pytest -n 2 --durations=5 "$SWARM_TESTS" || rc=$?
 exit "$rc"

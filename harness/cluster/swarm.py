@@ -867,9 +867,9 @@ class SwarmCluster(DockerCluster):
             self.lease.release()
             if self.lease.kept:
                 self.notices.append(
-                    f"the engine stays the swarm node this run made: {self.lease.kept}; "
-                    "the next harness run to end on this engine without such containers "
-                    "leaves it")
+                    f"the engine stays a swarm node (a swarm the harness made): "
+                    f"{self.lease.kept}; the next harness run to end on this engine "
+                    "without such containers leaves it")
 
     def _remove_leftovers(self) -> None:
         """The run's volume and networks, once swarm has let go of them (bounded)."""

@@ -50,7 +50,7 @@ ADVERTISE_ADDR: Final = "127.0.0.1"
 # Fixed, not $TMPDIR: every harness process on the host must find the same file.
 LOCK_PATH: Final = Path("/tmp/rmq-harness-swarm.lock")
 LOCK_TIMEOUT_S: Final = 60.0
-LEAVE_TIMEOUT_S: Final = 30.0
+LEAVE_TIMEOUT_S: Final = 20.0
 GWBRIDGE_REMOVE_TIMEOUT_S: Final = 30.0
 RETRY_PAUSE_S: Final = 0.5
 LEAVE_SETTLE_S: Final = 2.0
@@ -169,11 +169,19 @@ class SwarmLease:
                         raise
                     time.sleep(0.2)
         except BaseException:
+            kept = ""
             if self.created:
-                with contextlib.suppress(Exception):
-                    self.client.swarm.leave(force=True)
+                try:
+                    kept = leave_harmlessly(self.client, self.engine_lock_path)
+                except Exception as exc:  # noqa: BLE001 - the first failure is the one to say
+                    kept = str(exc)
                 self.created = False
-            remove_own_gwbridge(self.client)  # the harness's (labelled), made now or before
+            if kept:
+                # Labelled or not, said: the run's error follows this line.
+                self.kept = f"{kept} (after a failed start); leave it with `docker swarm " \
+                            "leave --force` once nothing runs beside it"
+            else:
+                remove_own_gwbridge(self.client)  # the harness's, made now or before
             raise
 
     def release(self) -> bool:
@@ -232,46 +240,76 @@ def leave_if_unused(client: Any,
         return False, ""
     if not made_by_harness(client) or harness_objects(client) or client.services.list():
         return False, ""
+    why = leave_harmlessly(client, engine_lock_path)
+    if why:
+        return False, why
+    remove_own_gwbridge(client)  # without the engine lock: no container is on it
+    return True, ""
+
+
+def leave_harmlessly(client: Any, engine_lock_path: Path = ENGINE_LOCK_PATH) -> str:
+    """``swarm leave --force`` unless it would harm a running container; empty if
+    the engine left, else why not. Holds the engine lock exclusively from the check
+    to the leave's end (seconds; a docker-backend run waits up to
+    ``ENGINE_LOCK_TIMEOUT_S`` for it), never waiting for it."""
     engine = FileLock(engine_lock_path)
     try:
-        # Exclusively, without waiting: a docker-backend run holds it shared while it
-        # has containers (also while they are being created, which the check below
-        # could miss), and it keeps them until its end.
+        # A docker-backend run holds it shared while it has containers, also while
+        # they are being created (which the check below could miss).
         if not engine.take(fcntl.LOCK_EX, 0.0):
-            return False, ("a docker-backend run of the harness is using the engine, and "
-                           "Docker's `swarm leave` drops the DNS names of running containers")
+            return ("a docker-backend run of the harness is using the engine, and Docker's "
+                    "`swarm leave` drops the DNS names of running containers")
+        why = _harmed(client)
+        if why:
+            return why
         # Measured (20.10.24): a leave within a second of removing containers that
         # ran when the swarm was made left the engine's ``ingress`` network listed
-        # (not removable without a swarm) until the next ``swarm init``.
+        # (not removable without a swarm) until the next ``swarm init``. Then the
+        # check again: a container may have started meanwhile.
         time.sleep(LEAVE_SETTLE_S)
-        harmed = dns_dependents(client)
-        if harmed:
-            shown = ", ".join(harmed[:DEPENDENTS_SHOWN]) + (
-                ", ..." if len(harmed) > DEPENDENTS_SHOWN else "")
-            return False, (f"leaving it now would drop the DNS names of {len(harmed)} "
-                           f"running container(s) ({shown}): Docker's `swarm leave` does "
-                           "(moby/moby#45144)")
+        why = _harmed(client)
+        if why:
+            return why
         deadline = time.monotonic() + LEAVE_TIMEOUT_S
         while swarm_state(client) != "inactive":
             if time.monotonic() >= deadline:
-                return False, f"`docker swarm leave --force` did not end in {LEAVE_TIMEOUT_S:.0f} s"
+                return f"`docker swarm leave --force` did not end in {LEAVE_TIMEOUT_S:.0f} s"
             with contextlib.suppress(Exception):  # an API error or a client timeout
                 client.swarm.leave(force=True)
             time.sleep(RETRY_PAUSE_S)
-        remove_own_gwbridge(client)
-        return True, ""
+        return ""
     finally:
         engine.close()
 
 
-def leave_kept_swarm(client: Any) -> str:
+def _harmed(client: Any) -> str:
+    harmed = dns_dependents(client)
+    if not harmed:
+        return ""
+    shown = ", ".join(harmed[:DEPENDENTS_SHOWN]) + (
+        ", ..." if len(harmed) > DEPENDENTS_SHOWN else "")
+    return (f"leaving it now would drop the DNS names of {len(harmed)} running "
+            f"container(s) ({shown}): Docker's `swarm leave` does (moby/moby#45144)")
+
+
+def leave_kept_swarm(client: Any, lock_path: Path = LOCK_PATH,
+                     engine_lock_path: Path = ENGINE_LOCK_PATH) -> str:
     """At the end of a docker-backend run: leave a swarm a swarm run of the harness
-    made and had to keep (``SwarmLease.kept``) if nothing uses it now. A line to
-    print if it did, else empty. Never raises."""
+    made and had to keep (``SwarmLease.kept``) if nothing uses it now, after
+    sweeping what killed swarm runs left on it. A line to print if it left, else
+    empty. Never raises."""
     try:
         if not made_by_harness(client):
             return ""
-        if SwarmLease(client).release():
+        swarm = FileLock(lock_path)
+        if not swarm.take(fcntl.LOCK_EX, 0.0):
+            return ""  # a swarm run uses it: that run leaves it
+        try:
+            sweep_stale_swarm(client)
+            left, _ = leave_if_unused(client, engine_lock_path)
+        finally:
+            swarm.close()
+        if left:
             return "the engine left the swarm an earlier harness run made and had to keep"
     except Exception:
         pass

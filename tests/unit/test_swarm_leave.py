@@ -13,14 +13,16 @@ from typing import Any
 
 import pytest
 
-from harness.cluster.docker.engine import FileLock
+from harness.cluster.docker.engine import ENGINE_LOCK_PATH, FileLock
 from harness.cluster.swarm_engine import (
     GWBRIDGE,
     NODE_LABEL,
     SwarmLease,
     dns_dependents,
     leave_if_unused,
+    leave_kept_swarm,
 )
+from harness.history import Recorder
 
 
 @dataclass
@@ -72,6 +74,10 @@ class FakeEngine:
     def services(self) -> Any:
         svcs = self.services_
         return type("S", (), {"list": lambda _s, **_kw: list(svcs)})()
+
+    # What a sweep of killed runs' objects lists: none here.
+    secrets = configs = volumes = property(
+        lambda _s: type("E", (), {"list": lambda _s, **_kw: []})())
 
     @property
     def networks(self) -> Any:
@@ -205,3 +211,53 @@ def test_a_file_lock_waits_a_bounded_time(tmp_path: Path) -> None:
     assert b.take(fcntl.LOCK_EX, 0.0) is True
     a.close()  # idempotent
     b.close()
+
+
+def test_a_kept_swarm_is_left_by_a_later_run_when_nothing_uses_it(
+        tmp_path: Path, engine_lock: Path) -> None:
+    swarm_lock = tmp_path / "swarm.lock"
+    engine = FakeEngine()
+    docker_run, swarm_run = FileLock(engine_lock), FileLock(swarm_lock)
+    assert docker_run.take(fcntl.LOCK_SH, 0.0) and swarm_run.take(fcntl.LOCK_SH, 0.0)
+    assert leave_kept_swarm(engine, swarm_lock, engine_lock) == ""  # both in use
+    swarm_run.close()
+    assert leave_kept_swarm(engine, swarm_lock, engine_lock) == ""  # the docker run's
+    docker_run.close()
+    assert engine.leaves == 0
+    assert "left the swarm" in leave_kept_swarm(engine, swarm_lock, engine_lock)
+    assert engine.leaves == 1 and engine.state == "inactive"
+    assert engine.gwbridge is not None and engine.gwbridge.removed
+    engine = FakeEngine(node_labels={})  # a swarm the engine had: never left
+    assert leave_kept_swarm(engine, swarm_lock, engine_lock) == "" and engine.leaves == 0
+
+
+def test_the_docker_backend_takes_the_engine_lock_and_the_swarm_backend_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.cluster.docker import cluster as docker_cluster
+    from harness.cluster.swarm import SwarmCluster
+
+    lock = tmp_path / "engine.lock"
+    monkeypatch.setattr(docker_cluster, "ENGINE_LOCK_PATH", lock)
+    free_at_stop: list[bool] = []
+
+    def leave_kept(client: Any) -> str:
+        probe = FileLock(lock)
+        free_at_stop.append(probe.take(fcntl.LOCK_EX, 0.0))
+        probe.close()
+        return "left it"
+
+    import harness.cluster.swarm_engine as swarm_engine
+
+    monkeypatch.setattr(swarm_engine, "leave_kept_swarm", leave_kept)
+    probe = FileLock(lock)
+    docker_run = docker_cluster.DockerCluster("unit-d", tmp_path, Recorder(None),
+                                              client=FakeEngine())
+    assert probe.take(fcntl.LOCK_EX, 0.0) is False  # held shared by the docker run
+    docker_run.stop()
+    assert free_at_stop == [True] and docker_run.notices == ["left it"]
+    assert probe.take(fcntl.LOCK_EX, 0.0) is True
+    probe.close()
+    swarm_run = SwarmCluster("unit-s", tmp_path, Recorder(None), client=FakeEngine())
+    assert probe.take(fcntl.LOCK_EX, 0.0) is True  # its tasks go with its swarm
+    probe.close()
+    assert swarm_run.lease.engine_lock_path == ENGINE_LOCK_PATH

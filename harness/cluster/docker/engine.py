@@ -72,10 +72,15 @@ class FileLock:
         self._fh: IO[str] | None = None
 
     def take(self, mode: int, timeout_s: float) -> bool:
-        """``fcntl.LOCK_SH`` or ``LOCK_EX`` (converts a lock held), waiting at most
-        ``timeout_s`` (0: one try). False if another process holds it too long."""
+        """``fcntl.LOCK_SH`` or ``LOCK_EX``, waiting at most ``timeout_s`` (0: one
+        try). False if another process holds it too long. A lock held is converted,
+        and a conversion that fails has let go of the lock held (flock(2))."""
         if self._fh is None:
-            self._fh = self.path.open("a+", encoding="utf-8")
+            try:
+                self._fh = self.path.open("a+", encoding="utf-8")
+            except OSError as exc:  # another user's file where /tmp protects it
+                raise ClusterError(f"cannot open the harness's lock file {self.path} "
+                                   f"({exc.strerror}): remove it, or run as its owner") from exc
             with contextlib.suppress(OSError):
                 os.chmod(self.path, 0o666)
         deadline = time.monotonic() + timeout_s
