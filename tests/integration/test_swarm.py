@@ -54,6 +54,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.xdist_gro
 # exclusively; a run that checks only its own objects holds it shared (the harness
 # supports runs side by side on one swarm), so two of those overlap.
 SERIAL_LOCK = Path("/tmp/rmq-harness-swarm-tests.lock")
+TURNSTILE = Path("/tmp/rmq-harness-swarm-tests.turnstile")
 SERIAL_WAIT_S = 1200.0
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,18 +101,31 @@ def leftovers(client: Any) -> list[str]:
     return out
 
 
+def _flock(fh: Any, mode: int, deadline: float) -> None:
+    while True:
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            assert time.monotonic() < deadline, "another swarm test held the engine"
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def swarm_lock(mode: int) -> Iterator[None]:
-    """Hold the swarm tests' lock (``fcntl.LOCK_EX`` or ``LOCK_SH``), bounded wait."""
-    with SERIAL_LOCK.open("a+", encoding="utf-8") as fh:
-        deadline = time.monotonic() + SERIAL_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fh, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "another swarm test held the engine"
-                time.sleep(0.5)
+    """Hold the swarm tests' lock (``fcntl.LOCK_EX`` or ``LOCK_SH``), bounded wait.
+
+    Through a turnstile: a test waiting for it exclusively holds the turnstile, so
+    no new shared holder gets in meanwhile (without it, the shared runs of the other
+    xdist worker followed one another and kept an exclusive test waiting 206 s)."""
+    deadline = time.monotonic() + SERIAL_WAIT_S
+    with TURNSTILE.open("a+", encoding="utf-8") as gate, \
+            SERIAL_LOCK.open("a+", encoding="utf-8") as fh:
+        _flock(gate, fcntl.LOCK_EX, deadline)
+        try:
+            _flock(fh, mode, deadline)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
         try:
             yield
         finally:
