@@ -5,20 +5,19 @@ which registers the hook)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import pytest
+
+from harness.flock import turnstile
 
 # A timing-bound run waits at most this long for the cores (others' runs are
 # bounded by their drain timeouts; an hour means something is stuck).
 LOCK_TIMEOUT_S: Final = 3600.0
-LOCK_POLL_S: Final = 0.2
 
 
 def scenario_nodeid(nodeid: str) -> str | None:
@@ -41,29 +40,9 @@ def cores(*, exclusive: bool) -> Iterator[None]:
         yield
         return
     base = Path(tempfile.gettempdir()) / f"rmq-harness-pytest-{uid}"
-    deadline = time.monotonic() + LOCK_TIMEOUT_S
-    with open(f"{base}.turnstile", "a") as turn, open(f"{base}.lock", "a") as main:
-        _flock(turn, fcntl.LOCK_EX, deadline)
-        try:
-            _flock(main, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
-        finally:
-            fcntl.flock(turn, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(main, fcntl.LOCK_UN)
-
-
-def _flock(f: TextIO, mode: int, deadline: float) -> None:
-    while True:
-        try:
-            fcntl.flock(f, mode | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise OSError(f"waited {LOCK_TIMEOUT_S:.0f} s for the other runs of the "
-                              "session to leave the cores") from None
-            time.sleep(LOCK_POLL_S)
+    with turnstile(str(base), exclusive=exclusive, timeout_s=LOCK_TIMEOUT_S,
+                   waiting_for="the other runs of the session to leave the cores"):
+        yield
 
 
 # --------------------------------------------------------------------------- xdist

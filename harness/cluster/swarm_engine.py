@@ -37,10 +37,10 @@ from harness.cluster.base import ClusterError
 from harness.cluster.docker.engine import (
     ENGINE_LOCK_PATH,
     LABEL,
-    FileLock,
     docker_errors,
     owner_gone,
 )
+from harness.flock import FileLock
 
 GWBRIDGE: Final = "docker_gwbridge"
 # On the node of a swarm the harness made; never on a swarm it found.
@@ -194,6 +194,7 @@ class SwarmLease:
             self._file.unlock()
             if not self._file.take(fcntl.LOCK_EX, 0.0):
                 return False  # another run holds it shared: it leaves it, later
+            sweep_stale_swarm(self.client)  # the last user: killed runs' objects first
             left, self.kept = leave_if_unused(self.client, self.engine_lock_path)
             return left
         except Exception:
@@ -295,24 +296,10 @@ def _harmed(client: Any) -> str:
 def leave_kept_swarm(client: Any, lock_path: Path = LOCK_PATH,
                      engine_lock_path: Path = ENGINE_LOCK_PATH) -> str:
     """At the end of a docker-backend run: leave a swarm a swarm run of the harness
-    made and had to keep (``SwarmLease.kept``) if nothing uses it now, after
-    sweeping what killed swarm runs left on it. A line to print if it left, else
-    empty. Never raises."""
-    try:
-        if not made_by_harness(client):
-            return ""
-        swarm = FileLock(lock_path)
-        if not swarm.take(fcntl.LOCK_EX, 0.0):
-            return ""  # a swarm run uses it: that run leaves it
-        try:
-            sweep_stale_swarm(client)
-            left, _ = leave_if_unused(client, engine_lock_path)
-        finally:
-            swarm.close()
-        if left:
-            return "the engine left the swarm an earlier harness run made and had to keep"
-    except Exception:
-        pass
+    made and had to keep (``SwarmLease.kept``) if nothing uses it now. A line to
+    print if it left, else empty. Never raises."""
+    if made_by_harness(client) and SwarmLease(client, lock_path, engine_lock_path).release():
+        return "the engine left the swarm an earlier harness run made and had to keep"
     return ""
 
 

@@ -13,7 +13,6 @@ that check it left the swarm need an engine with none.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -46,6 +45,7 @@ from harness.cluster.swarm_engine import (
     swarm_state,
     sweep_stale_swarm,
 )
+from harness.flock import turnstile
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.xdist_group("swarm")]
 # ``xdist_group`` alone did not keep these tests on one worker in CI (pytest-xdist 3.8
@@ -53,8 +53,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.xdist_gro
 # that compares the engine's whole swarm state before and after holds this lock
 # exclusively; a run that checks only its own objects holds it shared (the harness
 # supports runs side by side on one swarm), so two of those overlap.
-SERIAL_LOCK = Path("/tmp/rmq-harness-swarm-tests.lock")
-TURNSTILE = Path("/tmp/rmq-harness-swarm-tests.turnstile")
+SERIAL_LOCK = "/tmp/rmq-harness-swarm-tests"  # .lock and .turnstile
 SERIAL_WAIT_S = 1200.0
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,40 +100,19 @@ def leftovers(client: Any) -> list[str]:
     return out
 
 
-def _flock(fh: Any, mode: int, deadline: float) -> None:
-    while True:
-        try:
-            fcntl.flock(fh, mode | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            assert time.monotonic() < deadline, "another swarm test held the engine"
-            time.sleep(0.5)
-
-
 @contextlib.contextmanager
-def swarm_lock(mode: int) -> Iterator[None]:
-    """Hold the swarm tests' lock (``fcntl.LOCK_EX`` or ``LOCK_SH``), bounded wait.
-
-    Through a turnstile: a test waiting for it exclusively holds the turnstile, so
-    no new shared holder gets in meanwhile (without it, the shared runs of the other
-    xdist worker followed one another and kept an exclusive test waiting 206 s)."""
-    deadline = time.monotonic() + SERIAL_WAIT_S
-    with TURNSTILE.open("a+", encoding="utf-8") as gate, \
-            SERIAL_LOCK.open("a+", encoding="utf-8") as fh:
-        _flock(gate, fcntl.LOCK_EX, deadline)
-        try:
-            _flock(fh, mode, deadline)
-        finally:
-            fcntl.flock(gate, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def swarm_lock(*, exclusive: bool) -> Iterator[None]:
+    """Hold the swarm tests' lock, bounded wait; an exclusive taker keeps new shared
+    ones out while it waits (without that, the other xdist worker's runs followed
+    one another and kept an exclusive test waiting 206 s)."""
+    with turnstile(SERIAL_LOCK, exclusive=exclusive, timeout_s=SERIAL_WAIT_S,
+                   waiting_for="another swarm test to leave the engine"):
+        yield
 
 
 @pytest.fixture
 def serial() -> Iterator[None]:
-    with swarm_lock(fcntl.LOCK_EX):
+    with swarm_lock(exclusive=True):
         yield
 
 
@@ -153,7 +131,7 @@ def clean_engine(engine: Any, serial: None) -> Iterator[tuple[str, bool]]:
 @pytest.fixture
 def own_run(engine: Any) -> Iterator[Path]:
     """A run beside other swarm runs: afterwards nothing of *its* own is left."""
-    with swarm_lock(fcntl.LOCK_SH), tempfile.TemporaryDirectory(prefix="swarm-run-") as tmp:
+    with swarm_lock(exclusive=False), tempfile.TemporaryDirectory(prefix="swarm-run-") as tmp:
         out = Path(tmp)
         yield out
         found = list(out.glob("runs/*/history.jsonl"))
@@ -277,7 +255,7 @@ def test_the_only_path_to_the_broker_is_the_internal_network(engine: Any,
     from harness.cluster.swarm import SwarmCluster
     from harness.history import Recorder
 
-    with swarm_lock(fcntl.LOCK_SH):
+    with swarm_lock(exclusive=False):
         rec = Recorder(tmp_path / "history.jsonl")
         c = SwarmCluster(f"it-path-{os.getpid()}", tmp_path, rec)
         try:

@@ -225,10 +225,10 @@ def test_a_waiting_timing_bound_run_is_not_starved(monkeypatch: pytest.MonkeyPat
     import threading
     import time
 
-    from harness import pytest_xdist
+    from harness import flock, pytest_xdist
 
     monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", f"t{os.getpid()}{time.monotonic_ns()}")
-    monkeypatch.setattr(pytest_xdist, "LOCK_POLL_S", 0.01)
+    monkeypatch.setattr(flock, "LOCK_POLL_S", 0.01)
     order: list[str] = []
     release_a = threading.Event()
 

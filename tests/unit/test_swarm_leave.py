@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness.cluster.docker.engine import ENGINE_LOCK_PATH, FileLock
+from harness.cluster.docker.engine import ENGINE_LOCK_PATH
 from harness.cluster.swarm_engine import (
     GWBRIDGE,
     NODE_LABEL,
@@ -22,6 +22,7 @@ from harness.cluster.swarm_engine import (
     leave_if_unused,
     leave_kept_swarm,
 )
+from harness.flock import FileLock
 from harness.history import Recorder
 
 

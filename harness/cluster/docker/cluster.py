@@ -23,6 +23,7 @@ from harness.cluster.base import (
 )
 from harness.cluster.docker.brokerside import BrokerSide
 from harness.cluster.lines import LineReader
+from harness.flock import FileLock
 from harness.history import Recorder
 from harness.netfault import NET_FAULTS as _NET_FAULTS
 from harness.netfault import SIDECAR_IMAGE, NetEnv, NetFault, Partition
@@ -48,7 +49,6 @@ from harness.cluster.docker.engine import (
     SHARED_PREFIX,
     THREAD_JOIN_TIMEOUT_S,
     WORKER_IMAGE,
-    FileLock,
     connect,
     docker_errors,
     harness_identity,

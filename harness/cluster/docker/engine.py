@@ -5,14 +5,13 @@ killed harness left behind, found by label, never by name."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import psutil
 
@@ -55,57 +54,8 @@ NETWORK_CREATE_ATTEMPTS: Final = 5
 # broker). Fixed, not $TMPDIR: every harness process on the host must find the file.
 ENGINE_LOCK_PATH: Final = Path("/tmp/rmq-harness-engine.lock")
 ENGINE_LOCK_TIMEOUT_S: Final = 60.0  # a leave holds it for seconds
-LOCK_POLL_S: Final = 0.1
 RUN_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-class FileLock:
-    """A ``flock(2)`` on a file every harness process on the host opens (mode 0666:
-    another user's harness shares it), taken with a bounded wait. The kernel drops
-    it when the process dies, so a SIGKILLed harness never holds it.
-
-    Written by hand: the standard library has ``fcntl.flock`` but no bounded wait."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: IO[str] | None = None
-
-    def take(self, mode: int, timeout_s: float) -> bool:
-        """``fcntl.LOCK_SH`` or ``LOCK_EX``, waiting at most ``timeout_s`` (0: one
-        try). False if another process holds it too long. A lock held is converted,
-        and a conversion that fails has let go of the lock held (flock(2))."""
-        if self._fh is None:
-            try:
-                self._fh = self.path.open("a+", encoding="utf-8")
-            except OSError as exc:  # another user's file where /tmp protects it
-                raise ClusterError(f"cannot open the harness's lock file {self.path} "
-                                   f"({exc.strerror}): remove it, or run as its owner") from exc
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, 0o666)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(self._fh, mode | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(LOCK_POLL_S)
-
-    def unlock(self) -> None:
-        """Let go of the lock, keep the file open. Never raises."""
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fh, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        """Let go of the lock and close the file. Idempotent, never raises."""
-        self.unlock()
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.close()
-            self._fh = None
 
 
 def docker_errors() -> Any:
