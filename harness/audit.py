@@ -166,7 +166,7 @@ def run_audit(opts: RunOptions, console: Console, gate: frozenset[str] | None,
     outcomes: list[RunOutcome] = []
     skipped: dict[str, str] = {}
     try:
-        with suite_broker(opts) as run_opts:
+        with suite_broker(opts, console) as run_opts:
             for filename in SUITE:
                 if only and not any(o in filename for o in only):
                     continue

@@ -490,7 +490,7 @@ def run_explore(source: Path, scenario: Scenario, bounds: Bounds, opts: Any, con
     later: list[Example] = []  # the runs of the confirmation, the shrink and the rate
     interrupted = False
     live = LiveLine(examples, shrink_runs, time_budget_s)
-    with suite_broker(opts) as run_opts:
+    with suite_broker(opts, console) as run_opts:
         def run_one(path: Path, steps: tuple[Step, ...]) -> Example:
             sc = load_scenario(path)
             one = dataclasses.replace(run_opts, seed=rng.randrange(2**32), out=out_root,

@@ -199,7 +199,7 @@ def run_mutants(opts: RunOptions, console: Console, bugs: Sequence[str] | None =
     rows: list[Row] = []
     selected = [m for m in MUTANTS if not bugs or m.bug in bugs]
     try:
-        with suite_broker(opts) as run_opts:
+        with suite_broker(opts, console) as run_opts:
             for mode in reporting:
                 if control:
                     for filename in CONTROL_SCENARIOS:

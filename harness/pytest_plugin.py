@@ -99,11 +99,16 @@ class _Session:
         if self._suite_error is not None:
             raise ClusterError(self._suite_error)  # once is enough: no second 2-min wait
         if self._suite_opts is None:
+            from rich.console import Console
+
             from harness.runner import suite_broker
 
             stack = contextlib.ExitStack()
             try:
-                self._suite_opts = stack.enter_context(suite_broker(self.options()))
+                # The engine notices come at the session's end, after pytest's
+                # summary: on stderr, which pytest no longer captures then.
+                self._suite_opts = stack.enter_context(
+                    suite_broker(self.options(), Console(stderr=True)))
             except ClusterError as exc:
                 self._suite_error = f"the session's broker did not start: {exc}"
                 raise ClusterError(self._suite_error) from None

@@ -279,10 +279,12 @@ class Run:
 
 
 @contextlib.contextmanager
-def suite_broker(opts: RunOptions) -> Iterator[RunOptions]:
+def suite_broker(opts: RunOptions, console: Console | None = None) -> Iterator[RunOptions]:
     """For a suite of runs on docker (audit, mutants): one broker for all of them,
     one vhost per run (a broker boot costs ~9 s here). Yields the options to run
-    with; the broker and its network are removed on exit, also on Ctrl-C."""
+    with; the broker and its network are removed on exit, also on Ctrl-C. ``say``
+    gets what the broker's stop said about the engine (``Cluster.notices``: a swarm
+    it had to keep), one line each."""
     if opts.backend != "docker" or opts.broker_url or opts.shared_broker is not None:
         yield opts
         return
@@ -299,6 +301,8 @@ def suite_broker(opts: RunOptions) -> Iterator[RunOptions]:
     finally:
         with signals_ignored():
             shared.stop()
+        if console is not None:
+            print_engine_notices(shared.notices, console)
 
 
 def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunOutcome:
@@ -352,8 +356,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunO
 
 
 def _print_notices(run: Run, console: Console) -> None:
-    """What the backend's stop said about the engine (a swarm it had to keep)."""
-    for n in run.cluster.notices if run.cluster is not None else []:
+    print_engine_notices(run.cluster.notices if run.cluster is not None else [], console)
+
+
+def print_engine_notices(notices: list[str], console: Console) -> None:
+    """What a backend's stop said about the engine (a swarm it had to keep)."""
+    for n in notices:
         console.print(f"[cyan]engine:[/cyan] {n}")
 
 

@@ -105,6 +105,47 @@ def test_the_clusters_notices_end_the_output(fake: Fakes, tmp_path: Path,
     assert "engine: the engine stays the swarm node this run made: because" in buf.getvalue()
 
 
+class _SayingSharedBroker:
+    """A suite broker whose stop keeps a swarm (``SharedDockerBroker``'s surface)."""
+
+    def __init__(self) -> None:
+        self.notices: list[str] = []
+        self.stopped = False
+
+    def start(self, run_dir: Path) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.notices.append("the engine stays a swarm node: because")
+
+
+def test_a_suite_brokers_notices_are_printed_after_its_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """audit, mutants and explore on docker share one broker: what its stop says
+    about the engine reaches their console, also when the suite raised."""
+    from harness.cluster import docker
+
+    made: list[_SayingSharedBroker] = []
+
+    def make() -> _SayingSharedBroker:
+        made.append(_SayingSharedBroker())
+        return made[-1]
+
+    monkeypatch.setattr(docker, "SharedDockerBroker", make)
+    buf = io.StringIO()
+    opts = RunOptions(backend="docker", out=tmp_path, worker_image="w:1")
+    with pytest.raises(RuntimeError), \
+            runner.suite_broker(opts, Console(file=buf, width=200)) as run_opts:
+        assert run_opts.shared_broker is made[0]
+        raise RuntimeError("a suite's run went wrong")
+    assert made[0].stopped
+    assert "engine: the engine stays a swarm node: because" in buf.getvalue()
+    with runner.suite_broker(opts):  # no console: the notices are not printed, no error
+        pass
+    assert made[1].stopped
+
+
 def test_a_worker_that_loses_work_fails(fake: Fakes, tmp_path: Path) -> None:
     fake.bug = "ack-without-processing"
     out = run(scenario(), tmp_path)

@@ -75,6 +75,9 @@ class SharedDockerBroker:
         self._lock = threading.RLock()
         self._owner: DockerCluster | None = None
         self._attached: set[str] = set()
+        # What the owner's stop said about the engine (a swarm it had to keep), for
+        # the suite's caller to print: the runs on this broker hold no engine.
+        self.notices: list[str] = []
 
     # -- lifecycle ------------------------------------------------------------------
     @property
@@ -123,6 +126,7 @@ class SharedDockerBroker:
                         c.remove(force=True, v=True)
         with contextlib.suppress(Exception):
             owner.stop()  # saves logs/rabbitmq.log, removes broker and network
+        self.notices.extend(owner.notices)
 
     def __enter__(self) -> SharedDockerBroker:
         return self
