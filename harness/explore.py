@@ -673,13 +673,13 @@ def _faults_fired(run_dir: Path) -> tuple[int, frozenset[str]]:
 
 def simpler(steps: tuple[Step, ...]) -> list[tuple[Step, ...]]:
     """The candidates one step simpler than ``steps``, most aggressive first: a step
-    fewer; then per step an earlier trigger (half the seconds, half the count), a
+    fewer (``_without``); then per step an earlier trigger (half the seconds, half the count), a
     shorter fault (half the duration), the simplest target (``one``). Each candidate
     is strictly smaller in (steps, trigger values, durations, target), so shrinking
     ends."""
     out: list[tuple[Step, ...]] = []
     for i in range(len(steps)):
-        out.append(steps[:i] + steps[i + 1:])
+        out.append(_without(steps, i))
     for i, s in enumerate(steps):
         w = s.when
         variants: list[Step] = []
@@ -699,6 +699,19 @@ def simpler(steps: tuple[Step, ...]) -> list[tuple[Step, ...]]:
             variants.append(dataclasses.replace(s, target="one"))
         out.extend((*steps[:i], v, *steps[i + 1:]) for v in variants)
     return out
+
+
+def _without(steps: tuple[Step, ...], i: int) -> tuple[Step, ...]:
+    """``steps`` without step ``i``. A next step that targeted its worker (``last``)
+    takes its target, so the candidate still hits that worker twice: left as
+    ``last``, it would name the step before (or, after a first step, nobody: never
+    taken) and the candidate would spend its runs testing another schedule."""
+    rest = list(steps[:i] + steps[i + 1:])
+    gone = steps[i]
+    if (i + 1 < len(steps) and steps[i + 1].target == "last"
+            and not vocab.FAULT_KINDS[gone.fault].broker_level):
+        rest[i] = dataclasses.replace(steps[i + 1], target=gone.target)
+    return tuple(rest)
 
 
 @dataclass

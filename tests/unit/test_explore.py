@@ -233,6 +233,44 @@ def test_shrinking_keeps_what_the_bug_needs_and_drops_the_rest() -> None:
     assert kill.target == "one"
 
 
+def test_a_step_dropped_hands_its_worker_to_the_step_that_named_it() -> None:
+    """The stale-ack bug needs one worker cut twice. Dropping the first of
+    ``one; last`` leaves ``one`` (the second step's worker), not ``last`` as a first
+    step (which names nobody and is never taken); a broker restart has no worker
+    to hand on."""
+    from harness.explore import simpler
+
+    two = steps_of(("close-connections", {"holding_unacked": 3}, None, "one"),
+                   ("close-connections", {"processed": 4}, None, "last"))
+    first = simpler(two)[0]
+    assert [(s.target, s.when.processed) for s in first] == [("one", 4)]
+    assert [s.target for s in simpler(two)[1]] == ["one"]
+    three = steps_of(("close-connections", {"after_s": 2.0}, None, "busiest"),
+                     ("close-connections", {"processed": 4}, None, "last"),
+                     ("close-connections", {"after_s": 8.1}, None, "last"))
+    assert [s.target for s in simpler(three)[1]] == ["busiest", "last"]
+    restart = steps_of(("broker-restart", {"after_s": 2.0}, None, "one"),
+                       ("kill", {"processed": 4}, None, "busiest"),
+                       ("kill", {"processed": 4}, None, "last"))
+    assert [s.target for s in simpler(restart)[0]] == ["busiest", "last"]
+
+    def resolve(steps: tuple[Step, ...]) -> list[str]:
+        """Pessimistic targets: ``one`` is w1, a busiest or random worker w2."""
+        hit: list[str] = []
+        for s in steps:
+            hit.append((hit[-1] if hit else "nobody") if s.target == "last"
+                       else "w1" if s.target == "one" else "w2")
+        return hit
+
+    def fails(steps: tuple[Step, ...]) -> bool:  # one worker cut twice
+        hit = [w for w in resolve(steps) if w != "nobody"]
+        return len(hit) != len(set(hit))
+
+    found = (*two, steps_of(("close-connections", {"after_s": 8.1}, None, "random"))[0])
+    out = shrink(found, fails, budget_runs=60, reruns=1)
+    assert len(out.steps) == 2 and fails(out.steps)
+
+
 def test_a_flaky_candidate_counts_by_majority_and_the_budget_holds() -> None:
     """Real runs disagree: a candidate that fails one run in three is not accepted;
     the budget of runs is never passed."""
