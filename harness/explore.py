@@ -703,9 +703,10 @@ def simpler(steps: tuple[Step, ...]) -> list[tuple[Step, ...]]:
 
 def _without(steps: tuple[Step, ...], i: int) -> tuple[Step, ...]:
     """``steps`` without step ``i``. A next step that targeted its worker (``last``)
-    takes its target, so the candidate still hits that worker twice: left as
-    ``last``, it would name the step before (or, after a first step, nobody: never
-    taken) and the candidate would spend its runs testing another schedule."""
+    takes its target word (``one``, ``busiest``, ...; resolved again when it fires):
+    left as ``last``, it would name the step before, or after a dropped first step
+    nobody, so it would never be taken and the candidate's runs would test a
+    schedule with a step fewer still."""
     rest = list(steps[:i] + steps[i + 1:])
     gone = steps[i]
     if (i + 1 < len(steps) and steps[i + 1].target == "last"

@@ -280,11 +280,11 @@ class Run:
 
 @contextlib.contextmanager
 def suite_broker(opts: RunOptions, console: Console | None = None) -> Iterator[RunOptions]:
-    """For a suite of runs on docker (audit, mutants): one broker for all of them,
-    one vhost per run (a broker boot costs ~9 s here). Yields the options to run
-    with; the broker and its network are removed on exit, also on Ctrl-C. ``say``
-    gets what the broker's stop said about the engine (``Cluster.notices``: a swarm
-    it had to keep), one line each."""
+    """For a suite of runs on docker (audit, mutants, explore): one broker for all of
+    them, one vhost per run (a broker boot costs ~9 s here). Yields the options to
+    run with; the broker and its network are removed on exit, also on Ctrl-C. Then
+    ``console`` (if any) gets what the broker's stop said about the engine
+    (``Cluster.notices``: a swarm it had to keep, or left)."""
     if opts.backend != "docker" or opts.broker_url or opts.shared_broker is not None:
         yield opts
         return
@@ -302,7 +302,9 @@ def suite_broker(opts: RunOptions, console: Console | None = None) -> Iterator[R
         with signals_ignored():
             shared.stop()
         if console is not None:
-            print_engine_notices(shared.notices, console)
+            # Never instead of the suite's own exception (a closed pipe, say).
+            with contextlib.suppress(Exception):
+                print_engine_notices(shared.notices, console)
 
 
 def run_scenario(scenario: Scenario, opts: RunOptions, console: Console) -> RunOutcome:
