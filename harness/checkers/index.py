@@ -67,6 +67,11 @@ CRASH_ALWAYS: Final = "always"
 NEEDED_UNTIL: Final = "record_needed_until_ts"
 # A fault has taken effect at most this long after it was issued (backend latency).
 EFFECT_MAX_S: Final = 5.0
+# How long after the broker logged a channel's close for consumer_timeout a copy
+# the worker received may still have come on that channel: the wire, the client's
+# reading of frames, and the log line's clock against the worker's (one host, or
+# two NTP-synced ones; the same allowance as ``facts.RECEIPT_CLOCK_SLACK_S``).
+CLOSE_IN_FLIGHT_S: Final = 1.0
 
 
 @dataclass
@@ -559,10 +564,13 @@ def build(history: History) -> Index:
         # The broker closed the worker's channel and requeued what it held: a cut the
         # scenario configured (consumer_timeout) and the broker's log records, of the
         # worker the harness saw holding that peer address (no worker: explains nothing).
+        # A delivery sent on the channel just before the close reaches the worker
+        # after the close's log line, and is requeued again when its ack fails (seen:
+        # requeued by another worker's close, received 0.2 ms after this one's line).
         w = ev.worker
         if w is not None:
             per_worker.setdefault(w, []).append(
-                ConnFault(ev.ts, CONSUMER_TIMEOUT_KIND, w, ev.ts))
+                ConnFault(ev.ts, CONSUMER_TIMEOUT_KIND, w, ev.ts + CLOSE_IN_FLIGHT_S))
     for w, faults in per_worker.items():
         idx.conn_faults[w], idx.conn_fault_ts[w] = _sorted_faults(faults)
     idx.broker_faults, idx.broker_fault_ts = _sorted_faults(broker)

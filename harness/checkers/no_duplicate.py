@@ -62,7 +62,11 @@ when the DLQ holds it: the broker's word), so a made-up receipt excuses no exit.
 A consumer timeout is the broker's log and the harness's sightings of whose peer
 address it was, never the worker's; it explains no copy its worker had processed
 more than ``ACK_READ_LAG_S`` before the close, nor one it acked before it (the
-broker times out only what was left unacked). Known and left: a worker that reports every
+broker times out only what was left unacked). It does explain a copy the worker
+received up to ``index.CLOSE_IN_FLIGHT_S`` after the close's log line (the
+worker's receipt time: a delivery sent just before the close arrives after it);
+a worker whose own bug duplicates a task received within that second after the
+broker closed its channel passes as the close's. Known and left: a worker that reports every
 receipt as ``redelivered`` and republishes what it processed is caught only when
 the copy's receipt precedes the cut (by more than the slack); within the slack,
 its lie can pass as the cut's redelivery.

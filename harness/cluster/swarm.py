@@ -79,7 +79,12 @@ from harness.cluster.docker.engine import (
     require_image,
 )
 from harness.cluster.lines import LineReader
-from harness.cluster.swarm_engine import GWBRIDGE, SwarmLease, sweep_stale_swarm
+from harness.cluster.swarm_engine import (
+    GWBRIDGE,
+    SwarmLease,
+    remove_services_quietly,
+    sweep_stale_swarm,
+)
 from harness.history import Recorder
 from harness.relay import Relay
 
@@ -827,10 +832,8 @@ class SwarmCluster(DockerCluster):
             for c in self._broker_containers:
                 with contextlib.suppress(Exception):
                     out.write(c.logs(stdout=True, stderr=True, timestamps=True))
-        for svc in (self._service, self._broker_service):
-            if svc is not None:
-                with contextlib.suppress(Exception):
-                    svc.remove()
+        remove_services_quietly([svc for svc in (self._service, self._broker_service)
+                                 if svc is not None])
         if self._broker is not None:
             with contextlib.suppress(Exception):
                 self.recorder.record(vocab.BROKER_STOPPED, "cluster",
@@ -838,9 +841,8 @@ class SwarmCluster(DockerCluster):
         self._service = self._broker_service = None
         if self._leased:
             with contextlib.suppress(Exception):
-                for s in self.client.services.list(filters={"label": f"{LABEL_RUN}={self.run_id}"}):
-                    with contextlib.suppress(Exception):
-                        s.remove()
+                remove_services_quietly(self.client.services.list(
+                    filters={"label": f"{LABEL_RUN}={self.run_id}"}))
         with contextlib.suppress(Exception):
             for c in self.client.containers.list(
                     all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}):

@@ -56,6 +56,17 @@ RETRY_PAUSE_S: Final = 0.5
 LEAVE_SETTLE_S: Final = 2.0
 LABEL_ATTEMPTS: Final = 5
 DEPENDENTS_SHOWN: Final = 3
+# Seen once here (Docker 20.10.24, the swarm tests' CI run): the daemon crashed,
+# and every container on the engine with it, on a nil task in swarmkit's
+# SetServiceTasksRemove (moby/swarmkit#3216: fixed upstream in 2025, not in this
+# engine), which lists a removed service's tasks and then updates each; the task
+# reaper had deleted one in between. The reaper deletes a slot's old tasks 250 ms
+# after the tasks' last change (a scale-down, a restart). So a service is removed
+# only once its tasks have stood still this long, nothing desired ``remove``
+# among them; bounded, then removed anyway.
+TASKS_QUIET_S: Final = 1.0
+TASKS_QUIET_TIMEOUT_S: Final = 15.0
+TASKS_POLL_S: Final = 0.2
 # Networks without Docker's embedded DNS (``swarm leave`` cannot harm a container on
 # them); ``docker_gwbridge`` only carries a task's gateway.
 NO_DNS_NETWORKS: Final = frozenset({"bridge", "host", "none", GWBRIDGE})
@@ -328,14 +339,44 @@ def remove_own_gwbridge(client: Any) -> None:
             time.sleep(RETRY_PAUSE_S)
 
 
+def remove_services_quietly(services: list[Any], quiet_s: float = TASKS_QUIET_S,
+                            timeout_s: float = TASKS_QUIET_TIMEOUT_S) -> None:
+    """Remove ``services`` once their tasks have stood still for ``quiet_s``
+    (``TASKS_QUIET_S``: why), at most ``timeout_s`` after the call. Never raises."""
+    deadline = time.monotonic() + timeout_s
+    last: tuple[tuple[str, str, str], ...] | None = None
+    since = time.monotonic()
+    while services and time.monotonic() < deadline:
+        try:
+            now = tuple(sorted(
+                (str(t.get("ID")), str(t.get("DesiredState")),
+                 str((t.get("Status") or {}).get("State")))
+                for svc in services for t in svc.tasks()))
+        except Exception:  # an API error, a service gone: nothing to wait for
+            break
+        if now != last:
+            last, since = now, time.monotonic()
+        elif (time.monotonic() - since >= quiet_s
+              and not any(desired == "remove" for _, desired, _ in now)):
+            break
+        time.sleep(TASKS_POLL_S)
+    for svc in services:
+        with contextlib.suppress(Exception):
+            svc.remove()
+
+
 def sweep_stale_swarm(client: Any) -> list[str]:
     """Remove the services, swarm networks, volumes, secrets and configs of runs
     whose harness process is gone (labels as ``engine.sweep_stale``). Never raises."""
     removed: list[str] = []
     if swarm_state(client) != "active":
         return removed
-    kinds: list[tuple[str, Any]] = [("service", client.services), ("secret", client.secrets),
-                                    ("config", client.configs)]
+    with contextlib.suppress(Exception):
+        gone = [svc for svc in client.services.list(filters={"label": f"{LABEL}=1"})
+                if owner_gone(svc.attrs.get("Spec", {}).get("Labels") or {})]
+        remove_services_quietly(gone)
+        removed.extend(f"service:{svc.name}" for svc in gone)
+    kinds: list[tuple[str, Any]] = [("secret", client.secrets), ("config", client.configs)]
     for kind, coll in kinds:
         try:
             found = coll.list(filters={"label": f"{LABEL}=1"})

@@ -262,3 +262,52 @@ def test_the_docker_backend_takes_the_engine_lock_and_the_swarm_backend_does_not
     assert probe.take(fcntl.LOCK_EX, 0.0) is True  # its tasks go with its swarm
     probe.close()
     assert swarm_run.lease.engine_lock_path == ENGINE_LOCK_PATH
+
+
+class ChangingService:
+    """A service whose task list changes ``changes`` times (a scale-down's tasks
+    stopping, then reaped), then stands still; or never leaves ``remove``."""
+
+    def __init__(self, changes: int, stuck_remove: bool = False, broken: bool = False) -> None:
+        self.changes = changes
+        self.stuck_remove = stuck_remove
+        self.broken = broken
+        self.polls = 0
+        self.removed_at_poll: int | None = None
+
+    def tasks(self) -> list[dict[str, Any]]:
+        if self.broken:
+            raise RuntimeError("the engine said no")
+        self.polls += 1
+        n = min(self.polls, self.changes)
+        desired = "remove" if self.stuck_remove else "shutdown"
+        return [{"ID": f"t{i}", "DesiredState": desired, "Status": {"State": "shutdown"}}
+                for i in range(n)]
+
+    def remove(self) -> None:
+        self.removed_at_poll = self.polls
+
+
+def test_a_service_is_removed_only_once_its_tasks_stood_still(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker 20.10's manager crashed when a service was removed while the task
+    reaper deleted its tasks (moby/swarmkit#3216): removal waits for a quiet task
+    list, bounded; an unreadable list is no reason to keep the service."""
+    import time
+
+    from harness.cluster import swarm_engine
+
+    monkeypatch.setattr(swarm_engine, "TASKS_POLL_S", 0.01)
+    svc = ChangingService(changes=5)
+    swarm_engine.remove_services_quietly([svc], quiet_s=0.1, timeout_s=5.0)
+    assert svc.removed_at_poll is not None and svc.removed_at_poll >= 5 + 5  # 0.1 s still
+
+    stuck = ChangingService(changes=1, stuck_remove=True)
+    started = time.monotonic()
+    swarm_engine.remove_services_quietly([stuck], quiet_s=0.05, timeout_s=0.5)
+    took = time.monotonic() - started
+    assert stuck.removed_at_poll is not None and 0.5 <= took < 3.0  # the bound, then removed
+
+    broken = ChangingService(changes=1, broken=True)
+    swarm_engine.remove_services_quietly([broken], quiet_s=5.0, timeout_s=10.0)
+    assert broken.removed_at_poll == 0

@@ -856,6 +856,33 @@ def test_a_consumer_timeout_the_broker_logged_explains_the_holders_duplicate(
         assert "1 by the broker's consumer_timeout" in r.summary
 
 
+@pytest.mark.parametrize("after_close_s,explained", [(0.0002, True), (0.9, True),
+                                                     (2.0, False)])
+def test_a_copy_received_just_after_its_channels_close_came_on_that_channel(
+        after_close_s: float, explained: bool) -> None:
+    """Seen in CI (minimal reporter): the broker timed out W2's channel, requeued
+    ``a`` and sent it on W1's channel, which it closed for its own timeout a moment
+    later; W1 logged the receipt 0.2 ms after that close's log line, processed it,
+    its ack failed, and W2 got ``a`` again. W1's close explains that copy. A copy W1
+    received 2 s after its close came on a new channel: the close explains nothing."""
+    h = start_ready().publish("a", ts=1000.0).received("a", W2, ts=1000.1)
+    h.add("consumer_timeout", "broker", ts=1004.0, worker=W2, peer="127.0.0.1:5002",
+          channel=1, timeout_ms=4000)
+    h.add("consumer_timeout", "broker", ts=1004.0003, worker=W1, peer="127.0.0.1:5001",
+          channel=1, timeout_ms=4000)
+    got = 1004.0003 + after_close_s
+    h.received("a", W1, redelivered=True, ts=got)
+    h.processed("a", W1, ts=got + 0.1, started_ts=got + 0.001)
+    h.received("a", W2, redelivered=True, ts=got + 0.15)
+    h.processed("a", W2, ts=got + 0.35, started_ts=got + 0.25).acked("a", W2, ts=got + 0.36)
+    h.processed("a", W2, ts=1007.1, started_ts=1000.1)  # the first copy's sleep ends
+    r = no_duplicate.check(h.finish().build(), {})
+    assert r.valid is False
+    assert invariant_verdict(r) is explained, r.summary
+    if explained:
+        assert r.evidence["explained_by_kind"] == {"timeout:consumer": 2}
+
+
 @pytest.mark.parametrize("acked", [False, True])
 def test_a_consumer_timeout_of_a_copy_processed_long_before_explains_nothing(
         acked: bool) -> None:
