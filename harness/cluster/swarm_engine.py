@@ -58,9 +58,9 @@ LABEL_ATTEMPTS: Final = 5
 DEPENDENTS_SHOWN: Final = 3
 # Seen once here (Docker 20.10.24, the swarm tests' CI run): the daemon crashed,
 # and every container on the engine with it, on a nil task in swarmkit's
-# SetServiceTasksRemove (a nil task, as in moby/swarmkit#3216 and its PR #3222;
-# not fixed in this engine), which lists a removed service's tasks and then updates each; the task
-# reaper had deleted one in between. The reaper deletes a slot's old tasks 250 ms
+# SetServiceTasksRemove (as in moby/swarmkit#3216 and its PR #3222; not fixed in
+# this engine), which lists a removed service's tasks and then updates each: the
+# task reaper had deleted one in between. The reaper deletes a slot's old tasks 250 ms
 # after the tasks' last change (a scale-down, a restart). So a service is removed
 # only once its tasks have stood still this long, nothing desired ``remove``
 # among them; bounded, then removed anyway.
